@@ -1,0 +1,483 @@
+//! Types shared between the scanwatch kernel programs and the userspace agent.
+//!
+//! Every type that crosses the kernel boundary is `#[repr(C)]`, uses explicit padding, never
+//! `bool`, and has its size asserted at compile time so a layout drift fails the build.
+#![no_std]
+
+use core::mem::size_of;
+
+// ---------------------------------------------------------------------------------------------
+// Map and program names (the loader looks them up by these names).
+// ---------------------------------------------------------------------------------------------
+pub const MAP_SOURCES: &str = "SOURCES";
+pub const MAP_FINGERPRINTS: &str = "FINGERPRINTS";
+pub const MAP_EVENTS: &str = "EVENTS";
+pub const MAP_STATS: &str = "STATS";
+pub const MAP_CONFIG: &str = "CONFIG";
+pub const MAP_HONEYPORTS: &str = "HONEYPORTS";
+pub const MAP_PROCS: &str = "PROCS";
+pub const MAP_RAW_SOCKS: &str = "RAW_SOCKS";
+pub const MAP_CONNECTING: &str = "CONNECTING";
+pub const MAP_BLOCKLIST: &str = "BLOCKLIST";
+
+pub const PROG_XDP: &str = "scanwatch_xdp";
+pub const PROG_TP_CONNECT: &str = "tp_enter_connect";
+pub const PROG_TP_CONNECT_EXIT: &str = "tp_exit_connect";
+pub const PROG_TP_SENDTO: &str = "tp_enter_sendto";
+pub const PROG_TP_SENDMSG: &str = "tp_enter_sendmsg";
+pub const PROG_TP_SENDMMSG: &str = "tp_enter_sendmmsg";
+pub const PROG_TP_SOCKET: &str = "tp_enter_socket";
+pub const PROG_TP_SOCKET_EXIT: &str = "tp_exit_socket";
+pub const PROG_TP_SOCK_STATE: &str = "tp_inet_sock_set_state";
+pub const PROG_KP_CONNECT: &str = "kp_connect";
+
+/// Default map sizes; the loader may override `max_entries` from config before load.
+pub const DEFAULT_MAX_SOURCES: u32 = 16_384;
+pub const DEFAULT_MAX_FINGERPRINTS: u32 = 8_192;
+pub const DEFAULT_MAX_PROCS: u32 = 4_096;
+pub const DEFAULT_RINGBUF_BYTES: u32 = 1 << 20;
+
+// ---------------------------------------------------------------------------------------------
+// Sketch geometry.
+// ---------------------------------------------------------------------------------------------
+/// HyperLogLog registers per sketch (2^8). Standard error 1.04/sqrt(256) = 6.5 %.
+pub const HLL_P: u32 = 8;
+pub const HLL_REGS: usize = 1 << HLL_P;
+/// Exact sample of the first distinct destination ports a source touched.
+pub const SAMPLE_PORTS: usize = 16;
+/// Short-window distinct-port bitmap (bits) used for the in-kernel threshold event.
+pub const WIN_PORT_BITS: usize = 1024;
+pub const WIN_HOST_BITS: usize = 256;
+/// Distinct fingerprints remembered per source.
+pub const FP_PER_SOURCE: usize = 4;
+/// TCP option kinds remembered in order.
+pub const FP_MAX_OPTS: usize = 12;
+
+// ---------------------------------------------------------------------------------------------
+// Per-source counters (index into `SrcState::counts`).
+// ---------------------------------------------------------------------------------------------
+pub mod cnt {
+    /// Packets that updated this source's state (SYNs, probes, ...).
+    pub const PACKETS: usize = 0;
+    /// Pure SYN (no ACK) TCP segments.
+    pub const SYN: usize = 1;
+    /// SYNs to a port with no listening socket (failure signal).
+    pub const SYN_CLOSED: usize = 2;
+    /// SYNs to a port with a listener.
+    pub const SYN_OPEN: usize = 3;
+    pub const NULL: usize = 4;
+    pub const FIN: usize = 5;
+    pub const XMAS: usize = 6;
+    pub const MAIMON: usize = 7;
+    /// Bare ACK with no payload and no matching socket (ACK scan / firewall mapping).
+    pub const ACK: usize = 8;
+    pub const SYNFIN: usize = 9;
+    pub const FRAG_FIRST: usize = 10;
+    pub const FRAG_LATER: usize = 11;
+    /// Source port 53 or 88 towards a different destination port.
+    pub const SRCPORT_TRICK: usize = 12;
+    /// SYN whose TCP checksum is wrong (nmap --badsum).
+    pub const BADSUM: usize = 13;
+    /// SYN-ACK for which no local socket exists (zombie / backscatter).
+    pub const UNSOLICITED_SYNACK: usize = 14;
+    /// RST for which no local socket exists.
+    pub const UNSOLICITED_RST: usize = 15;
+    pub const UDP: usize = 16;
+    pub const UDP_CLOSED: usize = 17;
+    pub const ICMP_ECHO: usize = 18;
+    pub const HONEYPORT: usize = 19;
+    /// Probes to closed ports of any kind (SYN_CLOSED + UDP_CLOSED + stealth to closed).
+    pub const FAILED: usize = 20;
+    pub const N: usize = 24;
+    pub const NAMES: [&str; N] = [
+        "packets", "syn", "syn_closed", "syn_open", "null", "fin", "xmas", "maimon", "ack",
+        "synfin", "frag_first", "frag_later", "srcport_trick", "badsum", "unsolicited_synack",
+        "unsolicited_rst", "udp", "udp_closed", "icmp_echo", "honeyport", "failed", "", "", "",
+    ];
+}
+
+/// Key of per-source state: the remote address, IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SrcKey {
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<SrcKey>() == 16);
+
+/// Per-remote-source state, kept in an LRU hash so a spoofed flood evicts old entries instead of
+/// growing anything.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SrcState {
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// Start of the current short window (threshold events).
+    pub win_start_ns: u64,
+    pub counts: [u32; cnt::N],
+    /// Distinct destination ports / hosts touched in the current short window.
+    pub win_ports: u32,
+    pub win_hosts: u32,
+    /// Bit set of `thr::*` events already emitted in the current short window.
+    pub emitted: u32,
+    pub n_sample: u32,
+    pub sample_ports: [u16; SAMPLE_PORTS],
+    pub n_fp: u32,
+    /// Tool hint of the last fingerprint (`tool::*`).
+    pub tool_hint: u32,
+    pub fp_hashes: [u32; FP_PER_SOURCE],
+    pub win_port_bits: [u64; WIN_PORT_BITS / 64],
+    pub win_host_bits: [u64; WIN_HOST_BITS / 64],
+    /// Lifetime distinct destination ports (HyperLogLog registers).
+    pub port_hll: [u8; HLL_REGS],
+    /// Lifetime distinct destination hosts (HyperLogLog registers).
+    pub host_hll: [u8; HLL_REGS],
+}
+const _: () = assert!(size_of::<SrcState>() == 24 + 96 + 16 + 32 + 8 + 16 + 128 + 32 + 512);
+
+/// Threshold event bits.
+pub mod thr {
+    pub const PORTS: u32 = 1;
+    pub const HOSTS: u32 = 2;
+}
+
+/// Tool hints derived from facts a scanner cannot easily hide.
+pub mod tool {
+    pub const UNKNOWN: u32 = 0;
+    pub const NMAP: u32 = 1;
+    pub const MASSCAN: u32 = 2;
+    pub const ZMAP: u32 = 3;
+    pub const HPING3: u32 = 4;
+    pub const UNICORNSCAN: u32 = 5;
+    /// A full OS TCP stack (MSS + SACK + timestamps + window scale): connect() scanners and
+    /// ordinary clients.
+    pub const OS_STACK: u32 = 6;
+    pub const NAMES: [&str; 7] =
+        ["unknown", "nmap", "masscan", "zmap", "hping3", "unicornscan", "os-stack"];
+    pub fn name(hint: u32) -> &'static str {
+        NAMES.get(hint as usize).copied().unwrap_or("unknown")
+    }
+}
+
+/// TCP/IP fingerprint of one SYN shape.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Fingerprint {
+    pub window: u16,
+    pub mss: u16,
+    pub ip_id: u16,
+    pub ttl: u8,
+    pub df: u8,
+    pub wscale: u8,
+    /// Number of entries used in `opts`.
+    pub n_opts: u8,
+    pub sack_ok: u8,
+    pub timestamps: u8,
+    pub opts: [u8; FP_MAX_OPTS],
+    pub payload_len: u16,
+    pub ip_version: u8,
+    pub _pad: u8,
+    pub tool_hint: u32,
+    /// Short hash of the stable fields (not TTL jitter or IP ID).
+    pub hash: u32,
+}
+const _: () = assert!(size_of::<Fingerprint>() == 36);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FpKey {
+    pub src: SrcKey,
+    pub hash: u32,
+}
+const _: () = assert!(size_of::<FpKey>() == 20);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FpValue {
+    pub fp: Fingerprint,
+    pub count: u32,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<FpValue>() == 56);
+
+// ---------------------------------------------------------------------------------------------
+// Runtime configuration: one entry in an array map, written by the loader.
+// ---------------------------------------------------------------------------------------------
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct XdpConfig {
+    /// Short window for in-kernel threshold events.
+    pub short_window_ns: u64,
+    /// Distinct ports in the short window that emit a threshold event (0 = off).
+    pub port_threshold: u32,
+    /// Distinct hosts in the short window that emit a threshold event (0 = off).
+    pub host_threshold: u32,
+    /// `cfgflag::*`.
+    pub flags: u32,
+    /// Drop packets from sources in BLOCKLIST (opt-in response).
+    pub enforce_blocklist: u32,
+}
+const _: () = assert!(size_of::<XdpConfig>() == 24);
+
+impl XdpConfig {
+    pub const fn default_config() -> Self {
+        Self {
+            short_window_ns: 10_000_000_000,
+            port_threshold: 25,
+            host_threshold: 16,
+            flags: cfgflag::LOOKUP_SOCKETS | cfgflag::VERIFY_CSUM,
+            enforce_blocklist: 0,
+        }
+    }
+}
+
+pub mod cfgflag {
+    /// Look up the kernel's socket table to learn whether a probed port is open.
+    pub const LOOKUP_SOCKETS: u32 = 1;
+    /// Verify TCP checksums on SYNs (nmap --badsum detection).
+    pub const VERIFY_CSUM: u32 = 2;
+}
+
+/// Outbound configuration (tracepoint programs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcConfig {
+    /// The agent's own tgid: its activity is ignored.
+    pub own_tgid: u32,
+    pub _pad: u32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Global per-CPU counters (index into STATS).
+// ---------------------------------------------------------------------------------------------
+pub mod stat {
+    pub const PACKETS: u32 = 0;
+    pub const IPV4: u32 = 1;
+    pub const IPV6: u32 = 2;
+    pub const TCP: u32 = 3;
+    pub const UDP: u32 = 4;
+    pub const ICMP: u32 = 5;
+    pub const SYN: u32 = 6;
+    pub const OTHER_L3: u32 = 7;
+    pub const MAL_ETH: u32 = 8;
+    pub const MAL_VLAN: u32 = 9;
+    pub const MAL_IPV4: u32 = 10;
+    pub const MAL_IPV4_IHL: u32 = 11;
+    pub const MAL_IPV6: u32 = 12;
+    pub const MAL_IPV6_EXT: u32 = 13;
+    pub const MAL_TCP: u32 = 14;
+    pub const MAL_TCP_DOFF: u32 = 15;
+    pub const MAL_TCP_OPTS: u32 = 16;
+    pub const MAL_UDP: u32 = 17;
+    pub const MAL_ICMP: u32 = 18;
+    pub const EVENTS: u32 = 19;
+    pub const EVENTS_DROPPED: u32 = 20;
+    pub const NEW_SOURCES: u32 = 21;
+    pub const SOURCE_INSERT_FAILED: u32 = 22;
+    pub const NEW_FINGERPRINTS: u32 = 23;
+    pub const BLOCKED: u32 = 24;
+    pub const PROC_EVENTS: u32 = 25;
+    pub const PROC_EVENTS_DROPPED: u32 = 26;
+    pub const ESTABLISHED_FAST: u32 = 27;
+    pub const HONEYPORT: u32 = 28;
+    pub const N: u32 = 32;
+    pub const NAMES: [&str; N as usize] = [
+        "packets", "ipv4", "ipv6", "tcp", "udp", "icmp", "syn", "other_l3",
+        "malformed_eth", "malformed_vlan", "malformed_ipv4", "malformed_ipv4_ihl",
+        "malformed_ipv6", "malformed_ipv6_ext", "malformed_tcp", "malformed_tcp_doff",
+        "malformed_tcp_opts", "malformed_udp", "malformed_icmp", "events", "events_dropped",
+        "new_sources", "source_insert_failed", "new_fingerprints", "blocked", "proc_events",
+        "proc_events_dropped", "established_fast", "honeyport", "", "", "",
+    ];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ring-buffer records: every record starts with `EventHeader`, userspace dispatches on `kind`.
+// ---------------------------------------------------------------------------------------------
+pub mod kind {
+    pub const HONEYPORT: u32 = 1;
+    pub const THRESHOLD: u32 = 2;
+    pub const NEW_FINGERPRINT: u32 = 3;
+    pub const PROC_CONNECT: u32 = 10;
+    pub const PROC_SENDTO: u32 = 11;
+    pub const PROC_SOCKET: u32 = 12;
+    pub const PROC_OUTCOME: u32 = 13;
+    pub const PROC_CONNECT_RESULT: u32 = 14;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+}
+const _: () = assert!(size_of::<EventHeader>() == 16);
+
+/// Inbound event from XDP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InboundEvent {
+    pub hdr: EventHeader,
+    pub src: SrcKey,
+    pub dst: SrcKey,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub _pad: u16,
+    /// THRESHOLD: `thr::*` bit; HONEYPORT: 0; NEW_FINGERPRINT: fingerprint count for source.
+    pub detail: u32,
+    pub win_ports: u32,
+    pub win_hosts: u32,
+    pub fp: Fingerprint,
+}
+const _: () = assert!(size_of::<InboundEvent>() == 16 + 32 + 8 + 12 + 36);
+
+/// Outbound event from the process hooks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcEvent {
+    pub hdr: EventHeader,
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; 16],
+    /// AF_INET / AF_INET6 / AF_PACKET of the destination or socket.
+    pub family: u32,
+    /// SOCK_STREAM / SOCK_DGRAM / SOCK_RAW (socket creation) or probe protocol (sendto).
+    pub sock_type: u32,
+    pub dst: SrcKey,
+    pub dport: u16,
+    /// IPPROTO_* of the probe (raw packets) or 0.
+    pub proto: u8,
+    pub tcp_flags: u8,
+    /// `outcome::*` for PROC_OUTCOME, return value for PROC_CONNECT_RESULT, fd otherwise.
+    pub value: i32,
+    /// Number of messages (sendmmsg), 1 otherwise.
+    pub count: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ProcEvent>() == 88);
+
+pub mod outcome {
+    pub const ESTABLISHED: i32 = 1;
+    /// SYN_SENT -> CLOSE: refused (RST) or timed out.
+    pub const FAILED: i32 = 2;
+}
+
+/// Largest ring-buffer record.
+pub const MAX_EVENT_SIZE: usize = if size_of::<InboundEvent>() > size_of::<ProcEvent>() {
+    size_of::<InboundEvent>()
+} else {
+    size_of::<ProcEvent>()
+};
+
+// ---------------------------------------------------------------------------------------------
+// Per-process state (outbound), LRU keyed by tgid.
+// ---------------------------------------------------------------------------------------------
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcState {
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub attempts: u32,
+    pub failures: u32,
+    pub successes: u32,
+    pub raw_probes: u32,
+    pub raw_sockets: u32,
+    pub uid: u32,
+}
+const _: () = assert!(size_of::<ProcState>() == 40);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are plain-old-data `#[repr(C)]` structs with explicit padding.
+    unsafe impl aya::Pod for SrcKey {}
+    unsafe impl aya::Pod for SrcState {}
+    unsafe impl aya::Pod for FpKey {}
+    unsafe impl aya::Pod for FpValue {}
+    unsafe impl aya::Pod for XdpConfig {}
+    unsafe impl aya::Pod for ProcConfig {}
+    unsafe impl aya::Pod for ProcState {}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pure helpers used on both sides (kept branch-light so the verifier accepts them).
+// ---------------------------------------------------------------------------------------------
+
+/// 32-bit mix (murmur3 finaliser); used for sketches on both sides.
+#[inline(always)]
+pub const fn mix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// HyperLogLog register index and rank for a 32-bit item.
+#[inline(always)]
+pub const fn hll_slot(item: u32) -> (usize, u8) {
+    let h = mix32(item ^ 0x9e37_79b9);
+    let idx = (h >> (32 - HLL_P)) as usize;
+    let rest = (h << HLL_P) | (1 << (HLL_P - 1));
+    (idx & (HLL_REGS - 1), (rest.leading_zeros() + 1) as u8)
+}
+
+/// Fold an IPv4-mapped or IPv6 address to 32 bits for sketches.
+#[inline(always)]
+pub const fn addr_fold(a: &[u8; 16]) -> u32 {
+    let w0 = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
+    let w1 = u32::from_ne_bytes([a[4], a[5], a[6], a[7]]);
+    let w2 = u32::from_ne_bytes([a[8], a[9], a[10], a[11]]);
+    let w3 = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+    mix32(w0 ^ mix32(w1 ^ mix32(w2 ^ mix32(w3))))
+}
+
+/// Likely initial TTL (32, 64, 128, 255) for an observed TTL.
+pub const fn initial_ttl(ttl: u8) -> u8 {
+    if ttl <= 32 {
+        32
+    } else if ttl <= 64 {
+        64
+    } else if ttl <= 128 {
+        128
+    } else {
+        255
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hll_slot_in_range_and_rank_bounded() {
+        for i in 0..100_000u32 {
+            let (idx, rank) = hll_slot(i);
+            assert!(idx < HLL_REGS);
+            assert!((1..=(32 - HLL_P + 1) as u8).contains(&rank), "rank {rank}");
+        }
+    }
+
+    #[test]
+    fn initial_ttl_buckets() {
+        assert_eq!(initial_ttl(37), 64);
+        assert_eq!(initial_ttl(64), 64);
+        assert_eq!(initial_ttl(120), 128);
+        assert_eq!(initial_ttl(250), 255);
+        assert_eq!(initial_ttl(1), 32);
+    }
+
+    #[test]
+    fn addr_fold_distinguishes() {
+        let mut a = [0u8; 16];
+        let b = a;
+        a[15] = 1;
+        assert_ne!(addr_fold(&a), addr_fold(&b));
+    }
+}
