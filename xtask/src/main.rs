@@ -1,1 +1,216 @@
-fn main(){}
+//! Project tasks: `setup` (install everything, idempotently), `run` (setup + build + start the
+//! agent), `test` (setup + build + every test tier), `bench` (XDP per-packet cost).
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: Debian packages, bpf-linker, the rustc-web toolchain link,
+    /// tracefs/bpffs mounts. Idempotent.
+    Setup,
+    /// Setup, build, then `scanwatch run` with the embedded default config (extra args are passed on).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, run every test tier (unit, BPF_PROG_TEST_RUN, lab end-to-end).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, then the XDP benchmark (writes target/bench.json).
+    Bench {
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::Run { args } => {
+            setup()?;
+            build(&root)?;
+            let bin = root.join("target/release/scanwatch");
+            let mut cmd = Command::new(&bin);
+            cmd.arg("run").args(&args);
+            eprintln!("xtask: starting {} run {} (Ctrl-C detaches everything)", bin.display(), args.join(" "));
+            use std::os::unix::process::CommandExt;
+            Err(cmd.exec()).context("exec scanwatch")
+        }
+        Cmd::Test { args } => {
+            setup()?;
+            build(&root)?;
+            let t = Instant::now();
+            let status = Command::new("cargo")
+                .current_dir(&root)
+                .env("SCANWATCH_BIN", root.join("target/release/scanwatch"))
+                .args(["test", "--release", "--workspace", "--exclude", "scanwatch-ebpf"])
+                .args(&args)
+                .status()
+                .context("running cargo test")?;
+            eprintln!("xtask: tests took {:.0} s", t.elapsed().as_secs_f64());
+            if !status.success() {
+                bail!("tests failed ({status})");
+            }
+            Ok(())
+        }
+        Cmd::Bench { repeat } => {
+            setup()?;
+            build(&root)?;
+            let out = root.join("target/bench.json");
+            run(Command::new(root.join("target/release/scanwatch"))
+                .args(["bench", "--repeat", &repeat.to_string(), "--json"])
+                .arg(&out))
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    cmd.output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn build(root: &Path) -> Result<()> {
+    let t = Instant::now();
+    run(Command::new("cargo").current_dir(root).args(["build", "--release", "-p", "scanwatch"]))?;
+    eprintln!("xtask: build took {:.0} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Toolchain packages (rustc-web is Debian's newer Rust, with its own library sources for
+/// `-Z build-std=core`), then the LLVM matching rustc-web for bpf-linker, then the lab tools.
+const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "zlib1g-dev", "libzstd-dev"];
+const LAB_PKGS: &[&str] = &[
+    "nmap", "masscan", "zmap", "hping3", "tcpdump", "iproute2", "iputils-ping", "python3", "curl", "util-linux",
+    "procps",
+];
+
+fn setup() -> Result<()> {
+    let t = Instant::now();
+    // SAFETY: geteuid has no preconditions.
+    let euid = output(Command::new("id").arg("-u")).map(|s| s.trim().to_string()).unwrap_or_default();
+    if euid != "0" {
+        bail!("setup needs root (it installs Debian packages, mounts tracefs/bpffs, and scanwatch loads eBPF): run as root");
+    }
+    let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let debian_like = Path::new("/etc/debian_version").exists()
+        || os.lines().any(|l| (l.starts_with("ID=") || l.starts_with("ID_LIKE=")) && l.contains("debian"));
+    if !debian_like {
+        bail!("setup supports Debian-family systems only (apt + Debian's rustc-web); /etc/os-release says otherwise");
+    }
+    apt_install(TOOLCHAIN_PKGS)?;
+    let llvm = llvm_major()?;
+    apt_install(&[&format!("llvm-{llvm}-dev"), &format!("libpolly-{llvm}-dev")])?;
+    apt_install(LAB_PKGS)?;
+    install_bpf_linker(llvm)?;
+    link_toolchain()?;
+    mount_if_missing("/sys/kernel/tracing", "tracefs", "nodev")?;
+    mount_if_missing("/sys/fs/bpf", "bpf", "bpf")?;
+    eprintln!("xtask: setup complete in {:.1} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn installed(pkg: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    // Package lists on a fresh machine are often stale (older rustc-web, no llvm-N): refresh first.
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing))
+}
+
+/// LLVM major version rustc-web is linked against (bpf-linker must use the same).
+fn llvm_major() -> Result<String> {
+    let v = output(Command::new("/usr/bin/rustc").arg("-vV")).context("running /usr/bin/rustc -vV (rustc-web)")?;
+    let line = v.lines().find(|l| l.starts_with("LLVM version:")).context("rustc -vV printed no LLVM version")?;
+    let major = line.trim_start_matches("LLVM version:").trim().split('.').next().unwrap_or("").to_string();
+    if major.is_empty() || !major.bytes().all(|b| b.is_ascii_digit()) {
+        bail!("cannot parse LLVM version from `{line}`");
+    }
+    Ok(major)
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+}
+
+fn install_bpf_linker(llvm: String) -> Result<()> {
+    let bin = cargo_home().join("bin/bpf-linker");
+    if output(Command::new(&bin).arg("--version")).is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} (about a minute)");
+    run(Command::new("cargo")
+        .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}"))
+        .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--no-default-features"])
+        .args(["--features", &format!("llvm-{llvm}")]))
+}
+
+fn link_toolchain() -> Result<()> {
+    let list = output(Command::new("rustup").args(["toolchain", "list"])).context("rustup is needed on PATH")?;
+    if list.lines().any(|l| l.split_whitespace().next() == Some("rust-web")) {
+        return Ok(());
+    }
+    eprintln!("xtask: registering Debian's rustc-web as rustup toolchain `rust-web`");
+    run(Command::new("rustup").args(["toolchain", "link", "rust-web", "/usr"]))
+}
+
+fn mount_if_missing(path: &str, fstype: &str, source: &str) -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(path)) {
+        return Ok(());
+    }
+    eprintln!("xtask: mounting {fstype} at {path}");
+    run(Command::new("mount").args(["-t", fstype, source, path]))
+}

@@ -1,0 +1,70 @@
+//! Every BPF map scanwatch uses, with its key, value, bound and the reason for the bound.
+//! The loader may shrink or grow `max_entries` from configuration before loading.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use scanwatch_common::{
+    FpKey, FpValue, ProcConfig, ProcState, SrcKey, SrcState, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
+    DEFAULT_MAX_PROCS, DEFAULT_MAX_SOURCES, DEFAULT_RINGBUF_BYTES,
+};
+
+/// Per remote source (key: IPv4-mapped/IPv6 address; value: `SrcState`, 864 bytes).
+/// LRU so a random-source flood evicts the oldest sources instead of failing inserts:
+/// 16,384 sources ≈ 14 MiB. Evictions = `new_sources` − live entries (computed by the agent).
+#[map]
+pub static SOURCES: LruHashMap<SrcKey, SrcState> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+
+/// (source, fingerprint hash) → fingerprint and counts. LRU, 8,192 entries ≈ 0.6 MiB; each
+/// source keeps at most `FP_PER_SOURCE` hashes, so a flood cannot grow it faster than SOURCES.
+#[map]
+pub static FINGERPRINTS: LruHashMap<FpKey, FpValue> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_FINGERPRINTS, 0);
+
+/// Immediate events (honeyport, threshold, new fingerprint, process activity). 1 MiB holds
+/// ~10,000 records; a full buffer is counted in `events_dropped` / `proc_events_dropped`.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
+
+/// Global outcome counters, one `[u64; stat::N]` per CPU (a single lookup per packet).
+#[map]
+pub static STATS: PerCpuArray<[u64; scanwatch_common::stat::N as usize]> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Runtime XDP settings, index 0, written by the loader (thresholds, window, feature flags).
+#[map]
+pub static CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
+
+/// Runtime settings of the process hooks, index 0 (the agent's own tgid).
+#[map]
+pub static PROC_CONFIG: Array<ProcConfig> = Array::with_max_entries(1, 0);
+
+/// Honeyports: key = (protocol << 16) | port, value unused. 1,024 entries is far more than anyone
+/// configures; a hash keeps the lookup O(1).
+#[map]
+pub static HONEYPORTS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Opt-in response: sources to drop (value = reason). Bounded at 4,096 by design: the agent
+/// only blocks confirmed scanners and expires entries.
+#[map]
+pub static BLOCKLIST: HashMap<SrcKey, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Zeroed `SrcState` used to insert new sources (864 bytes do not fit the 512-byte BPF stack).
+#[map]
+pub static ZERO_SRC: PerCpuArray<SrcState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per process (tgid) outbound counters. LRU, 4,096 processes.
+#[map]
+pub static PROCS: LruHashMap<u32, ProcState> = LruHashMap::with_max_entries(DEFAULT_MAX_PROCS, 0);
+
+/// Processes that opened raw (AF_INET/AF_INET6 SOCK_RAW) or packet (AF_PACKET) sockets:
+/// tgid → number of such sockets. Their sendto/sendmsg payloads are parsed as probes.
+#[map]
+pub static RAW_SOCKS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(1024, 0);
+
+/// Connecting TCP sockets: kernel socket address → tgid that called connect(), so the outcome
+/// (SYN_SENT → ESTABLISHED / CLOSE, seen in softirq context) is attributed to the process.
+/// 16,384 in-flight connects.
+#[map]
+pub static CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);

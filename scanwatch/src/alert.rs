@@ -1,0 +1,422 @@
+//! Alert records: one JSON object per line (`serde_json::to_string(&alert)`).
+//!
+//! Besides the scan kinds, the engine emits `notice` alerts (severity `info`) that summarise
+//! alerts dropped by the global rate limit: `"N further alerts suppressed by the rate limit"`,
+//! with the per-kind breakdown in `counts` and `targets` empty.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::canonical_ip;
+
+/// Alert severity, ordered from `Info` (lowest) to `Critical`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 5] =
+        [Severity::Info, Severity::Low, Severity::Medium, Severity::High, Severity::Critical];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// One level up (saturating).
+    pub fn raise(self) -> Severity {
+        Severity::ALL[(self as usize + 1).min(4)]
+    }
+
+    /// One level down (saturating).
+    pub fn lower(self) -> Severity {
+        Severity::ALL[(self as usize).saturating_sub(1)]
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Severity, String> {
+        Severity::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown severity {s:?} (use info, low, medium, high, critical)"))
+    }
+}
+
+/// What was detected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// One or a few ports across many hosts.
+    HorizontalScan,
+    /// Many ports of one or a few hosts.
+    VerticalScan,
+    /// Many ports across many hosts.
+    BlockScan,
+    /// NULL / FIN / Xmas / Maimon / ACK / SYN+FIN probes.
+    StealthScan,
+    /// Fan-out accumulated over long windows while staying under the short-window thresholds.
+    SlowScan,
+    /// A honeyport was touched.
+    HoneyportHit,
+    /// Several sources sharing one SYN fingerprint and target ports (decoys, nmap -D).
+    DecoyCluster,
+    /// Many sources, each under threshold, together covering many of this host's ports/addresses.
+    DistributedScan,
+    /// Fragmentation, source-port tricks, bad checksums, unsolicited SYN-ACK/RST.
+    Evasion,
+    /// A local process scanning others.
+    OutboundScan,
+    /// Engine notice: summary of alerts suppressed by the rate limit.
+    Notice,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::HorizontalScan => "horizontal_scan",
+            AlertKind::VerticalScan => "vertical_scan",
+            AlertKind::BlockScan => "block_scan",
+            AlertKind::StealthScan => "stealth_scan",
+            AlertKind::SlowScan => "slow_scan",
+            AlertKind::HoneyportHit => "honeyport_hit",
+            AlertKind::DecoyCluster => "decoy_cluster",
+            AlertKind::DistributedScan => "distributed_scan",
+            AlertKind::Evasion => "evasion",
+            AlertKind::OutboundScan => "outbound_scan",
+            AlertKind::Notice => "notice",
+        }
+    }
+}
+
+impl fmt::Display for AlertKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// One ancestor of the process (`ancestry`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub exe: String,
+}
+
+/// The local process behind an outbound alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessBlock {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: Option<String>,
+    pub uid: u32,
+    pub user: Option<String>,
+    pub ppid: Option<u32>,
+    pub parent_exe: Option<String>,
+    /// Up to 4 ancestors, parent first.
+    pub ancestry: Vec<Ancestor>,
+    pub cgroup: Option<String>,
+    pub container_id: Option<String>,
+    pub start_time: Option<u64>,
+    /// The process had exited when the alert was raised (details may be partial).
+    pub exited: bool,
+}
+
+/// Who did it: a remote address (inbound) or a local process (outbound).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertSource {
+    pub ip: Option<String>,
+    pub process: Option<ProcessBlock>,
+    /// Further sources for multi-source kinds (decoy_cluster, distributed_scan); omitted if empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub related: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Targets {
+    pub host_count: u64,
+    pub port_count: u64,
+    pub sample_ports: Vec<u16>,
+    pub sample_hosts: Vec<String>,
+}
+
+/// Probe counts in the alert's window. Stealth/evasion counters (non-zero only) are flattened
+/// into the same object by name (`"null": 3, "badsum": 1`, ...).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub probes: u64,
+    pub failures: u64,
+    /// failures / (failures + successes); null when no outcome is known.
+    pub fail_ratio: Option<f64>,
+    #[serde(flatten)]
+    pub detail: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FingerprintBlock {
+    pub text: String,
+    pub hash: String,
+    pub tool_hint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Technique {
+    pub id: String,
+    pub name: String,
+}
+
+impl Technique {
+    /// MITRE ATT&CK T1046 Network Service Discovery (internal or outbound sources).
+    pub fn network_service_discovery() -> Technique {
+        Technique { id: "T1046".into(), name: "Network Service Discovery".into() }
+    }
+
+    /// MITRE ATT&CK T1595 Active Scanning (external sources).
+    pub fn active_scanning() -> Technique {
+        Technique { id: "T1595".into(), name: "Active Scanning".into() }
+    }
+
+    /// T1046 for outbound activity or internal sources, T1595 for external sources.
+    pub fn for_source(direction: Direction, ip: Option<&IpAddr>) -> Technique {
+        match (direction, ip) {
+            (Direction::Inbound, Some(ip)) if !is_internal(ip) => Technique::active_scanning(),
+            _ => Technique::network_service_discovery(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub name: String,
+    pub role: String,
+}
+
+/// One alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// RFC 3339 UTC time.
+    pub time: String,
+    pub kind: AlertKind,
+    pub severity: Severity,
+    /// 0..1.
+    pub confidence: f64,
+    pub direction: Direction,
+    pub source: AlertSource,
+    pub targets: Targets,
+    /// The scoring window that triggered, e.g. `"10s"`.
+    pub window: String,
+    pub counts: Counts,
+    pub fingerprint: Option<FingerprintBlock>,
+    pub technique: Technique,
+    pub host: HostInfo,
+    pub allowlisted: bool,
+    pub blocked: bool,
+    /// One human sentence.
+    pub reason: String,
+    /// False for the first alert of an entity+kind, true for escalation updates.
+    pub update: bool,
+    /// Stable per entity+kind.
+    pub alert_id: String,
+}
+
+impl Alert {
+    /// Set `time` from a wall clock reading.
+    pub fn set_time(&mut self, wall: SystemTime) {
+        self.time = rfc3339(wall);
+    }
+
+    /// One JSON line (no trailing newline).
+    pub fn to_json_line(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+}
+
+/// Is the address internal (RFC 1918, ULA, loopback, link-local, CGNAT, unspecified)?
+pub fn is_internal(ip: &IpAddr) -> bool {
+    match canonical_ip(*ip) {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10 CGNAT
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (s[0] & 0xfe00) == 0xfc00 // fc00::/7 ULA
+                || (s[0] & 0xffc0) == 0xfe80 // fe80::/10 link-local
+        }
+    }
+}
+
+/// RFC 3339 UTC time (`2024-05-01T12:34:56.789Z`) of a wall clock reading.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    };
+    rfc3339_from_unix(secs)
+}
+
+/// RFC 3339 UTC time of a unix timestamp in seconds (millisecond precision).
+pub fn rfc3339_from_unix(secs: f64) -> String {
+    let total_ms = if secs.is_finite() { (secs * 1000.0).round() as i64 } else { 0 };
+    let ms = total_ms.rem_euclid(1000);
+    let total_s = total_ms.div_euclid(1000);
+    let days = total_s.div_euclid(86_400);
+    let sod = total_s.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        sod / 3600,
+        (sod % 3600) / 60,
+        sod % 60
+    )
+}
+
+/// Unix seconds of `now` given an offset `wall - now` (see `Engine::set_wall_clock`).
+pub fn unix_secs(now: Duration, offset_secs: f64) -> f64 {
+    now.as_secs_f64() + offset_secs
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Stable short identifier (FNV-1a 64) for an entity+kind.
+pub fn stable_id(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0u8)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formatting() {
+        assert_eq!(rfc3339_from_unix(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_from_unix(951_782_400.0), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_from_unix(1_700_000_000.25), "2023-11-14T22:13:20.250Z");
+        assert_eq!(rfc3339_from_unix(4_102_444_799.0), "2099-12-31T23:59:59.000Z");
+        assert_eq!(rfc3339_from_unix(-1.0), "1969-12-31T23:59:59.000Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.000Z");
+    }
+
+    #[test]
+    fn internal_ranges() {
+        for ip in ["10.1.2.3", "172.16.0.1", "192.168.1.1", "127.0.0.1", "169.254.1.1",
+            "100.64.0.1", "100.127.255.255", "::1", "fd00::1", "fe80::1", "::ffff:10.0.0.1"] {
+            assert!(is_internal(&ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in ["8.8.8.8", "100.128.0.1", "2001:db8::1", "172.32.0.1", "::ffff:1.1.1.1"] {
+            assert!(!is_internal(&ip.parse().expect("ip")), "{ip}");
+        }
+        let ext: IpAddr = "8.8.8.8".parse().expect("ip");
+        let int: IpAddr = "10.0.0.1".parse().expect("ip");
+        assert_eq!(Technique::for_source(Direction::Inbound, Some(&ext)).id, "T1595");
+        assert_eq!(Technique::for_source(Direction::Inbound, Some(&int)).id, "T1046");
+        assert_eq!(Technique::for_source(Direction::Outbound, None).id, "T1046");
+    }
+
+    #[test]
+    fn severity_order_and_parse() {
+        assert!(Severity::Critical > Severity::High && Severity::Low > Severity::Info);
+        assert_eq!("medium".parse::<Severity>(), Ok(Severity::Medium));
+        assert!("loud".parse::<Severity>().is_err());
+        assert_eq!(Severity::Critical.raise(), Severity::Critical);
+        assert_eq!(Severity::Info.lower(), Severity::Info);
+    }
+
+    #[test]
+    fn json_shape() {
+        let mut detail = BTreeMap::new();
+        detail.insert("xmas".to_string(), 3);
+        let a = Alert {
+            time: rfc3339_from_unix(0.0),
+            kind: AlertKind::VerticalScan,
+            severity: Severity::Medium,
+            confidence: 0.9,
+            direction: Direction::Inbound,
+            source: AlertSource { ip: Some("8.8.8.8".into()), process: None, related: vec![] },
+            targets: Targets::default(),
+            window: "10s".into(),
+            counts: Counts { probes: 10, failures: 9, fail_ratio: Some(0.9), detail },
+            fingerprint: None,
+            technique: Technique::active_scanning(),
+            host: HostInfo { name: "h".into(), role: "server".into() },
+            allowlisted: false,
+            blocked: false,
+            reason: "r".into(),
+            update: false,
+            alert_id: stable_id(&["a", "b"]),
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&a.to_json_line().expect("json")).expect("parse");
+        let keys: Vec<&str> = v.as_object().expect("obj").keys().map(String::as_str).collect();
+        for k in ["time", "kind", "severity", "confidence", "direction", "source", "targets",
+            "window", "counts", "fingerprint", "technique", "host", "allowlisted", "blocked",
+            "reason", "update", "alert_id"] {
+            assert!(keys.contains(&k), "missing {k}");
+        }
+        assert_eq!(keys.len(), 17);
+        assert_eq!(v["kind"], "vertical_scan");
+        assert_eq!(v["severity"], "medium");
+        assert_eq!(v["counts"]["xmas"], 3);
+        assert!(v["source"].get("related").is_none());
+        assert!(v["fingerprint"].is_null());
+        assert_ne!(stable_id(&["a", "b"]), stable_id(&["ab"]));
+    }
+}

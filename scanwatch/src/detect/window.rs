@@ -1,0 +1,178 @@
+//! Bounded multi-window counters.
+//!
+//! Every entity keeps one ring of [`BUCKETS`] buckets per scoring window; a bucket covers
+//! `window / BUCKETS` of time. Adding a delta touches the current bucket of every ring; reading a
+//! window sums the buckets younger than the window. Memory per entity is fixed:
+//! `windows x BUCKETS x M` counters, whatever the traffic.
+
+use std::time::Duration;
+
+/// Metrics tracked per bucket (indices into [`Metrics`]).
+pub mod m {
+    /// Probes sent (SYN, stealth, UDP, connect, raw).
+    pub const PROBES: usize = 0;
+    /// Probes known to have failed (closed port, refused, timed out).
+    pub const FAILURES: usize = 1;
+    /// Probes known to have succeeded (open port, established).
+    pub const SUCCESSES: usize = 2;
+    /// Destination ports first seen in this bucket (distinct-count increments).
+    pub const NEW_PORTS: usize = 3;
+    /// Destination hosts first seen in this bucket.
+    pub const NEW_HOSTS: usize = 4;
+    /// Share of NEW_PORTS that are privileged (< 1024).
+    pub const NEW_PRIV_PORTS: usize = 5;
+    /// NULL, Xmas, Maimon and SYN+FIN probes (never sent by real stacks).
+    pub const STEALTH: usize = 6;
+    /// FIN and bare ACK probes (also caused by stale connections).
+    pub const WEAK_STEALTH: usize = 7;
+    /// Fragments, source-port tricks, bad checksums.
+    pub const EVASION: usize = 8;
+    /// Unsolicited SYN-ACK / RST.
+    pub const UNSOLICITED: usize = 9;
+    pub const HONEYPORT: usize = 10;
+    /// Crafted (raw socket) probes, outbound.
+    pub const RAW: usize = 11;
+    /// Bad-checksum probes (subset of EVASION).
+    pub const BADSUM: usize = 12;
+    /// Distinct (host, port) pairs first seen in this bucket (outbound).
+    pub const NEW_PAIRS: usize = 13;
+    pub const M: usize = 14;
+}
+
+/// A vector of metric values.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Metrics(pub [f32; m::M]);
+
+impl Metrics {
+    pub fn get(&self, i: usize) -> f64 {
+        f64::from(self.0[i])
+    }
+
+    pub fn set(&mut self, i: usize, v: f64) {
+        self.0[i] = v as f32;
+    }
+
+    pub fn add(&mut self, i: usize, v: f64) {
+        self.0[i] += v as f32;
+    }
+
+    pub fn add_all(&mut self, o: &Metrics) {
+        for (a, b) in self.0.iter_mut().zip(o.0.iter()) {
+            *a += *b;
+        }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.0.iter().all(|v| *v == 0.0)
+    }
+
+    /// failures / (failures + successes), or `None` when no outcome is known.
+    pub fn fail_ratio(&self) -> Option<f64> {
+        let f = self.get(m::FAILURES);
+        let s = self.get(m::SUCCESSES);
+        (f + s > 0.0).then(|| f / (f + s))
+    }
+}
+
+/// Buckets per window.
+pub const BUCKETS: usize = 10;
+
+#[derive(Debug, Clone)]
+struct Ring {
+    width_ns: u64,
+    /// Bucket epoch + 1 (0 = never used).
+    stamps: [u64; BUCKETS],
+    vals: [Metrics; BUCKETS],
+}
+
+impl Ring {
+    fn epoch(&self, now: Duration) -> u64 {
+        (now.as_nanos() as u64) / self.width_ns + 1
+    }
+}
+
+/// One ring of buckets per window.
+#[derive(Debug, Clone)]
+pub struct MultiWindow {
+    rings: Vec<Ring>,
+}
+
+impl MultiWindow {
+    pub fn new(windows: &[Duration]) -> MultiWindow {
+        let rings = windows
+            .iter()
+            .map(|w| Ring {
+                width_ns: ((w.as_nanos() as u64) / BUCKETS as u64).max(1),
+                stamps: [0; BUCKETS],
+                vals: [Metrics::default(); BUCKETS],
+            })
+            .collect();
+        MultiWindow { rings }
+    }
+
+    pub fn add(&mut self, now: Duration, delta: &Metrics) {
+        if delta.is_zero() {
+            return;
+        }
+        for r in &mut self.rings {
+            let e = r.epoch(now);
+            let i = (e % BUCKETS as u64) as usize;
+            if r.stamps[i] != e {
+                r.stamps[i] = e;
+                r.vals[i] = Metrics::default();
+            }
+            r.vals[i].add_all(delta);
+        }
+    }
+
+    /// Totals of every window at `now`.
+    pub fn totals(&self, now: Duration) -> Vec<Metrics> {
+        self.rings
+            .iter()
+            .map(|r| {
+                let e = r.epoch(now);
+                let mut t = Metrics::default();
+                for (s, v) in r.stamps.iter().zip(r.vals.iter()) {
+                    if *s != 0 && *s <= e && e - *s < BUCKETS as u64 {
+                        t.add_all(v);
+                    }
+                }
+                t
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_expire_independently() {
+        let mut w = MultiWindow::new(&[Duration::from_secs(10), Duration::from_secs(100)]);
+        let mut d = Metrics::default();
+        d.set(m::PROBES, 5.0);
+        w.add(Duration::from_secs(1), &d);
+        w.add(Duration::from_secs(5), &d);
+        let t = w.totals(Duration::from_secs(6));
+        assert_eq!(t[0].get(m::PROBES), 10.0);
+        assert_eq!(t[1].get(m::PROBES), 10.0);
+        let t = w.totals(Duration::from_secs(30));
+        assert_eq!(t[0].get(m::PROBES), 0.0);
+        assert_eq!(t[1].get(m::PROBES), 10.0);
+        let t = w.totals(Duration::from_secs(200));
+        assert_eq!(t[1].get(m::PROBES), 0.0);
+        // A bucket slot reused after wrap-around starts from zero.
+        w.add(Duration::from_secs(201), &d);
+        assert_eq!(w.totals(Duration::from_secs(201))[0].get(m::PROBES), 5.0);
+    }
+
+    #[test]
+    fn fail_ratio_unknown_without_outcomes() {
+        let mut d = Metrics::default();
+        assert_eq!(d.fail_ratio(), None);
+        d.set(m::FAILURES, 3.0);
+        d.set(m::SUCCESSES, 1.0);
+        assert_eq!(d.fail_ratio(), Some(0.75));
+    }
+}

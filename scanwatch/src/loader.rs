@@ -1,0 +1,314 @@
+//! Loads the embedded eBPF object, applies sizes and settings, and attaches programs with a
+//! fallback chain per hook. Every choice is reported so the operator knows what is running.
+use std::path::Path;
+
+use aya::{
+    maps::{Array, HashMap as BpfHashMap},
+    programs::{KProbe, TracePoint, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use scanwatch_common::{
+    ProcConfig, XdpConfig, MAP_CONFIG, MAP_EVENTS, MAP_FINGERPRINTS, MAP_HONEYPORTS, MAP_PROCS,
+    MAP_SOURCES, PROG_KP_CONNECT, PROG_TP_CONNECT, PROG_TP_CONNECT_EXIT, PROG_TP_SENDMMSG,
+    PROG_TP_SENDMSG, PROG_TP_SENDTO, PROG_TP_SOCKET, PROG_TP_SOCK_STATE, PROG_XDP,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program `{0}` is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map `{0}` is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("program `{name}`: {source}")]
+    Program { name: &'static str, source: aya::programs::ProgramError },
+    #[error("map `{name}`: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("interface `{iface}`: XDP attach failed in every mode: {detail}")]
+    XdpAttach { iface: String, detail: String },
+    #[error("hook {hook}: no attach method worked: {detail}")]
+    Hook { hook: &'static str, detail: String },
+    #[error("tracefs is not mounted at /sys/kernel/tracing (mount -t tracefs nodev /sys/kernel/tracing)")]
+    NoTracefs,
+}
+
+/// Sizes and settings applied before/at load.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub max_sources: u32,
+    pub max_fingerprints: u32,
+    pub max_procs: u32,
+    pub ringbuf_bytes: u32,
+    pub enforce_blocklist: bool,
+    pub xdp: XdpConfig,
+    pub own_tgid: u32,
+    pub honeyports_tcp: Vec<u16>,
+    pub honeyports_udp: Vec<u16>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_sources: scanwatch_common::DEFAULT_MAX_SOURCES,
+            max_fingerprints: scanwatch_common::DEFAULT_MAX_FINGERPRINTS,
+            max_procs: scanwatch_common::DEFAULT_MAX_PROCS,
+            ringbuf_bytes: scanwatch_common::DEFAULT_RINGBUF_BYTES,
+            enforce_blocklist: false,
+            xdp: XdpConfig::default_config(),
+            own_tgid: std::process::id(),
+            honeyports_tcp: Vec::new(),
+            honeyports_udp: Vec::new(),
+        }
+    }
+}
+
+/// Load the object (programs are loaded lazily by `attach_*` or `load_program`).
+pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoaderError> {
+    // RLIMIT_MEMLOCK: kernels ≥ 5.11 account BPF memory to the memcg; raising it is best-effort.
+    let rl = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl) } != 0 {
+        log::debug!("setrlimit(RLIMIT_MEMLOCK) failed; relying on memcg accounting");
+    }
+    let enforce: u32 = opts.enforce_blocklist.into();
+    let mut ebpf = EbpfLoader::new()
+        .set_max_entries(MAP_SOURCES, opts.max_sources)
+        .set_max_entries(MAP_FINGERPRINTS, opts.max_fingerprints)
+        .set_max_entries(MAP_PROCS, opts.max_procs)
+        .set_max_entries(MAP_EVENTS, opts.ringbuf_bytes)
+        .set_global("ENFORCE_BLOCKLIST", &enforce, false)
+        .load(crate::ebpf_object())?;
+    write_config(&mut ebpf, &opts.xdp)?;
+    {
+        let map = ebpf.map_mut("PROC_CONFIG").ok_or(LoaderError::MissingMap("PROC_CONFIG"))?;
+        let mut arr: Array<_, ProcConfig> =
+            Array::try_from(map).map_err(|source| LoaderError::Map { name: "PROC_CONFIG", source })?;
+        arr.set(0, ProcConfig { own_tgid: opts.own_tgid, _pad: 0 }, 0)
+            .map_err(|source| LoaderError::Map { name: "PROC_CONFIG", source })?;
+    }
+    {
+        let map = ebpf.map_mut(MAP_HONEYPORTS).ok_or(LoaderError::MissingMap(MAP_HONEYPORTS))?;
+        let mut hp: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(map)
+            .map_err(|source| LoaderError::Map { name: MAP_HONEYPORTS, source })?;
+        for (proto, ports) in [(6u32, &opts.honeyports_tcp), (17u32, &opts.honeyports_udp)] {
+            for p in ports {
+                hp.insert((proto << 16) | u32::from(*p), 1, 0)
+                    .map_err(|source| LoaderError::Map { name: MAP_HONEYPORTS, source })?;
+            }
+        }
+    }
+    Ok(ebpf)
+}
+
+/// Write the runtime XDP settings (single-entry config map).
+pub fn write_config(ebpf: &mut Ebpf, cfg: &XdpConfig) -> Result<(), LoaderError> {
+    let map = ebpf.map_mut(MAP_CONFIG).ok_or(LoaderError::MissingMap(MAP_CONFIG))?;
+    let mut arr: Array<_, XdpConfig> =
+        Array::try_from(map).map_err(|source| LoaderError::Map { name: MAP_CONFIG, source })?;
+    arr.set(0, *cfg, 0).map_err(|source| LoaderError::Map { name: MAP_CONFIG, source })
+}
+
+/// Requested XDP mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpModeChoice {
+    Auto,
+    Native,
+    Skb,
+}
+
+/// Load the XDP program (idempotent).
+pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoaderError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROG_XDP)
+        .ok_or(LoaderError::MissingProgram(PROG_XDP))?
+        .try_into()
+        .map_err(|source| LoaderError::Program { name: PROG_XDP, source })?;
+    if prog.fd().is_err() {
+        prog.load().map_err(|source| LoaderError::Program { name: PROG_XDP, source })?;
+    }
+    Ok(prog)
+}
+
+/// Attach XDP to `iface`: native (driver) mode first, generic (SKB) mode as the fallback.
+/// Returns the mode that attached ("native" / "generic").
+pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, choice: XdpModeChoice) -> Result<&'static str, LoaderError> {
+    let prog = xdp_program(ebpf)?;
+    let order: &[(XdpMode, &'static str)] = match choice {
+        XdpModeChoice::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+        XdpModeChoice::Native => &[(XdpMode::Driver, "native")],
+        XdpModeChoice::Skb => &[(XdpMode::Skb, "generic")],
+    };
+    let mut detail = String::new();
+    for (mode, name) in order {
+        match prog.attach(iface, *mode) {
+            Ok(_) => return Ok(name),
+            Err(e) => detail.push_str(&format!("{name}: {e}; ")),
+        }
+    }
+    Err(LoaderError::XdpAttach { iface: iface.to_string(), detail })
+}
+
+/// One outbound hook and the methods it can use, in order of preference.
+pub struct HookSpec {
+    pub hook: &'static str,
+    pub methods: &'static [Method],
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Method {
+    /// kprobe program attached to each listed kernel function.
+    Kprobe { prog: &'static str, functions: &'static [&'static str] },
+    Tracepoint { prog: &'static str, category: &'static str, name: &'static str },
+}
+
+impl Method {
+    pub fn describe(&self) -> String {
+        match self {
+            Method::Kprobe { functions, .. } => format!("kprobe:{}", functions.join("+")),
+            Method::Tracepoint { category, name, .. } => format!("tracepoint:{category}:{name}"),
+        }
+    }
+}
+
+/// The kernel-compatibility table: per hook, the attach methods in order of preference.
+/// (fentry would precede kprobe; it is not offered because programs are built without CO-RE.)
+pub const HOOKS: &[HookSpec] = &[
+    HookSpec {
+        hook: "connect",
+        methods: &[
+            Method::Kprobe { prog: PROG_KP_CONNECT, functions: &["tcp_v4_connect", "tcp_v6_connect"] },
+            Method::Tracepoint { prog: PROG_TP_CONNECT, category: "syscalls", name: "sys_enter_connect" },
+        ],
+    },
+    HookSpec {
+        hook: "connect_result",
+        methods: &[Method::Tracepoint { prog: PROG_TP_CONNECT_EXIT, category: "syscalls", name: "sys_exit_connect" }],
+    },
+    HookSpec {
+        hook: "socket",
+        methods: &[Method::Tracepoint { prog: PROG_TP_SOCKET, category: "syscalls", name: "sys_enter_socket" }],
+    },
+    HookSpec {
+        hook: "sendto",
+        methods: &[Method::Tracepoint { prog: PROG_TP_SENDTO, category: "syscalls", name: "sys_enter_sendto" }],
+    },
+    HookSpec {
+        hook: "sendmsg",
+        methods: &[Method::Tracepoint { prog: PROG_TP_SENDMSG, category: "syscalls", name: "sys_enter_sendmsg" }],
+    },
+    HookSpec {
+        hook: "sendmmsg",
+        methods: &[Method::Tracepoint { prog: PROG_TP_SENDMMSG, category: "syscalls", name: "sys_enter_sendmmsg" }],
+    },
+    HookSpec {
+        hook: "tcp_outcome",
+        methods: &[Method::Tracepoint { prog: PROG_TP_SOCK_STATE, category: "sock", name: "inet_sock_set_state" }],
+    },
+];
+
+/// Whether the kernel can attach kprobes (perf kprobe PMU present).
+pub fn kprobes_available() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
+}
+
+pub fn tracefs_mounted() -> bool {
+    Path::new("/sys/kernel/tracing/events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists()
+}
+
+/// Whether a method could be used on this kernel, without attaching anything.
+pub fn method_available(m: &Method) -> bool {
+    match m {
+        Method::Kprobe { .. } => kprobes_available(),
+        Method::Tracepoint { category, name, .. } => {
+            Path::new(&format!("/sys/kernel/tracing/events/{category}/{name}")).exists()
+                || Path::new(&format!("/sys/kernel/debug/tracing/events/{category}/{name}")).exists()
+        }
+    }
+}
+
+/// Load (verify) a program without attaching it. Used by tests and `check`.
+pub fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoaderError> {
+    let prog = ebpf.program_mut(name).ok_or(LoaderError::MissingProgram(name))?;
+    let res = match prog {
+        aya::programs::Program::KProbe(p) => p.load(),
+        aya::programs::Program::TracePoint(p) => p.load(),
+        aya::programs::Program::Xdp(p) => p.load(),
+        _ => return Err(LoaderError::MissingProgram(name)),
+    };
+    res.map_err(|source| LoaderError::Program { name, source })
+}
+
+fn try_method(ebpf: &mut Ebpf, m: &Method) -> Result<(), String> {
+    match *m {
+        Method::Kprobe { prog, functions } => {
+            if !kprobes_available() {
+                return Err("kprobes not available (no kprobe PMU)".into());
+            }
+            let p: &mut KProbe = ebpf
+                .program_mut(prog)
+                .ok_or("program missing")?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            if p.fd().is_err() {
+                p.load().map_err(|e| format!("load: {e}"))?;
+            }
+            for f in functions {
+                p.attach(f, 0).map_err(|e| format!("attach {f}: {e}"))?;
+            }
+            Ok(())
+        }
+        Method::Tracepoint { prog, category, name } => {
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or("program missing")?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            if p.fd().is_err() {
+                p.load().map_err(|e| format!("load: {e}"))?;
+            }
+            p.attach(category, name).map_err(|e| format!("attach: {e}"))?;
+            Ok(())
+        }
+    }
+}
+
+/// Attach every outbound hook, walking each hook's fallback chain. Returns (hook, method) pairs.
+pub fn attach_outbound(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, String)>, LoaderError> {
+    if !tracefs_mounted() {
+        return Err(LoaderError::NoTracefs);
+    }
+    let mut chosen = Vec::new();
+    for spec in HOOKS {
+        let mut detail = String::new();
+        let mut ok = None;
+        for m in spec.methods {
+            match try_method(ebpf, m) {
+                Ok(()) => {
+                    ok = Some(m.describe());
+                    break;
+                }
+                Err(e) => detail.push_str(&format!("{}: {e}; ", m.describe())),
+            }
+        }
+        match ok {
+            Some(d) => {
+                if !detail.is_empty() {
+                    log::info!("hook {}: fell back to {d} ({detail})", spec.hook);
+                }
+                chosen.push((spec.hook, d));
+            }
+            None => return Err(LoaderError::Hook { hook: spec.hook, detail }),
+        }
+    }
+    Ok(chosen)
+}
+
+/// The interface holding the default IPv4 route (from /proc/net/route).
+pub fn default_route_interface() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/net/route").ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[1] == "00000000").then(|| f[0].to_string())
+    })
+}

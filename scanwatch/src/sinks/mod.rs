@@ -1,0 +1,2 @@
+//! Alert sinks. One sink per file, each with its own config.
+pub mod jsonl;

@@ -1,0 +1,396 @@
+//! Tier (b): the real XDP program, loaded into the kernel, driven with crafted packets through
+//! BPF_PROG_TEST_RUN; assertions on its maps, counters and ring-buffer events.
+//! Needs root (CAP_BPF); without it every test fails loudly.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use scanwatch::{
+    collector::ip_to_key,
+    loader::{self, LoadOptions},
+    packet::{PacketSpec, L4, ACK, FIN, PSH, RST, SYN, URG},
+    sketch::hll_estimate,
+};
+use scanwatch_common::{cnt, kind, stat, tool, InboundEvent, SrcKey, SrcState, XdpConfig};
+
+fn v4(s: &str) -> IpAddr {
+    IpAddr::V4(s.parse::<Ipv4Addr>().expect("v4"))
+}
+fn v6(s: &str) -> IpAddr {
+    IpAddr::V6(s.parse::<Ipv6Addr>().expect("v6"))
+}
+
+struct Prog {
+    ebpf: Ebpf,
+}
+
+impl Prog {
+    fn new() -> Self {
+        Self::with(LoadOptions { honeyports_tcp: vec![31337, 4444], honeyports_udp: vec![31337], ..LoadOptions::default() })
+    }
+
+    fn with(opts: LoadOptions) -> Self {
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "BPF_PROG_TEST_RUN tests need root (CAP_BPF); run them via `cargo xtask test` as root"
+        );
+        let mut ebpf = loader::load(&opts).expect("load eBPF object");
+        loader::xdp_program(&mut ebpf).expect("XDP program passes the verifier");
+        Self { ebpf }
+    }
+
+    fn run(&mut self, pkt: &[u8]) -> u32 {
+        let p: &mut Xdp = self.ebpf.program_mut(scanwatch_common::PROG_XDP).expect("prog").try_into().expect("xdp");
+        p.test_run(TestRunOptions { data_in: Some(pkt), repeat: 1, ..TestRunOptions::default() })
+            .expect("test_run")
+            .return_value
+    }
+
+    fn run_all(&mut self, pkts: impl IntoIterator<Item = Vec<u8>>) {
+        for p in pkts {
+            assert_eq!(self.run(&p), 2, "every packet must pass (XDP_PASS)");
+        }
+    }
+
+    fn source(&self, ip: IpAddr) -> Option<SrcState> {
+        let m: BpfHashMap<&MapData, SrcKey, SrcState> =
+            BpfHashMap::try_from(self.ebpf.map("SOURCES").expect("SOURCES")).expect("hash");
+        m.get(&ip_to_key(ip), 0).ok()
+    }
+
+    fn n_sources(&self) -> usize {
+        let m: BpfHashMap<&MapData, SrcKey, SrcState> =
+            BpfHashMap::try_from(self.ebpf.map("SOURCES").expect("SOURCES")).expect("hash");
+        m.keys().filter(|k| k.is_ok()).count()
+    }
+
+    fn stats(&self) -> Vec<u64> {
+        let m: PerCpuArray<&MapData, [u64; stat::N as usize]> =
+            PerCpuArray::try_from(self.ebpf.map("STATS").expect("STATS")).expect("percpu");
+        let vals = m.get(&0, 0).expect("stats");
+        let mut out = vec![0u64; stat::N as usize];
+        for v in vals.iter() {
+            for (o, x) in out.iter_mut().zip(v.iter()) {
+                *o += x;
+            }
+        }
+        out
+    }
+
+    fn events(&mut self) -> Vec<InboundEvent> {
+        let mut rb = RingBuf::try_from(self.ebpf.map_mut("EVENTS").expect("EVENTS")).expect("ringbuf");
+        let mut out = Vec::new();
+        while let Some(item) = rb.next() {
+            assert!(item.len() >= std::mem::size_of::<InboundEvent>());
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<InboundEvent>()) });
+        }
+        out
+    }
+
+    fn count(&self, ip: IpAddr, c: usize) -> u32 {
+        self.source(ip).map(|s| s.counts[c]).unwrap_or(0)
+    }
+}
+
+/// A port with no listener in this namespace (bind, note the port, close).
+fn closed_port() -> u16 {
+    TcpListener::bind("0.0.0.0:0").expect("bind").local_addr().expect("addr").port()
+}
+
+#[test]
+fn syn_creates_source_and_counts_closed_vs_open() {
+    let mut p = Prog::new();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let open = listener.local_addr().expect("addr").port();
+    let closed = closed_port();
+    let src = v4("127.0.0.9");
+    p.run_all([
+        PacketSpec::nmap_syn(src, v4("127.0.0.1"), open).build(),
+        PacketSpec::nmap_syn(src, v4("127.0.0.1"), closed).build(),
+    ]);
+    let s = p.source(src).expect("source entry created");
+    assert_eq!(s.counts[cnt::SYN], 2);
+    assert_eq!(s.counts[cnt::SYN_OPEN], 1, "listener found via socket lookup");
+    assert_eq!(s.counts[cnt::SYN_CLOSED], 1);
+    assert_eq!(s.counts[cnt::FAILED], 1);
+    assert!(s.first_seen_ns > 0 && s.last_seen_ns >= s.first_seen_ns);
+    assert_eq!(p.stats()[stat::SYN as usize], 2);
+}
+
+#[test]
+fn established_data_does_not_touch_source_state() {
+    let mut p = Prog::new();
+    let mut spec = PacketSpec::tcp(v4("10.1.0.1"), v4("10.1.0.2"), 443, 50000, ACK | PSH);
+    if let L4::Tcp { payload, .. } = &mut spec.l4 {
+        *payload = vec![1; 100];
+    }
+    p.run_all([spec.build()]);
+    assert!(p.source(v4("10.1.0.1")).is_none());
+    let st = p.stats();
+    assert_eq!(st[stat::ESTABLISHED_FAST as usize], 1);
+    assert_eq!(st[stat::TCP as usize], 1);
+}
+
+#[test]
+fn distinct_ports_hosts_sample_and_threshold_event() {
+    let mut p = Prog::new();
+    let src = v4("10.2.0.1");
+    p.run_all((1..=300u16).map(|port| PacketSpec::nmap_syn(src, v4("10.2.0.2"), port).build()));
+    let s = p.source(src).expect("source");
+    let est = hll_estimate(&s.port_hll);
+    assert!((est - 300.0).abs() / 300.0 < 0.10, "distinct ports estimate {est}");
+    assert!(hll_estimate(&s.host_hll).round() as u32 == 1);
+    assert_eq!(s.n_sample, 16);
+    assert_eq!(&s.sample_ports[..4], &[1, 2, 3, 4]);
+    assert!(s.win_ports >= 250 && s.win_ports <= 300, "window distinct ports {}", s.win_ports);
+    let ev = p.events();
+    let thr: Vec<_> = ev.iter().filter(|e| e.hdr.kind == kind::THRESHOLD).collect();
+    assert_eq!(thr.len(), 1, "exactly one threshold event per window");
+    assert_eq!(thr[0].detail & scanwatch_common::thr::PORTS, scanwatch_common::thr::PORTS);
+    assert_eq!(thr[0].win_ports, XdpConfig::default_config().port_threshold);
+    // Horizontal: one port over many hosts.
+    let src2 = v4("10.2.0.3");
+    p.run_all((1..=200u8).map(|h| PacketSpec::nmap_syn(src2, v4(&format!("10.3.0.{h}")), 80).build()));
+    let s2 = p.source(src2).expect("source");
+    let hosts = hll_estimate(&s2.host_hll);
+    assert!((hosts - 200.0).abs() / 200.0 < 0.10, "distinct hosts {hosts}");
+    assert!(hll_estimate(&s2.port_hll).round() as u32 == 1);
+    assert!(p.events().iter().any(|e| e.hdr.kind == kind::THRESHOLD && e.detail & scanwatch_common::thr::HOSTS != 0));
+}
+
+#[test]
+fn stealth_flag_shapes_are_counted_by_type() {
+    let mut p = Prog::new();
+    let src = v4("10.4.0.1");
+    let d = v4("10.4.0.2");
+    let port = closed_port();
+    for (flags, c) in [
+        (0u8, cnt::NULL),
+        (FIN, cnt::FIN),
+        (FIN | PSH | URG, cnt::XMAS),
+        (FIN | ACK, cnt::MAIMON),
+        (ACK, cnt::ACK),
+        (SYN | FIN, cnt::SYNFIN),
+    ] {
+        let before = p.count(src, c);
+        p.run_all([PacketSpec::tcp(src, d, 40000, port, flags).build()]);
+        assert_eq!(p.count(src, c), before + 1, "flags {flags:#04x} → counter {}", cnt::NAMES[c]);
+    }
+    // Unsolicited SYN-ACK and RST (no local socket): zombie / backscatter.
+    p.run_all([
+        PacketSpec::tcp(src, d, 80, port, SYN | ACK).build(),
+        PacketSpec::tcp(src, d, 80, port, RST).build(),
+    ]);
+    assert_eq!(p.count(src, cnt::UNSOLICITED_SYNACK), 1);
+    assert_eq!(p.count(src, cnt::UNSOLICITED_RST), 1);
+}
+
+#[test]
+fn ipv6_with_extension_headers_and_vlan_tags() {
+    let mut p = Prog::new();
+    let src6 = v6("fd11::1");
+    let mut spec = PacketSpec::linux_syn(src6, v6("fd11::2"), 40000, 8080);
+    spec.v6_ext = vec![0, 60, 43];
+    p.run_all([spec.build()]);
+    assert_eq!(p.count(src6, cnt::SYN), 1, "SYN behind hop-by-hop, dst-opts and routing headers");
+    let src = v4("10.5.0.1");
+    for tags in [vec![10u16], vec![100, 200]] {
+        let mut s = PacketSpec::nmap_syn(src, v4("10.5.0.2"), 81);
+        s.vlans = tags;
+        p.run_all([s.build()]);
+    }
+    assert_eq!(p.count(src, cnt::SYN), 2, "802.1Q and QinQ tagged SYNs");
+    assert_eq!(p.stats()[stat::IPV6 as usize], 1);
+}
+
+#[test]
+fn fragments_srcport_tricks_badsum_udp_icmp_honeyport() {
+    let mut p = Prog::new();
+    let src = v4("10.6.0.1");
+    let d = v4("10.6.0.2");
+    let mut first = PacketSpec::nmap_syn(src, d, 80);
+    first.frag = Some((true, 0));
+    let mut later = PacketSpec::nmap_syn(src, d, 80);
+    later.frag = Some((false, 3));
+    let mut p53 = PacketSpec::nmap_syn(src, d, 443);
+    if let L4::Tcp { sport, .. } = &mut p53.l4 {
+        *sport = 53;
+    }
+    let mut bad = PacketSpec::nmap_syn(src, d, 25);
+    bad.bad_checksum = true;
+    let udp = PacketSpec { l4: L4::Udp { sport: 5000, dport: closed_port(), payload: vec![0; 8] }, ..PacketSpec::tcp(src, d, 0, 0, 0) };
+    let echo = PacketSpec { l4: L4::Echo, ..PacketSpec::tcp(src, d, 0, 0, 0) };
+    p.run_all([first.build(), later.build(), p53.build(), bad.build(), udp.build(), echo.build()]);
+    let s = p.source(src).expect("source");
+    assert_eq!(s.counts[cnt::FRAG_FIRST], 1);
+    assert_eq!(s.counts[cnt::FRAG_LATER], 1);
+    assert_eq!(s.counts[cnt::SRCPORT_TRICK], 1);
+    assert_eq!(s.counts[cnt::BADSUM], 1, "only the corrupted SYN has a bad checksum");
+    assert_eq!(s.counts[cnt::UDP_CLOSED], 1);
+    assert_eq!(s.counts[cnt::ICMP_ECHO], 1);
+    // Honeyport: immediate event on first touch.
+    p.events();
+    p.run_all([PacketSpec::linux_syn(v4("10.6.0.9"), d, 40001, 31337).build()]);
+    let ev = p.events();
+    assert!(ev.iter().any(|e| e.hdr.kind == kind::HONEYPORT && e.dport == 31337), "honeyport event");
+    assert_eq!(p.count(v4("10.6.0.9"), cnt::HONEYPORT), 1);
+}
+
+#[test]
+fn fingerprints_and_tool_hints() {
+    let mut p = Prog::new();
+    let d = v4("10.7.0.2");
+    // nmap: window 1024, MSS only.
+    p.run_all([PacketSpec::nmap_syn(v4("10.7.0.1"), d, 22).build()]);
+    // zmap: IP ID 54321.
+    let mut z = PacketSpec::tcp(v4("10.7.0.3"), d, 40000, 80, SYN);
+    z.ip_id = 54321;
+    if let L4::Tcp { window, options, .. } = &mut z.l4 {
+        *window = 65535;
+        *options = vec![2, 4, 5, 0xb4];
+    }
+    // masscan: TTL 255, IP ID = (dst ^ dport ^ seq) & 0xffff.
+    let mut m = PacketSpec::nmap_syn(v4("10.7.0.4"), d, 443);
+    m.ttl = 255;
+    let seq = 0xdead_beefu32;
+    if let L4::Tcp { seq: s, .. } = &mut m.l4 {
+        *s = seq;
+    }
+    let dst_u32 = u32::from(Ipv4Addr::new(10, 7, 0, 2));
+    m.ip_id = ((dst_u32 ^ 443 ^ seq) & 0xffff) as u16;
+    // hping3: window 512, no options.
+    let mut h = PacketSpec::tcp(v4("10.7.0.5"), d, 2000, 80, SYN);
+    if let L4::Tcp { window, .. } = &mut h.l4 {
+        *window = 512;
+    }
+    let linux = PacketSpec::linux_syn(v4("10.7.0.6"), d, 40000, 80);
+    p.run_all([z.build(), m.build(), h.build(), linux.build()]);
+    for (ip, hint) in [
+        ("10.7.0.1", tool::NMAP),
+        ("10.7.0.3", tool::ZMAP),
+        ("10.7.0.4", tool::MASSCAN),
+        ("10.7.0.5", tool::HPING3),
+        ("10.7.0.6", tool::OS_STACK),
+    ] {
+        let s = p.source(v4(ip)).expect("source");
+        assert_eq!(tool::name(s.tool_hint), tool::name(hint), "tool hint for {ip}");
+        assert_eq!(s.n_fp, 1);
+    }
+    let ev = p.events();
+    let fps: Vec<_> = ev.iter().filter(|e| e.hdr.kind == kind::NEW_FINGERPRINT).collect();
+    assert_eq!(fps.len(), 5, "one new-fingerprint event per source");
+    let lin = fps.iter().find(|e| e.fp.tool_hint == tool::OS_STACK).expect("linux fp");
+    assert_eq!((lin.fp.mss, lin.fp.wscale, lin.fp.sack_ok, lin.fp.timestamps), (1460, 7, 1, 1));
+    assert_eq!(&lin.fp.opts[..5], &[2, 4, 8, 1, 3]);
+    // Same shape, different TTL/IP ID: same fingerprint hash (no new event).
+    let mut again = PacketSpec::nmap_syn(v4("10.7.0.1"), d, 23);
+    again.ttl = 50;
+    again.ip_id = 999;
+    p.run_all([again.build()]);
+    assert!(p.events().iter().all(|e| e.hdr.kind != kind::NEW_FINGERPRINT));
+    // A second, different shape from the same source is kept as well.
+    p.run_all([PacketSpec::linux_syn(v4("10.7.0.1"), d, 40000, 24).build()]);
+    assert_eq!(p.source(v4("10.7.0.1")).expect("source").n_fp, 2);
+}
+
+#[test]
+fn malformed_packets_pass_and_are_counted_by_reason() {
+    let mut p = Prog::new();
+    let base = PacketSpec::linux_syn(v4("10.8.0.1"), v4("10.8.0.2"), 1000, 80).build();
+    let cases: Vec<(Vec<u8>, u32)> = vec![
+        (base[..10].to_vec(), stat::MAL_ETH),
+        (base[..14 + 10].to_vec(), stat::MAL_IPV4),
+        ({
+            let mut b = base.clone();
+            b[14] = 0x44;
+            b
+        }, stat::MAL_IPV4_IHL),
+        (base[..14 + 20 + 10].to_vec(), stat::MAL_TCP),
+        ({
+            let mut b = base.clone();
+            b[14 + 20 + 12] = 0x30;
+            b
+        }, stat::MAL_TCP_DOFF),
+        ({
+            let mut b = base.clone();
+            b[14 + 20 + 20 + 1] = 0; // MSS option length 0
+            b
+        }, stat::MAL_TCP_OPTS),
+        ({
+            let mut b = base.clone();
+            b[14 + 20 + 20 + 1] = 1; // option length 1
+            b
+        }, stat::MAL_TCP_OPTS),
+        ({
+            let mut b = base.clone();
+            b[14 + 20 + 20 + 1] = 40; // overruns the header
+            b
+        }, stat::MAL_TCP_OPTS),
+        ({
+            let mut b = base.clone();
+            b[12] = 0x81;
+            b[13] = 0x00;
+            b.truncate(15);
+            b
+        }, stat::MAL_VLAN),
+    ];
+    let v6pkt = PacketSpec::linux_syn(v6("fd12::1"), v6("fd12::2"), 1, 2).build();
+    let mut ext = PacketSpec::linux_syn(v6("fd12::1"), v6("fd12::2"), 1, 2);
+    ext.v6_ext = vec![0];
+    let ext = ext.build();
+    let mut cases = cases;
+    cases.push((v6pkt[..14 + 30].to_vec(), stat::MAL_IPV6));
+    cases.push((ext[..14 + 40 + 1].to_vec(), stat::MAL_IPV6_EXT));
+    for (pkt, reason) in cases {
+        let before = p.stats()[reason as usize];
+        assert_eq!(p.run(&pkt), 2, "malformed packet ({}) must pass", stat::NAMES[reason as usize]);
+        assert_eq!(p.stats()[reason as usize], before + 1, "counted as {}", stat::NAMES[reason as usize]);
+    }
+}
+
+#[test]
+fn lru_bounds_state_under_random_source_flood() {
+    let mut p = Prog::with(LoadOptions { max_sources: 64, ..LoadOptions::default() });
+    p.run_all((0..1000u32).map(|i| {
+        PacketSpec::nmap_syn(IpAddr::V4(Ipv4Addr::from(0x6400_0000 + i)), v4("10.9.0.1"), 80).build()
+    }));
+    let live = p.n_sources();
+    assert!(live <= 64, "LRU keeps at most max_entries ({live})");
+    let st = p.stats();
+    assert_eq!(st[stat::NEW_SOURCES as usize], 1000);
+    assert!(st[stat::NEW_SOURCES as usize] - live as u64 >= 936, "evictions are derivable from counters");
+    assert_eq!(st[stat::SYN as usize], 1000, "the program kept working through the flood");
+}
+
+#[test]
+fn full_ring_buffer_is_counted_not_silent() {
+    // Smallest ring (one page): honeyport events from many sources overflow it.
+    let mut p = Prog::with(LoadOptions { ringbuf_bytes: 4096, honeyports_tcp: vec![31337], ..LoadOptions::default() });
+    p.run_all((0..200u32).map(|i| {
+        PacketSpec::nmap_syn(IpAddr::V4(Ipv4Addr::from(0x0a0a_0000 + i)), v4("10.9.0.1"), 31337).build()
+    }));
+    let st = p.stats();
+    assert!(st[stat::EVENTS_DROPPED as usize] > 0, "drops counted");
+    assert_eq!(st[stat::EVENTS as usize] + st[stat::EVENTS_DROPPED as usize], 400, "every event is either delivered or counted (honeyport + fingerprint per source)");
+}
+
+#[test]
+fn outbound_programs_pass_the_verifier_including_kprobe_variant() {
+    let mut p = Prog::new();
+    for name in [
+        scanwatch_common::PROG_TP_CONNECT,
+        scanwatch_common::PROG_TP_CONNECT_EXIT,
+        scanwatch_common::PROG_TP_SENDTO,
+        scanwatch_common::PROG_TP_SENDMSG,
+        scanwatch_common::PROG_TP_SENDMMSG,
+        scanwatch_common::PROG_TP_SOCKET,
+        scanwatch_common::PROG_TP_SOCK_STATE,
+        scanwatch_common::PROG_KP_CONNECT,
+    ] {
+        loader::load_program(&mut p.ebpf, name).unwrap_or_else(|e| panic!("{name} rejected: {e}"));
+    }
+}
