@@ -158,9 +158,11 @@ pub mod tool {
     }
 }
 
-/// TCP/IP fingerprint of one SYN shape.
+/// TCP/IP fingerprint of one SYN shape. The kernel fills the header fields, `raw_opts` /
+/// `opt_len`, the hash and the tool hint; `parse_options` (userspace) decodes the options into
+/// `opts`, `mss`, `wscale`, `sack_ok`, `timestamps`, `n_opts`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fingerprint {
     pub window: u16,
     pub mss: u16,
@@ -175,12 +177,90 @@ pub struct Fingerprint {
     pub opts: [u8; FP_MAX_OPTS],
     pub payload_len: u16,
     pub ip_version: u8,
-    pub _pad: u8,
+    /// Bytes of TCP options (0..=40) in `raw_opts`.
+    pub opt_len: u8,
     pub tool_hint: u32,
-    /// Short hash of the stable fields (not TTL jitter or IP ID).
+    /// Short hash of the stable fields (not TTL jitter, IP ID or timestamp values).
     pub hash: u32,
+    pub raw_opts: [u8; 40],
 }
-const _: () = assert!(size_of::<Fingerprint>() == 36);
+const _: () = assert!(size_of::<Fingerprint>() == 76);
+
+impl Default for Fingerprint {
+    fn default() -> Self {
+        Self {
+            window: 0,
+            mss: 0,
+            ip_id: 0,
+            ttl: 0,
+            df: 0,
+            wscale: 0,
+            n_opts: 0,
+            sack_ok: 0,
+            timestamps: 0,
+            opts: [0; FP_MAX_OPTS],
+            payload_len: 0,
+            ip_version: 0,
+            opt_len: 0,
+            tool_hint: 0,
+            hash: 0,
+            raw_opts: [0; 40],
+        }
+    }
+}
+
+impl Fingerprint {
+    /// Decode `raw_opts[..opt_len]`: option kinds in order, MSS, window scale, SACK-permitted,
+    /// timestamps. Returns false for a malformed option list (length 0/1 or overrunning).
+    /// Also refines the tool hint: a full OS stack (MSS + SACK + timestamps or window scale).
+    pub fn parse_options(&mut self) -> bool {
+        let len = (self.opt_len as usize).min(self.raw_opts.len());
+        let raw = self.raw_opts;
+        let mut o = 0;
+        let mut n = 0;
+        let mut ok = true;
+        while o < len {
+            let k = raw[o];
+            if n < FP_MAX_OPTS {
+                self.opts[n] = k;
+                n += 1;
+            }
+            if k == 0 {
+                break;
+            }
+            if k == 1 {
+                o += 1;
+                continue;
+            }
+            if o + 1 >= len {
+                ok = false;
+                break;
+            }
+            let l = raw[o + 1] as usize;
+            if l < 2 || o + l > len {
+                ok = false;
+                break;
+            }
+            match (k, l) {
+                (2, 4) => self.mss = u16::from_be_bytes([raw[o + 2], raw[o + 3]]),
+                (3, 3) => self.wscale = raw[o + 2],
+                (4, 2) => self.sack_ok = 1,
+                (8, 10) => self.timestamps = 1,
+                _ => {}
+            }
+            o += l;
+        }
+        self.n_opts = n as u8;
+        if self.tool_hint == tool::UNKNOWN
+            && self.sack_ok != 0
+            && self.mss != 0
+            && (self.timestamps != 0 || self.wscale != 0)
+        {
+            self.tool_hint = tool::OS_STACK;
+        }
+        ok
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -198,7 +278,7 @@ pub struct FpValue {
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
 }
-const _: () = assert!(size_of::<FpValue>() == 56);
+const _: () = assert!(size_of::<FpValue>() == 96);
 
 // ---------------------------------------------------------------------------------------------
 // Runtime configuration: one entry in an array map, written by the loader.
@@ -332,7 +412,7 @@ pub struct InboundEvent {
     pub win_hosts: u32,
     pub fp: Fingerprint,
 }
-const _: () = assert!(size_of::<InboundEvent>() == 16 + 32 + 8 + 12 + 36);
+const _: () = assert!(size_of::<InboundEvent>() == 144);
 
 /// Outbound event from the process hooks.
 #[repr(C)]
@@ -462,6 +542,22 @@ mod tests {
             assert!(idx < HLL_REGS);
             assert!((1..=(32 - HLL_P + 1) as u8).contains(&rank), "rank {rank}");
         }
+    }
+
+    #[test]
+    fn parse_linux_and_malformed_options() {
+        let mut fp = Fingerprint::default();
+        let opts = [2, 4, 5, 0xb4, 4, 2, 8, 10, 1, 2, 3, 4, 0, 0, 0, 0, 1, 3, 3, 7];
+        fp.raw_opts[..opts.len()].copy_from_slice(&opts);
+        fp.opt_len = opts.len() as u8;
+        assert!(fp.parse_options());
+        assert_eq!((fp.mss, fp.wscale, fp.sack_ok, fp.timestamps, fp.n_opts), (1460, 7, 1, 1, 5));
+        assert_eq!(&fp.opts[..5], &[2, 4, 8, 1, 3]);
+        assert_eq!(fp.tool_hint, tool::OS_STACK);
+        let mut bad = Fingerprint::default();
+        bad.raw_opts[..4].copy_from_slice(&[2, 40, 5, 0xb4]);
+        bad.opt_len = 4;
+        assert!(!bad.parse_options());
     }
 
     #[test]

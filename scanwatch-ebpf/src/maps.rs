@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use scanwatch_common::{
-    FpKey, FpValue, ProcConfig, ProcState, SrcKey, SrcState, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
+    Fingerprint, FpKey, FpValue, ProcConfig, ProcState, SrcKey, SrcState, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
     DEFAULT_MAX_PROCS, DEFAULT_MAX_SOURCES, DEFAULT_RINGBUF_BYTES,
 };
 
@@ -68,3 +68,28 @@ pub static RAW_SOCKS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(1024, 
 /// 16,384 in-flight connects.
 #[map]
 pub static CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
+
+/// What one packet contributes to its source's state. Classification fills it; one
+/// `update_source` call applies it (a single call site keeps the verifier's work linear).
+pub struct Obs {
+    /// Bit i set = bump `counts[i]`.
+    pub mask: u32,
+    pub probe: u8,
+    pub honey: u8,
+    pub has_fp: u8,
+    pub flags: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub fp: Fingerprint,
+}
+
+/// Per-packet scratch space: keeps the observation and the fingerprint record off the 512-byte
+/// BPF stack (the call chain of the XDP program would not fit otherwise).
+pub struct Scratch {
+    pub obs: Obs,
+    pub fpv: FpValue,
+}
+
+/// One `Scratch` per CPU, overwritten by every packet.
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

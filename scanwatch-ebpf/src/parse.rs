@@ -74,3 +74,28 @@ pub fn csum_fold(mut s: u64) -> u16 {
     s = (s & 0xffff) + (s >> 16);
     s as u16
 }
+
+/// Copy `len` (1..=N) bytes at `off` into `buf` with the `bpf_xdp_load_bytes` helper. Used where
+/// the offset is only known at run time and a direct 1-byte read would not verify (the compiler
+/// turns `p + 1 > end` into `p >= end`, which gives the verifier no range).
+#[inline(always)]
+pub fn load_bytes<const N: usize>(ctx: &XdpContext, off: usize, buf: &mut [u8; N], len: usize) -> Result<(), ()> {
+    // Mask first so the verifier sees a small unsigned bound on the length register.
+    // The volatile read hides the value's known range from LLVM so the mask and checks are kept
+    // for the verifier (LLVM would otherwise prove them redundant and drop them).
+    // SAFETY: reading a local.
+    let len = unsafe { core::ptr::read_volatile(&(len as u32)) } & 0x3f;
+    if len == 0 || len as usize > N || off > MAX_OFF {
+        return Err(());
+    }
+    // SAFETY: `buf` has room for `len` bytes; the helper checks the packet bounds.
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_xdp_load_bytes(
+            ctx.ctx,
+            off as u32,
+            buf.as_mut_ptr().cast(),
+            len,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(()) }
+}

@@ -13,13 +13,12 @@ use aya_ebpf::{
 };
 use scanwatch_common::{
     addr_fold, cfgflag, cnt, hll_slot, initial_ttl, kind, mix32, stat, thr, tool, EventHeader,
-    Fingerprint, FpKey, FpValue, InboundEvent, SrcKey, SrcState, XdpConfig, FP_MAX_OPTS,
-    FP_PER_SOURCE, SAMPLE_PORTS, WIN_HOST_BITS, WIN_PORT_BITS,
+    Fingerprint, FpKey, InboundEvent, SrcKey, XdpConfig, FP_PER_SOURCE, SAMPLE_PORTS, WIN_HOST_BITS, WIN_PORT_BITS,
 };
 
 use crate::{
-    maps::{BLOCKLIST, CONFIG, EVENTS, FINGERPRINTS, HONEYPORTS, SOURCES, STATS, ZERO_SRC},
-    parse::{addr16_at, be16_at, be32_at, csum_fold, u8_at, v4_mapped_at},
+    maps::{Obs, BLOCKLIST, CONFIG, EVENTS, FINGERPRINTS, HONEYPORTS, SCRATCH, SOURCES, STATS, ZERO_SRC},
+    parse::{addr16_at, be16_at, be32_at, csum_fold, load_bytes, u8_at, v4_mapped_at},
 };
 
 /// Load-time setting (the loader rewrites it): drop packets from BLOCKLIST sources.
@@ -118,27 +117,77 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
         }
     }
 
+    let cfg = config();
+    let Some(sp) = SCRATCH.get_ptr_mut(0) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    // SAFETY: per-CPU scratch, used by this program run only.
+    let sc = unsafe { &mut *sp };
+    let obs = &mut sc.obs;
+    obs.reset();
     if l3.frag == 2 {
         // Non-first fragment: no L4 header to look at.
-        let cfg = config();
-        with_source(stats, &cfg, &l3, |s, _| bump(s, cnt::FRAG_LATER));
+        obs.count(cnt::FRAG_LATER);
+    } else {
+        match l3.proto {
+            IPPROTO_TCP => {
+                stats[stat::TCP as usize] += 1;
+                if classify_tcp(ctx, stats, &l3, cfg, obs)? {
+                    return Ok(xdp_action::XDP_PASS);
+                }
+            }
+            IPPROTO_UDP => {
+                stats[stat::UDP as usize] += 1;
+                classify_udp(ctx, &l3, cfg, obs)?;
+            }
+            IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+                stats[stat::ICMP as usize] += 1;
+                classify_icmp(ctx, &l3, obs)?;
+            }
+            _ => {}
+        }
+    }
+    if obs.mask == 0 {
         return Ok(xdp_action::XDP_PASS);
     }
-    match l3.proto {
-        IPPROTO_TCP => {
-            stats[stat::TCP as usize] += 1;
-            handle_tcp(ctx, stats, &l3)
-        }
-        IPPROTO_UDP => {
-            stats[stat::UDP as usize] += 1;
-            handle_udp(ctx, stats, &l3)
-        }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            stats[stat::ICMP as usize] += 1;
-            handle_icmp(ctx, stats, &l3)
-        }
-        _ => Ok(xdp_action::XDP_PASS),
+    if obs.honey != 0 {
+        stats[stat::HONEYPORT as usize] += 1;
     }
+    let r = update_source(stats, cfg, &l3, obs);
+    if r < 0 {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let r = r as u64;
+    let ev = Ev {
+        sport: obs.sport,
+        dport: obs.dport,
+        flags: obs.flags,
+        detail: 0,
+        win_ports: ((r >> 16) & 0xffff) as u32,
+        win_hosts: ((r >> 32) & 0xffff) as u32,
+    };
+    let thr_bits = (r & (R_THR_PORTS | R_THR_HOSTS)) as u32;
+    if thr_bits != 0 {
+        let e = Ev { detail: thr_bits, ..ev };
+        emit(stats, kind::THRESHOLD, &l3, &e, None);
+    }
+    if r & R_NEW_FP != 0 {
+        let now = now_ns();
+        let key = FpKey { src: SrcKey { addr: l3.src }, hash: obs.fp.hash };
+        sc.fpv.fp = sc.obs.fp;
+        sc.fpv.count = 1;
+        sc.fpv.first_seen_ns = now;
+        sc.fpv.last_seen_ns = now;
+        let _ = FINGERPRINTS.insert(&key, &sc.fpv, 0);
+        stats[stat::NEW_FINGERPRINTS as usize] += 1;
+        let e = Ev { detail: ((r >> 8) & 0xff) as u32, win_ports: 0, win_hosts: 0, ..ev };
+        emit(stats, kind::NEW_FINGERPRINT, &l3, &e, Some(&sc.obs.fp));
+    }
+    if r & R_HONEY_FIRST != 0 {
+        let e = Ev { detail: 0, win_ports: 0, win_hosts: 0, ..ev };
+        emit(stats, kind::HONEYPORT, &l3, &e, None);
+    }
+    Ok(xdp_action::XDP_PASS)
 }
 
 #[inline(always)]
@@ -202,14 +251,15 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
     for _ in 0..6 {
         match next {
             0 | 43 | 60 => {
-                let nh = u8_at(ctx, l4).map_err(|_| stat::MAL_IPV6_EXT)?;
-                let len = (u8_at(ctx, l4 + 1).map_err(|_| stat::MAL_IPV6_EXT)? as usize + 1) * 8;
+                let w = be16_at(ctx, l4).map_err(|_| stat::MAL_IPV6_EXT)?;
+                let nh = (w >> 8) as u8;
+                let len = ((w & 0xff) as usize + 1) * 8;
                 next = nh;
                 l4 += len;
                 ext_len += len;
             }
             44 => {
-                let nh = u8_at(ctx, l4).map_err(|_| stat::MAL_IPV6_EXT)?;
+                let nh = (be16_at(ctx, l4).map_err(|_| stat::MAL_IPV6_EXT)? >> 8) as u8;
                 let fo = be16_at(ctx, l4 + 2).map_err(|_| stat::MAL_IPV6_EXT)?;
                 frag = if fo & 0xfff8 != 0 {
                     2
@@ -223,8 +273,9 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
                 ext_len += 8;
             }
             51 => {
-                let nh = u8_at(ctx, l4).map_err(|_| stat::MAL_IPV6_EXT)?;
-                let len = (u8_at(ctx, l4 + 1).map_err(|_| stat::MAL_IPV6_EXT)? as usize + 2) * 4;
+                let w = be16_at(ctx, l4).map_err(|_| stat::MAL_IPV6_EXT)?;
+                let nh = (w >> 8) as u8;
+                let len = ((w & 0xff) as usize + 2) * 4;
                 next = nh;
                 l4 += len;
                 ext_len += len;
@@ -252,19 +303,11 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
     })
 }
 
-#[inline(always)]
-fn config() -> XdpConfig {
-    match CONFIG.get(0) {
-        Some(c) => *c,
-        None => XdpConfig::default_config(),
-    }
-}
+static DEFAULT_CONFIG: XdpConfig = XdpConfig::default_config();
 
 #[inline(always)]
-fn bump(s: &mut SrcState, idx: usize) {
-    if idx < cnt::N {
-        s.counts[idx] = s.counts[idx].wrapping_add(1);
-    }
+fn config() -> &'static XdpConfig {
+    CONFIG.get(0).unwrap_or(&DEFAULT_CONFIG)
 }
 
 #[inline(always)]
@@ -273,20 +316,48 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Find or create the source's state and run `f` on it. Failures to insert are counted.
-#[inline(always)]
-fn with_source<F: FnOnce(&mut SrcState, &mut Stats)>(
-    stats: &mut Stats,
-    cfg: &XdpConfig,
-    l3: &L3,
-    f: F,
-) -> Option<*mut SrcState> {
+/// Result bits of `update_source` (low byte); n_fp in bits 8..16, window ports 16..32,
+/// window hosts 32..48.
+const R_THR_PORTS: u64 = thr::PORTS as u64;
+const R_THR_HOSTS: u64 = thr::HOSTS as u64;
+const R_NEW_FP: u64 = 0x10;
+const R_HONEY_FIRST: u64 = 0x20;
+
+/// Probe kinds for `Obs::probe`.
+const PROBE_NONE: u8 = 0;
+const PROBE_PORT: u8 = 1;
+/// Portless probe (ICMP echo): host fan-out only.
+const PROBE_HOST: u8 = 2;
+
+impl Obs {
+    /// Reset for a new packet (the fingerprint is reset only when a SYN fills it).
+    #[inline(always)]
+    fn reset(&mut self) {
+        self.mask = 0;
+        self.probe = PROBE_NONE;
+        self.honey = 0;
+        self.has_fp = 0;
+        self.flags = 0;
+        self.sport = 0;
+        self.dport = 0;
+    }
+
+    #[inline(always)]
+    fn count(&mut self, c: usize) {
+        self.mask |= 1u32 << (c as u32 & 31);
+    }
+}
+
+/// Find or create the source's state and apply `obs`. Returns the `R_*` bits and window counts,
+/// or -1 when no state could be had (insert failure, counted).
+#[inline(never)]
+fn update_source(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &Obs) -> i64 {
     let key = SrcKey { addr: l3.src };
     let now = now_ns();
     let ptr = match SOURCES.get_ptr_mut(&key) {
         Some(p) => p,
         None => {
-            let zero = ZERO_SRC.get_ptr(0)?;
+            let Some(zero) = ZERO_SRC.get_ptr(0) else { return -1 };
             // SAFETY: the per-CPU zero value is never written.
             let zero = unsafe { &*zero };
             // BPF_NOEXIST: another CPU may have inserted it meanwhile; then just use it.
@@ -297,7 +368,7 @@ fn with_source<F: FnOnce(&mut SrcState, &mut Stats)>(
                 Some(p) => p,
                 None => {
                     stats[stat::SOURCE_INSERT_FAILED as usize] += 1;
-                    return None;
+                    return -1;
                 }
             }
         }
@@ -314,89 +385,96 @@ fn with_source<F: FnOnce(&mut SrcState, &mut Stats)>(
         s.win_ports = 0;
         s.win_hosts = 0;
         s.emitted = 0;
-        let mut i = 0;
-        while i < WIN_PORT_BITS / 64 {
-            s.win_port_bits[i] = 0;
-            i += 1;
+        s.win_port_bits = [0; WIN_PORT_BITS / 64];
+        s.win_host_bits = [0; WIN_HOST_BITS / 64];
+    }
+    let mut r: u64 = 0;
+    // First touches of honeyports raise an event; later ones are only counted.
+    if obs.honey != 0 && s.counts[cnt::HONEYPORT] < 4 {
+        r |= R_HONEY_FIRST;
+    }
+    s.counts[cnt::PACKETS] = s.counts[cnt::PACKETS].wrapping_add(1);
+    let mut i = 1;
+    while i < cnt::N {
+        if obs.mask & (1u32 << i) != 0 {
+            s.counts[i] = s.counts[i].wrapping_add(1);
         }
-        let mut i = 0;
-        while i < WIN_HOST_BITS / 64 {
-            s.win_host_bits[i] = 0;
-            i += 1;
+        i += 1;
+    }
+    if obs.has_fp != 0 {
+        s.tool_hint = obs.fp.tool_hint;
+        let h = obs.fp.hash;
+        let known = s.fp_hashes[0] == h || s.fp_hashes[1] == h || s.fp_hashes[2] == h || s.fp_hashes[3] == h;
+        let n = s.n_fp as usize;
+        if !known && n < FP_PER_SOURCE {
+            s.fp_hashes[n & (FP_PER_SOURCE - 1)] = h;
+            s.n_fp += 1;
+            r |= R_NEW_FP;
         }
     }
-    bump(s, cnt::PACKETS);
-    f(s, stats);
-    Some(ptr)
-}
-
-/// Record a probe to (dst, dport): sketches, exact sample, short-window distinct counts and the
-/// immediate threshold event.
-#[inline(always)]
-fn record_probe(stats: &mut Stats, cfg: &XdpConfig, s: &mut SrcState, l3: &L3, sport: u16, dport: u16, flags: u8) {
-    record_target(stats, cfg, s, l3, sport, dport, flags, true);
-}
-
-/// `track_port` is false for portless probes (ICMP echo): only the host fan-out counts.
-#[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "flat packet fields")]
-fn record_target(stats: &mut Stats, cfg: &XdpConfig, s: &mut SrcState, l3: &L3, sport: u16, dport: u16, flags: u8, track_port: bool) {
-    // Short-window distinct ports (bitmap: exact up to collisions, ~n²/2048 at n ports).
-    let pb = (mix32(dport as u32) as usize) & (WIN_PORT_BITS - 1);
-    let (w, b) = (pb >> 6, pb & 63);
-    if track_port && w < WIN_PORT_BITS / 64 && s.win_port_bits[w] & (1u64 << b) == 0 {
-        s.win_port_bits[w] |= 1u64 << b;
-        s.win_ports += 1;
-    }
-    let hfold = addr_fold(&l3.dst);
-    let hb = (hfold as usize) & (WIN_HOST_BITS - 1);
-    let (w, b) = (hb >> 6, hb & 63);
-    if w < WIN_HOST_BITS / 64 && s.win_host_bits[w] & (1u64 << b) == 0 {
-        s.win_host_bits[w] |= 1u64 << b;
-        s.win_hosts += 1;
-    }
-    // Lifetime distinct ports and hosts (HyperLogLog).
-    let (i, r) = hll_slot(dport as u32);
-    if track_port && i < s.port_hll.len() && s.port_hll[i] < r {
-        s.port_hll[i] = r;
-    }
-    let (i, r) = hll_slot(hfold);
-    if i < s.host_hll.len() && s.host_hll[i] < r {
-        s.host_hll[i] = r;
-    }
-    // Exact sample of the first distinct ports.
-    let n = s.n_sample as usize;
-    if track_port && n < SAMPLE_PORTS {
-        let mut seen = false;
-        let mut k = 0;
-        while k < SAMPLE_PORTS {
-            if k < n && s.sample_ports[k] == dport {
-                seen = true;
+    if obs.probe != PROBE_NONE {
+        let track_port = obs.probe == PROBE_PORT;
+        let dport = obs.dport;
+        // Short-window distinct ports/hosts (bitmaps: exact up to collisions, ~n²/2m).
+        let pb = (mix32(dport as u32) as usize) & (WIN_PORT_BITS - 1);
+        let (w, b) = (pb >> 6, pb & 63);
+        if track_port && s.win_port_bits[w] & (1u64 << b) == 0 {
+            s.win_port_bits[w] |= 1u64 << b;
+            s.win_ports += 1;
+        }
+        let hfold = addr_fold(&l3.dst);
+        let hb = (hfold as usize) & (WIN_HOST_BITS - 1);
+        let (w, b) = (hb >> 6, hb & 63);
+        if s.win_host_bits[w] & (1u64 << b) == 0 {
+            s.win_host_bits[w] |= 1u64 << b;
+            s.win_hosts += 1;
+        }
+        // Lifetime distinct ports and hosts (HyperLogLog).
+        if track_port {
+            let (i, rank) = hll_slot(dport as u32);
+            if s.port_hll[i] < rank {
+                s.port_hll[i] = rank;
             }
-            k += 1;
         }
-        if !seen {
-            s.sample_ports[n] = dport;
-            s.n_sample += 1;
+        let (i, rank) = hll_slot(hfold);
+        if s.host_hll[i] < rank {
+            s.host_hll[i] = rank;
         }
+        // Exact sample of the first distinct ports.
+        let n = s.n_sample as usize;
+        if track_port && n < SAMPLE_PORTS {
+            let mut seen = false;
+            let mut k = 0;
+            while k < SAMPLE_PORTS {
+                if k < n && s.sample_ports[k] == dport {
+                    seen = true;
+                }
+                k += 1;
+            }
+            if !seen {
+                s.sample_ports[n & (SAMPLE_PORTS - 1)] = dport;
+                s.n_sample += 1;
+            }
+        }
+        if track_port && (obs.sport == 53 || obs.sport == 88) && dport != obs.sport {
+            s.counts[cnt::SRCPORT_TRICK] = s.counts[cnt::SRCPORT_TRICK].wrapping_add(1);
+        }
+        if cfg.port_threshold != 0 && s.win_ports >= cfg.port_threshold && s.emitted & thr::PORTS == 0 {
+            r |= R_THR_PORTS;
+        }
+        if cfg.host_threshold != 0 && s.win_hosts >= cfg.host_threshold && s.emitted & thr::HOSTS == 0 {
+            r |= R_THR_HOSTS;
+        }
+        s.emitted |= (r & (R_THR_PORTS | R_THR_HOSTS)) as u32;
     }
-    if (sport == 53 || sport == 88) && dport != sport {
-        bump(s, cnt::SRCPORT_TRICK);
-    }
-    let mut bits = 0u32;
-    if cfg.port_threshold != 0 && s.win_ports >= cfg.port_threshold && s.emitted & thr::PORTS == 0 {
-        bits |= thr::PORTS;
-    }
-    if cfg.host_threshold != 0 && s.win_hosts >= cfg.host_threshold && s.emitted & thr::HOSTS == 0 {
-        bits |= thr::HOSTS;
-    }
-    if bits != 0 {
-        s.emitted |= bits;
-        emit(stats, kind::THRESHOLD, l3, &Ev { sport, dport, flags, detail: bits, win_ports: s.win_ports, win_hosts: s.win_hosts }, None);
-    }
+    r |= ((s.n_fp as u64) & 0xff) << 8;
+    r |= ((s.win_ports as u64) & 0xffff) << 16;
+    r |= ((s.win_hosts as u64) & 0xffff) << 32;
+    r as i64
 }
 
 /// Event fields besides the addresses (kept in one struct so `emit` stays a 5-argument call).
+#[derive(Clone, Copy)]
 struct Ev {
     sport: u16,
     dport: u16,
@@ -445,37 +523,32 @@ fn is_honeyport(proto: u8, port: u16) -> bool {
 }
 
 /// Build the lookup tuple (as seen on ingress) and ask the kernel's socket table.
-#[inline(always)]
-fn socket_exists(ctx: &XdpContext, l3: &L3, sport: u16, dport: u16, tcp: bool, any_state: bool) -> bool {
+#[inline(never)]
+fn socket_exists(ctx: &XdpContext, l3: &L3, sport: u16, dport: u16, tcp: bool) -> bool {
     // SAFETY: zeroed POD tuple.
     let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     let size;
     if l3.v6 == 0 {
-        // SAFETY: writing the ipv4 member of a POD union.
-        unsafe {
-            t.__bindgen_anon_1.ipv4.saddr =
-                u32::from_ne_bytes([l3.src[12], l3.src[13], l3.src[14], l3.src[15]]);
-            t.__bindgen_anon_1.ipv4.daddr =
-                u32::from_ne_bytes([l3.dst[12], l3.dst[13], l3.dst[14], l3.dst[15]]);
-            t.__bindgen_anon_1.ipv4.sport = sport.to_be();
-            t.__bindgen_anon_1.ipv4.dport = dport.to_be();
-        }
+        // Writing a union member is safe.
+        t.__bindgen_anon_1.ipv4.saddr = u32::from_ne_bytes([l3.src[12], l3.src[13], l3.src[14], l3.src[15]]);
+        t.__bindgen_anon_1.ipv4.daddr = u32::from_ne_bytes([l3.dst[12], l3.dst[13], l3.dst[14], l3.dst[15]]);
+        t.__bindgen_anon_1.ipv4.sport = sport.to_be();
+        t.__bindgen_anon_1.ipv4.dport = dport.to_be();
         size = 12u32;
     } else {
-        // SAFETY: writing the ipv6 member of a POD union; [u8;16] and [u32;4] have equal size.
+        // SAFETY: [u8;16] and [u32;4] have equal size.
         unsafe {
             t.__bindgen_anon_1.ipv6.saddr = core::mem::transmute::<[u8; 16], [u32; 4]>(l3.src);
             t.__bindgen_anon_1.ipv6.daddr = core::mem::transmute::<[u8; 16], [u32; 4]>(l3.dst);
-            t.__bindgen_anon_1.ipv6.sport = sport.to_be();
-            t.__bindgen_anon_1.ipv6.dport = dport.to_be();
         }
+        t.__bindgen_anon_1.ipv6.sport = sport.to_be();
+        t.__bindgen_anon_1.ipv6.dport = dport.to_be();
         size = 36u32;
     }
     let netns = u32::MAX as u64; // BPF_F_CURRENT_NETNS
     // SAFETY: helper calls with a valid context and stack tuple; every non-null socket released.
     unsafe {
         let sk = if tcp {
-            let _ = any_state;
             bpf_skc_lookup_tcp(ctx.as_ptr(), &mut t, size, netns, 0)
         } else {
             bpf_sk_lookup_udp(ctx.as_ptr(), &mut t, size, netns, 0)
@@ -489,23 +562,24 @@ fn socket_exists(ctx: &XdpContext, l3: &L3, sport: u16, dport: u16, tcp: bool, a
     }
 }
 
+/// Classify a TCP segment into `obs`. Returns Ok(true) for the established-data fast path
+/// (nothing else to do).
 #[inline(never)]
-fn handle_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3) -> Result<u32, u32> {
+fn classify_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &XdpConfig, obs: &mut Obs) -> Result<bool, u32> {
     let t = l3.l4;
     let sport = be16_at(ctx, t).map_err(|_| stat::MAL_TCP)?;
     let dport = be16_at(ctx, t + 2).map_err(|_| stat::MAL_TCP)?;
-    let cfg = config();
+    obs.sport = sport;
+    obs.dport = dport;
     if l3.frag == 1 {
         // First fragment (nmap -f): the TCP header may be split across fragments.
-        with_source(stats, &cfg, l3, |s, stats| {
-            bump(s, cnt::FRAG_FIRST);
-            record_probe(stats, &cfg, s, l3, sport, dport, 0);
-        });
-        return Ok(xdp_action::XDP_PASS);
+        obs.count(cnt::FRAG_FIRST);
+        obs.probe = PROBE_PORT;
+        return Ok(false);
     }
     let seq = be32_at(ctx, t + 4).map_err(|_| stat::MAL_TCP)?;
-    let doff_b = u8_at(ctx, t + 12).map_err(|_| stat::MAL_TCP)?;
-    let flags = u8_at(ctx, t + 13).map_err(|_| stat::MAL_TCP)?;
+    let df = be16_at(ctx, t + 12).map_err(|_| stat::MAL_TCP)?;
+    let (doff_b, flags) = ((df >> 8) as u8, df as u8);
     let window = be16_at(ctx, t + 14).map_err(|_| stat::MAL_TCP)?;
     // The fixed 20-byte header must be present.
     be16_at(ctx, t + 18).map_err(|_| stat::MAL_TCP)?;
@@ -515,244 +589,162 @@ fn handle_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3) -> Result<u32, u32> 
     }
     let payload = l3.l4_len - doff;
     let f = flags & 0x3f;
+    obs.flags = flags;
 
     // Fast path: established-flow data segments never touch per-source state.
     if f & (SYN | RST | FIN) == 0 && f & ACK != 0 && payload > 0 {
         stats[stat::ESTABLISHED_FAST as usize] += 1;
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(true);
     }
     let lookup = cfg.flags & cfgflag::LOOKUP_SOCKETS != 0;
+    if is_honeyport(IPPROTO_TCP, dport) && f & ACK == 0 {
+        obs.honey = 1;
+        obs.count(cnt::HONEYPORT);
+    }
 
     if f & SYN != 0 && f & ACK == 0 {
         stats[stat::SYN as usize] += 1;
-        let fp = fingerprint(ctx, stats, l3, t, doff, window, seq, dport, payload);
-        let badsum = cfg.flags & cfgflag::VERIFY_CSUM != 0 && tcp_csum_bad(ctx, l3, t);
-        let open = if lookup { socket_exists(ctx, l3, sport, dport, true, false) } else { true };
-        let honey = is_honeyport(IPPROTO_TCP, dport);
-        let mut new_fp = false;
-        let ptr = with_source(stats, &cfg, l3, |s, stats| {
-            bump(s, cnt::SYN);
-            if f & FIN != 0 {
-                bump(s, cnt::SYNFIN);
-            }
-            if badsum {
-                bump(s, cnt::BADSUM);
-            }
-            if lookup {
-                if open {
-                    bump(s, cnt::SYN_OPEN);
-                } else {
-                    bump(s, cnt::SYN_CLOSED);
-                    bump(s, cnt::FAILED);
-                }
-            }
-            if let Ok(ref fp) = fp {
-                s.tool_hint = fp.tool_hint;
-                let mut known = false;
-                let mut k = 0;
-                while k < FP_PER_SOURCE {
-                    if k < s.n_fp as usize && s.fp_hashes[k] == fp.hash {
-                        known = true;
-                    }
-                    k += 1;
-                }
-                if !known && (s.n_fp as usize) < FP_PER_SOURCE {
-                    let n = s.n_fp as usize;
-                    if n < FP_PER_SOURCE {
-                        s.fp_hashes[n] = fp.hash;
-                    }
-                    s.n_fp += 1;
-                    new_fp = true;
-                }
-            }
-            record_probe(stats, &cfg, s, l3, sport, dport, flags);
-        });
-        if let (Ok(fp), true) = (fp.as_ref(), new_fp) {
-            let now = now_ns();
-            let key = FpKey { src: SrcKey { addr: l3.src }, hash: fp.hash };
-            let v = FpValue { fp: *fp, count: 1, first_seen_ns: now, last_seen_ns: now };
-            let _ = FINGERPRINTS.insert(&key, &v, 0);
-            stats[stat::NEW_FINGERPRINTS as usize] += 1;
-            let n = match ptr {
-                // SAFETY: pointer from with_source, still valid in this run.
-                Some(p) => unsafe { (*p).n_fp },
-                None => 0,
-            };
-            emit(stats, kind::NEW_FINGERPRINT, l3, &Ev { sport, dport, flags, detail: n, win_ports: 0, win_hosts: 0 }, Some(fp));
+        obs.count(cnt::SYN);
+        obs.probe = PROBE_PORT;
+        if f & FIN != 0 {
+            obs.count(cnt::SYNFIN);
         }
-        if honey {
-            honeypot_hit(ctx, stats, &cfg, l3, sport, dport, flags);
+        if fingerprint(ctx, stats, l3, t, doff, &mut obs.fp).is_ok() {
+            obs.fp.window = window;
+            obs.fp.payload_len = payload as u16;
+            finish_fingerprint(l3, ((seq as u64) << 16) | dport as u64, &mut obs.fp);
+            obs.has_fp = 1;
         }
-        return Ok(xdp_action::XDP_PASS);
+        if cfg.flags & cfgflag::VERIFY_CSUM != 0 && tcp_csum_bad(ctx, l3, t) {
+            obs.count(cnt::BADSUM);
+        }
+        if lookup {
+            if socket_exists(ctx, l3, sport, dport, true) {
+                obs.count(cnt::SYN_OPEN);
+            } else {
+                obs.count(cnt::SYN_CLOSED);
+                obs.count(cnt::FAILED);
+            }
+        }
+        return Ok(false);
     }
 
     // Stealth shapes that are never legitimate, whatever the socket table says.
-    let stealth = match f {
-        0 => Some(cnt::NULL),
-        x if x == FIN => Some(cnt::FIN),
-        x if x == FIN | PSH | URG => Some(cnt::XMAS),
-        _ => None,
+    let stealth = if f == 0 {
+        cnt::NULL
+    } else if f == FIN {
+        cnt::FIN
+    } else if f == FIN | PSH | URG {
+        cnt::XMAS
+    } else {
+        cnt::N
     };
-    if let Some(c) = stealth {
-        let open = !lookup || socket_exists(ctx, l3, sport, dport, true, true);
-        with_source(stats, &cfg, l3, |s, stats| {
-            bump(s, c);
-            if !open {
-                bump(s, cnt::FAILED);
-            }
-            record_probe(stats, &cfg, s, l3, sport, dport, flags);
-        });
-        if is_honeyport(IPPROTO_TCP, dport) {
-            honeypot_hit(ctx, stats, &cfg, l3, sport, dport, flags);
+    if stealth != cnt::N {
+        obs.count(stealth);
+        obs.probe = PROBE_PORT;
+        if lookup && !socket_exists(ctx, l3, sport, dport, true) {
+            obs.count(cnt::FAILED);
         }
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(false);
     }
     if !lookup {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(false);
     }
     // Shapes that are normal inside a connection and scan-like outside one.
     let orphan = if f == SYN | ACK {
-        Some(cnt::UNSOLICITED_SYNACK)
+        cnt::UNSOLICITED_SYNACK
     } else if f & RST != 0 {
-        Some(cnt::UNSOLICITED_RST)
+        cnt::UNSOLICITED_RST
     } else if f == FIN | ACK {
-        Some(cnt::MAIMON)
+        cnt::MAIMON
     } else if f == ACK && payload == 0 {
-        Some(cnt::ACK)
+        cnt::ACK
     } else {
-        None
+        cnt::N
     };
-    if let Some(c) = orphan {
-        if !socket_exists(ctx, l3, sport, dport, true, true) {
-            with_source(stats, &cfg, l3, |s, stats| {
-                bump(s, c);
-                if c == cnt::MAIMON || c == cnt::ACK {
-                    record_probe(stats, &cfg, s, l3, sport, dport, flags);
-                }
-            });
+    if orphan != cnt::N && !socket_exists(ctx, l3, sport, dport, true) {
+        obs.count(orphan);
+        if orphan == cnt::MAIMON || orphan == cnt::ACK {
+            obs.probe = PROBE_PORT;
         }
     }
-    Ok(xdp_action::XDP_PASS)
+    Ok(false)
 }
 
+/// Copy the SYN's raw options into `fp` (decoded in userspace) with the header fields.
 #[inline(always)]
-fn honeypot_hit(ctx: &XdpContext, stats: &mut Stats, cfg: &XdpConfig, l3: &L3, sport: u16, dport: u16, flags: u8) {
-    stats[stat::HONEYPORT as usize] += 1;
-    let mut first = false;
-    with_source(stats, cfg, l3, |s, stats| {
-        // Event on the first touches only; later ones are counted.
-        first = s.counts[cnt::HONEYPORT] < 4;
-        bump(s, cnt::HONEYPORT);
-    });
-    if first {
-        emit(stats, kind::HONEYPORT, l3, &Ev { sport, dport, flags, detail: 0, win_ports: 0, win_hosts: 0 }, None);
+fn fingerprint(ctx: &XdpContext, stats: &mut Stats, l3: &L3, t: usize, doff: usize, fp: &mut Fingerprint) -> Result<(), ()> {
+    let olen = doff - 20;
+    fp.raw_opts = [0; 40];
+    fp.mss = 0;
+    fp.wscale = 0;
+    fp.n_opts = 0;
+    fp.sack_ok = 0;
+    fp.timestamps = 0;
+    fp.opts = [0; scanwatch_common::FP_MAX_OPTS];
+    if olen > 40 || (olen > 0 && load_bytes(ctx, t + 20, &mut fp.raw_opts, olen).is_err()) {
+        stats[stat::MAL_TCP_OPTS as usize] += 1;
+        return Err(());
     }
+    // Cheap sanity check of the first option (the common malformations: length 0/1, overrun).
+    let k0 = fp.raw_opts[0];
+    let l0 = fp.raw_opts[1] as usize;
+    if olen > 0 && k0 > 1 && (l0 < 2 || l0 > olen) {
+        stats[stat::MAL_TCP_OPTS as usize] += 1;
+        return Err(());
+    }
+    fp.opt_len = olen as u8;
+    fp.ttl = l3.ttl;
+    fp.df = l3.df;
+    fp.ip_id = l3.ip_id;
+    fp.ip_version = if l3.v6 != 0 { 6 } else { 4 };
+    Ok(())
 }
 
-/// Parse the SYN's options and derive the fingerprint and tool hint.
-#[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "all parsed header fields are needed")]
-fn fingerprint(
-    ctx: &XdpContext,
-    stats: &mut Stats,
-    l3: &L3,
-    t: usize,
-    doff: usize,
-    window: u16,
-    seq: u32,
-    dport: u16,
-    payload: usize,
-) -> Result<Fingerprint, ()> {
-    let mut fp = Fingerprint {
-        window,
-        ttl: l3.ttl,
-        df: l3.df,
-        ip_id: l3.ip_id,
-        payload_len: payload as u16,
-        ip_version: if l3.v6 != 0 { 6 } else { 4 },
-        ..Fingerprint::default()
-    };
-    let end = t + doff;
-    let mut o = t + 20;
-    let mut n = 0usize;
-    let mut i = 0;
-    while i < 40 {
-        i += 1;
-        if o >= end {
-            break;
-        }
-        let Ok(k) = u8_at(ctx, o) else {
-            stats[stat::MAL_TCP_OPTS as usize] += 1;
-            return Err(());
-        };
-        if n < FP_MAX_OPTS {
-            fp.opts[n] = k;
-            n += 1;
-        }
-        if k == 0 {
-            break;
-        }
-        if k == 1 {
-            o += 1;
-            continue;
-        }
-        let Ok(len) = u8_at(ctx, o + 1) else {
-            stats[stat::MAL_TCP_OPTS as usize] += 1;
-            return Err(());
-        };
-        let len = len as usize;
-        if len < 2 || o + len > end {
-            stats[stat::MAL_TCP_OPTS as usize] += 1;
-            return Err(());
-        }
-        match (k, len) {
-            (2, 4) => fp.mss = be16_at(ctx, o + 2).unwrap_or(0),
-            (3, 3) => fp.wscale = u8_at(ctx, o + 2).unwrap_or(0),
-            (4, 2) => fp.sack_ok = 1,
-            (8, 10) => fp.timestamps = 1,
-            _ => {}
-        }
-        o += len;
-    }
-    fp.n_opts = n as u8;
-    // Stable fields only: TTL jitter and IP ID do not change the hash.
-    let mut h = mix32(((window as u32) << 16) | fp.mss as u32);
-    h = mix32(h ^ ((fp.wscale as u32) << 24 | (initial_ttl(l3.ttl) as u32) << 16 | (fp.df as u32) << 8 | fp.ip_version as u32));
-    let mut k = 0;
-    while k < FP_MAX_OPTS {
-        h = mix32(h ^ ((fp.opts[k] as u32) << 8) ^ k as u32);
-        k += 1;
-    }
-    fp.hash = mix32(h ^ ((payload != 0) as u32));
+/// Hash the stable fields and derive the tool hint from facts a scanner cannot easily hide.
+/// `seq_dport` = (TCP sequence number << 16) | destination port (masscan's IP ID formula).
+#[inline(never)]
+fn finish_fingerprint(l3: &L3, seq_dport: u64, fp: &mut Fingerprint) {
+    let (window, seq, dport, payload) = (fp.window, (seq_dport >> 16) as u32, seq_dport as u16, fp.payload_len);
+    let r = &fp.raw_opts;
+    let olen = fp.opt_len as usize;
+    let mss_only = olen == 4 && r[0] == 2 && r[1] == 4;
+    // Stable fields only: TTL jitter, IP ID and timestamp values do not change the hash. The
+    // first 8 option bytes hold the option layout on every common stack (MSS, then SACK/TS/WS).
+    let w0 = u32::from_le_bytes([r[0], r[1], r[2], r[3]]);
+    let w1 = u32::from_le_bytes([r[4], r[5], r[6], r[7]]);
+    let mut h = mix32(((window as u32) << 16) | olen as u32);
+    h = mix32(h ^ ((initial_ttl(l3.ttl) as u32) << 16 | (fp.df as u32) << 8 | fp.ip_version as u32));
+    h = mix32(h ^ w0);
+    h = mix32(h ^ w1 ^ ((payload != 0) as u32));
+    fp.hash = h;
     let dst4 = u32::from_be_bytes([l3.dst[12], l3.dst[13], l3.dst[14], l3.dst[15]]);
     fp.tool_hint = if l3.ip_id == 54321 && l3.v6 == 0 {
         tool::ZMAP
-    } else if l3.v6 == 0 && initial_ttl(l3.ttl) == 255 && l3.ip_id == ((dst4 ^ dport as u32 ^ seq) & 0xffff) as u16 {
+    } else if l3.v6 == 0
+        && initial_ttl(l3.ttl) == 255
+        && l3.ip_id == ((dst4 ^ dport as u32 ^ seq) & 0xffff) as u16
+    {
         tool::MASSCAN
-    } else if window == 512 && n == 0 {
+    } else if window == 512 && olen == 0 {
         tool::HPING3
     } else if window == 4128 {
         tool::UNICORNSCAN
-    } else if (window == 1024 || window == 2048 || window == 3072 || window == 4096)
-        && n == 1
-        && fp.opts[0] == 2
-    {
+    } else if (window == 1024 || window == 2048 || window == 3072 || window == 4096) && mss_only {
         tool::NMAP
-    } else if fp.sack_ok != 0 && fp.mss != 0 && (fp.timestamps != 0 || fp.wscale != 0) {
-        tool::OS_STACK
     } else {
+        // Userspace refines UNKNOWN to os-stack after decoding the options.
         tool::UNKNOWN
     };
-    Ok(fp)
 }
 
 /// True when a SYN's TCP checksum is wrong. A checksum equal to the folded pseudo-header sum is
 /// a locally generated segment with checksum offload pending (veth), not a bad one.
-#[inline(always)]
+#[inline(never)]
 fn tcp_csum_bad(ctx: &XdpContext, l3: &L3, t: usize) -> bool {
     let len = l3.l4_len;
     if len > 64 || len < 20 {
-        return false; // only bare SYNs (options, no big payload) are verified
+        return false; // only bare SYNs (options, small payload) are verified
     }
     let mut pseudo: u64 = 0;
     let mut k = 0;
@@ -764,65 +756,52 @@ fn tcp_csum_bad(ctx: &XdpContext, l3: &L3, t: usize) -> bool {
         k += 2;
     }
     pseudo += IPPROTO_TCP as u64 + len as u64;
+    // Copy the segment once, then sum it from the stack.
+    let mut buf = [0u8; 64];
+    if load_bytes(ctx, t, &mut buf, len).is_err() {
+        return false;
+    }
     let mut sum = pseudo;
     let mut i = 0usize;
     while i < 32 {
-        let o = i * 2;
-        if o + 1 < len {
-            match be16_at(ctx, t + o) {
-                Ok(w) => sum += w as u64,
-                Err(_) => return false,
-            }
-        } else if o < len {
-            match u8_at(ctx, t + o) {
-                Ok(b) => sum += (b as u64) << 8,
-                Err(_) => return false,
-            }
-        }
+        sum += u16::from_be_bytes([buf[2 * i], buf[2 * i + 1]]) as u64;
         i += 1;
     }
     if csum_fold(sum) == 0xffff {
         return false;
     }
-    let check = be16_at(ctx, t + 16).unwrap_or(0);
+    let check = u16::from_be_bytes([buf[16], buf[17]]);
     check != csum_fold(pseudo)
 }
 
 #[inline(never)]
-fn handle_udp(ctx: &XdpContext, stats: &mut Stats, l3: &L3) -> Result<u32, u32> {
+fn classify_udp(ctx: &XdpContext, l3: &L3, cfg: &XdpConfig, obs: &mut Obs) -> Result<(), u32> {
     let sport = be16_at(ctx, l3.l4).map_err(|_| stat::MAL_UDP)?;
     let dport = be16_at(ctx, l3.l4 + 2).map_err(|_| stat::MAL_UDP)?;
     be16_at(ctx, l3.l4 + 6).map_err(|_| stat::MAL_UDP)?;
-    let cfg = config();
-    let honey = is_honeyport(IPPROTO_UDP, dport);
-    let lookup = cfg.flags & cfgflag::LOOKUP_SOCKETS != 0;
-    if lookup && !socket_exists(ctx, l3, sport, dport, false, false) {
-        with_source(stats, &cfg, l3, |s, stats| {
-            bump(s, cnt::UDP);
-            bump(s, cnt::UDP_CLOSED);
-            bump(s, cnt::FAILED);
-            record_probe(stats, &cfg, s, l3, sport, dport, 0);
-        });
+    obs.sport = sport;
+    obs.dport = dport;
+    if is_honeyport(IPPROTO_UDP, dport) {
+        obs.honey = 1;
+        obs.count(cnt::HONEYPORT);
     }
-    if honey {
-        honeypot_hit(ctx, stats, &cfg, l3, sport, dport, 0);
+    if cfg.flags & cfgflag::LOOKUP_SOCKETS != 0 && !socket_exists(ctx, l3, sport, dport, false) {
+        obs.count(cnt::UDP);
+        obs.count(cnt::UDP_CLOSED);
+        obs.count(cnt::FAILED);
+        obs.probe = PROBE_PORT;
     }
-    Ok(xdp_action::XDP_PASS)
+    Ok(())
 }
 
 #[inline(never)]
-fn handle_icmp(ctx: &XdpContext, stats: &mut Stats, l3: &L3) -> Result<u32, u32> {
-    let ty = u8_at(ctx, l3.l4).map_err(|_| stat::MAL_ICMP)?;
+fn classify_icmp(ctx: &XdpContext, l3: &L3, obs: &mut Obs) -> Result<(), u32> {
+    let ty = (be16_at(ctx, l3.l4).map_err(|_| stat::MAL_ICMP)? >> 8) as u8;
     be16_at(ctx, l3.l4 + 2).map_err(|_| stat::MAL_ICMP)?;
-    let echo = (l3.v6 == 0 && ty == 8) || (l3.v6 != 0 && ty == 128);
-    if echo {
-        let cfg = config();
-        with_source(stats, &cfg, l3, |s, stats| {
-            bump(s, cnt::ICMP_ECHO);
-            // Track the host fan-out of ping sweeps (port 0).
-            record_target(stats, &cfg, s, l3, 0, 0, 0, false);
-        });
+    if (l3.v6 == 0 && ty == 8) || (l3.v6 != 0 && ty == 128) {
+        obs.count(cnt::ICMP_ECHO);
+        // Ping sweeps: host fan-out only.
+        obs.probe = PROBE_HOST;
     }
-    Ok(xdp_action::XDP_PASS)
+    Ok(())
 }
-

@@ -112,7 +112,11 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Run { config, interfaces, role, xdp_mode, no_outbound, duration } => {
             let mut cfg = load_config(config.as_ref())?;
             if let Some(r) = role {
-                cfg = cfg.with_role(&r)?;
+                if !cfg.roles.contains_key(&r) {
+                    let known: Vec<&str> = cfg.roles.keys().map(String::as_str).collect();
+                    anyhow::bail!("--role: unknown role {r:?} (known: {})", known.join(", "));
+                }
+                cfg.agent.role = r;
             }
             let ifaces = if interfaces.is_empty() { cfg.agent.interfaces.clone() } else { interfaces };
             let mode = match xdp_mode {
@@ -130,7 +134,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 xdp_mode: mode,
                 outbound: cfg.agent.outbound && !no_outbound,
                 duration: duration.map(Duration::from_secs),
-                enforce_blocklist: false,
+                enforce_blocklist: cfg.xdp.enforce_blocklist,
             };
             runtime()?.block_on(collector::run(cfg, opts, std::io::stdout().lock()))?;
             Ok(ExitCode::SUCCESS)

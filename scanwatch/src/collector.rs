@@ -14,9 +14,10 @@ use scanwatch_common::{
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    alert::Alert,
     config::Config,
     detect::{
-        Engine, FingerprintInfo, InboundEventKind, InboundObservation, OutboundAction,
+        BaselineLearner, Engine, FingerprintInfo, InboundEventKind, InboundObservation, OutboundAction,
         OutboundObservation, SourceSnapshot,
     },
     enrich::ProcCache,
@@ -50,7 +51,9 @@ pub fn ip_to_key(ip: IpAddr) -> SrcKey {
 }
 
 /// Stable text form of a fingerprint (p0f-like, one line) and its short hash.
-pub fn fingerprint_info(fp: &scanwatch_common::Fingerprint) -> FingerprintInfo {
+pub fn fingerprint_info(raw: &scanwatch_common::Fingerprint) -> FingerprintInfo {
+    let mut fp = *raw;
+    fp.parse_options();
     let opts: Vec<&str> = fp.opts[..usize::from(fp.n_opts).min(fp.opts.len())]
         .iter()
         .map(|k| match k {
@@ -127,9 +130,67 @@ pub fn load_options(cfg: &Config, enforce_blocklist: bool) -> LoadOptions {
     }
 }
 
+/// What the run loop feeds: the detection engine (`run`) or the baseline learner (`baseline`).
+pub trait Observer {
+    fn observe_source(&mut self, now: Duration, s: &SourceSnapshot) -> Vec<Alert>;
+    fn observe_inbound_event(&mut self, now: Duration, e: &InboundObservation) -> Vec<Alert>;
+    fn observe_outbound(&mut self, now: Duration, o: &OutboundObservation) -> Vec<Alert>;
+    fn tick(&mut self, now: Duration) -> Vec<Alert>;
+}
+
+impl Observer for Engine {
+    fn observe_source(&mut self, now: Duration, s: &SourceSnapshot) -> Vec<Alert> {
+        Engine::observe_source(self, now, s)
+    }
+    fn observe_inbound_event(&mut self, now: Duration, e: &InboundObservation) -> Vec<Alert> {
+        Engine::observe_inbound_event(self, now, e)
+    }
+    fn observe_outbound(&mut self, now: Duration, o: &OutboundObservation) -> Vec<Alert> {
+        Engine::observe_outbound(self, now, o)
+    }
+    fn tick(&mut self, now: Duration) -> Vec<Alert> {
+        Engine::tick(self, now)
+    }
+}
+
+impl Observer for BaselineLearner {
+    fn observe_source(&mut self, now: Duration, s: &SourceSnapshot) -> Vec<Alert> {
+        BaselineLearner::observe_source(self, now, s);
+        Vec::new()
+    }
+    fn observe_inbound_event(&mut self, now: Duration, e: &InboundObservation) -> Vec<Alert> {
+        BaselineLearner::observe_inbound_event(self, now, e);
+        Vec::new()
+    }
+    fn observe_outbound(&mut self, now: Duration, o: &OutboundObservation) -> Vec<Alert> {
+        BaselineLearner::observe_outbound(self, now, o);
+        Vec::new()
+    }
+    fn tick(&mut self, now: Duration) -> Vec<Alert> {
+        BaselineLearner::tick(self, now);
+        Vec::new()
+    }
+}
+
 /// Run the agent until the duration elapses or a signal arrives. Alerts go to `out`.
 pub async fn run<W: Write>(cfg: Config, opts: RunOptions, out: W) -> anyhow::Result<()> {
-    let lopts = load_options(&cfg, opts.enforce_blocklist);
+    let hostname = cfg.agent.hostname.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    });
+    let mut engine = Engine::new(&cfg, hostname);
+    engine.set_wall_clock(monotonic(), std::time::SystemTime::now());
+    if let Some(path) = &cfg.agent.baseline {
+        match crate::detect::Baseline::load(path) {
+            Ok(b) => engine.set_baseline(b),
+            Err(e) => anyhow::bail!("agent.baseline: {}: {e}", path.display()),
+        }
+    }
+    run_with(&cfg, opts, &mut engine, out).await
+}
+
+/// The run loop over any observer.
+pub async fn run_with<O: Observer, W: Write>(cfg: &Config, opts: RunOptions, engine: &mut O, out: W) -> anyhow::Result<()> {
+    let lopts = load_options(cfg, opts.enforce_blocklist);
     let mut ebpf = loader::load(&lopts)?;
     if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
         log::debug!("no eBPF log map: {e}");
@@ -151,18 +212,9 @@ pub async fn run<W: Write>(cfg: Config, opts: RunOptions, out: W) -> anyhow::Res
             eprintln!("scanwatch: hook {hook} -> {method}");
         }
     }
-    let hostname = cfg.agent.hostname.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
-    });
-    let mut engine = Engine::new(&cfg, hostname);
-    if let Some(path) = &cfg.agent.baseline {
-        match crate::detect::Baseline::load(path) {
-            Ok(b) => engine.set_baseline(b),
-            Err(e) => anyhow::bail!("agent.baseline: {}: {e}", path.display()),
-        }
-    }
     let ring = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).ok_or_else(|| anyhow::anyhow!("map EVENTS missing"))?)?;
-    let mut ring = AsyncFd::new(ring)?;
+    // SAFETY: `ring` owns its fd and stays inside the AsyncFd (registered once, closed on drop).
+    let mut ring = unsafe { AsyncFd::register(ring)? };
     let sources: BpfHashMap<MapData, SrcKey, SrcState> =
         BpfHashMap::try_from(ebpf.take_map(MAP_SOURCES).ok_or_else(|| anyhow::anyhow!("map SOURCES missing"))?)?;
     let fps: BpfHashMap<MapData, FpKey, FpValue> = BpfHashMap::try_from(
@@ -191,14 +243,14 @@ pub async fn run<W: Write>(cfg: Config, opts: RunOptions, out: W) -> anyhow::Res
                 let mut alerts = Vec::new();
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
-                    alerts.extend(handle_record(&item, &mut engine, &mut procs));
+                    alerts.extend(handle_record(&item, engine, &mut procs));
                 }
                 guard.clear_ready();
                 alerts
             }
             _ = sweep.tick() => {
                 let now = monotonic();
-                let mut alerts = sweep_sources(&sources, &fps, &mut engine, now, last_sweep_ns);
+                let mut alerts = sweep_sources(&sources, &fps, engine, now, last_sweep_ns);
                 last_sweep_ns = now.as_nanos() as u64;
                 alerts.extend(engine.tick(now));
                 alerts
@@ -275,13 +327,13 @@ pub fn snapshot(key: &SrcKey, s: &SrcState, fps: &BpfHashMap<MapData, FpKey, FpV
     }
 }
 
-fn sweep_sources(
+fn sweep_sources<O: Observer>(
     sources: &BpfHashMap<MapData, SrcKey, SrcState>,
     fps: &BpfHashMap<MapData, FpKey, FpValue>,
-    engine: &mut Engine,
+    engine: &mut O,
     now: Duration,
     since_ns: u64,
-) -> Vec<crate::alert::Alert> {
+) -> Vec<Alert> {
     let mut alerts = Vec::new();
     for item in sources.iter() {
         let Ok((key, s)) = item else { continue };
@@ -306,7 +358,7 @@ fn comm_str(c: &[u8; 16]) -> String {
 }
 
 /// Dispatch one ring-buffer record on its header kind.
-pub fn handle_record(data: &[u8], engine: &mut Engine, procs: &mut ProcCache) -> Vec<crate::alert::Alert> {
+pub fn handle_record<O: Observer>(data: &[u8], engine: &mut O, procs: &mut ProcCache) -> Vec<Alert> {
     let Some(hdr) = read_record::<scanwatch_common::EventHeader>(data) else { return Vec::new() };
     let now = monotonic();
     match hdr.kind {

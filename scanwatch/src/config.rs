@@ -94,6 +94,8 @@ pub struct AgentConfig {
     pub xdp_mode: XdpModeSetting,
     /// Watch outbound activity of local processes.
     pub outbound: bool,
+    /// Learned baseline file (JSON, from `scanwatch baseline`) loaded at start.
+    pub baseline: Option<PathBuf>,
 }
 
 /// `[xdp]`: settings pushed into the kernel programs and maps.
@@ -305,14 +307,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Format a duration compactly with the largest exact unit (`"10s"`, `"15m"`, `"500ms"`).
+/// Format a duration compactly with the largest exact unit (`"10s"`, `"15m"`, `"24h"`, `"500ms"`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         return "0s".into();
     }
-    for (unit, len) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms % len == 0 {
+    for (unit, len) in [("h", 3_600_000u128), ("m", 60_000), ("s", 1_000)] {
+        if ms.is_multiple_of(len) {
             return format!("{}{unit}", ms / len);
         }
     }
@@ -421,7 +423,7 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
 /// Overlay `o` on `s`: every field set in `o` replaces the one in `s`.
 macro_rules! overlay_fields {
     ($s:ident, $o:ident; $($f:ident),* $(,)?) => {
-        $( if $o.$f.is_some() { $s.$f = $o.$f; } )*
+        { $( if $o.$f.is_some() { $s.$f = $o.$f; } )* }
     };
 }
 
@@ -446,6 +448,7 @@ struct RawAgent {
     hostname: Option<String>,
     xdp_mode: Option<String>,
     outbound: Option<bool>,
+    baseline: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -634,7 +637,7 @@ impl RawConfig {
             }
         }
         sub(&mut self.agent, o.agent, |s, o| {
-            overlay_fields!(s, o; interfaces, role, sweep_interval, hostname, xdp_mode, outbound)
+            overlay_fields!(s, o; interfaces, role, sweep_interval, hostname, xdp_mode, outbound, baseline)
         });
         sub(&mut self.xdp, o.xdp, |s, o| {
             overlay_fields!(s, o; short_window, port_threshold, host_threshold, max_sources,
@@ -726,6 +729,7 @@ impl RawConfig {
             hostname: agent.hostname.filter(|h| !h.is_empty()),
             xdp_mode,
             outbound: req(agent.outbound, "agent.outbound")?,
+            baseline: agent.baseline.filter(|b| !b.is_empty()).map(PathBuf::from),
         };
 
         let ringbuf_bytes = req(xdp.ringbuf_bytes, "xdp.ringbuf_bytes")?;
@@ -852,7 +856,7 @@ impl RawConfig {
         };
 
         let escalation_factor = req(al.escalation_factor, "alerts.escalation_factor")?;
-        if !(escalation_factor > 1.0) {
+        if escalation_factor.is_nan() || escalation_factor <= 1.0 {
             return Err(ConfigError::invalid(
                 "alerts.escalation_factor",
                 format!("{escalation_factor} must be greater than 1"),
@@ -1154,7 +1158,7 @@ mod tests {
         }
         assert_eq!(format_duration(Duration::from_secs(10)), "10s");
         assert_eq!(format_duration(Duration::from_secs(900)), "15m");
-        assert_eq!(format_duration(Duration::from_secs(86_400)), "1d");
+        assert_eq!(format_duration(Duration::from_secs(86_400)), "24h");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
     }
 

@@ -73,11 +73,11 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoaderError> {
     }
     let enforce: u32 = opts.enforce_blocklist.into();
     let mut ebpf = EbpfLoader::new()
-        .set_max_entries(MAP_SOURCES, opts.max_sources)
-        .set_max_entries(MAP_FINGERPRINTS, opts.max_fingerprints)
-        .set_max_entries(MAP_PROCS, opts.max_procs)
-        .set_max_entries(MAP_EVENTS, opts.ringbuf_bytes)
-        .set_global("ENFORCE_BLOCKLIST", &enforce, false)
+        .map_max_entries(MAP_SOURCES, opts.max_sources)
+        .map_max_entries(MAP_FINGERPRINTS, opts.max_fingerprints)
+        .map_max_entries(MAP_PROCS, opts.max_procs)
+        .map_max_entries(MAP_EVENTS, opts.ringbuf_bytes)
+        .override_global("ENFORCE_BLOCKLIST", &enforce, false)
         .load(crate::ebpf_object())?;
     write_config(&mut ebpf, &opts.xdp)?;
     {

@@ -274,7 +274,7 @@ fn fingerprints_and_tool_hints() {
         ("10.7.0.3", tool::ZMAP),
         ("10.7.0.4", tool::MASSCAN),
         ("10.7.0.5", tool::HPING3),
-        ("10.7.0.6", tool::OS_STACK),
+        ("10.7.0.6", tool::UNKNOWN), // refined to os-stack in userspace (below)
     ] {
         let s = p.source(v4(ip)).expect("source");
         assert_eq!(tool::name(s.tool_hint), tool::name(hint), "tool hint for {ip}");
@@ -283,9 +283,11 @@ fn fingerprints_and_tool_hints() {
     let ev = p.events();
     let fps: Vec<_> = ev.iter().filter(|e| e.hdr.kind == kind::NEW_FINGERPRINT).collect();
     assert_eq!(fps.len(), 5, "one new-fingerprint event per source");
-    let lin = fps.iter().find(|e| e.fp.tool_hint == tool::OS_STACK).expect("linux fp");
-    assert_eq!((lin.fp.mss, lin.fp.wscale, lin.fp.sack_ok, lin.fp.timestamps), (1460, 7, 1, 1));
-    assert_eq!(&lin.fp.opts[..5], &[2, 4, 8, 1, 3]);
+    let mut lin = fps.iter().find(|e| e.src == ip_to_key(v4("10.7.0.6"))).expect("linux fp").fp;
+    assert!(lin.parse_options(), "options decode");
+    assert_eq!(lin.tool_hint, tool::OS_STACK);
+    assert_eq!((lin.mss, lin.wscale, lin.sack_ok, lin.timestamps), (1460, 7, 1, 1));
+    assert_eq!(&lin.opts[..5], &[2, 4, 8, 1, 3]);
     // Same shape, different TTL/IP ID: same fingerprint hash (no new event).
     let mut again = PacketSpec::nmap_syn(v4("10.7.0.1"), d, 23);
     again.ttl = 50;

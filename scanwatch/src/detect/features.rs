@@ -63,10 +63,6 @@ impl Timing {
         (self.n >= 4 && self.mean > 0.0).then(|| self.var.sqrt() / self.mean)
     }
 
-    pub fn mean_gap(&self) -> Option<f64> {
-        (self.n > 0).then_some(self.mean)
-    }
-
     pub fn class(&self) -> TimingClass {
         match self.cv() {
             None => TimingClass::Unknown,

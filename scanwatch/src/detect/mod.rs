@@ -39,7 +39,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-pub use baseline::{Baseline, BaselineLearner, ExeBaseline, SourceBaseline};
+pub use baseline::{Baseline, BaselineError, BaselineLearner, ExeBaseline, SourceBaseline};
 pub use features::TimingClass;
 pub use lifecycle::Verdict;
 pub use trw::{Trw, TrwDecision, TrwParams};

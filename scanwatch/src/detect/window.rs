@@ -52,10 +52,6 @@ impl Metrics {
         self.0[i] = v as f32;
     }
 
-    pub fn add(&mut self, i: usize, v: f64) {
-        self.0[i] += v as f32;
-    }
-
     pub fn add_all(&mut self, o: &Metrics) {
         for (a, b) in self.0.iter_mut().zip(o.0.iter()) {
             *a += *b;

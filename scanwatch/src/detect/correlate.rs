@@ -1,0 +1,318 @@
+//! Multi-source correlation: decoy clusters (one fingerprint, many sources, same ports) and
+//! destination-centric distributed scans (many sources under threshold covering many ports).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::inbound::SAMPLE_OUT;
+use super::Engine;
+use crate::alert::{
+    is_internal, Alert, AlertKind, AlertSource, Counts, Direction, Severity, Targets, Technique,
+};
+use crate::config::{canonical_ip, format_duration};
+
+const MAX_HASHES: usize = 4096;
+const MAX_MEMBERS: usize = 64;
+/// Ports per member kept for overlap computations.
+const MEMBER_PORTS: usize = 32;
+/// Sources listed in `source.related`.
+const RELATED_OUT: usize = 32;
+
+#[derive(Debug, Clone)]
+struct Member {
+    ip: IpAddr,
+    last_seen: Duration,
+    ports: Vec<u16>,
+    failing: bool,
+    ttl: u8,
+}
+
+/// Fingerprint hash -> recent sources with that fingerprint (bounded).
+#[derive(Debug, Default)]
+pub(super) struct FingerprintIndex {
+    by_hash: HashMap<String, Vec<Member>>,
+}
+
+/// A decoy cluster found for one fingerprint.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct DecoyCluster {
+    pub members: Vec<IpAddr>,
+    pub common_ports: Vec<u16>,
+    pub same_ttl: bool,
+}
+
+fn jaccard(a: &[u16], b: &[u16]) -> f64 {
+    let sa: BTreeSet<&u16> = a.iter().collect();
+    let sb: BTreeSet<&u16> = b.iter().collect();
+    let inter = sa.intersection(&sb).count();
+    let union = sa.union(&sb).count();
+    if union == 0 {
+        0.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+impl FingerprintIndex {
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    pub fn note(&mut self, now: Duration, hash: &str, ip: IpAddr, ports: &[u16], failing: bool, ttl: u8) {
+        if !self.by_hash.contains_key(hash) && self.by_hash.len() >= MAX_HASHES {
+            // Drop the stalest hash.
+            if let Some(k) = self
+                .by_hash
+                .iter()
+                .min_by_key(|(_, v)| v.iter().map(|m| m.last_seen).max().unwrap_or_default())
+                .map(|(k, _)| k.clone())
+            {
+                self.by_hash.remove(&k);
+            }
+        }
+        let members = self.by_hash.entry(hash.to_string()).or_default();
+        let ports: Vec<u16> = ports.iter().take(MEMBER_PORTS).copied().collect();
+        if let Some(m) = members.iter_mut().find(|m| m.ip == ip) {
+            m.last_seen = now;
+            m.ports = ports;
+            m.failing = failing;
+            m.ttl = ttl;
+            return;
+        }
+        if members.len() >= MAX_MEMBERS {
+            if let Some(pos) = members.iter().enumerate().min_by_key(|(_, m)| m.last_seen).map(|(i, _)| i) {
+                members.swap_remove(pos);
+            }
+        }
+        members.push(Member { ip, last_seen: now, ports, failing, ttl });
+    }
+
+    pub fn expire(&mut self, now: Duration, window: Duration) {
+        for v in self.by_hash.values_mut() {
+            v.retain(|m| now.saturating_sub(m.last_seen) < window);
+        }
+        self.by_hash.retain(|_, v| !v.is_empty());
+    }
+
+    /// Sources sharing `hash`, active within `window`, failing, with at least `min_ports` ports
+    /// and pairwise port overlap `min_overlap` with a common member.
+    pub fn cluster(
+        &self,
+        now: Duration,
+        hash: &str,
+        window: Duration,
+        min_sources: usize,
+        min_ports: usize,
+        min_overlap: f64,
+    ) -> Option<DecoyCluster> {
+        let members: Vec<&Member> = self
+            .by_hash
+            .get(hash)?
+            .iter()
+            .filter(|m| now.saturating_sub(m.last_seen) < window && m.failing && m.ports.len() >= min_ports)
+            .collect();
+        if members.len() < min_sources {
+            return None;
+        }
+        let mut best: Vec<&Member> = Vec::new();
+        for a in &members {
+            let group: Vec<&Member> =
+                members.iter().filter(|b| jaccard(&a.ports, &b.ports) >= min_overlap).copied().collect();
+            if group.len() > best.len() {
+                best = group;
+            }
+        }
+        if best.len() < min_sources {
+            return None;
+        }
+        let mut common: BTreeSet<u16> = best[0].ports.iter().copied().collect();
+        for m in &best[1..] {
+            let s: BTreeSet<u16> = m.ports.iter().copied().collect();
+            common = common.intersection(&s).copied().collect();
+        }
+        let ttl0 = best[0].ttl;
+        let mut ips: Vec<IpAddr> = best.iter().map(|m| m.ip).collect();
+        ips.sort();
+        Some(DecoyCluster {
+            members: ips,
+            common_ports: common.into_iter().collect(),
+            same_ttl: best.iter().all(|m| m.ttl == ttl0),
+        })
+    }
+}
+
+/// State of the destination-centric distributed-scan detector.
+#[derive(Debug, Default)]
+pub(super) struct Distributed {
+    last_eval: Option<Duration>,
+}
+
+/// Evaluate the distributed detector at most this often.
+const DISTRIBUTED_EVERY: Duration = Duration::from_secs(5);
+
+impl Engine {
+    pub(super) fn evaluate_decoys(&mut self, now: Duration, ip: &IpAddr, out: &mut Vec<Alert>) {
+        let ip = canonical_ip(*ip);
+        let Some(e) = self.inbound.get(&ip) else { return };
+        let d = &self.cfg.detect;
+        let hashes: Vec<(String, Option<crate::alert::FingerprintBlock>)> = e
+            .fingerprints
+            .iter()
+            .map(|f| {
+                (
+                    f.hash.clone(),
+                    Some(crate::alert::FingerprintBlock {
+                        text: f.text.clone(),
+                        hash: f.hash.clone(),
+                        tool_hint: f.tool_hint.clone(),
+                    }),
+                )
+            })
+            .collect();
+        let (window, min_sources, min_ports, overlap) = (
+            d.decoy_window,
+            d.decoy_min_sources as usize,
+            d.decoy_min_ports as usize,
+            d.decoy_min_overlap,
+        );
+        for (hash, fp) in hashes {
+            let Some(c) = self.fingerprints.cluster(now, &hash, window, min_sources, min_ports, overlap) else {
+                continue;
+            };
+            let internal = c.members.iter().any(is_internal);
+            let severity = if internal { Severity::High } else { Severity::Medium };
+            let mut reason = format!(
+                "{} sources share SYN fingerprint {hash} and probe the same ports ({} in common) within {}: likely decoy scan (nmap -D), the real scanner is one of them",
+                c.members.len(),
+                c.common_ports.len(),
+                format_duration(window)
+            );
+            if c.same_ttl {
+                reason.push_str("; identical initial TTLs suggest one origin");
+            }
+            reason.push('.');
+            let n = c.members.len();
+            let alert = Alert {
+                time: self.time(now),
+                kind: AlertKind::DecoyCluster,
+                severity,
+                confidence: (0.5 + 0.1 * n as f64).min(0.95),
+                direction: Direction::Inbound,
+                source: AlertSource {
+                    ip: c.members.first().map(IpAddr::to_string),
+                    process: None,
+                    related: c.members.iter().skip(1).take(RELATED_OUT).map(IpAddr::to_string).collect(),
+                },
+                targets: Targets {
+                    host_count: 1,
+                    port_count: c.common_ports.len() as u64,
+                    sample_ports: c.common_ports.iter().take(SAMPLE_OUT).copied().collect(),
+                    sample_hosts: Vec::new(),
+                },
+                window: format_duration(window),
+                counts: Counts {
+                    probes: 0,
+                    failures: 0,
+                    fail_ratio: None,
+                    detail: BTreeMap::from([("sources".to_string(), n as u64)]),
+                },
+                fingerprint: fp,
+                technique: Technique::for_source(Direction::Inbound, c.members.first()),
+                host: self.host.clone(),
+                allowlisted: false,
+                blocked: false,
+                reason,
+                update: false,
+                alert_id: String::new(),
+            };
+            self.submit(now, &format!("fp:{hash}"), n as f64, alert, out);
+        }
+    }
+
+    /// Destination-centric: sources active in `detect.distributed_window`, failing, each without
+    /// a fan-out alert of its own, that together cover many of this host's ports or addresses.
+    pub(super) fn evaluate_distributed(&mut self, now: Duration, out: &mut Vec<Alert>) {
+        if self.distributed.last_eval.is_some_and(|t| now.saturating_sub(t) < DISTRIBUTED_EVERY) {
+            return;
+        }
+        self.distributed.last_eval = Some(now);
+        let d = &self.cfg.detect;
+        let window = d.distributed_window;
+        let mut ports: BTreeSet<u16> = BTreeSet::new();
+        let mut hosts: BTreeSet<IpAddr> = BTreeSet::new();
+        let mut members: Vec<(usize, IpAddr)> = Vec::new();
+        let mut probes = 0u64;
+        let mut failures = 0u64;
+        let mut successes = 0u64;
+        for e in self.inbound.values() {
+            if now.saturating_sub(e.last_seen) >= window || e.allow_net.is_some() {
+                continue;
+            }
+            if e.last_fanout_alert.is_some_and(|t| now.saturating_sub(t) < window) {
+                continue;
+            }
+            if !e.lifetime_fail_ratio().is_some_and(|r| r >= d.min_fail_ratio) {
+                continue;
+            }
+            ports.extend(e.known_ports.iter().copied());
+            hosts.extend(e.known_hosts.iter().copied());
+            members.push((e.known_ports.len() + e.known_hosts.len(), e.ip));
+            let lt = &e.lifetime;
+            use scanwatch_common::cnt;
+            probes += lt[cnt::SYN] + lt[cnt::UDP];
+            failures += lt[cnt::FAILED].max(lt[cnt::SYN_CLOSED] + lt[cnt::UDP_CLOSED]);
+            successes += lt[cnt::SYN_OPEN];
+        }
+        if members.len() < d.distributed_min_sources as usize
+            || (ports.len() < d.distributed_min_ports as usize && hosts.len() < d.distributed_min_hosts as usize)
+        {
+            return;
+        }
+        members.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let internal = members.iter().any(|(_, ip)| is_internal(ip));
+        let n = members.len();
+        let reason = format!(
+            "{n} sources, each under the per-source thresholds, together probed {} ports on {} of this host's addresses within {}: likely a distributed scan.",
+            ports.len(),
+            hosts.len().max(1),
+            format_duration(window)
+        );
+        let alert = Alert {
+            time: self.time(now),
+            kind: AlertKind::DistributedScan,
+            severity: if internal { Severity::High } else { Severity::Medium },
+            confidence: (0.4 + 0.05 * n as f64).min(0.9),
+            direction: Direction::Inbound,
+            source: AlertSource {
+                ip: members.first().map(|(_, ip)| ip.to_string()),
+                process: None,
+                related: members.iter().skip(1).take(RELATED_OUT).map(|(_, ip)| ip.to_string()).collect(),
+            },
+            targets: Targets {
+                host_count: hosts.len().max(1) as u64,
+                port_count: ports.len() as u64,
+                sample_ports: ports.iter().take(SAMPLE_OUT).copied().collect(),
+                sample_hosts: hosts.iter().take(SAMPLE_OUT).map(IpAddr::to_string).collect(),
+            },
+            window: format_duration(window),
+            counts: Counts {
+                probes,
+                failures,
+                fail_ratio: (failures + successes > 0)
+                    .then(|| (failures as f64 / (failures + successes) as f64 * 1000.0).round() / 1000.0),
+                detail: BTreeMap::from([("sources".to_string(), n as u64)]),
+            },
+            fingerprint: None,
+            technique: if internal { Technique::network_service_discovery() } else { Technique::active_scanning() },
+            host: self.host.clone(),
+            allowlisted: false,
+            blocked: false,
+            reason,
+            update: false,
+            alert_id: String::new(),
+        };
+        let magnitude = (ports.len() + hosts.len()) as f64;
+        self.submit(now, "distributed", magnitude, alert, out);
+    }
+}

@@ -1,0 +1,658 @@
+//! Inbound (per remote source) state and detectors: fan-out scans (horizontal, vertical, block,
+//! slow), stealth probes, evasion, honeyports.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use scanwatch_common::cnt;
+
+use super::features::{
+    bounded_insert, class_diversity, privileged_fraction, Timing, TimingClass,
+};
+use super::trw::{Trw, TrwParams};
+use super::window::{m, Metrics, MultiWindow};
+use super::{make_room, Engine, FingerprintInfo, InboundEventKind, InboundObservation, SourceSnapshot};
+use crate::alert::{
+    is_internal, Alert, AlertKind, AlertSource, Counts, Direction, FingerprintBlock, Severity,
+    Targets, Technique,
+};
+use crate::config::{canonical_ip, format_duration};
+
+/// Exact ports / hosts remembered per source (samples; distinct counts use the sketches).
+pub(super) const KNOWN_PORTS_CAP: usize = 256;
+pub(super) const KNOWN_HOSTS_CAP: usize = 64;
+const FP_CAP: usize = 4;
+/// Ports listed in an alert.
+pub(super) const SAMPLE_OUT: usize = 16;
+
+/// Counters whose names are reported in `counts` (stealth and evasion).
+const DETAIL_COUNTERS: [usize; 13] = [
+    cnt::NULL,
+    cnt::FIN,
+    cnt::XMAS,
+    cnt::MAIMON,
+    cnt::ACK,
+    cnt::SYNFIN,
+    cnt::FRAG_FIRST,
+    cnt::FRAG_LATER,
+    cnt::SRCPORT_TRICK,
+    cnt::BADSUM,
+    cnt::UNSOLICITED_SYNACK,
+    cnt::UNSOLICITED_RST,
+    cnt::HONEYPORT,
+];
+
+/// Per-source state.
+#[derive(Debug, Clone)]
+pub(super) struct InboundEntity {
+    pub ip: IpAddr,
+    pub last_seen: Duration,
+    /// Observed since the last tick.
+    pub dirty: bool,
+    kernel_first_seen: Option<u64>,
+    prev_counts: [u64; cnt::N],
+    prev_ports_est: f64,
+    prev_hosts_est: f64,
+    /// Sorted, bounded.
+    pub known_ports: Vec<u16>,
+    pub known_hosts: Vec<IpAddr>,
+    pub windows: MultiWindow,
+    pub trw: Trw,
+    pub timing: Timing,
+    pub fingerprints: Vec<FingerprintInfo>,
+    pub blocked: bool,
+    /// Counters accumulated over the entity's life (across kernel entry re-creations).
+    pub lifetime: [u64; cnt::N],
+    /// Name of the allowlist network containing the source.
+    pub allow_net: Option<String>,
+    pub last_fast_trigger: Option<Duration>,
+    pub last_fanout_alert: Option<Duration>,
+    /// Last kernel threshold event: (time, window ports, window hosts).
+    kernel_win: Option<(Duration, u32, u32)>,
+    /// Distinct honeyports touched (bounded).
+    honeyports: Vec<u16>,
+}
+
+impl InboundEntity {
+    pub fn new(ip: IpAddr, windows: &[Duration], allow_net: Option<String>) -> InboundEntity {
+        InboundEntity {
+            ip,
+            last_seen: Duration::ZERO,
+            dirty: false,
+            kernel_first_seen: None,
+            prev_counts: [0; cnt::N],
+            prev_ports_est: 0.0,
+            prev_hosts_est: 0.0,
+            known_ports: Vec::new(),
+            known_hosts: Vec::new(),
+            windows: MultiWindow::new(windows),
+            trw: Trw::default(),
+            timing: Timing::default(),
+            fingerprints: Vec::new(),
+            blocked: false,
+            lifetime: [0; cnt::N],
+            allow_net,
+            last_fast_trigger: None,
+            last_fanout_alert: None,
+            kernel_win: None,
+            honeyports: Vec::new(),
+        }
+    }
+
+    /// Turn a cumulative snapshot into deltas and feed the windows. Returns the delta.
+    pub fn apply_snapshot(&mut self, now: Duration, s: &SourceSnapshot, trw: &TrwParams) -> Metrics {
+        let reset = match self.kernel_first_seen {
+            Some(f) => {
+                f != s.first_seen_ns
+                    || s.counts.iter().zip(self.prev_counts.iter()).any(|(a, b)| a < b)
+            }
+            None => true,
+        };
+        if reset {
+            self.prev_counts = [0; cnt::N];
+        }
+        let mut d = [0u64; cnt::N];
+        for (i, v) in d.iter_mut().enumerate() {
+            *v = s.counts[i].saturating_sub(self.prev_counts[i]);
+        }
+
+        // Distinct ports: estimate deltas; a re-created entry starts from zero, so subtract the
+        // ports of its exact sample that we already knew.
+        let ports_est = s.distinct_ports.max(s.sample_ports.len() as f64);
+        let new_ports = if reset {
+            // The sample is exact; extrapolate its share of novel ports to the rest.
+            let n = s.sample_ports.len() as f64;
+            let novel = s.sample_ports.iter().filter(|p| self.known_ports.binary_search(p).is_err()).count() as f64;
+            let frac = if n > 0.0 { novel / n } else { 1.0 };
+            novel + (ports_est - n).max(0.0) * frac
+        } else {
+            (ports_est - self.prev_ports_est).max(0.0)
+        };
+        self.prev_ports_est = if reset { ports_est } else { self.prev_ports_est.max(ports_est) };
+
+        let hosts_est = s.distinct_hosts.max(s.sample_hosts.len() as f64);
+        let new_hosts = if reset && !s.sample_hosts.is_empty() {
+            let known = s
+                .sample_hosts
+                .iter()
+                .filter(|h| self.known_hosts.binary_search(&canonical_ip(**h)).is_ok())
+                .count();
+            self.prev_hosts_est = hosts_est;
+            (hosts_est - known as f64).max(0.0)
+        } else if reset {
+            // Without a host sample a re-created entry counts as new hosts: this keeps slow scans
+            // visible across LRU evictions; benign clients are kept out by the failure gate.
+            self.prev_hosts_est = hosts_est;
+            hosts_est
+        } else {
+            let n = (hosts_est - self.prev_hosts_est).max(0.0);
+            self.prev_hosts_est = self.prev_hosts_est.max(hosts_est);
+            n
+        };
+        for p in &s.sample_ports {
+            bounded_insert(&mut self.known_ports, *p, KNOWN_PORTS_CAP);
+        }
+        for h in &s.sample_hosts {
+            bounded_insert(&mut self.known_hosts, canonical_ip(*h), KNOWN_HOSTS_CAP);
+        }
+
+        let mut mt = Metrics::default();
+        let stealth = d[cnt::NULL] + d[cnt::XMAS] + d[cnt::MAIMON] + d[cnt::SYNFIN];
+        let weak = d[cnt::FIN] + d[cnt::ACK];
+        let probes = d[cnt::SYN] + stealth + weak + d[cnt::UDP];
+        let failures = d[cnt::FAILED].max(d[cnt::SYN_CLOSED] + d[cnt::UDP_CLOSED]);
+        let successes = d[cnt::SYN_OPEN];
+        mt.set(m::PROBES, probes as f64);
+        mt.set(m::FAILURES, failures as f64);
+        mt.set(m::SUCCESSES, successes as f64);
+        mt.set(m::NEW_PORTS, new_ports);
+        mt.set(m::NEW_HOSTS, new_hosts);
+        mt.set(m::NEW_PRIV_PORTS, new_ports * privileged_fraction(&self.known_ports));
+        mt.set(m::STEALTH, stealth as f64);
+        mt.set(m::WEAK_STEALTH, weak as f64);
+        mt.set(
+            m::EVASION,
+            (d[cnt::FRAG_FIRST] + d[cnt::FRAG_LATER] + d[cnt::SRCPORT_TRICK] + d[cnt::BADSUM]) as f64,
+        );
+        mt.set(m::BADSUM, d[cnt::BADSUM] as f64);
+        mt.set(m::UNSOLICITED, (d[cnt::UNSOLICITED_SYNACK] + d[cnt::UNSOLICITED_RST]) as f64);
+        mt.set(m::HONEYPORT, d[cnt::HONEYPORT] as f64);
+
+        if probes > 0 {
+            self.timing.observe(now);
+        }
+        self.trw.observe(trw, failures, successes);
+        self.windows.add(now, &mt);
+        for (l, v) in self.lifetime.iter_mut().zip(d.iter()) {
+            *l = l.saturating_add(*v);
+        }
+        for fp in &s.fingerprints {
+            self.add_fingerprint(fp);
+        }
+        self.kernel_first_seen = Some(s.first_seen_ns);
+        self.prev_counts = s.counts;
+        self.blocked = s.blocked;
+        self.last_seen = now;
+        self.dirty = true;
+        mt
+    }
+
+    fn add_fingerprint(&mut self, fp: &FingerprintInfo) {
+        if let Some(slot) = self.fingerprints.iter_mut().find(|f| f.hash == fp.hash) {
+            *slot = fp.clone();
+            return;
+        }
+        if self.fingerprints.len() >= FP_CAP {
+            self.fingerprints.remove(0);
+        }
+        self.fingerprints.push(fp.clone());
+    }
+
+    /// The most telling fingerprint: a scanner tool if any, else the latest.
+    pub fn best_fingerprint(&self) -> Option<&FingerprintInfo> {
+        self.fingerprints
+            .iter()
+            .rev()
+            .find(|f| f.is_scanner_tool())
+            .or_else(|| self.fingerprints.last())
+    }
+
+    /// Lifetime failure ratio (None if no outcome known).
+    pub fn lifetime_fail_ratio(&self) -> Option<f64> {
+        let f = self.lifetime[cnt::FAILED].max(self.lifetime[cnt::SYN_CLOSED] + self.lifetime[cnt::UDP_CLOSED]);
+        let s = self.lifetime[cnt::SYN_OPEN];
+        (f + s > 0).then(|| f as f64 / (f + s) as f64)
+    }
+
+    fn detail(&self) -> BTreeMap<String, u64> {
+        DETAIL_COUNTERS
+            .iter()
+            .filter(|i| self.lifetime[**i] > 0)
+            .map(|i| (cnt::NAMES[*i].to_string(), self.lifetime[*i]))
+            .collect()
+    }
+}
+
+/// One window's fan-out evaluation.
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    idx: usize,
+    ports: f64,
+    hosts: f64,
+    port_score: f64,
+    host_score: f64,
+    score: f64,
+    totals: Metrics,
+    by_trw: bool,
+}
+
+/// Inbound base severity: external sources one level lower, internal ones one level higher.
+fn placed(base: Severity, ip: &IpAddr) -> Severity {
+    if is_internal(ip) {
+        base.raise()
+    } else {
+        base.lower()
+    }
+}
+
+/// Allowlisted activity is reported at low/info.
+pub(super) fn allowlisted_severity(s: Severity) -> Severity {
+    if s <= Severity::Low {
+        Severity::Info
+    } else {
+        Severity::Low
+    }
+}
+
+/// Confidence from the fan-out score and supporting evidence.
+pub(super) fn confidence(score: f64, fail_ratio: Option<f64>, trw_scanner: bool, tool: bool) -> f64 {
+    let mut c = 1.0 - 0.5f64.powf(score.max(0.0));
+    if trw_scanner {
+        c = 1.0 - (1.0 - c) * 0.5;
+    }
+    if tool {
+        c = 1.0 - (1.0 - c) * 0.6;
+    }
+    c *= match fail_ratio {
+        None => 0.7,
+        Some(r) => 0.6 + 0.4 * r,
+    };
+    (c.clamp(0.05, 0.99) * 1000.0).round() / 1000.0
+}
+
+impl Engine {
+    pub(super) fn inbound_entity(&mut self, ip: IpAddr) -> &mut InboundEntity {
+        let cap = self.cfg.detect.max_inbound_entities;
+        if !self.inbound.contains_key(&ip) {
+            self.evicted += make_room(&mut self.inbound, cap, |e| e.last_seen);
+            let allow = self.cfg.allowlist.network_for(&ip).map(str::to_string);
+            self.inbound.insert(ip, InboundEntity::new(ip, &self.cfg.detect.windows, allow));
+        }
+        // Inserted just above when missing.
+        self.inbound.entry(ip).or_insert_with(|| InboundEntity::new(ip, &[], None))
+    }
+
+    pub(super) fn ingest_source(&mut self, now: Duration, s: &SourceSnapshot) {
+        let ip = canonical_ip(s.ip);
+        let trw = self.trw;
+        let min_fail = self.cfg.detect.min_fail_ratio;
+        let e = self.inbound_entity(ip);
+        e.apply_snapshot(now, s, &trw);
+        let failing = e.lifetime_fail_ratio().is_some_and(|r| r >= min_fail);
+        let ports: Vec<u16> = e.known_ports.clone();
+        let fps: Vec<(String, u8)> =
+            e.fingerprints.iter().map(|f| (f.hash.clone(), f.initial_ttl)).collect();
+        for (hash, ttl) in fps {
+            self.fingerprints.note(now, &hash, ip, &ports, failing, ttl);
+        }
+    }
+
+    pub(super) fn ingest_event(&mut self, now: Duration, o: &InboundObservation) {
+        let ip = canonical_ip(o.ip);
+        let dst = canonical_ip(o.dst);
+        let min_fail = self.cfg.detect.min_fail_ratio;
+        let e = self.inbound_entity(ip);
+        bounded_insert(&mut e.known_hosts, dst, KNOWN_HOSTS_CAP);
+        e.last_seen = now;
+        e.dirty = true;
+        match &o.kind {
+            InboundEventKind::Honeyport { dport, .. } => {
+                bounded_insert(&mut e.honeyports, *dport, 64);
+                bounded_insert(&mut e.known_ports, *dport, KNOWN_PORTS_CAP);
+            }
+            InboundEventKind::Threshold { win_ports, win_hosts, .. } => {
+                e.kernel_win = Some((now, *win_ports, *win_hosts));
+            }
+            InboundEventKind::NewFingerprint(fp) => {
+                e.add_fingerprint(fp);
+                let failing = e.lifetime_fail_ratio().is_some_and(|r| r >= min_fail);
+                let ports = e.known_ports.clone();
+                self.fingerprints.note(now, &fp.hash, ip, &ports, failing, fp.initial_ttl);
+            }
+        }
+    }
+
+    /// Evaluate one source. `slow` also evaluates slow-scan windows (from `tick`).
+    pub(super) fn evaluate_inbound(&mut self, now: Duration, ip: &IpAddr, slow: bool, out: &mut Vec<Alert>) {
+        let ip = canonical_ip(*ip);
+        let Some(e) = self.inbound.get(&ip) else { return };
+        let d = &self.cfg.detect;
+        let totals = e.windows.totals(now);
+        let mult = self.role.inbound_multiplier;
+        let base = self.baseline.as_ref().and_then(|b| b.sources.get(&ip.to_string()));
+        let tool = e.best_fingerprint().is_some_and(FingerprintInfo::is_scanner_tool);
+        let trw_scanner = e.trw.is_scanner();
+
+        let mut fast: Option<Hit> = None;
+        let mut slow_hit: Option<Hit> = None;
+        for (i, t) in totals.iter().enumerate() {
+            let mut ports = t.get(m::NEW_PORTS);
+            let mut hosts = t.get(m::NEW_HOSTS);
+            if i == self.short_idx {
+                if let Some((at, wp, wh)) = e.kernel_win {
+                    if now.saturating_sub(at) < self.cfg.xdp.short_window {
+                        ports = ports.max(f64::from(wp));
+                        hosts = hosts.max(f64::from(wh));
+                    }
+                }
+            }
+            let priv_ports = t.get(m::NEW_PRIV_PORTS).min(ports);
+            let wports = ports + (d.privileged_weight - 1.0) * priv_ports;
+            // A learned baseline raises the thresholds to its maxima x margin (the port maximum
+            // is weighted like the current count).
+            let margin = d.baseline_margin;
+            let wratio = if ports > 0.0 { wports / ports } else { 1.0 };
+            let bports = base.map_or(0.0, |b| b.max_ports.get(i).copied().unwrap_or(0.0) * margin);
+            let bhosts = base.map_or(0.0, |b| b.max_hosts.get(i).copied().unwrap_or(0.0) * margin);
+            let within_baseline = base.is_some() && ports <= bports && hosts <= bhosts.max(1.0);
+            let pt = (f64::from(d.port_thresholds[i]) * mult).max(bports * wratio);
+            let ht = (f64::from(d.host_thresholds[i]) * mult).max(bhosts);
+            let (ps, hs) = (wports / pt, hosts / ht);
+            let score = ps.max(hs);
+            let fr = t.fail_ratio();
+            let failing = fr.is_none_or(|r| r >= d.min_fail_ratio) || trw_scanner;
+            let sequential = (trw_scanner || tool)
+                && !within_baseline
+                && fr.is_some_and(|r| r >= d.min_fail_ratio)
+                && ports.max(hosts) >= f64::from(d.trw_min_fanout);
+            let by_fanout = failing && score >= 1.0;
+            if !(by_fanout || sequential) {
+                continue;
+            }
+            let hit = Hit {
+                idx: i,
+                ports,
+                hosts,
+                port_score: ps,
+                host_score: hs,
+                score,
+                totals: *t,
+                by_trw: !by_fanout,
+            };
+            let slot = if d.windows[i] < d.slow_min_window { &mut fast } else { &mut slow_hit };
+            if slot.is_none_or(|h| hit.score > h.score) {
+                *slot = Some(hit);
+            }
+        }
+
+        if let Some(h) = fast {
+            let kind = if h.port_score >= 1.0 && h.host_score >= 1.0 {
+                AlertKind::BlockScan
+            } else if h.port_score >= 1.0 {
+                AlertKind::VerticalScan
+            } else if h.host_score >= 1.0 || h.hosts > h.ports {
+                AlertKind::HorizontalScan
+            } else {
+                AlertKind::VerticalScan
+            };
+            self.fanout_alert(now, ip, kind, h, tool, out);
+            if let Some(e) = self.inbound.get_mut(&ip) {
+                e.last_fast_trigger = Some(now);
+                e.last_fanout_alert = Some(now);
+            }
+        } else if let (true, Some(h)) = (slow, slow_hit) {
+            let window = self.cfg.detect.windows[h.idx];
+            let quiet = e.last_fast_trigger.is_none_or(|t| now.saturating_sub(t) > window);
+            if quiet {
+                self.fanout_alert(now, ip, AlertKind::SlowScan, h, tool, out);
+                if let Some(e) = self.inbound.get_mut(&ip) {
+                    e.last_fanout_alert = Some(now);
+                }
+            }
+        }
+
+        self.stealth_and_evasion(now, ip, &totals, out);
+    }
+
+    fn stealth_and_evasion(&mut self, now: Duration, ip: IpAddr, totals: &[Metrics], out: &mut Vec<Alert>) {
+        let d = self.cfg.detect.clone();
+        let stealth = totals.iter().position(|t| {
+            t.get(m::STEALTH) >= f64::from(d.stealth_min)
+                || (t.get(m::WEAK_STEALTH) >= f64::from(d.weak_stealth_min) && t.get(m::NEW_PORTS) >= 3.0)
+        });
+        let evasion = totals.iter().position(|t| {
+            t.get(m::EVASION) >= f64::from(d.evasion_min)
+                || t.get(m::BADSUM) >= 1.0
+                || t.get(m::UNSOLICITED) >= f64::from(d.unsolicited_min)
+        });
+        let honey = totals.iter().position(|t| t.get(m::HONEYPORT) > 0.0);
+
+        if let Some(i) = stealth {
+            let t = totals[i];
+            let n = t.get(m::STEALTH) + t.get(m::WEAK_STEALTH);
+            let reason = format!(
+                "{ip} sent {} stealth probes (NULL/Xmas/Maimon/SYN+FIN) and {} FIN/bare-ACK probes to {:.0} ports within {}.",
+                t.get(m::STEALTH),
+                t.get(m::WEAK_STEALTH),
+                t.get(m::NEW_PORTS),
+                format_duration(self.cfg.detect.windows[i])
+            );
+            let conf = if t.get(m::STEALTH) >= f64::from(d.stealth_min) { 0.9 } else { 0.6 };
+            self.simple_inbound(now, ip, AlertKind::StealthScan, Severity::Medium, conf, i, &t, n, reason, out);
+        }
+        if let Some(i) = evasion {
+            let t = totals[i];
+            let unsolicited = t.get(m::UNSOLICITED);
+            let reason = if t.get(m::EVASION) >= f64::from(d.evasion_min) || t.get(m::BADSUM) >= 1.0 {
+                format!(
+                    "{ip} used {} evasion techniques (fragments, source-port 53/88 tricks, bad checksums: {}) within {}.",
+                    t.get(m::EVASION),
+                    t.get(m::BADSUM),
+                    format_duration(self.cfg.detect.windows[i])
+                )
+            } else {
+                format!(
+                    "{ip} sent {unsolicited} unsolicited SYN-ACK/RST segments within {} (backscatter of spoofed probes or idle-scan zombie use).",
+                    format_duration(self.cfg.detect.windows[i])
+                )
+            };
+            let sev = if t.get(m::BADSUM) >= 1.0 { Severity::High } else { Severity::Medium };
+            let n = t.get(m::EVASION) + unsolicited;
+            self.simple_inbound(now, ip, AlertKind::Evasion, sev, 0.8, i, &t, n, reason, out);
+        }
+        if let Some(i) = honey {
+            let t = totals[i];
+            let reason = format!(
+                "{ip} touched a honeyport {} time(s) within {}: no service here uses it.",
+                t.get(m::HONEYPORT),
+                format_duration(self.cfg.detect.windows[i])
+            );
+            let n = self.inbound.get(&ip).map_or(1, |e| e.honeyports.len().max(1)) as f64;
+            self.simple_inbound(now, ip, AlertKind::HoneyportHit, Severity::High, 0.9, i, &t, n, reason, out);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn simple_inbound(
+        &mut self,
+        now: Duration,
+        ip: IpAddr,
+        kind: AlertKind,
+        base: Severity,
+        confidence: f64,
+        idx: usize,
+        t: &Metrics,
+        magnitude: f64,
+        reason: String,
+        out: &mut Vec<Alert>,
+    ) {
+        let window = format_duration(self.cfg.detect.windows[idx]);
+        let Some(alert) = self.inbound_alert(now, ip, kind, placed(base, &ip), confidence, window, t, reason) else {
+            return;
+        };
+        self.submit(now, &format!("src:{ip}"), magnitude, alert, out);
+    }
+
+    fn fanout_alert(&mut self, now: Duration, ip: IpAddr, kind: AlertKind, h: Hit, tool: bool, out: &mut Vec<Alert>) {
+        let Some(e) = self.inbound.get(&ip) else { return };
+        let d = &self.cfg.detect;
+        let fr = h.totals.fail_ratio();
+        let mut conf = confidence(h.score, fr, e.trw.is_scanner(), tool);
+        let timing = e.timing.class();
+        if timing == TimingClass::Periodic && fr.is_some_and(|r| r < 0.5) {
+            conf *= 0.5;
+        }
+        let mut base = Severity::Medium;
+        if h.score >= 4.0 || kind == AlertKind::BlockScan {
+            base = base.raise();
+        }
+        let window = d.windows[h.idx];
+        let diversity = class_diversity(&e.known_ports);
+        let mut reason = match kind {
+            AlertKind::SlowScan => format!(
+                "{ip} slowly probed {:.0} ports on {:.0} hosts over {} while staying under the short-window thresholds",
+                h.ports, h.hosts, format_duration(window)
+            ),
+            _ => format!(
+                "{ip} probed {:.0} distinct ports on {:.0} hosts within {}",
+                h.ports, h.hosts, format_duration(window)
+            ),
+        };
+        if let Some(r) = fr {
+            reason.push_str(&format!(
+                " ({:.0} of {:.0} probes failed, {:.0}%)",
+                h.totals.get(m::FAILURES),
+                h.totals.get(m::FAILURES) + h.totals.get(m::SUCCESSES),
+                r * 100.0
+            ));
+        }
+        if h.by_trw {
+            reason.push_str("; sequential hypothesis test decided scanner");
+        }
+        if diversity >= 3 {
+            reason.push_str(&format!("; {diversity} service classes"));
+        }
+        if let Some(fp) = e.best_fingerprint().filter(|f| f.is_scanner_tool()) {
+            reason.push_str(&format!("; fingerprint looks like {}", fp.tool_hint));
+        }
+        if timing != TimingClass::Unknown {
+            reason.push_str(&format!("; timing {}", timing.as_str()));
+        }
+        reason.push('.');
+        let magnitude = h.ports + h.hosts;
+        let Some(alert) = self.inbound_alert(
+            now,
+            ip,
+            kind,
+            placed(base, &ip),
+            conf,
+            format_duration(window),
+            &h.totals,
+            reason,
+        ) else {
+            return;
+        };
+        let mut alert = alert;
+        alert.targets.port_count = h.ports.round() as u64;
+        alert.targets.host_count = h.hosts.round().max(1.0) as u64;
+        self.submit(now, &format!("src:{ip}"), magnitude, alert, out);
+    }
+
+    /// Build an inbound alert for entity `ip` (allowlist, fingerprint, targets filled in).
+    #[allow(clippy::too_many_arguments)]
+    fn inbound_alert(
+        &self,
+        now: Duration,
+        ip: IpAddr,
+        kind: AlertKind,
+        severity: Severity,
+        confidence: f64,
+        window: String,
+        t: &Metrics,
+        reason: String,
+    ) -> Option<Alert> {
+        let e = self.inbound.get(&ip)?;
+        let allowlisted = e.allow_net.is_some();
+        let mut reason = reason;
+        if let Some(net) = &e.allow_net {
+            reason = format!("{} (source is allowlisted in network set \"{net}\")", reason.trim_end_matches('.'));
+            reason.push('.');
+        }
+        Some(Alert {
+            time: self.time(now),
+            kind,
+            severity: if allowlisted { allowlisted_severity(severity) } else { severity },
+            confidence,
+            direction: Direction::Inbound,
+            source: AlertSource { ip: Some(ip.to_string()), process: None, related: Vec::new() },
+            targets: Targets {
+                host_count: t.get(m::NEW_HOSTS).round().max(1.0) as u64,
+                port_count: t.get(m::NEW_PORTS).round() as u64,
+                sample_ports: e.known_ports.iter().take(SAMPLE_OUT).copied().collect(),
+                sample_hosts: e.known_hosts.iter().take(SAMPLE_OUT).map(IpAddr::to_string).collect(),
+            },
+            window,
+            counts: Counts {
+                probes: t.get(m::PROBES).round() as u64,
+                failures: t.get(m::FAILURES).round() as u64,
+                fail_ratio: t.fail_ratio().map(|r| (r * 1000.0).round() / 1000.0),
+                detail: e.detail(),
+            },
+            fingerprint: e.best_fingerprint().map(|f| FingerprintBlock {
+                text: f.text.clone(),
+                hash: f.hash.clone(),
+                tool_hint: f.tool_hint.clone(),
+            }),
+            technique: Technique::for_source(Direction::Inbound, Some(&ip)),
+            host: self.host.clone(),
+            allowlisted,
+            blocked: e.blocked && !allowlisted,
+            reason,
+            update: false,
+            alert_id: String::new(),
+        })
+    }
+
+    pub(super) fn honeyport_alert(&mut self, now: Duration, ip: &IpAddr, dport: u16, proto: u8, out: &mut Vec<Alert>) {
+        let ip = canonical_ip(*ip);
+        let Some(e) = self.inbound.get(&ip) else { return };
+        let proto_name = match proto {
+            6 => "tcp",
+            17 => "udp",
+            _ => "ip",
+        };
+        let n = e.honeyports.len().max(1) as f64;
+        let reason = format!("{ip} touched honeyport {dport}/{proto_name}: no service here uses it.");
+        let mut t = Metrics::default();
+        t.set(m::PROBES, 1.0);
+        t.set(m::NEW_PORTS, 1.0);
+        t.set(m::HONEYPORT, 1.0);
+        let window = format_duration(self.cfg.detect.windows[0]);
+        let Some(mut alert) = self.inbound_alert(
+            now,
+            ip,
+            AlertKind::HoneyportHit,
+            placed(Severity::High, &ip),
+            0.9,
+            window,
+            &t,
+            reason,
+        ) else {
+            return;
+        };
+        alert.targets.sample_ports = vec![dport];
+        alert.targets.port_count = 1;
+        self.submit(now, &format!("src:{ip}"), n, alert, out);
+    }
+}

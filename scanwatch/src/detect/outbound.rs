@@ -1,0 +1,440 @@
+//! Outbound (local process) state and the outbound_scan detector.
+//!
+//! Entities are keyed by (uid, executable or comm, parent pid): a scanner process, or a shell
+//! loop spawning one short-lived `nc` per port, is one entity.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::features::{bounded_insert, class_diversity, Hll, PortHistogram, Timing, TimingClass};
+use super::inbound::{allowlisted_severity, confidence, SAMPLE_OUT};
+use super::trw::{Trw, TrwParams};
+use super::window::{m, Metrics, MultiWindow};
+use super::{make_room, Engine, OutboundAction, OutboundObservation, ProcessInfo};
+use crate::alert::{
+    Alert, AlertKind, AlertSource, Ancestor, Counts, Direction, ProcessBlock, Severity, Targets,
+    Technique,
+};
+use crate::config::{canonical_ip, format_duration, RoleProfile};
+
+const SAMPLE_CAP: usize = 64;
+
+/// TCP flag bits.
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const PSH: u8 = 0x08;
+const ACK: u8 = 0x10;
+const URG: u8 = 0x20;
+
+/// Name of a stealth probe shape, if the flags are one.
+fn stealth_name(flags: u8) -> Option<&'static str> {
+    let f = flags & 0x3f;
+    match f {
+        0 => Some("null"),
+        x if x == FIN => Some("fin"),
+        x if x == FIN | PSH | URG => Some("xmas"),
+        x if x == FIN | ACK => Some("maimon"),
+        x if x == ACK => Some("ack"),
+        x if x & (SYN | FIN) == SYN | FIN => Some("synfin"),
+        x if x & RST != 0 => None,
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct OutboundEntity {
+    pub process: ProcessInfo,
+    pub last_seen: Duration,
+    pub dirty: bool,
+    pub windows: MultiWindow,
+    pub trw: Trw,
+    pub timing: Timing,
+    ports: Hll,
+    hosts: Hll,
+    pairs: Hll,
+    ports_est: f64,
+    hosts_est: f64,
+    pairs_est: f64,
+    pub sample_ports: Vec<u16>,
+    pub sample_hosts: Vec<IpAddr>,
+    pub histogram: PortHistogram,
+    /// Lifetime counters by name (connect, raw_probe, udp, raw_socket, stealth shapes, ...).
+    pub lifetime: BTreeMap<&'static str, u64>,
+    pub last_fast_trigger: Option<Duration>,
+}
+
+impl OutboundEntity {
+    fn new(process: ProcessInfo, windows: &[Duration]) -> OutboundEntity {
+        OutboundEntity {
+            process,
+            last_seen: Duration::ZERO,
+            dirty: false,
+            windows: MultiWindow::new(windows),
+            trw: Trw::default(),
+            timing: Timing::default(),
+            ports: Hll::default(),
+            hosts: Hll::default(),
+            pairs: Hll::default(),
+            ports_est: 0.0,
+            hosts_est: 0.0,
+            pairs_est: 0.0,
+            sample_ports: Vec::new(),
+            sample_hosts: Vec::new(),
+            histogram: PortHistogram::default(),
+            lifetime: BTreeMap::new(),
+            last_fast_trigger: None,
+        }
+    }
+
+    fn bump(&mut self, name: &'static str) {
+        *self.lifetime.entry(name).or_default() += 1;
+    }
+
+    /// Record a destination; returns (new ports, new hosts, new pairs) increments.
+    fn touch(&mut self, dst: IpAddr, dport: u16, count_host: bool) -> (f64, f64, f64) {
+        let dst = canonical_ip(dst);
+        let folded = fold_ip(&dst);
+        self.ports.insert(u32::from(dport));
+        if count_host {
+            self.hosts.insert(folded);
+            self.pairs.insert(folded ^ u32::from(dport).wrapping_mul(0x9e37_79b9));
+        }
+        self.histogram.add(dport);
+        bounded_insert(&mut self.sample_ports, dport, SAMPLE_CAP);
+        bounded_insert(&mut self.sample_hosts, dst, SAMPLE_CAP);
+        let (p, h, q) = (self.ports.estimate(), self.hosts.estimate(), self.pairs.estimate());
+        let out = (
+            (p - self.ports_est).max(0.0),
+            (h - self.hosts_est).max(0.0),
+            (q - self.pairs_est).max(0.0),
+        );
+        self.ports_est = self.ports_est.max(p);
+        self.hosts_est = self.hosts_est.max(h);
+        self.pairs_est = self.pairs_est.max(q);
+        out
+    }
+
+    /// Apply one action; returns the metric delta.
+    fn apply(&mut self, now: Duration, a: &OutboundAction, role: &RoleProfile, trw: &TrwParams) -> Metrics {
+        let mut d = Metrics::default();
+        let expected = |port: u16| {
+            role.outbound_fanout_expected
+                && (role.expected_service_ports.is_empty() || role.expected_service_ports.contains(&port))
+        };
+        let probe = |e: &mut OutboundEntity, dst: IpAddr, dport: u16, d: &mut Metrics| {
+            let (p, h, q) = e.touch(dst, dport, !expected(dport));
+            d.set(m::PROBES, 1.0);
+            d.set(m::NEW_PORTS, p);
+            d.set(m::NEW_HOSTS, h);
+            d.set(m::NEW_PAIRS, q);
+            if dport < 1024 {
+                d.set(m::NEW_PRIV_PORTS, p);
+            }
+            e.timing.observe(now);
+        };
+        match a {
+            OutboundAction::Connect { dst, dport } => {
+                self.bump("connect");
+                probe(self, *dst, *dport, &mut d);
+            }
+            OutboundAction::UdpSend { dst, dport } => {
+                self.bump("udp");
+                probe(self, *dst, *dport, &mut d);
+            }
+            OutboundAction::RawProbe { dst, dport, proto, tcp_flags } => {
+                self.bump("raw_probe");
+                probe(self, *dst, *dport, &mut d);
+                d.set(m::RAW, 1.0);
+                if *proto == 6 {
+                    if let Some(name) = stealth_name(*tcp_flags) {
+                        self.bump(name);
+                        if matches!(name, "fin" | "ack") {
+                            d.set(m::WEAK_STEALTH, 1.0);
+                        } else {
+                            d.set(m::STEALTH, 1.0);
+                        }
+                    }
+                }
+            }
+            OutboundAction::Outcome { success, .. } => {
+                if *success {
+                    self.bump("established");
+                    d.set(m::SUCCESSES, 1.0);
+                    self.trw.observe(trw, 0, 1);
+                } else {
+                    self.bump("failed");
+                    d.set(m::FAILURES, 1.0);
+                    self.trw.observe(trw, 1, 0);
+                }
+            }
+            OutboundAction::RawSocket { .. } => self.bump("raw_socket"),
+        }
+        self.windows.add(now, &d);
+        self.last_seen = now;
+        self.dirty = true;
+        d
+    }
+}
+
+fn fold_ip(ip: &IpAddr) -> u32 {
+    let bytes = match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    scanwatch_common::addr_fold(&bytes)
+}
+
+/// Entity key of a process.
+pub(super) fn entity_key(p: &ProcessInfo) -> String {
+    let prog = p.exe.as_deref().unwrap_or(&p.comm);
+    format!("proc:{}:{}:{}", p.uid, prog, p.ppid.unwrap_or(0))
+}
+
+fn process_block(p: &ProcessInfo) -> ProcessBlock {
+    ProcessBlock {
+        pid: p.pid,
+        tgid: p.tgid,
+        comm: p.comm.clone(),
+        exe: p.exe.clone(),
+        cmdline: p.cmdline.clone(),
+        uid: p.uid,
+        user: p.user.clone(),
+        ppid: p.ppid,
+        parent_exe: p.parent_exe.clone(),
+        ancestry: p.ancestry.iter().take(4).map(|(pid, exe)| Ancestor { pid: *pid, exe: exe.clone() }).collect(),
+        cgroup: p.cgroup.clone(),
+        container_id: p.container_id.clone(),
+        start_time: p.start_time,
+        exited: p.exited,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    idx: usize,
+    ports: f64,
+    hosts: f64,
+    port_score: f64,
+    host_score: f64,
+    score: f64,
+    totals: Metrics,
+    by_trw: bool,
+}
+
+impl Engine {
+    pub(super) fn ingest_outbound(&mut self, now: Duration, o: &OutboundObservation) -> String {
+        let key = entity_key(&o.process);
+        let cap = self.cfg.detect.max_outbound_entities;
+        if !self.outbound.contains_key(&key) {
+            self.evicted += make_room(&mut self.outbound, cap, |e| e.last_seen);
+        }
+        let windows = &self.cfg.detect.windows;
+        let e = self
+            .outbound
+            .entry(key.clone())
+            .or_insert_with(|| OutboundEntity::new(o.process.clone(), windows));
+        // Keep the richest process description (a later event may come after exit).
+        if !(o.process.exited && e.process.exe.is_some() && o.process.exe.is_none()) {
+            e.process = o.process.clone();
+        }
+        e.apply(now, &o.action, &self.role, &self.trw);
+        key
+    }
+
+    pub(super) fn evaluate_outbound(&mut self, now: Duration, key: &str, slow: bool, out: &mut Vec<Alert>) {
+        let Some(e) = self.outbound.get(key) else { return };
+        let d = &self.cfg.detect;
+        let totals = e.windows.totals(now);
+        let mult = self.role.outbound_multiplier;
+        let exe = e.process.exe.clone().unwrap_or_else(|| e.process.comm.clone());
+        let base = self.baseline.as_ref().and_then(|b| b.executables.get(&exe));
+        let trw_scanner = e.trw.is_scanner();
+
+        let mut fast: Option<Hit> = None;
+        let mut slow_hit: Option<Hit> = None;
+        for (i, t) in totals.iter().enumerate() {
+            let ports = t.get(m::NEW_PORTS);
+            let hosts = t.get(m::NEW_HOSTS);
+            let priv_ports = t.get(m::NEW_PRIV_PORTS).min(ports);
+            let wports = ports + (d.privileged_weight - 1.0) * priv_ports;
+            let margin = d.baseline_margin;
+            let wratio = if ports > 0.0 { wports / ports } else { 1.0 };
+            let bports = base.map_or(0.0, |b| b.max_ports.get(i).copied().unwrap_or(0.0) * margin);
+            let bhosts = base.map_or(0.0, |b| b.max_hosts.get(i).copied().unwrap_or(0.0) * margin);
+            let within_baseline = base.is_some() && ports <= bports && hosts <= bhosts.max(1.0);
+            let pt = (f64::from(d.outbound_port_thresholds[i]) * mult).max(bports * wratio);
+            let ht = (f64::from(d.outbound_host_thresholds[i]) * mult).max(bhosts);
+            let (ps, hs) = (wports / pt, hosts / ht);
+            let score = ps.max(hs);
+            let fr = t.fail_ratio();
+            let probes = t.get(m::PROBES);
+            let crafted = probes > 0.0 && t.get(m::RAW) >= probes * 0.5;
+            let failing = fr.is_none_or(|r| r >= d.min_fail_ratio) || trw_scanner || crafted;
+            let sequential = trw_scanner
+                && !within_baseline
+                && fr.is_some_and(|r| r >= d.min_fail_ratio)
+                && ports.max(hosts) >= f64::from(d.trw_min_fanout);
+            let by_fanout = failing && score >= 1.0;
+            if !(by_fanout || sequential) {
+                continue;
+            }
+            let hit = Hit { idx: i, ports, hosts, port_score: ps, host_score: hs, score, totals: *t, by_trw: !by_fanout };
+            let slot = if d.windows[i] < d.slow_min_window { &mut fast } else { &mut slow_hit };
+            if slot.is_none_or(|h| hit.score > h.score) {
+                *slot = Some(hit);
+            }
+        }
+        let (hit, is_slow) = match (fast, slow_hit) {
+            (Some(h), _) => (h, false),
+            (None, Some(h)) if slow => {
+                let window = d.windows[h.idx];
+                if e.last_fast_trigger.is_some_and(|t| now.saturating_sub(t) <= window) {
+                    return;
+                }
+                (h, true)
+            }
+            _ => return,
+        };
+        if !is_slow {
+            if let Some(e) = self.outbound.get_mut(key) {
+                e.last_fast_trigger = Some(now);
+            }
+        }
+        self.outbound_alert(now, key, hit, is_slow, out);
+    }
+
+    fn outbound_alert(&mut self, now: Duration, key: &str, h: Hit, is_slow: bool, out: &mut Vec<Alert>) {
+        let Some(e) = self.outbound.get(key) else { return };
+        let d = &self.cfg.detect;
+        let p = &e.process;
+        let exe = p.exe.clone().unwrap_or_else(|| p.comm.clone());
+        let fr = h.totals.fail_ratio();
+        let mut conf = confidence(h.score, fr, e.trw.is_scanner(), h.totals.get(m::RAW) > 0.0);
+
+        // Novelty against the learned baseline of this executable.
+        let mut novelty_note = String::new();
+        if let Some(b) = self.baseline.as_ref().and_then(|b| b.executables.get(&exe)) {
+            let ports = e.histogram.ports();
+            if !ports.is_empty() && !b.ports.is_empty() {
+                let novel = ports.iter().filter(|p| !b.ports.contains(p)).count() as f64 / ports.len() as f64;
+                conf *= 0.5 + 0.5 * novel;
+                novelty_note = format!("; {:.0}% of ports new versus baseline", novel * 100.0);
+            }
+        }
+        let timing = e.timing.class();
+        if timing == TimingClass::Periodic && fr.is_some_and(|r| r < 0.5) {
+            conf *= 0.5;
+        }
+        let shape = if h.port_score >= 1.0 && h.host_score >= 1.0 {
+            "block"
+        } else if h.port_score >= 1.0 || (h.host_score < 1.0 && h.ports >= h.hosts) {
+            "vertical"
+        } else {
+            "horizontal"
+        };
+        let window = d.windows[h.idx];
+        let name = p.exe.as_deref().unwrap_or(&p.comm);
+        let mut reason = format!(
+            "{name} (pid {}, uid {}) {}probed {:.0} distinct ports on {:.0} hosts within {} ({shape} scan",
+            p.tgid,
+            p.uid,
+            if is_slow { "slowly " } else { "" },
+            h.ports,
+            h.hosts,
+            format_duration(window),
+        );
+        if let Some(r) = fr {
+            reason.push_str(&format!(", {:.0}% of connections failed", r * 100.0));
+        }
+        if h.totals.get(m::RAW) > 0.0 {
+            reason.push_str(&format!(", {:.0} crafted raw packets", h.totals.get(m::RAW)));
+        }
+        reason.push(')');
+        if h.by_trw {
+            reason.push_str("; sequential hypothesis test decided scanner");
+        }
+        let diversity = class_diversity(&e.sample_ports);
+        if diversity >= 3 {
+            reason.push_str(&format!("; {diversity} service classes, port entropy {:.2}", e.histogram.entropy()));
+        }
+        reason.push_str(&novelty_note);
+
+        // Severity: role default, raised for big scans; expected scanners and allowlists low.
+        let role = &self.role;
+        let mut severity = role.outbound_severity;
+        if h.score >= 4.0 && severity < Severity::High {
+            severity = severity.raise();
+        }
+        let user_allowed = self.cfg.allowlist.users.iter().any(|u| {
+            p.user.as_deref() == Some(u.as_str()) || u.parse::<u32>().is_ok_and(|uid| uid == p.uid)
+        });
+        let exe_allowed = p.exe.as_ref().is_some_and(|x| self.cfg.allowlist.executables.contains(x));
+        let expected_scanner = p.exe.as_ref().is_some_and(|x| role.expected_scanners.contains(x));
+        let allowlisted = user_allowed || exe_allowed || expected_scanner;
+        if expected_scanner {
+            severity = Severity::Low;
+            reason.push_str(&format!("; expected scanner for role \"{}\"", role.name));
+        } else if allowlisted {
+            severity = allowlisted_severity(severity);
+            reason.push_str(if exe_allowed { "; executable is allowlisted" } else { "; user is allowlisted" });
+        }
+        reason.push('.');
+
+        let mut detail: BTreeMap<String, u64> = BTreeMap::new();
+        for (k, v) in &e.lifetime {
+            if matches!(*k, "null" | "fin" | "xmas" | "maimon" | "ack" | "synfin" | "raw_probe" | "raw_socket" | "udp") {
+                detail.insert((*k).to_string(), *v);
+            }
+        }
+        let alert = Alert {
+            time: self.time(now),
+            kind: AlertKind::OutboundScan,
+            severity,
+            confidence: (conf.clamp(0.05, 0.99) * 1000.0).round() / 1000.0,
+            direction: Direction::Outbound,
+            source: AlertSource { ip: None, process: Some(process_block(p)), related: Vec::new() },
+            targets: Targets {
+                host_count: h.hosts.round().max(1.0) as u64,
+                port_count: h.ports.round() as u64,
+                sample_ports: e.sample_ports.iter().take(SAMPLE_OUT).copied().collect(),
+                sample_hosts: e.sample_hosts.iter().take(SAMPLE_OUT).map(IpAddr::to_string).collect(),
+            },
+            window: format_duration(window),
+            counts: Counts {
+                probes: h.totals.get(m::PROBES).round() as u64,
+                failures: h.totals.get(m::FAILURES).round() as u64,
+                fail_ratio: fr.map(|r| (r * 1000.0).round() / 1000.0),
+                detail,
+            },
+            fingerprint: None,
+            technique: Technique::for_source(Direction::Outbound, None),
+            host: self.host.clone(),
+            allowlisted,
+            blocked: false,
+            reason,
+            update: false,
+            alert_id: String::new(),
+        };
+        let magnitude = h.ports + h.hosts;
+        self.submit(now, key, magnitude, alert, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stealth_shapes() {
+        assert_eq!(stealth_name(0), Some("null"));
+        assert_eq!(stealth_name(FIN), Some("fin"));
+        assert_eq!(stealth_name(FIN | PSH | URG), Some("xmas"));
+        assert_eq!(stealth_name(FIN | ACK), Some("maimon"));
+        assert_eq!(stealth_name(ACK), Some("ack"));
+        assert_eq!(stealth_name(SYN | FIN), Some("synfin"));
+        assert_eq!(stealth_name(SYN), None);
+        assert_eq!(stealth_name(SYN | ACK), None);
+    }
+}
