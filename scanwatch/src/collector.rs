@@ -243,7 +243,7 @@ pub async fn run_with<O: Observer, W: Write>(cfg: &Config, opts: RunOptions, eng
                 let mut alerts = Vec::new();
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
-                    alerts.extend(handle_record(&item, engine, &mut procs));
+                    alerts.extend(handle_record(&item, engine, &mut procs, Some((&sources, &fps))));
                 }
                 guard.clear_ready();
                 alerts
@@ -357,8 +357,13 @@ fn comm_str(c: &[u8; 16]) -> String {
     String::from_utf8_lossy(&c[..end]).into_owned()
 }
 
-/// Dispatch one ring-buffer record on its header kind.
-pub fn handle_record<O: Observer>(data: &[u8], engine: &mut O, procs: &mut ProcCache) -> Vec<Alert> {
+/// The kernel maps a record handler may read to complete an event (sample ports, counts).
+pub type SourceMaps<'a> = (&'a BpfHashMap<MapData, SrcKey, SrcState>, &'a BpfHashMap<MapData, FpKey, FpValue>);
+
+/// Dispatch one ring-buffer record on its header kind. For threshold and honeyport events the
+/// source's current map entry is fed first, so the immediate alert carries the sample ports and
+/// counts instead of waiting for the next sweep.
+pub fn handle_record<O: Observer>(data: &[u8], engine: &mut O, procs: &mut ProcCache, maps: Option<SourceMaps<'_>>) -> Vec<Alert> {
     let Some(hdr) = read_record::<scanwatch_common::EventHeader>(data) else { return Vec::new() };
     let now = monotonic();
     match hdr.kind {
@@ -374,8 +379,15 @@ pub fn handle_record<O: Observer>(data: &[u8], engine: &mut O, procs: &mut ProcC
                 },
                 _ => InboundEventKind::NewFingerprint(fingerprint_info(&e.fp)),
             };
+            let mut alerts = Vec::new();
+            if let (Some((sources, fps)), true) = (maps, hdr.kind != kind::NEW_FINGERPRINT) {
+                if let Ok(st) = sources.get(&e.src, 0) {
+                    alerts.extend(engine.observe_source(now, &snapshot(&e.src, &st, fps)));
+                }
+            }
             let obs = InboundObservation { ip: key_to_ip(&e.src), dst: key_to_ip(&e.dst), kind: k };
-            engine.observe_inbound_event(now, &obs)
+            alerts.extend(engine.observe_inbound_event(now, &obs));
+            alerts
         }
         kind::PROC_CONNECT | kind::PROC_SENDTO | kind::PROC_SOCKET | kind::PROC_OUTCOME
         | kind::PROC_CONNECT_RESULT => {

@@ -303,8 +303,9 @@ fn fingerprints_and_tool_hints() {
 fn malformed_packets_pass_and_are_counted_by_reason() {
     let mut p = Prog::new();
     let base = PacketSpec::linux_syn(v4("10.8.0.1"), v4("10.8.0.2"), 1000, 80).build();
+    // (A frame shorter than the 14-byte Ethernet header cannot be fed: BPF_PROG_TEST_RUN
+    // itself rejects it with EINVAL, as no driver delivers one.)
     let cases: Vec<(Vec<u8>, u32)> = vec![
-        (base[..10].to_vec(), stat::MAL_ETH),
         (base[..14 + 10].to_vec(), stat::MAL_IPV4),
         ({
             let mut b = base.clone();
