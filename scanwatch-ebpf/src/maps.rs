@@ -40,10 +40,11 @@ pub static CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static PROC_CONFIG: Array<ProcConfig> = Array::with_max_entries(1, 0);
 
-/// Honeyports: key = (protocol << 16) | port, value unused. 1,024 entries is far more than anyone
-/// configures; a hash keeps the lookup O(1).
+/// Honeyports as a bitmap: index = proto_slot * 1024 + port / 64 (proto_slot 0 = TCP, 1 = UDP),
+/// bit = port % 64. 2,048 × u64 = 16 KiB covers every port of both protocols; an array lookup is
+/// inlined by the verifier, so the check costs a few instructions per probe.
 #[map]
-pub static HONEYPORTS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+pub static HONEYPORTS: Array<u64> = Array::with_max_entries(2048, 0);
 
 /// Opt-in response: sources to drop (value = reason). Bounded at 4,096 by design: the agent
 /// only blocks confirmed scanners and expires entries.

@@ -92,6 +92,13 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
             off += 4;
         }
     }
+    // SAFETY: read of a load-time constant the loader may have rewritten.
+    let enforce = unsafe { core::ptr::read_volatile(&ENFORCE_BLOCKLIST) } != 0;
+    if !enforce && fast_established(ctx, off, ethertype) {
+        stats[stat::TCP as usize] += 1;
+        stats[stat::ESTABLISHED_FAST as usize] += 1;
+        return Ok(xdp_action::XDP_PASS);
+    }
     let l3 = match ethertype {
         ETH_P_IP => {
             stats[stat::IPV4 as usize] += 1;
@@ -107,8 +114,7 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
         }
     };
 
-    // SAFETY: read of a load-time constant the loader may have rewritten.
-    if unsafe { core::ptr::read_volatile(&ENFORCE_BLOCKLIST) } != 0 {
+    if enforce {
         let key = SrcKey { addr: l3.src };
         // SAFETY: value is read only to test presence.
         if unsafe { BLOCKLIST.get(&key) }.is_some() {
@@ -188,6 +194,38 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
         emit(stats, kind::HONEYPORT, &l3, &e, None);
     }
     Ok(xdp_action::XDP_PASS)
+}
+
+/// Established-flow data (ACK without SYN/RST/FIN, with payload) over IPv4 or IPv6 without
+/// extension headers: recognised from a handful of fixed-offset reads, before any address is
+/// copied, so ordinary traffic costs close to nothing. Anything unusual returns false and takes
+/// the full (validating) path.
+#[inline(always)]
+fn fast_established(ctx: &XdpContext, off: usize, ethertype: u16) -> bool {
+    let (l4, l4_len) = if ethertype == ETH_P_IP {
+        let Ok(w0) = be32_at(ctx, off) else { return false };
+        let Ok(w2) = be32_at(ctx, off + 8) else { return false };
+        let Ok(fo) = be16_at(ctx, off + 6) else { return false };
+        let vihl = (w0 >> 24) as u8;
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        let tot = (w0 & 0xffff) as usize;
+        if vihl >> 4 != 4 || ihl < 20 || tot < ihl || fo & 0x3fff != 0 || ((w2 >> 16) & 0xff) as u8 != IPPROTO_TCP {
+            return false;
+        }
+        (off + ihl, tot - ihl)
+    } else if ethertype == ETH_P_IPV6 {
+        let Ok(w1) = be32_at(ctx, off + 4) else { return false };
+        if ((w1 >> 8) & 0xff) as u8 != IPPROTO_TCP {
+            return false;
+        }
+        (off + 40, (w1 >> 16) as usize)
+    } else {
+        return false;
+    };
+    let Ok(df) = be16_at(ctx, l4 + 12) else { return false };
+    let doff = ((df >> 12) as usize) * 4;
+    let f = (df as u8) & 0x3f;
+    doff >= 20 && l4_len > doff && f & (SYN | RST | FIN) == 0 && f & ACK != 0
 }
 
 #[inline(always)]
@@ -517,9 +555,11 @@ fn emit(stats: &mut Stats, k: u32, l3: &L3, a: &Ev, fp: Option<&Fingerprint>) {
 
 #[inline(always)]
 fn is_honeyport(proto: u8, port: u16) -> bool {
-    let key = ((proto as u32) << 16) | port as u32;
-    // SAFETY: presence test only.
-    unsafe { HONEYPORTS.get(&key) }.is_some()
+    let slot = if proto == IPPROTO_UDP { 1024 } else { 0 };
+    match HONEYPORTS.get(slot + (port as u32 >> 6)) {
+        Some(w) => *w & (1u64 << (port & 63)) != 0,
+        None => false,
+    }
 }
 
 /// Build the lookup tuple (as seen on ingress) and ask the kernel's socket table.
@@ -615,7 +655,7 @@ fn classify_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &XdpConfig, o
             finish_fingerprint(l3, ((seq as u64) << 16) | dport as u64, &mut obs.fp);
             obs.has_fp = 1;
         }
-        if cfg.flags & cfgflag::VERIFY_CSUM != 0 && tcp_csum_bad(ctx, l3, t) {
+        if cfg.flags & cfgflag::VERIFY_CSUM != 0 && obs.has_fp != 0 && tcp_csum_bad(ctx, l3, t, &obs.fp) {
             obs.count(cnt::BADSUM);
         }
         if lookup {
@@ -738,13 +778,16 @@ fn finish_fingerprint(l3: &L3, seq_dport: u64, fp: &mut Fingerprint) {
     };
 }
 
-/// True when a SYN's TCP checksum is wrong. A checksum equal to the folded pseudo-header sum is
-/// a locally generated segment with checksum offload pending (veth), not a bad one.
+/// True when a SYN's TCP checksum is wrong. Only bare SYNs (no payload) are checked: the fixed
+/// header is summed from the packet and the options from the copy already in `fp`. A checksum
+/// equal to the folded pseudo-header sum is a locally generated segment whose checksum offload
+/// is still pending (veth), not a bad one.
 #[inline(never)]
-fn tcp_csum_bad(ctx: &XdpContext, l3: &L3, t: usize) -> bool {
+fn tcp_csum_bad(ctx: &XdpContext, l3: &L3, t: usize, fp: &Fingerprint) -> bool {
     let len = l3.l4_len;
-    if len > 64 || len < 20 {
-        return false; // only bare SYNs (options, small payload) are verified
+    let olen = fp.opt_len as usize;
+    if len != 20 + olen {
+        return false;
     }
     let mut pseudo: u64 = 0;
     let mut k = 0;
@@ -756,21 +799,25 @@ fn tcp_csum_bad(ctx: &XdpContext, l3: &L3, t: usize) -> bool {
         k += 2;
     }
     pseudo += IPPROTO_TCP as u64 + len as u64;
-    // Copy the segment once, then sum it from the stack.
-    let mut buf = [0u8; 64];
-    if load_bytes(ctx, t, &mut buf, len).is_err() {
-        return false;
-    }
     let mut sum = pseudo;
-    let mut i = 0usize;
-    while i < 32 {
-        sum += u16::from_be_bytes([buf[2 * i], buf[2 * i + 1]]) as u64;
-        i += 1;
+    let mut i = 0;
+    while i < 20 {
+        match be16_at(ctx, t + i) {
+            Ok(w) => sum += w as u64,
+            Err(_) => return false,
+        }
+        i += 2;
+    }
+    // Options are 4-byte aligned in length; bytes past `olen` are zero.
+    let mut j = 0;
+    while j < 40 {
+        sum += u16::from_be_bytes([fp.raw_opts[j], fp.raw_opts[j + 1]]) as u64;
+        j += 2;
     }
     if csum_fold(sum) == 0xffff {
         return false;
     }
-    let check = u16::from_be_bytes([buf[16], buf[17]]);
+    let check = be16_at(ctx, t + 16).unwrap_or(0);
     check != csum_fold(pseudo)
 }
 

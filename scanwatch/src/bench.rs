@@ -7,6 +7,8 @@ use aya::{
     Ebpf,
 };
 
+use scanwatch_common::{cfgflag, XdpConfig};
+
 use crate::{
     loader::{self, LoadOptions},
     packet::{PacketSpec, L4, ACK, PSH, SYN},
@@ -130,6 +132,20 @@ pub fn run(repeat: u32) -> anyhow::Result<Report> {
         let ns = measure(p, pkt, repeat)?;
         rows.push(Row { name, method: "repeat", ns, ratio: ns / base_fixed });
     }
+    // Cost attribution: the same known-source SYN with optional work switched off.
+    let full = XdpConfig::default_config();
+    for (name, flags) in [
+        ("SYN known, no socket lookup", full.flags & !cfgflag::LOOKUP_SOCKETS),
+        ("SYN known, no checksum check", full.flags & !cfgflag::VERIFY_CSUM),
+        ("SYN known, neither", 0),
+    ] {
+        loader::write_config(&mut ebpf, &XdpConfig { flags, ..full })?;
+        let p = prog(&mut ebpf, scanwatch_common::PROG_XDP)?;
+        let ns = measure(p, &syn_known, repeat)?;
+        rows.push(Row { name, method: "repeat", ns, ratio: ns / base_fixed });
+    }
+    loader::write_config(&mut ebpf, &full)?;
+    let p = prog(&mut ebpf, scanwatch_common::PROG_XDP)?;
     rows.push(Row { name: "empty XDP_PASS (baseline)", method: "one-per-run", ns: base_each, ratio: 1.0 });
     let ns = measure_each(p, &new_sources)?;
     rows.push(Row { name: "SYN from new source", method: "one-per-run", ns, ratio: ns / base_each });

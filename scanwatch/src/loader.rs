@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap},
+    maps::Array,
     programs::{KProbe, TracePoint, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -89,11 +89,13 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoaderError> {
     }
     {
         let map = ebpf.map_mut(MAP_HONEYPORTS).ok_or(LoaderError::MissingMap(MAP_HONEYPORTS))?;
-        let mut hp: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(map)
-            .map_err(|source| LoaderError::Map { name: MAP_HONEYPORTS, source })?;
-        for (proto, ports) in [(6u32, &opts.honeyports_tcp), (17u32, &opts.honeyports_udp)] {
+        let mut hp: Array<_, u64> =
+            Array::try_from(map).map_err(|source| LoaderError::Map { name: MAP_HONEYPORTS, source })?;
+        for (slot, ports) in [(0u32, &opts.honeyports_tcp), (1024u32, &opts.honeyports_udp)] {
             for p in ports {
-                hp.insert((proto << 16) | u32::from(*p), 1, 0)
+                let idx = slot + (u32::from(*p) >> 6);
+                let word = hp.get(&idx, 0).map_err(|source| LoaderError::Map { name: MAP_HONEYPORTS, source })?;
+                hp.set(idx, word | (1u64 << (p & 63)), 0)
                     .map_err(|source| LoaderError::Map { name: MAP_HONEYPORTS, source })?;
             }
         }
