@@ -50,8 +50,12 @@ pub fn print_report(out: &mut impl Write) -> anyhow::Result<()> {
         let (drv, native) = xdp_native_guess(&i);
         writeln!(
             out,
-            "default-route interface: {i} (driver {drv}): XDP would try native then generic; native {}",
-            if native { "likely" } else { "unlikely (generic mode)" }
+            "default-route interface: {i} (driver {drv}): XDP tries native then generic; native {}",
+            if native {
+                "supported by this driver (may still need free TX queues / a smaller MTU; the agent falls back and says why)"
+            } else {
+                "not implemented by this driver (generic mode)"
+            }
         )?;
     }
     writeln!(out, "hooks (first available method is used):")?;

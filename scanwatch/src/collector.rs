@@ -203,8 +203,11 @@ pub async fn run_with<O: Observer, W: Write>(cfg: &Config, opts: RunOptions, eng
     }
     let mut attached = Vec::new();
     for i in &ifaces {
-        let mode = loader::attach_xdp(&mut ebpf, i, opts.xdp_mode)?;
-        eprintln!("scanwatch: xdp attached to {i} in {mode} mode");
+        let (mode, fallback) = loader::attach_xdp(&mut ebpf, i, opts.xdp_mode)?;
+        match fallback {
+            Some(why) => eprintln!("scanwatch: xdp attached to {i} in {mode} mode (fallback; {why})"),
+            None => eprintln!("scanwatch: xdp attached to {i} in {mode} mode"),
+        }
         attached.push(format!("{i}:{mode}"));
     }
     if opts.outbound {

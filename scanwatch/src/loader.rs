@@ -133,8 +133,9 @@ pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoaderError> {
 }
 
 /// Attach XDP to `iface`: native (driver) mode first, generic (SKB) mode as the fallback.
-/// Returns the mode that attached ("native" / "generic").
-pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, choice: XdpModeChoice) -> Result<&'static str, LoaderError> {
+/// Returns the mode that attached ("native" / "generic") and, after a fallback, why the
+/// preferred mode failed.
+pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, choice: XdpModeChoice) -> Result<(&'static str, Option<String>), LoaderError> {
     let prog = xdp_program(ebpf)?;
     let order: &[(XdpMode, &'static str)] = match choice {
         XdpModeChoice::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
@@ -144,11 +145,23 @@ pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, choice: XdpModeChoice) -> Result
     let mut detail = String::new();
     for (mode, name) in order {
         match prog.attach(iface, *mode) {
-            Ok(_) => return Ok(name),
-            Err(e) => detail.push_str(&format!("{name}: {e}; ")),
+            Ok(_) => return Ok((name, (!detail.is_empty()).then(|| detail.trim_end_matches("; ").to_string()))),
+            Err(e) => detail.push_str(&format!("{name}: {}; ", error_chain(&e))),
         }
     }
     Err(LoaderError::XdpAttach { iface: iface.to_string(), detail })
+}
+
+/// An error with its sources (aya's messages often keep the errno in the source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// One outbound hook and the methods it can use, in order of preference.
