@@ -40,9 +40,14 @@ pub const DEFAULT_RINGBUF_BYTES: u32 = 1 << 20;
 // ---------------------------------------------------------------------------------------------
 // Sketch geometry.
 // ---------------------------------------------------------------------------------------------
-/// HyperLogLog registers per sketch (2^8). Standard error 1.04/sqrt(256) = 6.5 %.
+/// HyperLogLog registers of the host sketches (2^8). Standard error 1.04/sqrt(256) = 6.5 %.
 pub const HLL_P: u32 = 8;
 pub const HLL_REGS: usize = 1 << HLL_P;
+/// HyperLogLog registers of the per-source port sketch (2^9): standard error 4.6 %, so the
+/// ≤ 10 % error target holds beyond two standard deviations up to all 65,535 ports. Below
+/// `SAMPLE_PORTS` distinct ports the exact sample is used instead.
+pub const PORT_HLL_P: u32 = 9;
+pub const PORT_HLL_REGS: usize = 1 << PORT_HLL_P;
 /// Exact sample of the first distinct destination ports a source touched.
 pub const SAMPLE_PORTS: usize = 16;
 /// Short-window distinct-port bitmap (bits) used for the in-kernel threshold event.
@@ -128,11 +133,11 @@ pub struct SrcState {
     pub win_port_bits: [u64; WIN_PORT_BITS / 64],
     pub win_host_bits: [u64; WIN_HOST_BITS / 64],
     /// Lifetime distinct destination ports (HyperLogLog registers).
-    pub port_hll: [u8; HLL_REGS],
+    pub port_hll: [u8; PORT_HLL_REGS],
     /// Lifetime distinct destination hosts (HyperLogLog registers).
     pub host_hll: [u8; HLL_REGS],
 }
-const _: () = assert!(size_of::<SrcState>() == 24 + 96 + 16 + 32 + 8 + 16 + 128 + 32 + 512);
+const _: () = assert!(size_of::<SrcState>() == 24 + 96 + 16 + 32 + 8 + 16 + 128 + 32 + 512 + 256);
 
 /// Threshold event bits.
 pub mod thr {
@@ -499,13 +504,25 @@ pub const fn mix32(mut h: u32) -> u32 {
     h
 }
 
-/// HyperLogLog register index and rank for a 32-bit item.
+/// HyperLogLog register index and rank for a 32-bit item in a sketch of 2^`p` registers.
+#[inline(always)]
+pub const fn hll_slot_p(item: u32, p: u32) -> (usize, u8) {
+    let h = mix32(item ^ 0x9e37_79b9);
+    let idx = (h >> (32 - p)) as usize;
+    let rest = (h << p) | (1 << (p - 1));
+    (idx & ((1 << p) - 1), (rest.leading_zeros() + 1) as u8)
+}
+
+/// Slot in a host sketch (`HLL_REGS` registers).
 #[inline(always)]
 pub const fn hll_slot(item: u32) -> (usize, u8) {
-    let h = mix32(item ^ 0x9e37_79b9);
-    let idx = (h >> (32 - HLL_P)) as usize;
-    let rest = (h << HLL_P) | (1 << (HLL_P - 1));
-    (idx & (HLL_REGS - 1), (rest.leading_zeros() + 1) as u8)
+    hll_slot_p(item, HLL_P)
+}
+
+/// Slot in a port sketch (`PORT_HLL_REGS` registers).
+#[inline(always)]
+pub const fn port_hll_slot(item: u32) -> (usize, u8) {
+    hll_slot_p(item, PORT_HLL_P)
 }
 
 /// Fold an IPv4-mapped or IPv6 address to 32 bits for sketches.

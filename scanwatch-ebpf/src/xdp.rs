@@ -12,7 +12,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use scanwatch_common::{
-    addr_fold, cfgflag, cnt, hll_slot, initial_ttl, kind, mix32, stat, thr, tool, EventHeader,
+    addr_fold, cfgflag, cnt, hll_slot, initial_ttl, port_hll_slot, kind, mix32, stat, thr, tool, EventHeader,
     Fingerprint, FpKey, InboundEvent, SrcKey, XdpConfig, FP_PER_SOURCE, SAMPLE_PORTS, WIN_HOST_BITS, WIN_PORT_BITS,
 };
 
@@ -469,7 +469,7 @@ fn update_source(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &Obs) -> i64 
         }
         // Lifetime distinct ports and hosts (HyperLogLog).
         if track_port {
-            let (i, rank) = hll_slot(dport as u32);
+            let (i, rank) = port_hll_slot(dport as u32);
             if s.port_hll[i] < rank {
                 s.port_hll[i] = rank;
             }
@@ -494,7 +494,13 @@ fn update_source(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &Obs) -> i64 
                 s.n_sample += 1;
             }
         }
-        if track_port && (obs.sport == 53 || obs.sport == 88) && dport != obs.sport {
+        // Source port 53/88 towards another port: TCP probes, or UDP to a privileged port (late
+        // DNS replies to an already-closed client port are not counted).
+        if track_port
+            && (obs.sport == 53 || obs.sport == 88)
+            && dport != obs.sport
+            && (l3.proto == IPPROTO_TCP || dport < 1024)
+        {
             s.counts[cnt::SRCPORT_TRICK] = s.counts[cnt::SRCPORT_TRICK].wrapping_add(1);
         }
         if cfg.port_threshold != 0 && s.win_ports >= cfg.port_threshold && s.emitted & thr::PORTS == 0 {

@@ -23,7 +23,7 @@ use crate::{
     enrich::ProcCache,
     loader::{self, LoadOptions, XdpModeChoice},
     sinks::jsonl::JsonlSink,
-    sketch::hll_estimate,
+    sketch::{distinct_ports, hll_estimate},
 };
 
 /// Monotonic clock, the same one `bpf_ktime_get_ns` reads.
@@ -321,7 +321,7 @@ pub fn snapshot(key: &SrcKey, s: &SrcState, fps: &BpfHashMap<MapData, FpKey, FpV
         first_seen_ns: s.first_seen_ns,
         last_seen_ns: s.last_seen_ns,
         counts,
-        distinct_ports: hll_estimate(&s.port_hll),
+        distinct_ports: distinct_ports(&s.port_hll, s.n_sample),
         distinct_hosts: hll_estimate(&s.host_hll),
         sample_ports: s.sample_ports[..(s.n_sample as usize).min(s.sample_ports.len())].to_vec(),
         sample_hosts: Vec::new(),

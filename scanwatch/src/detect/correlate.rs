@@ -95,6 +95,13 @@ impl FingerprintIndex {
         self.by_hash.retain(|_, v| !v.is_empty());
     }
 
+    /// Sources seen with `hash` within `window` (whatever their ports or outcomes so far).
+    pub fn active_members(&self, now: Duration, hash: &str, window: Duration) -> usize {
+        self.by_hash
+            .get(hash)
+            .map_or(0, |v| v.iter().filter(|m| now.saturating_sub(m.last_seen) < window).count())
+    }
+
     /// Sources sharing `hash`, active within `window`, failing, with at least `min_ports` ports
     /// and pairwise port overlap `min_overlap` with a common member.
     pub fn cluster(
@@ -140,6 +147,14 @@ impl FingerprintIndex {
             same_ttl: best.iter().all(|m| m.ttl == ttl0),
         })
     }
+}
+
+/// See [`Engine::decoy_membership`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DecoyMembership {
+    Alone,
+    Pending,
+    Member,
 }
 
 /// State of the destination-centric distributed-scan detector.
@@ -227,6 +242,41 @@ impl Engine {
                 alert_id: String::new(),
             };
             self.submit(now, &format!("fp:{hash}"), n as f64, alert, out);
+        }
+    }
+
+    /// Where a source's fan-out belongs when it shares a scanner-tool fingerprint with other
+    /// recent sources (nmap -D sends every probe from each decoy as well): `Member` when it is in a
+    /// decoy cluster now (the cluster alert shows it, naming every source), `Pending` when enough
+    /// sources share the fingerprint but their ports are not all known yet (the next tick decides,
+    /// once the sweep has fed every member), `Alone` otherwise.
+    pub(super) fn decoy_membership(&self, now: Duration, ip: &IpAddr) -> DecoyMembership {
+        let ip = canonical_ip(*ip);
+        let Some(e) = self.inbound.get(&ip) else { return DecoyMembership::Alone };
+        let d = &self.cfg.detect;
+        let (window, min_sources) = (d.decoy_window, d.decoy_min_sources as usize);
+        let mut pending = false;
+        for f in e.fingerprints.iter().filter(|f| f.is_scanner_tool()) {
+            if self.fingerprints.active_members(now, &f.hash, window) < min_sources {
+                continue;
+            }
+            let c = self.fingerprints.cluster(
+                now,
+                &f.hash,
+                window,
+                min_sources,
+                d.decoy_min_ports as usize,
+                d.decoy_min_overlap,
+            );
+            if c.is_some_and(|c| c.members.contains(&ip)) {
+                return DecoyMembership::Member;
+            }
+            pending = true;
+        }
+        if pending {
+            DecoyMembership::Pending
+        } else {
+            DecoyMembership::Alone
         }
     }
 

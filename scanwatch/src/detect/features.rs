@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use scanwatch_common::{hll_slot, HLL_REGS};
 
 /// Shape of an entity's activity over time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,55 +149,7 @@ impl PortHistogram {
     }
 }
 
-/// 256-register HyperLogLog (the same hashing as the kernel sketches).
-#[derive(Debug, Clone)]
-pub struct Hll {
-    regs: [u8; HLL_REGS],
-}
-
-impl Default for Hll {
-    fn default() -> Self {
-        Hll { regs: [0; HLL_REGS] }
-    }
-}
-
-impl Hll {
-    pub fn insert(&mut self, item: u32) {
-        let (i, rank) = hll_slot(item);
-        if let Some(r) = self.regs.get_mut(i) {
-            if rank > *r {
-                *r = rank;
-            }
-        }
-    }
-
-    pub fn estimate(&self) -> f64 {
-        hll_estimate(&self.regs)
-    }
-}
-
-/// HyperLogLog estimate with linear counting for small cardinalities.
-pub fn hll_estimate(regs: &[u8]) -> f64 {
-    let m = regs.len() as f64;
-    if regs.is_empty() {
-        return 0.0;
-    }
-    let mut sum = 0.0;
-    let mut zeros = 0usize;
-    for r in regs {
-        sum += 2f64.powi(-i32::from(*r));
-        if *r == 0 {
-            zeros += 1;
-        }
-    }
-    let alpha = 0.7213 / (1.0 + 1.079 / m);
-    let raw = alpha * m * m / sum;
-    if raw <= 2.5 * m && zeros > 0 {
-        m * (m / zeros as f64).ln()
-    } else {
-        raw
-    }
-}
+pub use crate::sketch::Hll;
 
 /// Insert into a bounded sorted sample; returns true if newly inserted.
 pub fn bounded_insert<T: Ord + Copy>(v: &mut Vec<T>, item: T, cap: usize) -> bool {

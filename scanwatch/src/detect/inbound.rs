@@ -12,6 +12,7 @@ use super::features::{
 };
 use super::trw::{Trw, TrwParams};
 use super::window::{m, Metrics, MultiWindow};
+use super::correlate::DecoyMembership;
 use super::{make_room, Engine, FingerprintInfo, InboundEventKind, InboundObservation, SourceSnapshot};
 use crate::alert::{
     is_internal, Alert, AlertKind, AlertSource, Counts, Direction, FingerprintBlock, Severity,
@@ -27,7 +28,7 @@ const FP_CAP: usize = 4;
 pub(super) const SAMPLE_OUT: usize = 16;
 
 /// Counters whose names are reported in `counts` (stealth and evasion).
-const DETAIL_COUNTERS: [usize; 13] = [
+const DETAIL_COUNTERS: [usize; 15] = [
     cnt::NULL,
     cnt::FIN,
     cnt::XMAS,
@@ -41,7 +42,14 @@ const DETAIL_COUNTERS: [usize; 13] = [
     cnt::UNSOLICITED_SYNACK,
     cnt::UNSOLICITED_RST,
     cnt::HONEYPORT,
+    // Probe shapes of portless / UDP sweeps, so a ping sweep or UDP scan shows what it sent.
+    cnt::UDP_CLOSED,
+    cnt::ICMP_ECHO,
 ];
+
+/// Share of a window's probes carrying a technique mark (stealth flag shapes, evasion marks)
+/// from which a fan-out is shown as that technique instead of a plain horizontal/vertical scan.
+const TECHNIQUE_SHARE: f64 = 0.5;
 
 /// Per-source state.
 #[derive(Debug, Clone)]
@@ -160,7 +168,9 @@ impl InboundEntity {
         let mut mt = Metrics::default();
         let stealth = d[cnt::NULL] + d[cnt::XMAS] + d[cnt::MAIMON] + d[cnt::SYNFIN];
         let weak = d[cnt::FIN] + d[cnt::ACK];
-        let probes = d[cnt::SYN] + stealth + weak + d[cnt::UDP];
+        // A first fragment carries the ports of a probe whose flags the kernel cannot see; an
+        // ICMP echo is the probe of a ping sweep.
+        let probes = d[cnt::SYN] + stealth + weak + d[cnt::UDP] + d[cnt::FRAG_FIRST] + d[cnt::ICMP_ECHO];
         let failures = d[cnt::FAILED].max(d[cnt::SYN_CLOSED] + d[cnt::UDP_CLOSED]);
         let successes = d[cnt::SYN_OPEN];
         mt.set(m::PROBES, probes as f64);
@@ -176,6 +186,9 @@ impl InboundEntity {
             (d[cnt::FRAG_FIRST] + d[cnt::FRAG_LATER] + d[cnt::SRCPORT_TRICK] + d[cnt::BADSUM]) as f64,
         );
         mt.set(m::BADSUM, d[cnt::BADSUM] as f64);
+        // Crafted probes: one per probe that carries an evasion mark (a fragmented probe counts
+        // once, by its first fragment), so their share of PROBES tells an evasive scan.
+        mt.set(m::RAW, (d[cnt::FRAG_FIRST] + d[cnt::SRCPORT_TRICK] + d[cnt::BADSUM]).min(probes) as f64);
         mt.set(m::UNSOLICITED, (d[cnt::UNSOLICITED_SYNACK] + d[cnt::UNSOLICITED_RST]) as f64);
         mt.set(m::HONEYPORT, d[cnt::HONEYPORT] as f64);
 
@@ -245,6 +258,24 @@ struct Hit {
     score: f64,
     totals: Metrics,
     by_trw: bool,
+}
+
+/// The technique a fan-out's probes mostly show: stealth flag shapes (NULL, FIN, Xmas, Maimon,
+/// SYN+FIN, bare ACK) or evasion marks (fragments, source port 53/88, bad checksums). None for a
+/// plain SYN / UDP / ICMP fan-out, or one where such probes are only a minority.
+fn technique_kind(t: &Metrics) -> Option<AlertKind> {
+    let probes = t.get(m::PROBES);
+    if probes <= 0.0 {
+        return None;
+    }
+    let stealth = t.get(m::STEALTH) + t.get(m::WEAK_STEALTH);
+    if stealth >= probes * TECHNIQUE_SHARE {
+        Some(AlertKind::StealthScan)
+    } else if t.get(m::RAW) >= probes * TECHNIQUE_SHARE {
+        Some(AlertKind::Evasion)
+    } else {
+        None
+    }
 }
 
 /// Inbound base severity: external sources one level lower, internal ones one level higher.
@@ -396,8 +427,22 @@ impl Engine {
             }
         }
 
-        if let Some(h) = fast {
-            let kind = if h.port_score >= 1.0 && h.host_score >= 1.0 {
+        let membership = if fast.is_some() { self.decoy_membership(now, &ip) } else { DecoyMembership::Alone };
+        if let (Some(_), DecoyMembership::Member) = (fast, membership) {
+            // One of several sources sending the same probes (decoys): the decoy_cluster alert
+            // shows the fan-out with every source named, not one fan-out alert per source.
+            if let Some(e) = self.inbound.get_mut(&ip) {
+                e.last_fast_trigger = Some(now);
+                e.last_fanout_alert = Some(now);
+            }
+        } else if let (Some(_), DecoyMembership::Pending, false) = (fast, membership, slow) {
+            // Decided at the next tick (the entity stays dirty), once every member is fed.
+        } else if let Some(h) = fast {
+            let kind = if let Some(k) = technique_kind(&h.totals) {
+                // Mostly stealth-shaped or evasion-marked probes: the scan is shown as that
+                // technique (one alert carrying the fan-out), not as a plain fan-out scan.
+                k
+            } else if h.port_score >= 1.0 && h.host_score >= 1.0 {
                 AlertKind::BlockScan
             } else if h.port_score >= 1.0 {
                 AlertKind::VerticalScan
@@ -517,9 +562,30 @@ impl Engine {
         if h.score >= 4.0 || kind == AlertKind::BlockScan {
             base = base.raise();
         }
+        if kind == AlertKind::Evasion && h.totals.get(m::BADSUM) >= 1.0 {
+            // Bad checksums only serve to probe for a middlebox that does not verify them.
+            base = base.raise();
+        }
         let window = d.windows[h.idx];
         let diversity = class_diversity(&e.known_ports);
         let mut reason = match kind {
+            AlertKind::StealthScan => format!(
+                "{ip} probed {:.0} distinct ports on {:.0} hosts within {} with stealth probes ({:.0} NULL/Xmas/Maimon/SYN+FIN, {:.0} FIN/bare-ACK of {:.0} probes)",
+                h.ports,
+                h.hosts,
+                format_duration(window),
+                h.totals.get(m::STEALTH),
+                h.totals.get(m::WEAK_STEALTH),
+                h.totals.get(m::PROBES)
+            ),
+            AlertKind::Evasion => format!(
+                "{ip} probed {:.0} distinct ports on {:.0} hosts within {} with evasive probes ({:.0} of {:.0} fragmented, sent from source port 53/88 or with a bad checksum)",
+                h.ports,
+                h.hosts,
+                format_duration(window),
+                h.totals.get(m::RAW),
+                h.totals.get(m::PROBES)
+            ),
             AlertKind::SlowScan => format!(
                 "{ip} slowly probed {:.0} ports on {:.0} hosts over {} while staying under the short-window thresholds",
                 h.ports, h.hosts, format_duration(window)
