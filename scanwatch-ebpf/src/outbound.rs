@@ -7,7 +7,8 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
-    macros::{kprobe, tracepoint},
+    macros::{kprobe, map, tracepoint},
+    maps::LruHashMap,
     programs::{ProbeContext, TracePointContext},
 };
 use scanwatch_common::{kind, outcome, stat, EventHeader, ProcEvent, ProcState, SrcKey};
@@ -31,6 +32,18 @@ const ARG0: usize = 16;
 const ARG1: usize = 24;
 const ARG2: usize = 32;
 const ARG4: usize = 48;
+
+/// Tasks inside connect() to an inet address: pid_tgid → 1. The exit hook reports immediate
+/// failures only for these (connects to AF_UNIX paths such as /dev/log are not network probes).
+/// LRU, 4,096 tasks in flight.
+#[map]
+static CONNECT_INFLIGHT: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// Payload sizes examined for a raw / packet socket inherited across fork (a child sending on a
+/// socket its parent opened, e.g. `hping3 --scan`): probes are small, ordinary sends mostly are
+/// not, so the user read is skipped for everything else.
+const INHERITED_MIN: u64 = 20;
+const INHERITED_MAX: u64 = 256;
 
 #[inline(always)]
 fn current() -> Option<(u32, u32)> {
@@ -144,6 +157,7 @@ fn read_sockaddr(ptr: u64, user: bool) -> Option<(u16, [u8; 16], u16)> {
 fn on_connect(addr: u64, fd: i32, user: bool) -> u32 {
     let Some((tgid, pid)) = current() else { return 0 };
     let Some((family, dst, dport)) = read_sockaddr(addr, user) else { return 0 };
+    let _ = CONNECT_INFLIGHT.insert(&bpf_get_current_pid_tgid(), &1, 0);
     proc_update(tgid, |p| p.attempts += 1);
     emit(kind::PROC_CONNECT, tgid, pid, |e| {
         e.family = family as u32;
@@ -166,13 +180,16 @@ pub fn tp_enter_connect(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tp_exit_connect(ctx: TracePointContext) -> u32 {
     let Some((tgid, pid)) = current() else { return 0 };
+    let id = bpf_get_current_pid_tgid();
+    // Only connects that the enter hook saw going to an inet address count.
+    if CONNECT_INFLIGHT.get_ptr(&id).is_none() {
+        return 0;
+    }
+    let _ = CONNECT_INFLIGHT.remove(&id);
     // SAFETY: offset from syscalls/sys_exit_connect/format.
     let ret = unsafe { ctx.read_at::<i64>(ARG0).unwrap_or(0) };
     if ret < 0 && ret != -EINPROGRESS {
-        // Only processes that connected to an inet address have a PROCS entry.
-        if PROCS.get_ptr(&tgid).is_some() {
-            emit(kind::PROC_CONNECT_RESULT, tgid, pid, |e| e.value = ret as i32);
-        }
+        emit(kind::PROC_CONNECT_RESULT, tgid, pid, |e| e.value = ret as i32);
     }
     0
 }
@@ -231,21 +248,80 @@ struct Probe {
     family: u16,
 }
 
-/// Parse the first bytes a raw or packet socket sends: Ethernet+IP (AF_PACKET), IPv4 with header
-/// included (IP_HDRINCL), or a bare TCP/UDP/ICMP header on a raw socket (dst from sockaddr).
+/// Where the network header starts in a raw / packet socket payload.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// IPv4 header at offset 0 (IP_HDRINCL / IPPROTO_RAW, or a cooked packet socket).
+    Ip4,
+    /// IPv6 header at offset 0.
+    Ip6,
+    /// Ethernet header, then IPv4 / IPv6 (AF_PACKET SOCK_RAW).
+    Eth4,
+    Eth6,
+    /// A bare transport header (raw socket without header inclusion): dst from the sockaddr.
+    Bare,
+}
+
+/// Decide the payload layout. `len` is the send length (0 = unknown). A payload that starts with
+/// a valid IP header whose length field equals the send length is IP; otherwise an Ethernet
+/// frame carrying IP is Ethernet (a destination MAC may well start with 0x4_, so the first
+/// nibble alone cannot decide). `strict` (sockets not known to be raw) requires an exact length
+/// match for every layout and never accepts a bare header.
 #[inline(always)]
-fn parse_probe(buf: &[u8; 96], sa: Option<(u16, [u8; 16], u16)>) -> Option<Probe> {
-    let mut off = 0usize;
+fn layout(buf: &[u8; 96], len: u64, strict: bool) -> Option<Layout> {
+    let v0 = buf[0] >> 4;
+    let ihl0 = buf[0] & 0xf;
+    let tot0 = u16::from_be_bytes([buf[2], buf[3]]) as u64;
+    let pl0 = u16::from_be_bytes([buf[4], buf[5]]) as u64;
     let et = u16::from_be_bytes([buf[12], buf[13]]);
-    if buf[0] >> 4 != 4 && (et == 0x0800 || et == 0x86dd) && (buf[14] >> 4 == 4 || buf[14] >> 4 == 6) {
-        off = 14;
+    let v14 = buf[14] >> 4;
+    let tot14 = u16::from_be_bytes([buf[16], buf[17]]) as u64;
+    let pl14 = u16::from_be_bytes([buf[18], buf[19]]) as u64;
+    if v0 == 4 && ihl0 >= 5 && len != 0 && tot0 == len {
+        return Some(Layout::Ip4);
     }
-    let v = buf[off & 0x3f] >> 4;
-    if v == 4 {
+    if v0 == 6 && len >= 40 && pl0 + 40 == len {
+        return Some(Layout::Ip6);
+    }
+    // Ethernet frames may be padded to the 60-byte minimum.
+    let eth_len = |l3: u64| len == 0 || l3 + 14 == len || (len == 60 && l3 + 14 < 60);
+    if et == 0x0800 && v14 == 4 && buf[14] & 0xf >= 5 && (!strict || len != 0) && eth_len(tot14) {
+        return Some(Layout::Eth4);
+    }
+    if et == 0x86dd && v14 == 6 && (!strict || len != 0) && eth_len(pl14 + 40) {
+        return Some(Layout::Eth6);
+    }
+    if strict {
+        return None;
+    }
+    // Length unknown or filled in by the kernel (IPPROTO_RAW may leave tot_len 0).
+    if v0 == 4 && ihl0 >= 5 && (tot0 == 0 || len == 0) {
+        return Some(Layout::Ip4);
+    }
+    if et == 0x0800 && v14 == 4 && buf[14] & 0xf >= 5 {
+        return Some(Layout::Eth4);
+    }
+    if et == 0x86dd && v14 == 6 {
+        return Some(Layout::Eth6);
+    }
+    if v0 == 6 {
+        return Some(Layout::Ip6);
+    }
+    Some(Layout::Bare)
+}
+
+/// Parse the first bytes a raw or packet socket sends: Ethernet+IP (AF_PACKET), an IP header
+/// (IP_HDRINCL / IPPROTO_RAW / cooked packet sockets), or a bare TCP/UDP/ICMP header on a raw
+/// socket (dst from the sockaddr).
+#[inline(always)]
+fn parse_probe(buf: &[u8; 96], len: u64, strict: bool, sa: Option<(u16, [u8; 16], u16)>) -> Option<Probe> {
+    let lay = layout(buf, len, strict)?;
+    let off = match lay {
+        Layout::Eth4 | Layout::Eth6 => 14usize,
+        _ => 0usize,
+    };
+    if lay == Layout::Ip4 || lay == Layout::Eth4 {
         let ihl = ((buf[off & 0x3f] & 0xf) as usize) * 4;
-        if ihl < 20 {
-            return None;
-        }
         let proto = buf[(off + 9) & 0x3f];
         let d = off + 16;
         let dst = v4_mapped([buf[d & 0x3f], buf[(d + 1) & 0x3f], buf[(d + 2) & 0x3f], buf[(d + 3) & 0x3f]]);
@@ -254,11 +330,12 @@ fn parse_probe(buf: &[u8; 96], sa: Option<(u16, [u8; 16], u16)>) -> Option<Probe
         let flags = buf[l4 + 13];
         return Some(Probe { dst, dport, proto, flags, family: AF_INET });
     }
-    if v == 6 && off == 14 {
-        let proto = buf[14 + 6];
+    if lay == Layout::Ip6 || lay == Layout::Eth6 {
+        let proto = buf[(off + 6) & 0x3f];
         let mut dst = [0u8; 16];
-        dst.copy_from_slice(&buf[14 + 24..14 + 40]);
-        let l4 = 14 + 40;
+        let d = off & 0x1f;
+        dst.copy_from_slice(&buf[d + 24..d + 40]);
+        let l4 = (off + 40) & 0x3f;
         let dport = u16::from_be_bytes([buf[l4 + 2], buf[l4 + 3]]);
         let flags = buf[l4 + 13];
         return Some(Probe { dst, dport, proto, flags, family: AF_INET6 });
@@ -269,14 +346,7 @@ fn parse_probe(buf: &[u8; 96], sa: Option<(u16, [u8; 16], u16)>) -> Option<Probe
 }
 
 #[inline(always)]
-fn on_raw_send(buf_ptr: u64, sa: Option<(u16, [u8; 16], u16)>, count: u32) {
-    let Some((tgid, pid)) = current() else { return };
-    let mut buf = [0u8; 96];
-    // SAFETY: helper-checked user read.
-    if buf_ptr == 0 || unsafe { bpf_probe_read_user_buf(buf_ptr as *const u8, &mut buf[..64]) }.is_err() {
-        return;
-    }
-    let Some(p) = parse_probe(&buf, sa) else { return };
+fn emit_probe(tgid: u32, pid: u32, p: &Probe, count: u32) {
     proc_update(tgid, |s| s.raw_probes += count);
     emit(kind::PROC_SENDTO, tgid, pid, |e| {
         e.family = p.family as u32;
@@ -290,6 +360,58 @@ fn on_raw_send(buf_ptr: u64, sa: Option<(u16, [u8; 16], u16)>, count: u32) {
 }
 
 #[inline(always)]
+fn read_payload(buf_ptr: u64, buf: &mut [u8; 96]) -> bool {
+    // SAFETY: helper-checked user read.
+    buf_ptr != 0 && unsafe { bpf_probe_read_user_buf(buf_ptr as *const u8, &mut buf[..64]) }.is_ok()
+}
+
+/// A send of a process known to hold a raw / packet socket.
+#[inline(always)]
+fn on_raw_send(buf_ptr: u64, len: u64, sa: Option<(u16, [u8; 16], u16)>, count: u32) {
+    let Some((tgid, pid)) = current() else { return };
+    let mut buf = [0u8; 96];
+    if !read_payload(buf_ptr, &mut buf) {
+        return;
+    }
+    let Some(p) = parse_probe(&buf, len, false, sa) else { return };
+    emit_probe(tgid, pid, &p, count);
+}
+
+/// A small send of a process not known to hold a raw socket: it may be a child sending on a raw
+/// / packet socket inherited across fork (the socket() hook saw only the parent). Accepted only
+/// when the payload is a whole IP packet (exact length) to the sockaddr's own address, or — no
+/// inet sockaddr — a whole Ethernet frame carrying IP. The process is then remembered as raw.
+#[inline(always)]
+fn on_maybe_inherited_send(buf_ptr: u64, len: u64, sa: Option<(u16, [u8; 16], u16)>) -> bool {
+    if !(INHERITED_MIN..=INHERITED_MAX).contains(&len) {
+        return false;
+    }
+    let mut buf = [0u8; 96];
+    if !read_payload(buf_ptr, &mut buf) {
+        return false;
+    }
+    let Some(p) = parse_probe(&buf, len, true, None) else { return false };
+    let ip_layout = buf[0] >> 4 == 4 || buf[0] >> 4 == 6;
+    match sa {
+        // An IP packet sent to an inet address must be addressed to that same address.
+        Some((_, dst, _)) => {
+            if !ip_layout || p.dst != dst {
+                return false;
+            }
+        }
+        None => {
+            if len < 34 {
+                return false;
+            }
+        }
+    }
+    let Some((tgid, pid)) = current() else { return false };
+    let _ = RAW_SOCKS.insert(&tgid, &1, 0);
+    emit_probe(tgid, pid, &p, 1);
+    true
+}
+
+#[inline(always)]
 fn is_raw_proc() -> bool {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     RAW_SOCKS.get_ptr(&tgid).is_some()
@@ -298,15 +420,25 @@ fn is_raw_proc() -> bool {
 #[tracepoint]
 pub fn tp_enter_sendto(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from syscalls/sys_enter_sendto/format.
-    let (buf, addr) = unsafe { (ctx.read_at::<u64>(ARG1).unwrap_or(0), ctx.read_at::<u64>(ARG4).unwrap_or(0)) };
+    let (buf, len, addr) = unsafe {
+        (
+            ctx.read_at::<u64>(ARG1).unwrap_or(0),
+            ctx.read_at::<u64>(ARG2).unwrap_or(0),
+            ctx.read_at::<u64>(ARG4).unwrap_or(0),
+        )
+    };
     if is_raw_proc() {
-        on_raw_send(buf, read_sockaddr(addr, true), 1);
+        on_raw_send(buf, len, read_sockaddr(addr, true), 1);
+        return 0;
+    }
+    let sa = read_sockaddr(addr, true);
+    if on_maybe_inherited_send(buf, len, sa) {
         return 0;
     }
     // Unconnected datagram sends to an inet address (UDP probing by unprivileged tools).
     if addr != 0 {
         let Some((tgid, pid)) = current() else { return 0 };
-        if let Some((family, dst, dport)) = read_sockaddr(addr, true) {
+        if let Some((family, dst, dport)) = sa {
             proc_update(tgid, |p| p.attempts += 1);
             emit(kind::PROC_SENDTO, tgid, pid, |e| {
                 e.family = family as u32;
@@ -349,7 +481,7 @@ fn on_msg(msg_ptr: u64, count: u32) {
     }
     // SAFETY: as above.
     let Ok(iov) = (unsafe { bpf_probe_read_user(m.iov as *const IoVec) }) else { return };
-    on_raw_send(iov.base, read_sockaddr(m.name, true), count);
+    on_raw_send(iov.base, iov.len, read_sockaddr(m.name, true), count);
 }
 
 #[tracepoint]

@@ -707,3 +707,251 @@ fn wall_clock_offset_sets_alert_time() {
     let a = e.observe_inbound_event(t(101.5), &ev);
     assert_eq!(a[0].time, "2023-11-14T22:13:21.500Z");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Inbound: each real-tool technique is shown as exactly its kind (lab_inbound.rs counterparts).
+// ---------------------------------------------------------------------------------------------
+
+/// `n` probes of one counter shape to ports `1..=n` of one host, all to closed ports
+/// (`failed`: the kernel counts a failure for the shape).
+fn probes_of(s: &mut Src, counters: &[usize], n: u16, failed: bool) {
+    for p in 1..=n {
+        s.counts[cnt::PACKETS] += 1;
+        for c in counters {
+            s.counts[*c] += 1;
+        }
+        if failed {
+            s.counts[cnt::FAILED] += 1;
+        }
+        if !s.ports.contains(&p) {
+            s.ports.push(p);
+        }
+    }
+    s.hosts = s.hosts.max(1.0);
+}
+
+fn only_kind(alerts: &[Alert], k: AlertKind) {
+    assert!(!alerts.is_empty(), "expected {k:?}");
+    assert!(alerts.iter().all(|a| a.kind == k), "expected only {k:?}: {:?}", kinds(alerts));
+}
+
+#[test]
+fn stealth_shaped_fanout_is_one_stealth_scan() {
+    // nmap -sN / -sX / -sF / -sA over 100 ports: the fan-out is shown as stealth_scan only.
+    for (shape, failed) in [(cnt::NULL, true), (cnt::XMAS, true), (cnt::FIN, true), (cnt::ACK, false)] {
+        let mut e = engine();
+        let mut s = Src::new("203.0.113.80");
+        s.fps.push(nmap_fp());
+        probes_of(&mut s, &[shape], 100, failed);
+        let mut alerts = Vec::new();
+        run(&mut e, t(1.0), &s, &mut alerts);
+        only_kind(&alerts, AlertKind::StealthScan);
+        let a = &alerts[0];
+        assert!(a.targets.port_count >= 100, "{a:?}");
+        assert_eq!(a.counts.detail.get(cnt::NAMES[shape]), Some(&100), "{a:?}");
+        assert!(a.reason.contains("stealth"), "{}", a.reason);
+    }
+}
+
+#[test]
+fn slow_fin_scan_is_stealth_scan_from_its_first_alert() {
+    // A FIN scan paced so the sequential test decides after a few ports, before the FIN count
+    // alone makes a stealth finding: still stealth_scan, never vertical_scan.
+    let mut e = engine();
+    let mut s = Src::new("203.0.113.81");
+    let mut alerts = Vec::new();
+    for k in 1..=30u16 {
+        s.counts[cnt::PACKETS] += 1;
+        s.counts[cnt::FIN] += 1;
+        s.counts[cnt::FAILED] += 1;
+        s.ports.push(k);
+        s.hosts = 1.0;
+        run(&mut e, t(f64::from(k) * 2.0), &s, &mut alerts);
+    }
+    only_kind(&alerts, AlertKind::StealthScan);
+}
+
+#[test]
+fn evasive_fanout_is_one_evasion_alert() {
+    // nmap -f: first fragments carry the ports (flags unseen), later fragments follow.
+    let mut e = engine();
+    let mut s = Src::new("203.0.113.82");
+    probes_of(&mut s, &[cnt::FRAG_FIRST, cnt::FRAG_LATER], 100, false);
+    s.counts[cnt::FRAG_LATER] += 100;
+    let mut alerts = Vec::new();
+    run(&mut e, t(1.0), &s, &mut alerts);
+    only_kind(&alerts, AlertKind::Evasion);
+    assert!(alerts[0].targets.port_count >= 100, "{:?}", alerts[0]);
+
+    // nmap --source-port 53 and --badsum: SYNs to closed ports carrying the mark.
+    for mark in [cnt::SRCPORT_TRICK, cnt::BADSUM] {
+        let mut e = engine();
+        let mut s = Src::new("203.0.113.83");
+        s.fps.push(nmap_fp());
+        probes_of(&mut s, &[cnt::SYN, cnt::SYN_CLOSED, mark], 100, true);
+        let mut alerts = Vec::new();
+        run(&mut e, t(1.0), &s, &mut alerts);
+        only_kind(&alerts, AlertKind::Evasion);
+        assert_eq!(alerts[0].fingerprint.as_ref().map(|f| f.tool_hint.as_str()), Some("nmap"));
+        if mark == cnt::BADSUM {
+            assert!(alerts[0].severity >= Severity::High, "{:?}", alerts[0]);
+        }
+    }
+}
+
+#[test]
+fn syn_scan_with_a_few_marked_probes_stays_vertical_plus_finding() {
+    // A plain SYN scan of 200 ports with 3 bad-checksum and 2 Xmas probes: the fan-out is a
+    // vertical scan; the minority techniques are reported as their own findings.
+    let mut e = engine();
+    let mut s = Src::new("203.0.113.84");
+    s.syn(1..=200, None);
+    s.counts[cnt::BADSUM] += 3;
+    s.counts[cnt::XMAS] += 2;
+    s.counts[cnt::FAILED] += 2;
+    let mut alerts = Vec::new();
+    run(&mut e, t(1.0), &s, &mut alerts);
+    let ks = kinds(&alerts);
+    assert!(ks.contains(&AlertKind::VerticalScan), "{ks:?}");
+    assert!(ks.contains(&AlertKind::Evasion) && ks.contains(&AlertKind::StealthScan), "{ks:?}");
+}
+
+#[test]
+fn ping_sweep_is_horizontal_scan_with_echo_counts() {
+    // nmap -sn -PE over a /24: ICMP echo only (portless probes, host fan-out).
+    let mut e = engine();
+    let mut s = Src::new("203.0.113.85");
+    s.counts[cnt::PACKETS] = 256;
+    s.counts[cnt::ICMP_ECHO] = 256;
+    s.hosts = 256.0;
+    let mut alerts = Vec::new();
+    run(&mut e, t(1.0), &s, &mut alerts);
+    only_kind(&alerts, AlertKind::HorizontalScan);
+    assert_eq!(alerts[0].counts.detail.get("icmp_echo"), Some(&256));
+    assert!(alerts[0].counts.probes >= 256, "{:?}", alerts[0].counts);
+}
+
+#[test]
+fn udp_scan_is_vertical_scan_with_udp_closed_counts() {
+    let mut e = engine();
+    let mut s = Src::new("203.0.113.86");
+    probes_of(&mut s, &[cnt::UDP, cnt::UDP_CLOSED], 50, true);
+    let mut alerts = Vec::new();
+    run(&mut e, t(1.0), &s, &mut alerts);
+    only_kind(&alerts, AlertKind::VerticalScan);
+    assert_eq!(alerts[0].counts.detail.get("udp_closed"), Some(&50));
+}
+
+#[test]
+fn benign_stale_fin_and_ack_with_busy_service_stay_silent() {
+    // A busy client of two services, plus a trickle of FIN / bare ACK segments of connections
+    // the server already closed: no fan-out, so no technique alert either.
+    let mut e = engine();
+    let mut s = Src::new("10.0.0.7");
+    let mut alerts = Vec::new();
+    for sec in 1..=120u16 {
+        s.open(if sec % 2 == 0 { 443 } else { 8443 }, 10);
+        if sec % 10 == 0 {
+            s.counts[cnt::FIN] += 1;
+            s.counts[cnt::ACK] += 2;
+        }
+        run(&mut e, t(f64::from(sec)), &s, &mut alerts);
+    }
+    assert!(alerts.is_empty(), "{alerts:?}");
+}
+
+#[test]
+fn decoy_scan_is_one_decoy_cluster_not_a_fanout_per_source() {
+    // nmap -D a,b,ME: three sources send the same 100 probes with one nmap fingerprint. The
+    // kernel's new-fingerprint events come with each source's first probe; one sweep then feeds
+    // every source, then the tick.
+    let mut e = engine();
+    let mut alerts = Vec::new();
+    for i in 2..=4 {
+        let ev = InboundObservation {
+            ip: ip(&format!("203.0.113.{i}")),
+            dst: ip(LOCAL),
+            kind: InboundEventKind::NewFingerprint(nmap_fp()),
+        };
+        alerts.extend(e.observe_inbound_event(t(0.5), &ev));
+    }
+    for i in 2..=4 {
+        let mut s = Src::new(&format!("203.0.113.{i}"));
+        s.fps.push(nmap_fp());
+        s.syn(1..=100, None);
+        alerts.extend(e.observe_source(t(1.0), &s.snap()));
+    }
+    alerts.extend(e.tick(t(1.0)));
+    alerts.extend(e.tick(t(2.0)));
+    only_kind(&alerts, AlertKind::DecoyCluster);
+    let d = &alerts[0];
+    assert_eq!(d.source.related.len(), 2, "{d:?}");
+
+    // Three unrelated nmap users scanning different ports: each is its own vertical scan, at the
+    // latest one tick later.
+    let mut e = engine();
+    let mut alerts = Vec::new();
+    for i in 0..3u16 {
+        let mut s = Src::new(&format!("198.51.100.{}", 10 + i));
+        s.fps.push(nmap_fp());
+        s.syn((i * 1000 + 1)..=(i * 1000 + 100), None);
+        alerts.extend(e.observe_source(t(1.0), &s.snap()));
+    }
+    alerts.extend(e.tick(t(1.0)));
+    assert_eq!(kinds(&alerts), vec![AlertKind::VerticalScan; 3], "{alerts:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbound: short-lived processes (enrichment races).
+// ---------------------------------------------------------------------------------------------
+
+/// Bash /dev/tcp loop: most subshells are gone before procfs is read. Enrichment gives a reaped
+/// child that never exec'd its parent's exe and pid (process connector lineage) and marks it
+/// exited; alive and exited siblings must form one entity and one alert episode, and the alert
+/// keeps the richest description.
+#[test]
+fn subshells_alive_and_reaped_group_into_one_alert() {
+    let mut e = engine();
+    let mut alerts = Vec::new();
+    for port in 1..=200u16 {
+        let mut p = proc_info("/usr/bin/bash", 20_000 + u32::from(port), 19_999);
+        if port % 3 != 0 {
+            // Reaped before enrichment: kernel identity + lineage only.
+            p.exited = true;
+            p.cmdline = None;
+            p.cgroup = None;
+            p.start_time = None;
+        }
+        alerts.extend(connect_scan(&mut e, &p, "10.0.0.9", [port], f64::from(port) * 0.01, 0.0));
+    }
+    let ids: std::collections::BTreeSet<&str> =
+        alerts.iter().filter(|a| a.kind == AlertKind::OutboundScan).map(|a| a.alert_id.as_str()).collect();
+    assert_eq!(ids.len(), 1, "{alerts:?}");
+    let last = alerts.last().expect("alerts");
+    let pb = last.source.process.as_ref().expect("process");
+    assert_eq!(pb.exe.as_deref(), Some("/usr/bin/bash"));
+    assert_eq!(pb.ppid, Some(19_999));
+    assert!(last.targets.port_count >= 100, "{}", last.targets.port_count);
+}
+
+/// A scanner already gone (no procfs, no lineage) is reported with the kernel's capture and
+/// `exited: true`, never dropped.
+#[test]
+fn exited_scanner_without_procfs_is_reported_with_kernel_identity() {
+    let mut e = engine();
+    let p = ProcessInfo {
+        pid: 4711,
+        tgid: 4711,
+        comm: "python3".into(),
+        uid: 65534,
+        user: Some("nobody".into()),
+        exited: true,
+        ..ProcessInfo::default()
+    };
+    let alerts = connect_scan(&mut e, &p, "10.0.0.8", 1..=200, 1.0, 0.005);
+    let a = alerts.iter().find(|a| a.kind == AlertKind::OutboundScan).expect("outbound_scan");
+    let pb = a.source.process.as_ref().expect("process block");
+    assert!(pb.exited);
+    assert_eq!((pb.pid, pb.tgid, pb.uid, pb.comm.as_str(), pb.exe.as_deref()), (4711, 4711, 65534, "python3", None));
+    assert!(a.reason.contains("python3 (pid 4711, uid 65534)"), "{}", a.reason);
+}
