@@ -73,8 +73,9 @@ pub static CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_38
 /// What one packet contributes to its source's state. Classification fills it; one
 /// `update_source` call applies it (a single call site keeps the verifier's work linear).
 pub struct Obs {
-    /// Bit i set = bump `counts[i]`.
-    pub mask: u32,
+    /// Counter indices (`cnt::*`) to bump, `nb` of them.
+    pub bumps: [u8; 8],
+    pub nb: u8,
     pub probe: u8,
     pub honey: u8,
     pub has_fp: u8,

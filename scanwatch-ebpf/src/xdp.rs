@@ -153,7 +153,7 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
             _ => {}
         }
     }
-    if obs.mask == 0 {
+    if obs.nb == 0 {
         return Ok(xdp_action::XDP_PASS);
     }
     if obs.honey != 0 {
@@ -371,7 +371,7 @@ impl Obs {
     /// Reset for a new packet (the fingerprint is reset only when a SYN fills it).
     #[inline(always)]
     fn reset(&mut self) {
-        self.mask = 0;
+        self.nb = 0;
         self.probe = PROBE_NONE;
         self.honey = 0;
         self.has_fp = 0;
@@ -382,7 +382,11 @@ impl Obs {
 
     #[inline(always)]
     fn count(&mut self, c: usize) {
-        self.mask |= 1u32 << (c as u32 & 31);
+        let n = self.nb as usize;
+        if n < self.bumps.len() {
+            self.bumps[n] = c as u8;
+            self.nb += 1;
+        }
     }
 }
 
@@ -432,12 +436,16 @@ fn update_source(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &Obs) -> i64 
         r |= R_HONEY_FIRST;
     }
     s.counts[cnt::PACKETS] = s.counts[cnt::PACKETS].wrapping_add(1);
-    let mut i = 1;
-    while i < cnt::N {
-        if obs.mask & (1u32 << i) != 0 {
-            s.counts[i] = s.counts[i].wrapping_add(1);
+    let mut k = 0;
+    while k < obs.bumps.len() {
+        if k >= obs.nb as usize {
+            break;
         }
-        i += 1;
+        let c = obs.bumps[k] as usize;
+        if c < cnt::N {
+            s.counts[c] = s.counts[c].wrapping_add(1);
+        }
+        k += 1;
     }
     if obs.has_fp != 0 {
         s.tool_hint = obs.fp.tool_hint;
@@ -467,7 +475,8 @@ fn update_source(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &Obs) -> i64 
             s.win_host_bits[w] |= 1u64 << b;
             s.win_hosts += 1;
         }
-        // Lifetime distinct ports and hosts (HyperLogLog).
+        // Lifetime distinct ports and hosts (HyperLogLog). Not gated on the window bitmaps:
+        // their collisions would lose distinct items.
         if track_port {
             let (i, rank) = port_hll_slot(dport as u32);
             if s.port_hll[i] < rank {
