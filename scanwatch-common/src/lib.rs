@@ -109,6 +109,16 @@ pub struct SrcKey {
 }
 const _: () = assert!(size_of::<SrcKey>() == 16);
 
+/// TCP flag bits (byte 13 of the TCP header).
+pub mod tcpflag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+}
+
 /// Per-remote-source state, kept in an LRU hash so a spoofed flood evicts old entries instead of
 /// growing anything.
 #[repr(C)]

@@ -34,12 +34,7 @@ const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
 
-const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
-const PSH: u8 = 0x08;
-const ACK: u8 = 0x10;
-const URG: u8 = 0x20;
+use scanwatch_common::tcpflag::{ACK, FIN, PSH, RST, SYN, URG};
 
 type Stats = [u64; stat::N as usize];
 

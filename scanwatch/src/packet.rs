@@ -2,12 +2,7 @@
 //! (+extension headers) / TCP, UDP or ICMP, with correct checksums unless asked otherwise.
 use std::net::IpAddr;
 
-pub const FIN: u8 = 0x01;
-pub const SYN: u8 = 0x02;
-pub const RST: u8 = 0x04;
-pub const PSH: u8 = 0x08;
-pub const ACK: u8 = 0x10;
-pub const URG: u8 = 0x20;
+pub use scanwatch_common::tcpflag::{ACK, FIN, PSH, RST, SYN, URG};
 
 #[derive(Clone, Debug)]
 pub enum L4 {

@@ -20,13 +20,7 @@ use crate::config::{canonical_ip, format_duration, RoleProfile};
 
 const SAMPLE_CAP: usize = 64;
 
-/// TCP flag bits.
-const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
-const PSH: u8 = 0x08;
-const ACK: u8 = 0x10;
-const URG: u8 = 0x20;
+use scanwatch_common::tcpflag::{ACK, FIN, PSH, RST, SYN, URG};
 
 /// Name of a stealth probe shape, if the flags are one.
 fn stealth_name(flags: u8) -> Option<&'static str> {
