@@ -93,11 +93,14 @@ pub mod cnt {
     pub const HONEYPORT: usize = 19;
     /// Probes to closed ports of any kind (SYN_CLOSED + UDP_CLOSED + stealth to closed).
     pub const FAILED: usize = 20;
+    /// ARP who-has requests (on-link host discovery, e.g. `nmap -sn` on a LAN); gratuitous ARP
+    /// and duplicate-address probes are not counted.
+    pub const ARP: usize = 21;
     pub const N: usize = 24;
     pub const NAMES: [&str; N] = [
         "packets", "syn", "syn_closed", "syn_open", "null", "fin", "xmas", "maimon", "ack",
         "synfin", "frag_first", "frag_later", "srcport_trick", "badsum", "unsolicited_synack",
-        "unsolicited_rst", "udp", "udp_closed", "icmp_echo", "honeyport", "failed", "", "", "",
+        "unsolicited_rst", "udp", "udp_closed", "icmp_echo", "honeyport", "failed", "arp_who_has", "", "",
     ];
 }
 
@@ -375,6 +378,8 @@ pub mod stat {
     pub const PROC_EVENTS_DROPPED: u32 = 26;
     pub const ESTABLISHED_FAST: u32 = 27;
     pub const HONEYPORT: u32 = 28;
+    pub const ARP: u32 = 29;
+    pub const MAL_ARP: u32 = 30;
     pub const N: u32 = 32;
     pub const NAMES: [&str; N as usize] = [
         "packets", "ipv4", "ipv6", "tcp", "udp", "icmp", "syn", "other_l3",
@@ -382,7 +387,7 @@ pub mod stat {
         "malformed_ipv6", "malformed_ipv6_ext", "malformed_tcp", "malformed_tcp_doff",
         "malformed_tcp_opts", "malformed_udp", "malformed_icmp", "events", "events_dropped",
         "new_sources", "source_insert_failed", "new_fingerprints", "blocked", "proc_events",
-        "proc_events_dropped", "established_fast", "honeyport", "", "", "",
+        "proc_events_dropped", "established_fast", "honeyport", "arp", "malformed_arp", "",
     ];
 }
 

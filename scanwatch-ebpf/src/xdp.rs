@@ -18,7 +18,7 @@ use scanwatch_common::{
 
 use crate::{
     maps::{Obs, BLOCKLIST, CONFIG, EVENTS, FINGERPRINTS, HONEYPORTS, SCRATCH, SOURCES, STATS, ZERO_SRC},
-    parse::{addr16_at, be16_at, be32_at, csum_fold, load_bytes, u8_at, v4_mapped_at},
+    parse::{addr16_at, be16_at, be32_at, csum_fold, load_bytes, u8_at, v4_mapped, v4_mapped_at},
 };
 
 /// Load-time setting (the loader rewrites it): drop packets from BLOCKLIST sources.
@@ -27,6 +27,7 @@ static ENFORCE_BLOCKLIST: u32 = 0;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
@@ -103,6 +104,13 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
             stats[stat::IPV6 as usize] += 1;
             parse_ipv6(ctx, off)?
         }
+        ETH_P_ARP => {
+            stats[stat::ARP as usize] += 1;
+            match parse_arp_request(ctx, off)? {
+                Some(l3) => l3,
+                None => return Ok(xdp_action::XDP_PASS),
+            }
+        }
         _ => {
             stats[stat::OTHER_L3 as usize] += 1;
             return Ok(xdp_action::XDP_PASS);
@@ -126,7 +134,11 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     let sc = unsafe { &mut *sp };
     let obs = &mut sc.obs;
     obs.reset();
-    if l3.frag == 2 {
+    if l3.proto == PROTO_ARP {
+        // Who-has for another address: host discovery on the link.
+        obs.count(cnt::ARP);
+        obs.probe = PROBE_HOST;
+    } else if l3.frag == 2 {
         // Non-first fragment: no L4 header to look at.
         obs.count(cnt::FRAG_LATER);
     } else {
@@ -221,6 +233,39 @@ fn fast_established(ctx: &XdpContext, off: usize, ethertype: u16) -> bool {
     let doff = ((df >> 12) as usize) * 4;
     let f = (df as u8) & 0x3f;
     doff >= 20 && l4_len > doff && f & (SYN | RST | FIN) == 0 && f & ACK != 0
+}
+
+/// Pseudo protocol number marking an ARP request in `L3::proto` (not an IP protocol).
+const PROTO_ARP: u8 = 0xfe;
+
+/// An IPv4-over-Ethernet ARP request as (sender → target). Replies, gratuitous ARP and
+/// duplicate-address probes (sender 0.0.0.0) return None.
+#[inline(always)]
+fn parse_arp_request(ctx: &XdpContext, off: usize) -> Result<Option<L3>, u32> {
+    let htype = be16_at(ctx, off).map_err(|_| stat::MAL_ARP)?;
+    let ptype = be16_at(ctx, off + 2).map_err(|_| stat::MAL_ARP)?;
+    let lens = be16_at(ctx, off + 4).map_err(|_| stat::MAL_ARP)?;
+    let oper = be16_at(ctx, off + 6).map_err(|_| stat::MAL_ARP)?;
+    let spa = be32_at(ctx, off + 14).map_err(|_| stat::MAL_ARP)?;
+    let tpa = be32_at(ctx, off + 24).map_err(|_| stat::MAL_ARP)?;
+    if htype != 1 || ptype != ETH_P_IP || lens != 0x0604 {
+        return Err(stat::MAL_ARP);
+    }
+    if oper != 1 || spa == 0 || spa == tpa {
+        return Ok(None);
+    }
+    Ok(Some(L3 {
+        src: v4_mapped(spa.to_be_bytes()),
+        dst: v4_mapped(tpa.to_be_bytes()),
+        l4: 0,
+        l4_len: 0,
+        proto: PROTO_ARP,
+        ttl: 0,
+        df: 0,
+        ip_id: 0,
+        v6: 0,
+        frag: 0,
+    }))
 }
 
 #[inline(always)]

@@ -359,9 +359,23 @@ fn nmap_ping_sweep_is_horizontal_scan() {
         assert!(echo >= 16, "icmp_echo counted: {}", dump(mine));
     };
     let sc = Scenario { name: "nmap -sn", sources: attacker(&lab), expected: "horizontal_scan", tolerated: &[], check: &check };
-    // Echo requests only: on a directly connected /24 nmap would ARP-ping instead (not IP,
-    // invisible to an IP-layer detector).
+    // Echo requests only (the ARP variant is the next test).
     run_scenario(&lab, &sc, &|l: &Lab| l.nmap(&["-sn", "-PE", "--disable-arp-ping", "-T4", "-n"], &net));
+}
+
+#[test]
+fn nmap_arp_sweep_is_horizontal_scan() {
+    let _g = lab_lock();
+    let lab = Lab::new();
+    let net = lab.target_net.clone();
+    let check = |a: &Value, mine: &[Value]| {
+        assert!(a["targets"]["host_count"].as_u64().unwrap_or(0) >= 16, "{a}");
+        let arp = mine.iter().map(|v| count(v, "arp_who_has")).max().unwrap_or(0);
+        assert!(arp >= 16, "arp_who_has counted: {}", dump(mine));
+    };
+    let sc = Scenario { name: "nmap -sn (ARP)", sources: attacker(&lab), expected: "horizontal_scan", tolerated: &[], check: &check };
+    // nmap's default host discovery on a directly connected network: ARP who-has only.
+    run_scenario(&lab, &sc, &|l: &Lab| l.nmap(&["-sn", "-T4", "-n"], &net));
 }
 
 #[test]

@@ -397,3 +397,39 @@ fn outbound_programs_pass_the_verifier_including_kprobe_variant() {
         loader::load_program(&mut p.ebpf, name).unwrap_or_else(|e| panic!("{name} rejected: {e}"));
     }
 }
+
+/// An Ethernet ARP frame: op 1 = request, 2 = reply.
+fn arp(op: u16, spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 9, 0x08, 0x06];
+    f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4]);
+    f.extend_from_slice(&op.to_be_bytes());
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 9]);
+    f.extend_from_slice(&spa);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&tpa);
+    f
+}
+
+#[test]
+fn arp_who_has_sweeps_count_host_fan_out() {
+    let mut p = Prog::new();
+    p.run_all((100..160u8).map(|h| arp(1, [192, 168, 50, 7], [192, 168, 50, h])));
+    let s = p.source(v4("192.168.50.7")).expect("ARP sender tracked");
+    assert_eq!(s.counts[cnt::ARP], 60);
+    let hosts = hll_estimate(&s.host_hll);
+    assert!((hosts - 60.0).abs() / 60.0 < 0.10, "distinct ARP targets {hosts}");
+    assert_eq!(s.n_sample, 0, "ARP has no ports");
+    // Replies, gratuitous ARP and duplicate-address probes are not host discovery.
+    p.run_all([
+        arp(2, [192, 168, 50, 8], [192, 168, 50, 7]),
+        arp(1, [192, 168, 50, 9], [192, 168, 50, 9]),
+        arp(1, [0, 0, 0, 0], [192, 168, 50, 10]),
+    ]);
+    assert!(p.source(v4("192.168.50.8")).is_none() && p.source(v4("192.168.50.9")).is_none());
+    assert!(p.source(v4("0.0.0.0")).is_none());
+    let before = p.stats()[stat::MAL_ARP as usize];
+    let mut bad = arp(1, [192, 168, 50, 7], [192, 168, 50, 1]);
+    bad[14 + 4] = 8; // hardware address length 8: not Ethernet/IPv4 ARP
+    assert_eq!(p.run(&bad), 2);
+    assert_eq!(p.stats()[stat::MAL_ARP as usize], before + 1);
+}

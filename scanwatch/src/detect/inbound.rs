@@ -28,7 +28,7 @@ const FP_CAP: usize = 4;
 pub(super) const SAMPLE_OUT: usize = 16;
 
 /// Counters whose names are reported in `counts` (stealth and evasion).
-const DETAIL_COUNTERS: [usize; 15] = [
+const DETAIL_COUNTERS: [usize; 16] = [
     cnt::NULL,
     cnt::FIN,
     cnt::XMAS,
@@ -45,6 +45,7 @@ const DETAIL_COUNTERS: [usize; 15] = [
     // Probe shapes of portless / UDP sweeps, so a ping sweep or UDP scan shows what it sent.
     cnt::UDP_CLOSED,
     cnt::ICMP_ECHO,
+    cnt::ARP,
 ];
 
 /// Share of a window's probes carrying a technique mark (stealth flag shapes, evasion marks)
@@ -169,8 +170,9 @@ impl InboundEntity {
         let stealth = d[cnt::NULL] + d[cnt::XMAS] + d[cnt::MAIMON] + d[cnt::SYNFIN];
         let weak = d[cnt::FIN] + d[cnt::ACK];
         // A first fragment carries the ports of a probe whose flags the kernel cannot see; an
-        // ICMP echo is the probe of a ping sweep.
-        let probes = d[cnt::SYN] + stealth + weak + d[cnt::UDP] + d[cnt::FRAG_FIRST] + d[cnt::ICMP_ECHO];
+        // ICMP echo or an ARP who-has is the probe of a ping / ARP sweep.
+        let probes =
+            d[cnt::SYN] + stealth + weak + d[cnt::UDP] + d[cnt::FRAG_FIRST] + d[cnt::ICMP_ECHO] + d[cnt::ARP];
         let failures = d[cnt::FAILED].max(d[cnt::SYN_CLOSED] + d[cnt::UDP_CLOSED]);
         let successes = d[cnt::SYN_OPEN];
         mt.set(m::PROBES, probes as f64);

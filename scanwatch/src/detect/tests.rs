@@ -832,6 +832,32 @@ fn ping_sweep_is_horizontal_scan_with_echo_counts() {
 }
 
 #[test]
+fn arp_sweep_is_horizontal_scan_with_arp_counts() {
+    // nmap -sn on a directly connected /24: ARP who-has only.
+    let mut e = engine();
+    let mut s = Src::new("192.168.7.23");
+    s.counts[cnt::PACKETS] = 254;
+    s.counts[cnt::ARP] = 254;
+    s.hosts = 254.0;
+    let mut alerts = Vec::new();
+    run(&mut e, t(1.0), &s, &mut alerts);
+    only_kind(&alerts, AlertKind::HorizontalScan);
+    assert_eq!(alerts[0].counts.detail.get("arp_who_has"), Some(&254));
+}
+
+#[test]
+fn a_host_resolving_a_few_neighbours_is_not_a_sweep() {
+    let mut e = engine();
+    let mut s = Src::new("192.168.7.1");
+    s.counts[cnt::PACKETS] = 6;
+    s.counts[cnt::ARP] = 6;
+    s.hosts = 6.0;
+    let mut alerts = Vec::new();
+    run(&mut e, t(1.0), &s, &mut alerts);
+    assert!(alerts.is_empty(), "{alerts:?}");
+}
+
+#[test]
 fn udp_scan_is_vertical_scan_with_udp_closed_counts() {
     let mut e = engine();
     let mut s = Src::new("203.0.113.86");
