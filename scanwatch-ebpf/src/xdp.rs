@@ -487,8 +487,13 @@ fn update_source(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &Obs) -> i64 
         }
         k += 1;
     }
+    // Fingerprints are registered (map insert + event) from a source's second SYN on: a spoofed
+    // flood source sends one SYN, so a random-source flood costs one map insert per packet, not
+    // three; every real scanner sends more than one.
     if obs.has_fp != 0 {
         s.tool_hint = obs.fp.tool_hint;
+    }
+    if obs.has_fp != 0 && s.counts[cnt::SYN] >= 2 {
         let h = obs.fp.hash;
         let known = s.fp_hashes[0] == h || s.fp_hashes[1] == h || s.fp_hashes[2] == h || s.fp_hashes[3] == h;
         let n = s.n_fp as usize;

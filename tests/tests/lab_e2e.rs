@@ -27,6 +27,11 @@ fn must<T>(o: Option<T>, what: &str, agent: &AgentProc) -> T {
     })
 }
 
+/// Largest `targets.<field>` over an alert and its escalation updates.
+fn max_of(alerts: &[Value], id: &Value, field: &str) -> f64 {
+    alerts.iter().filter(|v| &v["alert_id"] == id).filter_map(|v| v["targets"][field].as_f64()).fold(0.0, f64::max)
+}
+
 fn assert_ok(out: &std::process::Output, what: &str) {
     assert!(
         out.status.success(),
@@ -53,7 +58,6 @@ fn nmap_syn_top1000_raises_vertical_scan_with_fingerprint_and_process() {
     );
     eprintln!("vertical_scan latency from scan start: {:?}", t0.elapsed());
     assert_eq!(a["direction"], "inbound");
-    assert!(a["targets"]["port_count"].as_f64().unwrap_or(0.0) >= 25.0, "{a}");
     assert!(a["targets"]["host_count"].as_f64().unwrap_or(99.0) <= 2.0, "{a}");
     assert!(!a["targets"]["sample_ports"].as_array().expect("sample_ports").is_empty());
     // The scanner process is attributed through the raw-socket hook (nmap -sS never connects).
@@ -71,6 +75,9 @@ fn nmap_syn_top1000_raises_vertical_scan_with_fingerprint_and_process() {
         alerts.iter().any(|v| from_ip(v, &atk) && v["fingerprint"]["tool_hint"] == "nmap"),
         "an inbound alert carries the nmap tool hint: {alerts:?}"
     );
+    // The first alert can come from the sequential test after a handful of closed ports; the
+    // escalation updates of the same alert carry the fan-out.
+    assert!(max_of(&alerts, &a["alert_id"], "port_count") >= 100.0, "{alerts:#?}");
 }
 
 #[test]
@@ -86,10 +93,11 @@ fn masscan_one_port_across_24_raises_horizontal_scan() {
         "horizontal_scan from masscan",
         &agent,
     );
-    assert!(a["targets"]["host_count"].as_f64().unwrap_or(0.0) >= 16.0, "{a}");
     assert!(a["targets"]["port_count"].as_f64().unwrap_or(99.0) <= 2.0, "{a}");
     assert_eq!(a["targets"]["sample_ports"][0], 80);
+    std::thread::sleep(Duration::from_secs(2));
     let (alerts, _) = agent.stop();
+    assert!(max_of(&alerts, &a["alert_id"], "host_count") >= 128.0, "{alerts:#?}");
     assert!(
         alerts.iter().any(|v| from_ip(v, &atk) && v["fingerprint"]["tool_hint"] == "masscan"),
         "masscan tool hint: {alerts:?}"
@@ -118,13 +126,8 @@ fn nmap_connect_scan_is_attributed_to_its_process() {
     // The first alert comes as soon as the sequential test decides (a handful of refused
     // connects); escalation updates follow as the fan-out grows.
     std::thread::sleep(Duration::from_secs(3));
-    let id = a["alert_id"].clone();
     let (alerts, _) = agent.stop();
-    let max_ports = alerts
-        .iter()
-        .filter(|v| v["alert_id"] == id)
-        .filter_map(|v| v["targets"]["port_count"].as_f64())
-        .fold(0.0, f64::max);
+    let max_ports = max_of(&alerts, &a["alert_id"], "port_count");
     assert!(max_ports >= 100.0, "escalated port count {max_ports}: {alerts:#?}");
 }
 

@@ -327,7 +327,10 @@ fn zmap_one_port_across_24_is_horizontal_scan() {
     let lab = Lab::new();
     let net = lab.target_net.clone();
     let check = |a: &Value, mine: &[Value]| {
-        assert!(a["targets"]["host_count"].as_u64().unwrap_or(0) >= 16, "{a}");
+        // The first alert may come from the sequential test after a handful of hosts; the
+        // escalation updates carry the fan-out.
+        let hosts = mine.iter().filter_map(|v| v["targets"]["host_count"].as_u64()).max().unwrap_or(0);
+        assert!(hosts >= 16, "{}", dump(mine));
         assert!(ports(a) <= 2, "{a}");
         assert!(has_tool_hint(mine, "zmap"), "zmap tool hint: {}", dump(mine));
     };
@@ -354,7 +357,8 @@ fn nmap_ping_sweep_is_horizontal_scan() {
     let lab = Lab::new();
     let net = lab.target_net.clone();
     let check = |a: &Value, mine: &[Value]| {
-        assert!(a["targets"]["host_count"].as_u64().unwrap_or(0) >= 16, "{a}");
+        let hosts = mine.iter().filter_map(|v| v["targets"]["host_count"].as_u64()).max().unwrap_or(0);
+        assert!(hosts >= 16, "{a}");
         let echo = mine.iter().map(|v| count(v, "icmp_echo")).max().unwrap_or(0);
         assert!(echo >= 16, "icmp_echo counted: {}", dump(mine));
     };
@@ -369,7 +373,8 @@ fn nmap_arp_sweep_is_horizontal_scan() {
     let lab = Lab::new();
     let net = lab.target_net.clone();
     let check = |a: &Value, mine: &[Value]| {
-        assert!(a["targets"]["host_count"].as_u64().unwrap_or(0) >= 16, "{a}");
+        let hosts = mine.iter().filter_map(|v| v["targets"]["host_count"].as_u64()).max().unwrap_or(0);
+        assert!(hosts >= 16, "{a}");
         let arp = mine.iter().map(|v| count(v, "arp_who_has")).max().unwrap_or(0);
         assert!(arp >= 16, "arp_who_has counted: {}", dump(mine));
     };
