@@ -153,12 +153,10 @@ impl ProcCache {
         }
         self.fill_ancestry(&mut info);
         if info.exe.is_none() && info.cmdline.is_none() {
-            if info.ppid.is_none() {
-                info.exited = true;
-            }
-            if info.exited {
-                self.inherit_exe(&mut info, lineage);
-            }
+            // No image and no command line: the task has released its memory, i.e. it is
+            // exiting (its state may not read Z yet). Report it as exited.
+            info.exited = true;
+            self.inherit_exe(&mut info, lineage);
         }
         info
     }

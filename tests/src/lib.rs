@@ -344,7 +344,7 @@ pub struct Lab {
 static STALE_ONCE: Once = Once::new();
 
 impl Lab {
-    #[allow(clippy::new_without_default)]
+    #[expect(clippy::new_without_default, reason = "creating a lab has side effects (namespaces, veths); it is not a default value")]
     /// Creates the lab. Panics with a clear message on any failure (and tears down what was made).
     pub fn new() -> Lab {
         require_root();

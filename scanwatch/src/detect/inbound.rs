@@ -530,7 +530,7 @@ impl Engine {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(clippy::too_many_arguments, reason = "the alert is assembled from many independent measurements")]
     fn simple_inbound(
         &mut self,
         now: Duration,
@@ -638,7 +638,7 @@ impl Engine {
     }
 
     /// Build an inbound alert for entity `ip` (allowlist, fingerprint, targets filled in).
-    #[allow(clippy::too_many_arguments)]
+    #[expect(clippy::too_many_arguments, reason = "the alert is assembled from many independent measurements")]
     fn inbound_alert(
         &self,
         now: Duration,
