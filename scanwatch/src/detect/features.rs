@@ -221,3 +221,45 @@ mod tests {
         assert_eq!(v, vec![1, 5]);
     }
 }
+
+/// One window's fan-out scored against its thresholds, with the role multiplier and the learned
+/// baseline applied. Shared by the inbound (per source) and outbound (per program) detectors.
+#[derive(Debug, Clone, Copy)]
+pub struct FanoutScore {
+    /// Weighted ports (privileged ports count `detect.privileged_weight` each) / port threshold and hosts / host threshold.
+    pub ps: f64,
+    pub hs: f64,
+    /// max(ps, hs): ≥ 1 means the window is over a threshold.
+    pub score: f64,
+    /// The fan-out stays inside what the baseline learned for this entity.
+    pub within_baseline: bool,
+}
+
+/// Score `ports` / `hosts` (with `priv_ports` of the ports privileged) of window `i` against the
+/// thresholds `port_thr` / `host_thr` × `mult`, raised to a learned baseline's maxima × margin.
+#[expect(clippy::too_many_arguments, reason = "each input is an independent measurement or setting")]
+pub fn fanout_score(
+    ports: f64,
+    hosts: f64,
+    priv_ports: f64,
+    i: usize,
+    base: Option<(&[f64], &[f64])>,
+    port_thr: u32,
+    host_thr: u32,
+    mult: f64,
+    d: &crate::config::DetectConfig,
+) -> FanoutScore {
+    let priv_ports = priv_ports.min(ports);
+    let wports = ports + (d.privileged_weight - 1.0) * priv_ports;
+    // A learned baseline raises the thresholds to its maxima x margin (the port maximum is
+    // weighted like the current count).
+    let margin = d.baseline_margin;
+    let wratio = if ports > 0.0 { wports / ports } else { 1.0 };
+    let bports = base.map_or(0.0, |(p, _)| p.get(i).copied().unwrap_or(0.0) * margin);
+    let bhosts = base.map_or(0.0, |(_, h)| h.get(i).copied().unwrap_or(0.0) * margin);
+    let within_baseline = base.is_some() && ports <= bports && hosts <= bhosts.max(1.0);
+    let pt = (f64::from(port_thr) * mult).max(bports * wratio);
+    let ht = (f64::from(host_thr) * mult).max(bhosts);
+    let (ps, hs) = (wports / pt, hosts / ht);
+    FanoutScore { ps, hs, score: ps.max(hs), within_baseline }
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use scanwatch_common::cnt;
 
 use super::features::{
+    fanout_score, FanoutScore,
     bounded_insert, class_diversity, privileged_fraction, Timing, TimingClass,
 };
 use super::trw::{Trw, TrwParams};
@@ -390,19 +391,17 @@ impl Engine {
                     }
                 }
             }
-            let priv_ports = t.get(m::NEW_PRIV_PORTS).min(ports);
-            let wports = ports + (d.privileged_weight - 1.0) * priv_ports;
-            // A learned baseline raises the thresholds to its maxima x margin (the port maximum
-            // is weighted like the current count).
-            let margin = d.baseline_margin;
-            let wratio = if ports > 0.0 { wports / ports } else { 1.0 };
-            let bports = base.map_or(0.0, |b| b.max_ports.get(i).copied().unwrap_or(0.0) * margin);
-            let bhosts = base.map_or(0.0, |b| b.max_hosts.get(i).copied().unwrap_or(0.0) * margin);
-            let within_baseline = base.is_some() && ports <= bports && hosts <= bhosts.max(1.0);
-            let pt = (f64::from(d.port_thresholds[i]) * mult).max(bports * wratio);
-            let ht = (f64::from(d.host_thresholds[i]) * mult).max(bhosts);
-            let (ps, hs) = (wports / pt, hosts / ht);
-            let score = ps.max(hs);
+            let FanoutScore { ps, hs, score, within_baseline } = fanout_score(
+                ports,
+                hosts,
+                t.get(m::NEW_PRIV_PORTS),
+                i,
+                base.map(|b| (b.max_ports.as_slice(), b.max_hosts.as_slice())),
+                d.port_thresholds[i],
+                d.host_thresholds[i],
+                mult,
+                d,
+            );
             let fr = t.fail_ratio();
             let failing = fr.is_none_or(|r| r >= d.min_fail_ratio) || trw_scanner;
             let sequential = (trw_scanner || tool)

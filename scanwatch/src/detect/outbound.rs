@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::features::{bounded_insert, class_diversity, Hll, PortHistogram, Timing, TimingClass};
+use super::features::{
+    bounded_insert, class_diversity, fanout_score, FanoutScore, Hll, PortHistogram, Timing, TimingClass,
+};
 use super::inbound::{allowlisted_severity, confidence, SAMPLE_OUT};
 use super::trw::{Trw, TrwParams};
 use super::window::{m, Metrics, MultiWindow};
@@ -251,17 +253,17 @@ impl Engine {
         for (i, t) in totals.iter().enumerate() {
             let ports = t.get(m::NEW_PORTS);
             let hosts = t.get(m::NEW_HOSTS);
-            let priv_ports = t.get(m::NEW_PRIV_PORTS).min(ports);
-            let wports = ports + (d.privileged_weight - 1.0) * priv_ports;
-            let margin = d.baseline_margin;
-            let wratio = if ports > 0.0 { wports / ports } else { 1.0 };
-            let bports = base.map_or(0.0, |b| b.max_ports.get(i).copied().unwrap_or(0.0) * margin);
-            let bhosts = base.map_or(0.0, |b| b.max_hosts.get(i).copied().unwrap_or(0.0) * margin);
-            let within_baseline = base.is_some() && ports <= bports && hosts <= bhosts.max(1.0);
-            let pt = (f64::from(d.outbound_port_thresholds[i]) * mult).max(bports * wratio);
-            let ht = (f64::from(d.outbound_host_thresholds[i]) * mult).max(bhosts);
-            let (ps, hs) = (wports / pt, hosts / ht);
-            let score = ps.max(hs);
+            let FanoutScore { ps, hs, score, within_baseline } = fanout_score(
+                ports,
+                hosts,
+                t.get(m::NEW_PRIV_PORTS),
+                i,
+                base.map(|b| (b.max_ports.as_slice(), b.max_hosts.as_slice())),
+                d.outbound_port_thresholds[i],
+                d.outbound_host_thresholds[i],
+                mult,
+                d,
+            );
             let fr = t.fail_ratio();
             let probes = t.get(m::PROBES);
             let crafted = probes > 0.0 && t.get(m::RAW) >= probes * 0.5;
