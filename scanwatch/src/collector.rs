@@ -412,10 +412,12 @@ pub fn handle_record<O: Observer>(data: &[u8], engine: &mut O, procs: &mut ProcC
                 // to an unknown peer.
                 _ => OutboundAction::Outcome { dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED), dport: 0, success: false },
             };
+            // A sendmmsg batch counts once per message; the observation is built once.
+            let repeat = if matches!(action, OutboundAction::RawProbe { .. }) { e.count.clamp(1, 1024) } else { 1 };
+            let obs = OutboundObservation { process, action };
             let mut alerts = Vec::new();
-            let count = e.count.clamp(1, 1024);
-            for _ in 0..(if matches!(action, OutboundAction::RawProbe { .. }) { count } else { 1 }) {
-                alerts.extend(engine.observe_outbound(now, &OutboundObservation { process: process.clone(), action: action.clone() }));
+            for _ in 0..repeat {
+                alerts.extend(engine.observe_outbound(now, &obs));
             }
             alerts
         }
