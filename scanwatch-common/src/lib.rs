@@ -19,6 +19,8 @@ pub const MAP_PROCS: &str = "PROCS";
 pub const MAP_RAW_SOCKS: &str = "RAW_SOCKS";
 pub const MAP_CONNECTING: &str = "CONNECTING";
 pub const MAP_BLOCKLIST: &str = "BLOCKLIST";
+pub const MAP_FIRST_CONTACT: &str = "FIRST_CONTACT";
+pub const MAP_KNOWN: &str = "KNOWN_SOURCES";
 
 pub const PROG_XDP: &str = "scanwatch_xdp";
 pub const PROG_TP_CONNECT: &str = "tp_enter_connect";
@@ -36,6 +38,11 @@ pub const DEFAULT_MAX_SOURCES: u32 = 16_384;
 pub const DEFAULT_MAX_FINGERPRINTS: u32 = 8_192;
 pub const DEFAULT_MAX_PROCS: u32 = 4_096;
 pub const DEFAULT_RINGBUF_BYTES: u32 = 1 << 20;
+/// First-contact table slots (direct-mapped by source hash; a power of two): 65,536 × 40 B
+/// = 2.5 MiB. A colliding new source overwrites the slot; nothing is evicted or allocated.
+pub const FIRST_CONTACT_SLOTS: u32 = 1 << 16;
+/// Words of the "may have state" filter (one bit per source hash): 16,384 × 64 = 1 Mi bits.
+pub const KNOWN_WORDS: u32 = 1 << 14;
 
 // ---------------------------------------------------------------------------------------------
 // Sketch geometry.
@@ -151,6 +158,59 @@ pub struct SrcState {
     pub host_hll: [u8; HLL_REGS],
 }
 const _: () = assert!(size_of::<SrcState>() == 24 + 96 + 16 + 32 + 8 + 16 + 128 + 32 + 512 + 256);
+
+/// What one scan-shaped packet contributes to its source's state: the counters to bump and the
+/// probe it represents. The XDP program builds one per packet; the first-contact table holds
+/// one per not-yet-admitted source and replays it when the source is admitted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// `addr_hash` of the destination address.
+    pub dst_fold: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// Counter indices (`cnt::*`) to bump, `nb` of them.
+    pub bumps: [u8; PROBE_BUMPS],
+    pub nb: u8,
+    /// `probe::*`.
+    pub kind: u8,
+    /// IP protocol number (`probe::PROTO_ARP` for ARP).
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<Probe>() == 20);
+/// Counters one packet can bump (SYN, SYN+FIN, bad checksum, closed, failed, honeyport).
+pub const PROBE_BUMPS: usize = 6;
+
+/// Probe kinds.
+pub mod probe {
+    pub const NONE: u8 = 0;
+    /// A port probe: port and host fan-out.
+    pub const PORT: u8 = 1;
+    /// A portless probe (ICMP echo, ARP who-has): host fan-out only.
+    pub const HOST: u8 = 2;
+    /// Pseudo protocol number marking an ARP request (not an IP protocol).
+    pub const PROTO_ARP: u8 = 0xfe;
+}
+
+/// One first-contact table slot: the source address (all zero = empty) and its first probe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FcSlot {
+    pub addr: [u64; 2],
+    pub probe: Probe,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<FcSlot>() == 40);
+
+/// Hash of an address (as two native-endian words): for a source, its first-contact slot (low
+/// 16 bits) and known-source filter bit (bits 12..32); for a destination, the host sketches. IPv4-mapped addresses differ only in the last word, which gets the
+/// full mixing; the other words are folded in first.
+#[inline(always)]
+pub const fn addr_hash(a: &[u64; 2]) -> u32 {
+    let hi = a[0] ^ a[1].rotate_left(29);
+    mix32((a[1] >> 32) as u32 ^ mix32((hi as u32) ^ ((hi >> 32) as u32) ^ 0x5bd1_e995))
+}
 
 /// Threshold event bits.
 pub mod thr {
@@ -323,7 +383,7 @@ impl XdpConfig {
             short_window_ns: 10_000_000_000,
             port_threshold: 25,
             host_threshold: 16,
-            flags: cfgflag::LOOKUP_SOCKETS | cfgflag::VERIFY_CSUM,
+            flags: cfgflag::LOOKUP_SOCKETS | cfgflag::VERIFY_CSUM | cfgflag::FIRST_CONTACT,
             enforce_blocklist: 0,
         }
     }
@@ -334,6 +394,9 @@ pub mod cfgflag {
     pub const LOOKUP_SOCKETS: u32 = 1;
     /// Verify TCP checksums on SYNs (nmap --badsum detection).
     pub const VERIFY_CSUM: u32 = 2;
+    /// Hold a source's first scan-shaped packet in the first-contact table and create its
+    /// `SrcState` only from the second one (spoofed one-packet sources never cost an insert).
+    pub const FIRST_CONTACT: u32 = 4;
 }
 
 /// Outbound configuration (tracepoint programs).
@@ -380,6 +443,8 @@ pub mod stat {
     pub const HONEYPORT: u32 = 28;
     pub const ARP: u32 = 29;
     pub const MAL_ARP: u32 = 30;
+    /// Scan-shaped packets from sources without state, held in the first-contact table.
+    pub const FIRST_CONTACT: u32 = 31;
     pub const N: u32 = 32;
     pub const NAMES: [&str; N as usize] = [
         "packets", "ipv4", "ipv6", "tcp", "udp", "icmp", "syn", "other_l3",
@@ -387,7 +452,7 @@ pub mod stat {
         "malformed_ipv6", "malformed_ipv6_ext", "malformed_tcp", "malformed_tcp_doff",
         "malformed_tcp_opts", "malformed_udp", "malformed_icmp", "events", "events_dropped",
         "new_sources", "source_insert_failed", "new_fingerprints", "blocked", "proc_events",
-        "proc_events_dropped", "established_fast", "honeyport", "arp", "malformed_arp", "",
+        "proc_events_dropped", "established_fast", "honeyport", "arp", "malformed_arp", "first_contact",
     ];
 }
 
@@ -497,6 +562,7 @@ mod user {
     // SAFETY: all of these are plain-old-data `#[repr(C)]` structs with explicit padding.
     unsafe impl aya::Pod for SrcKey {}
     unsafe impl aya::Pod for SrcState {}
+    unsafe impl aya::Pod for FcSlot {}
     unsafe impl aya::Pod for FpKey {}
     unsafe impl aya::Pod for FpValue {}
     unsafe impl aya::Pod for XdpConfig {}

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use scanwatch_common::{
-    Fingerprint, FpKey, FpValue, ProcConfig, ProcState, SrcKey, SrcState, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
+    FcSlot, Fingerprint, FpKey, FpValue, Probe, FIRST_CONTACT_SLOTS, KNOWN_WORDS, ProcConfig, ProcState, SrcKey, SrcState, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
     DEFAULT_MAX_PROCS, DEFAULT_MAX_SOURCES, DEFAULT_RINGBUF_BYTES,
 };
 
@@ -70,18 +70,21 @@ pub static RAW_SOCKS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(1024, 
 #[map]
 pub static CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
 
-/// What one packet contributes to its source's state. Classification fills it; one
+/// What the XDP program learned about one packet. Classification fills it; one
 /// `update_source` call applies it (a single call site keeps the verifier's work linear).
 pub struct Obs {
-    /// Counter indices (`cnt::*`) to bump, `nb` of them.
-    pub bumps: [u8; 8],
-    pub nb: u8,
-    pub probe: u8,
+    /// This packet's probe.
+    pub cur: Probe,
+    /// The source's first probe, replayed from the first-contact table when it is admitted.
+    pub prior: Probe,
+    pub has_prior: u8,
+    /// Set when the packet was held in the first-contact table (no state created).
+    pub held: u8,
     pub honey: u8,
     pub has_fp: u8,
+    /// `DEFER_*`: work done only once the source is admitted (socket lookup, fingerprint).
+    pub deferred: u8,
     pub flags: u8,
-    pub sport: u16,
-    pub dport: u16,
     pub fp: Fingerprint,
 }
 
@@ -95,3 +98,16 @@ pub struct Scratch {
 /// One `Scratch` per CPU, overwritten by every packet.
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// First-contact table: a source's first scan-shaped packet is recorded here (direct-mapped by
+/// source hash, a colliding source overwrites the slot) and replayed into SOURCES when a second
+/// one arrives. A random-source flood therefore costs one 40-byte store per packet, never a
+/// 1.1 KiB LRU insert. Fixed 65,536 slots (2.5 MiB).
+#[map]
+pub static FIRST_CONTACT: Array<FcSlot> = Array::with_max_entries(FIRST_CONTACT_SLOTS, 0);
+
+/// "May have state" filter: one bit per source hash, set when a source is admitted to SOURCES.
+/// A clear bit skips the SOURCES lookup for a source that cannot be there; a stale set bit
+/// (evicted source, hash collision) costs one lookup miss. 1 Mi bits = 128 KiB.
+#[map]
+pub static KNOWN_SOURCES: Array<u64> = Array::with_max_entries(KNOWN_WORDS, 0);

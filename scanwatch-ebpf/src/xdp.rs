@@ -5,19 +5,23 @@ use aya_ebpf::{
     bindings::{bpf_sock_tuple, xdp_action},
     helpers::{
         bpf_ktime_get_ns,
-        generated::{bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
+        generated::{bpf_ktime_get_coarse_ns, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
     },
     macros::xdp,
     programs::XdpContext,
     EbpfContext,
 };
 use scanwatch_common::{
-    addr_fold, cfgflag, cnt, hll_slot, initial_ttl, port_hll_slot, kind, mix32, stat, thr, tool, EventHeader,
-    Fingerprint, FpKey, InboundEvent, SrcKey, XdpConfig, FP_PER_SOURCE, SAMPLE_PORTS, WIN_HOST_BITS, WIN_PORT_BITS,
+    addr_hash, cfgflag, cnt, hll_slot, initial_ttl, port_hll_slot, probe, kind, mix32, stat, thr, tool, EventHeader,
+    Fingerprint, FpKey, InboundEvent, Probe, SrcKey, SrcState, XdpConfig, FIRST_CONTACT_SLOTS, FP_PER_SOURCE,
+    KNOWN_WORDS, SAMPLE_PORTS, WIN_HOST_BITS, WIN_PORT_BITS,
 };
 
 use crate::{
-    maps::{Obs, BLOCKLIST, CONFIG, EVENTS, FINGERPRINTS, HONEYPORTS, SCRATCH, SOURCES, STATS, ZERO_SRC},
+    maps::{
+        Obs, BLOCKLIST, CONFIG, EVENTS, FINGERPRINTS, FIRST_CONTACT, HONEYPORTS, KNOWN_SOURCES, SCRATCH, SOURCES,
+        STATS, ZERO_SRC,
+    },
     parse::{addr16_at, be16_at, be32_at, csum_fold, load_bytes, u8_at, v4_mapped, v4_mapped_at},
 };
 
@@ -58,10 +62,23 @@ pub fn scanwatch_xdp(ctx: XdpContext) -> u32 {
     }
 }
 
+/// A 16-byte address, 8-byte aligned so it can be read as two words.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct A16([u8; 16]);
+
+impl A16 {
+    #[inline(always)]
+    fn words(&self) -> [u64; 2] {
+        // SAFETY: same size; any bit pattern is a valid [u64; 2].
+        unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(self.0) }
+    }
+}
+
 /// What the L3 parser learned, handed to the L4 handlers.
 struct L3 {
-    src: [u8; 16],
-    dst: [u8; 16],
+    src: A16,
+    dst: A16,
     /// Offset of the L4 header.
     l4: usize,
     /// Bytes of L4 header + payload according to the IP header.
@@ -118,7 +135,7 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     };
 
     if enforce {
-        let key = SrcKey { addr: l3.src };
+        let key = SrcKey { addr: l3.src.0 };
         // SAFETY: value is read only to test presence.
         if unsafe { BLOCKLIST.get(&key) }.is_some() {
             stats[stat::BLOCKED as usize] += 1;
@@ -133,11 +150,11 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     // SAFETY: per-CPU scratch, used by this program run only.
     let sc = unsafe { &mut *sp };
     let obs = &mut sc.obs;
-    obs.reset();
+    obs.reset(l3.proto);
     if l3.proto == PROTO_ARP {
         // Who-has for another address: host discovery on the link.
         obs.count(cnt::ARP);
-        obs.probe = PROBE_HOST;
+        obs.cur.kind = probe::HOST;
     } else if l3.frag == 2 {
         // Non-first fragment: no L4 header to look at.
         obs.count(cnt::FRAG_LATER);
@@ -160,20 +177,23 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
             _ => {}
         }
     }
-    if obs.nb == 0 {
+    if obs.cur.nb == 0 {
         return Ok(xdp_action::XDP_PASS);
     }
     if obs.honey != 0 {
         stats[stat::HONEYPORT as usize] += 1;
     }
-    let r = update_source(stats, cfg, &l3, obs);
+    let r = update_source(ctx, stats, cfg, &l3, obs);
     if r < 0 {
+        if r == R_HELD {
+            stats[stat::FIRST_CONTACT as usize] += 1;
+        }
         return Ok(xdp_action::XDP_PASS);
     }
     let r = r as u64;
     let ev = Ev {
-        sport: obs.sport,
-        dport: obs.dport,
+        sport: obs.cur.sport,
+        dport: obs.cur.dport,
         flags: obs.flags,
         detail: 0,
         win_ports: ((r >> 16) & 0xffff) as u32,
@@ -186,7 +206,7 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     }
     if r & R_NEW_FP != 0 {
         let now = now_ns();
-        let key = FpKey { src: SrcKey { addr: l3.src }, hash: obs.fp.hash };
+        let key = FpKey { src: SrcKey { addr: l3.src.0 }, hash: obs.fp.hash };
         sc.fpv.fp = sc.obs.fp;
         sc.fpv.count = 1;
         sc.fpv.first_seen_ns = now;
@@ -235,8 +255,7 @@ fn fast_established(ctx: &XdpContext, off: usize, ethertype: u16) -> bool {
     doff >= 20 && l4_len > doff && f & (SYN | RST | FIN) == 0 && f & ACK != 0
 }
 
-/// Pseudo protocol number marking an ARP request in `L3::proto` (not an IP protocol).
-const PROTO_ARP: u8 = 0xfe;
+const PROTO_ARP: u8 = probe::PROTO_ARP;
 
 /// An IPv4-over-Ethernet ARP request as (sender → target). Replies, gratuitous ARP and
 /// duplicate-address probes (sender 0.0.0.0) return None.
@@ -255,8 +274,8 @@ fn parse_arp_request(ctx: &XdpContext, off: usize) -> Result<Option<L3>, u32> {
         return Ok(None);
     }
     Ok(Some(L3 {
-        src: v4_mapped(spa.to_be_bytes()),
-        dst: v4_mapped(tpa.to_be_bytes()),
+        src: A16(v4_mapped(spa.to_be_bytes())),
+        dst: A16(v4_mapped(tpa.to_be_bytes())),
         l4: 0,
         l4_len: 0,
         proto: PROTO_ARP,
@@ -288,8 +307,8 @@ fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
     let frag_off = be16_at(ctx, off + 6).map_err(|_| stat::MAL_IPV4)?;
     let ttl = u8_at(ctx, off + 8).map_err(|_| stat::MAL_IPV4)?;
     let proto = u8_at(ctx, off + 9).map_err(|_| stat::MAL_IPV4)?;
-    let src = v4_mapped_at(ctx, off + 12).map_err(|_| stat::MAL_IPV4)?;
-    let dst = v4_mapped_at(ctx, off + 16).map_err(|_| stat::MAL_IPV4)?;
+    let src = A16(v4_mapped_at(ctx, off + 12).map_err(|_| stat::MAL_IPV4)?);
+    let dst = A16(v4_mapped_at(ctx, off + 16).map_err(|_| stat::MAL_IPV4)?);
     let frag = if frag_off & 0x1fff != 0 {
         2
     } else if frag_off & 0x2000 != 0 {
@@ -320,8 +339,8 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
     let payload_len = be16_at(ctx, off + 4).map_err(|_| stat::MAL_IPV6)? as usize;
     let mut next = u8_at(ctx, off + 6).map_err(|_| stat::MAL_IPV6)?;
     let hop = u8_at(ctx, off + 7).map_err(|_| stat::MAL_IPV6)?;
-    let src = addr16_at(ctx, off + 8).map_err(|_| stat::MAL_IPV6)?;
-    let dst = addr16_at(ctx, off + 24).map_err(|_| stat::MAL_IPV6)?;
+    let src = A16(addr16_at(ctx, off + 8).map_err(|_| stat::MAL_IPV6)?);
+    let dst = A16(addr16_at(ctx, off + 24).map_err(|_| stat::MAL_IPV6)?);
     let mut l4 = off + 40;
     let mut ext_len = 0usize;
     let mut frag = 0u8;
@@ -394,69 +413,143 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// CLOCK_MONOTONIC at tick resolution (a few ms): half the cost of `now_ns` on the per-packet
+/// path, ample for seconds-long windows and first/last-seen times.
+#[inline(always)]
+fn coarse_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 /// Result bits of `update_source` (low byte); n_fp in bits 8..16, window ports 16..32,
-/// window hosts 32..48.
+/// window hosts 32..48. Negative: no state was updated.
 const R_THR_PORTS: u64 = thr::PORTS as u64;
 const R_THR_HOSTS: u64 = thr::HOSTS as u64;
 const R_NEW_FP: u64 = 0x10;
 const R_HONEY_FIRST: u64 = 0x20;
+/// The packet was held in the first-contact table.
+const R_HELD: i64 = -2;
+/// No state could be had (insert failure, counted).
+const R_NO_STATE: i64 = -1;
 
-/// Probe kinds for `Obs::probe`.
-const PROBE_NONE: u8 = 0;
-const PROBE_PORT: u8 = 1;
-/// Portless probe (ICMP echo): host fan-out only.
-const PROBE_HOST: u8 = 2;
+/// `Obs::deferred` bits: work done only after the source is admitted.
+const DEFER_LOOKUP: u8 = 1;
+const DEFER_FP: u8 = 2;
+
+/// Fingerprint (and checksum) every SYN of a source's first `FP_EVERY_FIRST`, then one in
+/// `FP_EVERY`: a scanner's stack does not change between probes, and a second tool or decoy is
+/// still seen within a few dozen SYNs.
+const FP_EVERY_FIRST: u32 = 8;
+const FP_EVERY: u32 = 16;
 
 impl Obs {
     /// Reset for a new packet (the fingerprint is reset only when a SYN fills it).
     #[inline(always)]
-    fn reset(&mut self) {
-        self.nb = 0;
-        self.probe = PROBE_NONE;
+    fn reset(&mut self, proto: u8) {
+        self.cur = Probe { proto, ..Probe::default() };
+        self.has_prior = 0;
+        self.held = 0;
         self.honey = 0;
         self.has_fp = 0;
+        self.deferred = 0;
         self.flags = 0;
-        self.sport = 0;
-        self.dport = 0;
     }
 
     #[inline(always)]
     fn count(&mut self, c: usize) {
-        let n = self.nb as usize;
-        if n < self.bumps.len() {
-            self.bumps[n] = c as u8;
-            self.nb += 1;
+        let n = self.cur.nb as usize;
+        if n < self.cur.bumps.len() {
+            self.cur.bumps[n] = c as u8;
+            self.cur.nb += 1;
         }
     }
 }
 
-/// Find or create the source's state and apply `obs`. Returns the `R_*` bits and window counts,
-/// or -1 when no state could be had (insert failure, counted).
-#[inline(never)]
-fn update_source(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &Obs) -> i64 {
-    let key = SrcKey { addr: l3.src };
-    let now = now_ns();
-    let ptr = match SOURCES.get_ptr_mut(&key) {
-        Some(p) => p,
-        None => {
-            let Some(zero) = ZERO_SRC.get_ptr(0) else { return -1 };
-            // SAFETY: the per-CPU zero value is never written.
-            let zero = unsafe { &*zero };
-            // BPF_NOEXIST: another CPU may have inserted it meanwhile; then just use it.
-            if SOURCES.insert(&key, zero, 1).is_ok() {
-                stats[stat::NEW_SOURCES as usize] += 1;
-            }
-            match SOURCES.get_ptr_mut(&key) {
-                Some(p) => p,
-                None => {
-                    stats[stat::SOURCE_INSERT_FAILED as usize] += 1;
-                    return -1;
-                }
+/// Set the source's bit in the known-source filter.
+#[inline(always)]
+fn mark_known(h: u32) {
+    let i = h >> 12;
+    if let Some(w) = KNOWN_SOURCES.get_ptr_mut((i >> 6) & (KNOWN_WORDS - 1)) {
+        // SAFETY: array value pointer valid for this run; a racing CPU can only lose a bit,
+        // which costs that source one more pass through the first-contact table.
+        unsafe { *w |= 1u64 << (i & 63) };
+    }
+}
+
+/// The source's state, or null. With the first-contact tier on, a source that is not known is
+/// admitted only on its second scan-shaped packet (its first is replayed from the slot); its
+/// first packet is held and `obs.held` set. Honeyport touches are admitted at once.
+#[inline(always)]
+fn acquire(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs) -> *mut SrcState {
+    let key = SrcKey { addr: l3.src.0 };
+    let w = l3.src.words();
+    let h = addr_hash(&w);
+    if cfg.flags & cfgflag::FIRST_CONTACT != 0 && obs.honey == 0 {
+        let i = h >> 12;
+        let maybe_known = match KNOWN_SOURCES.get((i >> 6) & (KNOWN_WORDS - 1)) {
+            Some(bits) => *bits & (1u64 << (i & 63)) != 0,
+            None => true,
+        };
+        if maybe_known {
+            if let Some(p) = SOURCES.get_ptr_mut(&key) {
+                return p;
             }
         }
-    };
+        if let Some(slot) = FIRST_CONTACT.get_ptr_mut(h & (FIRST_CONTACT_SLOTS - 1)) {
+            // SAFETY: array value pointer valid for this run; racing CPUs can only tear a slot,
+            // which costs one held probe.
+            let slot = unsafe { &mut *slot };
+            if slot.addr[0] == w[0] && slot.addr[1] == w[1] {
+                obs.prior = slot.probe;
+                obs.has_prior = 1;
+                slot.addr = [0, 0];
+            } else {
+                obs.cur.dst_fold = addr_hash(&l3.dst.words());
+                slot.addr = w;
+                slot.probe = obs.cur;
+                obs.held = 1;
+                return core::ptr::null_mut();
+            }
+        }
+    } else if let Some(p) = SOURCES.get_ptr_mut(&key) {
+        return p;
+    }
+    let Some(zero) = ZERO_SRC.get_ptr(0) else { return core::ptr::null_mut() };
+    // SAFETY: the per-CPU zero value is never written.
+    let zero = unsafe { &*zero };
+    // BPF_NOEXIST: another CPU may have inserted it meanwhile; then just use it.
+    if SOURCES.insert(&key, zero, 1).is_ok() {
+        stats[stat::NEW_SOURCES as usize] += 1;
+    }
+    mark_known(h);
+    match SOURCES.get_ptr_mut(&key) {
+        Some(p) => p,
+        None => {
+            stats[stat::SOURCE_INSERT_FAILED as usize] += 1;
+            core::ptr::null_mut()
+        }
+    }
+}
+
+/// Find, admit or hold the source; run the deferred work; apply the probe(s). Returns the
+/// `R_*` bits and window counts, or `R_HELD` / `R_NO_STATE`.
+#[inline(never)]
+fn update_source(ctx: &XdpContext, stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs) -> i64 {
+    let ptr = acquire(stats, cfg, l3, obs);
+    if ptr.is_null() {
+        return if obs.held != 0 { R_HELD } else { R_NO_STATE };
+    }
     // SAFETY: LRU value pointer valid for this program run; races between CPUs only skew counts.
     let s = unsafe { &mut *ptr };
+    if obs.deferred != 0 {
+        let n = s.counts[cnt::SYN];
+        if n >= FP_EVERY_FIRST && n % FP_EVERY != 0 {
+            obs.deferred &= !DEFER_FP;
+        }
+        deferred_tcp(ctx, stats, l3, cfg, obs);
+    }
+    obs.cur.dst_fold = addr_hash(&l3.dst.words());
+    let now = coarse_ns();
     if s.first_seen_ns == 0 {
         s.first_seen_ns = now;
         s.win_start_ns = now;
@@ -475,21 +568,14 @@ fn update_source(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &Obs) -> i64 
     if obs.honey != 0 && s.counts[cnt::HONEYPORT] < 4 {
         r |= R_HONEY_FIRST;
     }
-    s.counts[cnt::PACKETS] = s.counts[cnt::PACKETS].wrapping_add(1);
-    let mut k = 0;
-    while k < obs.bumps.len() {
-        if k >= obs.nb as usize {
-            break;
-        }
-        let c = obs.bumps[k] as usize;
-        if c < cnt::N {
-            s.counts[c] = s.counts[c].wrapping_add(1);
-        }
-        k += 1;
+    // The replayed first probe (if any), then this packet's.
+    if obs.has_prior != 0 {
+        apply_probe(s, &obs.prior);
     }
-    // Fingerprints are registered (map insert + event) from a source's second SYN on: a spoofed
-    // flood source sends one SYN, so a random-source flood costs one map insert per packet, not
-    // three; every real scanner sends more than one.
+    apply_probe(s, &obs.cur);
+    // Fingerprints are registered (map insert + event) from a source's second SYN on (with the
+    // first-contact tier that is its admission; without it, a spoofed flood source still costs
+    // one map insert per packet, not three).
     if obs.has_fp != 0 {
         s.tool_hint = obs.fp.tool_hint;
     }
@@ -503,60 +589,7 @@ fn update_source(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &Obs) -> i64 
             r |= R_NEW_FP;
         }
     }
-    if obs.probe != PROBE_NONE {
-        let track_port = obs.probe == PROBE_PORT;
-        let dport = obs.dport;
-        // Short-window distinct ports/hosts (bitmaps: exact up to collisions, ~n²/2m).
-        let pb = (mix32(dport as u32) as usize) & (WIN_PORT_BITS - 1);
-        let (w, b) = (pb >> 6, pb & 63);
-        if track_port && s.win_port_bits[w] & (1u64 << b) == 0 {
-            s.win_port_bits[w] |= 1u64 << b;
-            s.win_ports += 1;
-        }
-        let hfold = addr_fold(&l3.dst);
-        let hb = (hfold as usize) & (WIN_HOST_BITS - 1);
-        let (w, b) = (hb >> 6, hb & 63);
-        if s.win_host_bits[w] & (1u64 << b) == 0 {
-            s.win_host_bits[w] |= 1u64 << b;
-            s.win_hosts += 1;
-        }
-        // Lifetime distinct ports and hosts (HyperLogLog). Not gated on the window bitmaps:
-        // their collisions would lose distinct items.
-        if track_port {
-            let (i, rank) = port_hll_slot(dport as u32);
-            if s.port_hll[i] < rank {
-                s.port_hll[i] = rank;
-            }
-        }
-        let (i, rank) = hll_slot(hfold);
-        if s.host_hll[i] < rank {
-            s.host_hll[i] = rank;
-        }
-        // Exact sample of the first distinct ports.
-        let n = s.n_sample as usize;
-        if track_port && n < SAMPLE_PORTS {
-            let mut seen = false;
-            let mut k = 0;
-            while k < SAMPLE_PORTS {
-                if k < n && s.sample_ports[k] == dport {
-                    seen = true;
-                }
-                k += 1;
-            }
-            if !seen {
-                s.sample_ports[n & (SAMPLE_PORTS - 1)] = dport;
-                s.n_sample += 1;
-            }
-        }
-        // Source port 53/88 towards another port: TCP probes, or UDP to a privileged port (late
-        // DNS replies to an already-closed client port are not counted).
-        if track_port
-            && (obs.sport == 53 || obs.sport == 88)
-            && dport != obs.sport
-            && (l3.proto == IPPROTO_TCP || dport < 1024)
-        {
-            s.counts[cnt::SRCPORT_TRICK] = s.counts[cnt::SRCPORT_TRICK].wrapping_add(1);
-        }
+    if obs.cur.kind != probe::NONE || obs.has_prior != 0 {
         if cfg.port_threshold != 0 && s.win_ports >= cfg.port_threshold && s.emitted & thr::PORTS == 0 {
             r |= R_THR_PORTS;
         }
@@ -569,6 +602,81 @@ fn update_source(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &Obs) -> i64 
     r |= ((s.win_ports as u64) & 0xffff) << 16;
     r |= ((s.win_hosts as u64) & 0xffff) << 32;
     r as i64
+}
+
+/// Apply one probe to a source's counters and fan-out sketches.
+#[inline(never)]
+fn apply_probe(s: &mut SrcState, p: &Probe) {
+    s.counts[cnt::PACKETS] = s.counts[cnt::PACKETS].wrapping_add(1);
+    let mut k = 0;
+    while k < p.bumps.len() {
+        if k >= p.nb as usize {
+            break;
+        }
+        let c = p.bumps[k] as usize;
+        if c < cnt::N {
+            s.counts[c] = s.counts[c].wrapping_add(1);
+        }
+        k += 1;
+    }
+    if p.kind == probe::NONE {
+        return;
+    }
+    let track_port = p.kind == probe::PORT;
+    let dport = p.dport;
+    // Short-window distinct ports/hosts (bitmaps: exact up to collisions, ~n²/2m).
+    let pb = (mix32(dport as u32) as usize) & (WIN_PORT_BITS - 1);
+    let (w, b) = (pb >> 6, pb & 63);
+    if track_port && s.win_port_bits[w] & (1u64 << b) == 0 {
+        s.win_port_bits[w] |= 1u64 << b;
+        s.win_ports += 1;
+    }
+    let hfold = p.dst_fold;
+    let hb = (hfold as usize) & (WIN_HOST_BITS - 1);
+    let (w, b) = (hb >> 6, hb & 63);
+    if s.win_host_bits[w] & (1u64 << b) == 0 {
+        s.win_host_bits[w] |= 1u64 << b;
+        s.win_hosts += 1;
+    }
+    // Lifetime distinct ports and hosts (HyperLogLog). Not gated on the window bitmaps:
+    // their collisions would lose distinct items.
+    if track_port {
+        let (i, rank) = port_hll_slot(dport as u32);
+        if s.port_hll[i] < rank {
+            s.port_hll[i] = rank;
+        }
+    }
+    let (i, rank) = hll_slot(hfold);
+    if s.host_hll[i] < rank {
+        s.host_hll[i] = rank;
+    }
+    // Exact sample of the first distinct ports.
+    let n = s.n_sample as usize;
+    if track_port && n < SAMPLE_PORTS {
+        // Unused entries are 0, so no `k < n` test is needed (a probe of port 0 while the
+        // sample has room is not sampled); fewer branches keep the verifier's work small.
+        let mut seen = false;
+        let mut k = 0;
+        while k < SAMPLE_PORTS {
+            if s.sample_ports[k] == dport {
+                seen = true;
+            }
+            k += 1;
+        }
+        if !seen {
+            s.sample_ports[n & (SAMPLE_PORTS - 1)] = dport;
+            s.n_sample += 1;
+        }
+    }
+    // Source port 53/88 towards another port: TCP probes, or UDP to a privileged port (late
+    // DNS replies to an already-closed client port are not counted).
+    if track_port
+        && (p.sport == 53 || p.sport == 88)
+        && dport != p.sport
+        && (p.proto == IPPROTO_TCP || dport < 1024)
+    {
+        s.counts[cnt::SRCPORT_TRICK] = s.counts[cnt::SRCPORT_TRICK].wrapping_add(1);
+    }
 }
 
 /// Event fields besides the addresses (kept in one struct so `emit` stays a 5-argument call).
@@ -591,8 +699,8 @@ fn emit(stats: &mut Stats, k: u32, l3: &L3, a: &Ev, fp: Option<&Fingerprint>) {
             // SAFETY: `ev` points at a reserved, writable InboundEvent-sized record.
             unsafe {
                 (*ev).hdr = EventHeader { kind: k, _pad: 0, ts_ns: now_ns() };
-                (*ev).src = SrcKey { addr: l3.src };
-                (*ev).dst = SrcKey { addr: l3.dst };
+                (*ev).src = SrcKey { addr: l3.src.0 };
+                (*ev).dst = SrcKey { addr: l3.dst.0 };
                 (*ev).sport = a.sport;
                 (*ev).dport = a.dport;
                 (*ev).proto = l3.proto;
@@ -630,16 +738,16 @@ fn socket_exists(ctx: &XdpContext, l3: &L3, sport: u16, dport: u16, tcp: bool) -
     let size;
     if l3.v6 == 0 {
         // Writing a union member is safe.
-        t.__bindgen_anon_1.ipv4.saddr = u32::from_ne_bytes([l3.src[12], l3.src[13], l3.src[14], l3.src[15]]);
-        t.__bindgen_anon_1.ipv4.daddr = u32::from_ne_bytes([l3.dst[12], l3.dst[13], l3.dst[14], l3.dst[15]]);
+        t.__bindgen_anon_1.ipv4.saddr = (l3.src.words()[1] >> 32) as u32;
+        t.__bindgen_anon_1.ipv4.daddr = (l3.dst.words()[1] >> 32) as u32;
         t.__bindgen_anon_1.ipv4.sport = sport.to_be();
         t.__bindgen_anon_1.ipv4.dport = dport.to_be();
         size = 12u32;
     } else {
         // SAFETY: [u8;16] and [u32;4] have equal size.
         unsafe {
-            t.__bindgen_anon_1.ipv6.saddr = core::mem::transmute::<[u8; 16], [u32; 4]>(l3.src);
-            t.__bindgen_anon_1.ipv6.daddr = core::mem::transmute::<[u8; 16], [u32; 4]>(l3.dst);
+            t.__bindgen_anon_1.ipv6.saddr = core::mem::transmute::<[u8; 16], [u32; 4]>(l3.src.0);
+            t.__bindgen_anon_1.ipv6.daddr = core::mem::transmute::<[u8; 16], [u32; 4]>(l3.dst.0);
         }
         t.__bindgen_anon_1.ipv6.sport = sport.to_be();
         t.__bindgen_anon_1.ipv6.dport = dport.to_be();
@@ -663,24 +771,23 @@ fn socket_exists(ctx: &XdpContext, l3: &L3, sport: u16, dport: u16, tcp: bool) -
 }
 
 /// Classify a TCP segment into `obs`. Returns Ok(true) for the established-data fast path
-/// (nothing else to do).
+/// (nothing else to do). SYNs and stealth shapes are classified from the header alone; their
+/// socket lookup and fingerprint are deferred until the source is admitted (`deferred_tcp`).
 #[inline(never)]
 fn classify_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &XdpConfig, obs: &mut Obs) -> Result<bool, u32> {
     let t = l3.l4;
     let sport = be16_at(ctx, t).map_err(|_| stat::MAL_TCP)?;
     let dport = be16_at(ctx, t + 2).map_err(|_| stat::MAL_TCP)?;
-    obs.sport = sport;
-    obs.dport = dport;
+    obs.cur.sport = sport;
+    obs.cur.dport = dport;
     if l3.frag == 1 {
         // First fragment (nmap -f): the TCP header may be split across fragments.
         obs.count(cnt::FRAG_FIRST);
-        obs.probe = PROBE_PORT;
+        obs.cur.kind = probe::PORT;
         return Ok(false);
     }
-    let seq = be32_at(ctx, t + 4).map_err(|_| stat::MAL_TCP)?;
     let df = be16_at(ctx, t + 12).map_err(|_| stat::MAL_TCP)?;
     let (doff_b, flags) = ((df >> 8) as u8, df as u8);
-    let window = be16_at(ctx, t + 14).map_err(|_| stat::MAL_TCP)?;
     // The fixed 20-byte header must be present.
     be16_at(ctx, t + 18).map_err(|_| stat::MAL_TCP)?;
     let doff = ((doff_b >> 4) as usize) * 4;
@@ -703,29 +810,23 @@ fn classify_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &XdpConfig, o
     }
 
     if f & SYN != 0 && f & ACK == 0 {
+        // The common option malformations (first option of length 0/1 or overrunning the
+        // header) are caught here, from one 2-byte read, so a malformed SYN is counted as
+        // malformed and nothing else even when its source is new.
+        if doff > 20 {
+            let o = be16_at(ctx, t + 20).map_err(|_| stat::MAL_TCP_OPTS)?;
+            let (k0, l0) = ((o >> 8) as u8, (o & 0xff) as usize);
+            if k0 > 1 && (l0 < 2 || l0 > doff - 20) {
+                return Err(stat::MAL_TCP_OPTS);
+            }
+        }
         stats[stat::SYN as usize] += 1;
         obs.count(cnt::SYN);
-        obs.probe = PROBE_PORT;
+        obs.cur.kind = probe::PORT;
         if f & FIN != 0 {
             obs.count(cnt::SYNFIN);
         }
-        if fingerprint(ctx, stats, l3, t, doff, &mut obs.fp).is_ok() {
-            obs.fp.window = window;
-            obs.fp.payload_len = payload as u16;
-            finish_fingerprint(l3, ((seq as u64) << 16) | dport as u64, &mut obs.fp);
-            obs.has_fp = 1;
-        }
-        if cfg.flags & cfgflag::VERIFY_CSUM != 0 && obs.has_fp != 0 && tcp_csum_bad(ctx, l3, t, &obs.fp) {
-            obs.count(cnt::BADSUM);
-        }
-        if lookup {
-            if socket_exists(ctx, l3, sport, dport, true) {
-                obs.count(cnt::SYN_OPEN);
-            } else {
-                obs.count(cnt::SYN_CLOSED);
-                obs.count(cnt::FAILED);
-            }
-        }
+        obs.deferred = DEFER_FP | if lookup { DEFER_LOOKUP } else { 0 };
         return Ok(false);
     }
 
@@ -741,16 +842,17 @@ fn classify_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &XdpConfig, o
     };
     if stealth != cnt::N {
         obs.count(stealth);
-        obs.probe = PROBE_PORT;
-        if lookup && !socket_exists(ctx, l3, sport, dport, true) {
-            obs.count(cnt::FAILED);
+        obs.cur.kind = probe::PORT;
+        if lookup {
+            obs.deferred = DEFER_LOOKUP;
         }
         return Ok(false);
     }
     if !lookup {
         return Ok(false);
     }
-    // Shapes that are normal inside a connection and scan-like outside one.
+    // Shapes that are normal inside a connection and scan-like outside one: only the socket
+    // table can tell, so they are looked up before any state is touched.
     let orphan = if f == SYN | ACK {
         cnt::UNSOLICITED_SYNACK
     } else if f & RST != 0 {
@@ -765,10 +867,46 @@ fn classify_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &XdpConfig, o
     if orphan != cnt::N && !socket_exists(ctx, l3, sport, dport, true) {
         obs.count(orphan);
         if orphan == cnt::MAIMON || orphan == cnt::ACK {
-            obs.probe = PROBE_PORT;
+            obs.cur.kind = probe::PORT;
         }
     }
     Ok(false)
+}
+
+/// The work deferred from `classify_tcp` until the source is admitted: the SYN's fingerprint
+/// and checksum (when `DEFER_FP` is still set: sampled per source) and the socket lookup that
+/// tells an open port from a closed one.
+#[inline(always)]
+fn deferred_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &XdpConfig, obs: &mut Obs) {
+    let t = l3.l4;
+    let f = obs.flags & 0x3f;
+    let syn = f & SYN != 0;
+    if syn && obs.deferred & DEFER_FP != 0 {
+        // classify_tcp checked the fixed header is present and the data offset is sane.
+        let (Ok(seq), Ok(df), Ok(window)) = (be32_at(ctx, t + 4), be16_at(ctx, t + 12), be16_at(ctx, t + 14)) else {
+            return;
+        };
+        let doff = ((df >> 12) as usize) * 4;
+        let payload = l3.l4_len.saturating_sub(doff);
+        if doff >= 20 && fingerprint(ctx, stats, l3, t, doff, &mut obs.fp).is_ok() {
+            obs.fp.window = window;
+            obs.fp.payload_len = payload as u16;
+            finish_fingerprint(l3, ((seq as u64) << 16) | obs.cur.dport as u64, &mut obs.fp);
+            obs.has_fp = 1;
+        }
+        if cfg.flags & cfgflag::VERIFY_CSUM != 0 && obs.has_fp != 0 && tcp_csum_bad(ctx, l3, t, &obs.fp) {
+            obs.count(cnt::BADSUM);
+        }
+    }
+    if obs.deferred & DEFER_LOOKUP != 0 {
+        let open = socket_exists(ctx, l3, obs.cur.sport, obs.cur.dport, true);
+        if syn {
+            obs.count(if open { cnt::SYN_OPEN } else { cnt::SYN_CLOSED });
+        }
+        if !open {
+            obs.count(cnt::FAILED);
+        }
+    }
 }
 
 /// Copy the SYN's raw options into `fp` (decoded in userspace) with the header fields.
@@ -818,7 +956,8 @@ fn finish_fingerprint(l3: &L3, seq_dport: u64, fp: &mut Fingerprint) {
     h = mix32(h ^ w0);
     h = mix32(h ^ w1 ^ ((payload != 0) as u32));
     fp.hash = h;
-    let dst4 = u32::from_be_bytes([l3.dst[12], l3.dst[13], l3.dst[14], l3.dst[15]]);
+    let d = &l3.dst.0;
+    let dst4 = u32::from_be_bytes([d[12], d[13], d[14], d[15]]);
     fp.tool_hint = if l3.ip_id == 54321 && l3.v6 == 0 {
         tool::ZMAP
     } else if l3.v6 == 0
@@ -853,8 +992,8 @@ fn tcp_csum_bad(ctx: &XdpContext, l3: &L3, t: usize, fp: &Fingerprint) -> bool {
     let mut k = 0;
     while k < 16 {
         if l3.v6 != 0 || k >= 12 {
-            pseudo += u16::from_be_bytes([l3.src[k], l3.src[k + 1]]) as u64;
-            pseudo += u16::from_be_bytes([l3.dst[k], l3.dst[k + 1]]) as u64;
+            pseudo += u16::from_be_bytes([l3.src.0[k], l3.src.0[k + 1]]) as u64;
+            pseudo += u16::from_be_bytes([l3.dst.0[k], l3.dst.0[k + 1]]) as u64;
         }
         k += 2;
     }
@@ -886,8 +1025,8 @@ fn classify_udp(ctx: &XdpContext, l3: &L3, cfg: &XdpConfig, obs: &mut Obs) -> Re
     let sport = be16_at(ctx, l3.l4).map_err(|_| stat::MAL_UDP)?;
     let dport = be16_at(ctx, l3.l4 + 2).map_err(|_| stat::MAL_UDP)?;
     be16_at(ctx, l3.l4 + 6).map_err(|_| stat::MAL_UDP)?;
-    obs.sport = sport;
-    obs.dport = dport;
+    obs.cur.sport = sport;
+    obs.cur.dport = dport;
     if is_honeyport(IPPROTO_UDP, dport) {
         obs.honey = 1;
         obs.count(cnt::HONEYPORT);
@@ -896,7 +1035,7 @@ fn classify_udp(ctx: &XdpContext, l3: &L3, cfg: &XdpConfig, obs: &mut Obs) -> Re
         obs.count(cnt::UDP);
         obs.count(cnt::UDP_CLOSED);
         obs.count(cnt::FAILED);
-        obs.probe = PROBE_PORT;
+        obs.cur.kind = probe::PORT;
     }
     Ok(())
 }
@@ -908,7 +1047,7 @@ fn classify_icmp(ctx: &XdpContext, l3: &L3, obs: &mut Obs) -> Result<(), u32> {
     if (l3.v6 == 0 && ty == 8) || (l3.v6 != 0 && ty == 128) {
         obs.count(cnt::ICMP_ECHO);
         // Ping sweeps: host fan-out only.
-        obs.probe = PROBE_HOST;
+        obs.cur.kind = probe::HOST;
     }
     Ok(())
 }

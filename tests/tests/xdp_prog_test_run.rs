@@ -14,7 +14,8 @@ use scanwatch::{
     packet::{PacketSpec, L4, ACK, FIN, PSH, RST, SYN, URG},
     sketch::hll_estimate,
 };
-use scanwatch_common::{cnt, kind, stat, tool, InboundEvent, SrcKey, SrcState, XdpConfig};
+use aya::maps::Array;
+use scanwatch_common::{addr_hash, cfgflag, cnt, kind, stat, tool, FcSlot, InboundEvent, SrcKey, SrcState, XdpConfig};
 
 fn v4(s: &str) -> IpAddr {
     IpAddr::V4(s.parse::<Ipv4Addr>().expect("v4"))
@@ -94,6 +95,22 @@ impl Prog {
     fn count(&self, ip: IpAddr, c: usize) -> u32 {
         self.source(ip).map(|s| s.counts[c]).unwrap_or(0)
     }
+
+    /// The first-contact slot this address hashes to.
+    fn slot(&self, ip: IpAddr) -> FcSlot {
+        let key = ip_to_key(ip);
+        let w: [u64; 2] = unsafe { std::mem::transmute(key.addr) };
+        let m: Array<&MapData, FcSlot> = Array::try_from(self.ebpf.map("FIRST_CONTACT").expect("map")).expect("array");
+        m.get(&(addr_hash(&w) & (scanwatch_common::FIRST_CONTACT_SLOTS - 1)), 0).expect("slot")
+    }
+
+    /// Give `ip` per-source state without touching the counters a test looks at: two ICMP
+    /// echo requests (its first is held in the first-contact table, the second admits it).
+    fn admit(&mut self, ip: IpAddr) {
+        let echo = PacketSpec { l4: L4::Echo, ..PacketSpec::tcp(ip, v4("10.250.0.1"), 0, 0, 0) }.build();
+        self.run_all([echo.clone(), echo]);
+        assert!(self.source(ip).is_some(), "{ip} admitted");
+    }
 }
 
 /// A port with no listener in this namespace (bind, note the port, close).
@@ -108,17 +125,79 @@ fn syn_creates_source_and_counts_closed_vs_open() {
     let open = listener.local_addr().expect("addr").port();
     let closed = closed_port();
     let src = v4("127.0.0.9");
+    // The first SYN is held in the first-contact table; the second admits the source and the
+    // first is replayed (counted as a SYN with unknown outcome: its socket lookup was skipped).
+    p.run_all([PacketSpec::nmap_syn(src, v4("127.0.0.1"), 7).build()]);
+    assert!(p.source(src).is_none(), "one packet creates no per-source state");
     p.run_all([
         PacketSpec::nmap_syn(src, v4("127.0.0.1"), open).build(),
         PacketSpec::nmap_syn(src, v4("127.0.0.1"), closed).build(),
     ]);
     let s = p.source(src).expect("source entry created");
-    assert_eq!(s.counts[cnt::SYN], 2);
+    assert_eq!(s.counts[cnt::SYN], 3);
     assert_eq!(s.counts[cnt::SYN_OPEN], 1, "listener found via socket lookup");
     assert_eq!(s.counts[cnt::SYN_CLOSED], 1);
     assert_eq!(s.counts[cnt::FAILED], 1);
+    assert_eq!(&s.sample_ports[..3], &[7, open, closed], "the held probe's port is replayed first");
     assert!(s.first_seen_ns > 0 && s.last_seen_ns >= s.first_seen_ns);
-    assert_eq!(p.stats()[stat::SYN as usize], 2);
+    let st = p.stats();
+    assert_eq!(st[stat::SYN as usize], 3);
+    assert_eq!(st[stat::FIRST_CONTACT as usize], 1);
+    assert_eq!(st[stat::NEW_SOURCES as usize], 1);
+}
+
+#[test]
+fn first_contact_tier_holds_one_packet_sources_and_replays_on_admission() {
+    let mut p = Prog::new();
+    let d = v4("10.10.0.2");
+    let x = v4("10.10.0.1");
+    let port = closed_port();
+    // A NULL probe from a new source: held, not counted per source.
+    p.run_all([PacketSpec::tcp(x, d, 40000, port, 0).build()]);
+    assert!(p.source(x).is_none());
+    let slot = p.slot(x);
+    let w: [u64; 2] = unsafe { std::mem::transmute(ip_to_key(x).addr) };
+    assert_eq!(slot.addr, w, "slot holds the source");
+    assert_eq!((slot.probe.dport, slot.probe.nb, slot.probe.bumps[0]), (port, 1, cnt::NULL as u8));
+    // Its second packet (a SYN to another closed port) admits it; the NULL probe is replayed.
+    let port2 = closed_port();
+    p.run_all([PacketSpec::nmap_syn(x, d, port2).build()]);
+    let s = p.source(x).expect("admitted on second packet");
+    assert_eq!((s.counts[cnt::PACKETS], s.counts[cnt::NULL], s.counts[cnt::SYN]), (2, 1, 1));
+    assert_eq!(s.counts[cnt::SYN_CLOSED], 1);
+    assert_eq!(s.counts[cnt::FAILED], 1, "only the admitted packet was looked up");
+    assert_eq!(s.n_sample, 2);
+    assert_eq!(p.slot(x).addr, [0, 0], "slot released on admission");
+
+    // A random-source flood of one SYN per source never allocates per-source state.
+    let before = p.stats();
+    p.run_all((0..2000u32).map(|i| {
+        PacketSpec::nmap_syn(IpAddr::V4(Ipv4Addr::from(0x6500_0000 + i * 7919)), d, (i % 60000) as u16 + 1).build()
+    }));
+    let st = p.stats();
+    assert_eq!(st[stat::FIRST_CONTACT as usize] - before[stat::FIRST_CONTACT as usize], 2000);
+    assert_eq!(st[stat::NEW_SOURCES as usize], before[stat::NEW_SOURCES as usize], "no inserts");
+    assert_eq!(p.n_sources(), 1);
+    assert_eq!(st[stat::SYN as usize] - before[stat::SYN as usize], 2000, "every SYN still counted globally");
+
+    // A known source is never held again, even after its slot was taken by others.
+    p.run_all([PacketSpec::nmap_syn(x, d, 9).build()]);
+    assert_eq!(p.count(x, cnt::SYN), 2);
+
+    // A honeyport touch from a new source is admitted at once (immediate event).
+    let h = v4("10.10.0.77");
+    p.events();
+    p.run_all([PacketSpec::linux_syn(h, d, 40001, 4444).build()]);
+    assert_eq!(p.count(h, cnt::HONEYPORT), 1);
+    assert!(p.events().iter().any(|e| e.hdr.kind == kind::HONEYPORT && e.src == ip_to_key(h)));
+
+    // With the tier switched off, the first packet creates state (every packet counts).
+    let full = XdpConfig::default_config();
+    loader::write_config(&mut p.ebpf, &XdpConfig { flags: full.flags & !cfgflag::FIRST_CONTACT, ..full })
+        .expect("config");
+    let y = v4("10.10.0.3");
+    p.run_all([PacketSpec::nmap_syn(y, d, 80).build()]);
+    assert_eq!(p.count(y, cnt::SYN), 1);
 }
 
 #[test]
@@ -168,6 +247,7 @@ fn stealth_flag_shapes_are_counted_by_type() {
     let src = v4("10.4.0.1");
     let d = v4("10.4.0.2");
     let port = closed_port();
+    p.admit(src);
     for (flags, c) in [
         (0u8, cnt::NULL),
         (FIN, cnt::FIN),
@@ -195,8 +275,8 @@ fn ipv6_with_extension_headers_and_vlan_tags() {
     let src6 = v6("fd11::1");
     let mut spec = PacketSpec::linux_syn(src6, v6("fd11::2"), 40000, 8080);
     spec.v6_ext = vec![0, 60, 43];
-    p.run_all([spec.build()]);
-    assert_eq!(p.count(src6, cnt::SYN), 1, "SYN behind hop-by-hop, dst-opts and routing headers");
+    p.run_all([spec.build(), spec.build()]);
+    assert_eq!(p.count(src6, cnt::SYN), 2, "SYNs behind hop-by-hop, dst-opts and routing headers");
     let src = v4("10.5.0.1");
     for tags in [vec![10u16], vec![100, 200]] {
         let mut s = PacketSpec::nmap_syn(src, v4("10.5.0.2"), 81);
@@ -204,7 +284,7 @@ fn ipv6_with_extension_headers_and_vlan_tags() {
         p.run_all([s.build()]);
     }
     assert_eq!(p.count(src, cnt::SYN), 2, "802.1Q and QinQ tagged SYNs");
-    assert_eq!(p.stats()[stat::IPV6 as usize], 1);
+    assert_eq!(p.stats()[stat::IPV6 as usize], 2);
 }
 
 #[test]
@@ -269,8 +349,8 @@ fn fingerprints_and_tool_hints() {
     }
     let linux = PacketSpec::linux_syn(v4("10.7.0.6"), d, 40000, 80);
     p.run_all([z.build(), m.build(), h.build(), linux.build()]);
-    // A source's first SYN only sets the tool hint; its fingerprint is registered from the
-    // second SYN on (a spoofed flood source never sends one).
+    // A source's first SYN is held in the first-contact table; its fingerprint is taken and
+    // registered from the second SYN on (a spoofed flood source never sends one).
     assert!(p.events().iter().all(|e| e.hdr.kind != kind::NEW_FINGERPRINT));
     p.run_all([PacketSpec::nmap_syn(v4("10.7.0.1"), d, 22).build(), z.build(), m.build(), h.build(), linux.build()]);
     for (ip, hint) in [
@@ -361,16 +441,18 @@ fn malformed_packets_pass_and_are_counted_by_reason() {
 
 #[test]
 fn lru_bounds_state_under_random_source_flood() {
+    // Two SYNs per source get past the first-contact tier: the LRU itself must bound state.
     let mut p = Prog::with(LoadOptions { max_sources: 64, ..LoadOptions::default() });
-    p.run_all((0..1000u32).map(|i| {
-        PacketSpec::nmap_syn(IpAddr::V4(Ipv4Addr::from(0x6400_0000 + i)), v4("10.9.0.1"), 80).build()
+    p.run_all((0..1000u32).flat_map(|i| {
+        let pkt = PacketSpec::nmap_syn(IpAddr::V4(Ipv4Addr::from(0x6400_0000 + i)), v4("10.9.0.1"), 80).build();
+        [pkt.clone(), pkt]
     }));
     let live = p.n_sources();
     assert!(live <= 64, "LRU keeps at most max_entries ({live})");
     let st = p.stats();
     assert_eq!(st[stat::NEW_SOURCES as usize], 1000);
     assert!(st[stat::NEW_SOURCES as usize] - live as u64 >= 936, "evictions are derivable from counters");
-    assert_eq!(st[stat::SYN as usize], 1000, "the program kept working through the flood");
+    assert_eq!(st[stat::SYN as usize], 2000, "the program kept working through the flood");
 }
 
 #[test]
