@@ -1,6 +1,7 @@
 //! Bounds-checked packet access. Every read goes through `load` / `ptr_at`, which check the
 //! access against `data_end` so the verifier accepts it and a truncated packet yields `Err`.
 use aya_ebpf::programs::XdpContext;
+use scanwatch_common::SrcKey;
 
 /// Largest offset we ever read at (Ethernet + 2 VLAN tags + IPv6 + 6 extension headers + TCP
 /// with options). Clamping offsets to this keeps the verifier's range tracking finite.
@@ -44,21 +45,71 @@ pub fn be32_at(ctx: &XdpContext, off: usize) -> Result<u32, ()> {
     Ok(u32::from_be_bytes(b))
 }
 
-/// 16 raw bytes at `off` (an IPv6 address).
-#[inline(always)]
-pub fn addr16_at(ctx: &XdpContext, off: usize) -> Result<[u8; 16], ()> {
-    let p = ptr_at::<[u8; 16]>(ctx, off)?;
-    // SAFETY: bounds checked above.
-    Ok(unsafe { *p })
+/// A 16-byte address (IPv6, or IPv4 mapped into `::ffff:a.b.c.d`) held as two native-endian
+/// words: built, compared and hashed with word operations (byte arrays cost the BPF target
+/// byte-at-a-time memset/memcpy loops).
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub struct A16 {
+    pub w: [u64; 2],
 }
 
-/// IPv4 address (4 bytes at `off`) mapped into IPv6 `::ffff:a.b.c.d`.
+impl A16 {
+    /// `::ffff:a.b.c.d` from the address as read from the packet (network byte order in memory).
+    #[inline(always)]
+    pub fn v4(ne: u32) -> Self {
+        // Bytes 8..16 of the address are 00 00 ff ff a b c d (little-endian target).
+        A16 { w: [0, 0xffff_0000 | ((ne as u64) << 32)] }
+    }
+
+    /// The IPv4 address in network byte order as stored in memory (valid for mapped addresses).
+    #[inline(always)]
+    pub fn v4_ne(&self) -> u32 {
+        (self.w[1] >> 32) as u32
+    }
+
+    #[inline(always)]
+    pub fn bytes(&self) -> [u8; 16] {
+        // SAFETY: same size, any bit pattern is valid.
+        unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(self.w) }
+    }
+
+    /// The address as a map key, without copying.
+    #[inline(always)]
+    pub fn key(&self) -> &SrcKey {
+        // SAFETY: SrcKey is a repr(C) [u8; 16] (alignment 1); A16 is 16 bytes.
+        unsafe { &*(self as *const A16 as *const SrcKey) }
+    }
+}
+
+/// Native-endian u16 at an even offset (the packet start is at least 2-byte aligned).
 #[inline(always)]
-pub fn v4_mapped_at(ctx: &XdpContext, off: usize) -> Result<[u8; 16], ()> {
-    let p = ptr_at::<[u8; 4]>(ctx, off)?;
-    // SAFETY: bounds checked above.
-    let b = unsafe { *p };
-    Ok(v4_mapped(b))
+fn ne16(p: usize) -> u64 {
+    // SAFETY: callers checked the bounds.
+    unsafe { *(p as *const u16) as u64 }
+}
+
+/// IPv6 address (16 bytes at `off`, an even offset), copied as eight 16-bit words.
+#[inline(always)]
+pub fn addr16_at(ctx: &XdpContext, off: usize) -> Result<A16, ()> {
+    let src = ptr_at::<[u16; 8]>(ctx, off)? as *const u16;
+    let mut a = A16 { w: [0; 2] };
+    let dst = &mut a as *mut A16 as *mut u16;
+    let mut i = 0;
+    while i < 8 {
+        // SAFETY: bounds checked above; volatile keeps this eight load/store pairs instead of a
+        // memcpy call.
+        unsafe { *dst.add(i) = core::ptr::read_volatile(src.add(i)) };
+        i += 1;
+    }
+    Ok(a)
+}
+
+/// IPv4 address (4 bytes at `off`, an even offset) mapped into IPv6 `::ffff:a.b.c.d`.
+#[inline(always)]
+pub fn v4_mapped_at(ctx: &XdpContext, off: usize) -> Result<A16, ()> {
+    let p = ptr_at::<[u8; 4]>(ctx, off)? as usize;
+    Ok(A16::v4((ne16(p) | ne16(p + 2) << 16) as u32))
 }
 
 #[inline(always)]

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use scanwatch_common::{
     addr_hash, cfgflag, cnt, hll_slot, initial_ttl, port_hll_slot, probe, kind, mix32, stat, thr, tool, EventHeader,
-    Fingerprint, FpKey, InboundEvent, Probe, SrcKey, SrcState, XdpConfig, FIRST_CONTACT_SLOTS, FP_PER_SOURCE,
+    Fingerprint, FpKey, InboundEvent, Probe, SrcState, XdpConfig, FIRST_CONTACT_SLOTS, FP_PER_SOURCE,
     KNOWN_WORDS, SAMPLE_PORTS, WIN_HOST_BITS, WIN_PORT_BITS,
 };
 
@@ -22,7 +22,7 @@ use crate::{
         Obs, BLOCKLIST, CONFIG, EVENTS, FINGERPRINTS, FIRST_CONTACT, HONEYPORTS, KNOWN_SOURCES, SCRATCH, SOURCES,
         STATS, ZERO_SRC,
     },
-    parse::{addr16_at, be16_at, be32_at, csum_fold, load_bytes, u8_at, v4_mapped, v4_mapped_at},
+    parse::{addr16_at, be16_at, be32_at, csum_fold, load_bytes, u8_at, v4_mapped_at, A16},
 };
 
 /// Load-time setting (the loader rewrites it): drop packets from BLOCKLIST sources.
@@ -45,13 +45,27 @@ type Stats = [u64; stat::N as usize];
 
 #[xdp]
 pub fn scanwatch_xdp(ctx: XdpContext) -> u32 {
+    run(&ctx)
+}
+
+/// Benchmark entry (loaded only by `scanwatch bench`): the same program, with the packet's IPv4
+/// source address and TCP destination port advanced before each run. BPF_PROG_TEST_RUN reuses
+/// one packet buffer across its repeat loop, so every repetition is a SYN from a new source.
+#[xdp]
+pub fn scanwatch_xdp_rotating(ctx: XdpContext) -> u32 {
+    crate::rotate_source(&ctx);
+    run(&ctx)
+}
+
+#[inline(always)]
+fn run(ctx: &XdpContext) -> u32 {
     let Some(stats) = STATS.get_ptr_mut(0) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: per-CPU value, only this CPU touches it while the program runs.
     let stats = unsafe { &mut *stats };
     stats[stat::PACKETS as usize] += 1;
-    match try_xdp(&ctx, stats) {
+    match try_xdp(ctx, stats) {
         Ok(action) => action,
         Err(reason) => {
             if (reason as usize) < stats.len() {
@@ -59,19 +73,6 @@ pub fn scanwatch_xdp(ctx: XdpContext) -> u32 {
             }
             xdp_action::XDP_PASS
         }
-    }
-}
-
-/// A 16-byte address, 8-byte aligned so it can be read as two words.
-#[repr(C, align(8))]
-#[derive(Clone, Copy)]
-struct A16([u8; 16]);
-
-impl A16 {
-    #[inline(always)]
-    fn words(&self) -> [u64; 2] {
-        // SAFETY: same size; any bit pattern is a valid [u64; 2].
-        unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(self.0) }
     }
 }
 
@@ -135,9 +136,8 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     };
 
     if enforce {
-        let key = SrcKey { addr: l3.src.0 };
         // SAFETY: value is read only to test presence.
-        if unsafe { BLOCKLIST.get(&key) }.is_some() {
+        if unsafe { BLOCKLIST.get(l3.src.key()) }.is_some() {
             stats[stat::BLOCKED as usize] += 1;
             return Ok(xdp_action::XDP_DROP);
         }
@@ -206,7 +206,7 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     }
     if r & R_NEW_FP != 0 {
         let now = now_ns();
-        let key = FpKey { src: SrcKey { addr: l3.src.0 }, hash: obs.fp.hash };
+        let key = FpKey { src: *l3.src.key(), hash: obs.fp.hash };
         sc.fpv.fp = sc.obs.fp;
         sc.fpv.count = 1;
         sc.fpv.first_seen_ns = now;
@@ -223,35 +223,44 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     Ok(xdp_action::XDP_PASS)
 }
 
-/// Established-flow data (ACK without SYN/RST/FIN, with payload) over IPv4 or IPv6 without
-/// extension headers: recognised from a handful of fixed-offset reads, before any address is
-/// copied, so ordinary traffic costs close to nothing. Anything unusual returns false and takes
-/// the full (validating) path.
+/// Established-flow data (ACK without SYN/RST/FIN, with payload) over IPv4 without options or
+/// IPv6 without extension headers: recognised from a few fixed-offset byte reads behind a single
+/// bounds check, before any address is copied, so ordinary traffic costs close to nothing.
+/// Anything unusual returns false and takes the full (validating) path.
 #[inline(always)]
 fn fast_established(ctx: &XdpContext, off: usize, ethertype: u16) -> bool {
-    let (l4, l4_len) = if ethertype == ETH_P_IP {
-        let Ok(w0) = be32_at(ctx, off) else { return false };
-        let Ok(w2) = be32_at(ctx, off + 8) else { return false };
-        let Ok(fo) = be16_at(ctx, off + 6) else { return false };
-        let vihl = (w0 >> 24) as u8;
-        let ihl = ((vihl & 0x0f) as usize) * 4;
-        let tot = (w0 & 0xffff) as usize;
-        if vihl >> 4 != 4 || ihl < 20 || tot < ihl || fo & 0x3fff != 0 || ((w2 >> 16) & 0xff) as u8 != IPPROTO_TCP {
+    let (ip, end) = (ctx.data() + off, ctx.data_end());
+    let b = |p: usize| -> usize {
+        // SAFETY: callers only pass addresses below the bounds checked just before.
+        unsafe { *(p as *const u8) as usize }
+    };
+    let (tcp, l4_len) = if ethertype == ETH_P_IP {
+        // IPv4 header without options + the first 14 bytes of the TCP header.
+        if off > 22 || ip + 34 > end {
             return false;
         }
-        (off + ihl, tot - ihl)
+        // Version 4, IHL 5; no fragment bits (MF or offset); protocol TCP.
+        if b(ip) != 0x45 || b(ip + 6) & 0x3f != 0 || b(ip + 7) != 0 || b(ip + 9) != IPPROTO_TCP as usize {
+            return false;
+        }
+        let tot = (b(ip + 2) << 8) | b(ip + 3);
+        if tot < 20 {
+            return false;
+        }
+        (ip + 20, tot - 20)
     } else if ethertype == ETH_P_IPV6 {
-        let Ok(w1) = be32_at(ctx, off + 4) else { return false };
-        if ((w1 >> 8) & 0xff) as u8 != IPPROTO_TCP {
+        if off > 22 || ip + 54 > end {
             return false;
         }
-        (off + 40, (w1 >> 16) as usize)
+        if b(ip + 6) != IPPROTO_TCP as usize {
+            return false;
+        }
+        (ip + 40, (b(ip + 4) << 8) | b(ip + 5))
     } else {
         return false;
     };
-    let Ok(df) = be16_at(ctx, l4 + 12) else { return false };
-    let doff = ((df >> 12) as usize) * 4;
-    let f = (df as u8) & 0x3f;
+    let doff = (b(tcp + 12) >> 4) * 4;
+    let f = (b(tcp + 13) as u8) & 0x3f;
     doff >= 20 && l4_len > doff && f & (SYN | RST | FIN) == 0 && f & ACK != 0
 }
 
@@ -274,8 +283,8 @@ fn parse_arp_request(ctx: &XdpContext, off: usize) -> Result<Option<L3>, u32> {
         return Ok(None);
     }
     Ok(Some(L3 {
-        src: A16(v4_mapped(spa.to_be_bytes())),
-        dst: A16(v4_mapped(tpa.to_be_bytes())),
+        src: A16::v4(spa.to_be()),
+        dst: A16::v4(tpa.to_be()),
         l4: 0,
         l4_len: 0,
         proto: PROTO_ARP,
@@ -307,8 +316,8 @@ fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
     let frag_off = be16_at(ctx, off + 6).map_err(|_| stat::MAL_IPV4)?;
     let ttl = u8_at(ctx, off + 8).map_err(|_| stat::MAL_IPV4)?;
     let proto = u8_at(ctx, off + 9).map_err(|_| stat::MAL_IPV4)?;
-    let src = A16(v4_mapped_at(ctx, off + 12).map_err(|_| stat::MAL_IPV4)?);
-    let dst = A16(v4_mapped_at(ctx, off + 16).map_err(|_| stat::MAL_IPV4)?);
+    let src = v4_mapped_at(ctx, off + 12).map_err(|_| stat::MAL_IPV4)?;
+    let dst = v4_mapped_at(ctx, off + 16).map_err(|_| stat::MAL_IPV4)?;
     let frag = if frag_off & 0x1fff != 0 {
         2
     } else if frag_off & 0x2000 != 0 {
@@ -339,8 +348,8 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
     let payload_len = be16_at(ctx, off + 4).map_err(|_| stat::MAL_IPV6)? as usize;
     let mut next = u8_at(ctx, off + 6).map_err(|_| stat::MAL_IPV6)?;
     let hop = u8_at(ctx, off + 7).map_err(|_| stat::MAL_IPV6)?;
-    let src = A16(addr16_at(ctx, off + 8).map_err(|_| stat::MAL_IPV6)?);
-    let dst = A16(addr16_at(ctx, off + 24).map_err(|_| stat::MAL_IPV6)?);
+    let src = addr16_at(ctx, off + 8).map_err(|_| stat::MAL_IPV6)?;
+    let dst = addr16_at(ctx, off + 24).map_err(|_| stat::MAL_IPV6)?;
     let mut l4 = off + 40;
     let mut ext_len = 0usize;
     let mut frag = 0u8;
@@ -438,7 +447,7 @@ const DEFER_FP: u8 = 2;
 
 /// Fingerprint (and checksum) every SYN of a source's first `FP_EVERY_FIRST`, then one in
 /// `FP_EVERY`: a scanner's stack does not change between probes, and a second tool or decoy is
-/// still seen within a few dozen SYNs.
+/// still seen within a few dozen SYNs. Once a source sent a bad checksum, every SYN is checked.
 const FP_EVERY_FIRST: u32 = 8;
 const FP_EVERY: u32 = 16;
 
@@ -446,13 +455,25 @@ impl Obs {
     /// Reset for a new packet (the fingerprint is reset only when a SYN fills it).
     #[inline(always)]
     fn reset(&mut self, proto: u8) {
-        self.cur = Probe { proto, ..Probe::default() };
-        self.has_prior = 0;
-        self.held = 0;
-        self.honey = 0;
-        self.has_fp = 0;
-        self.deferred = 0;
-        self.flags = 0;
+        // Field by field: a struct literal becomes a byte-loop memset on this target. `bumps`
+        // needs no clearing (`nb` says how many are valid).
+        // (Volatile, so LLVM does not merge them into a byte-loop memset.)
+        self.cur.dst_fold = 0;
+        self.cur.sport = 0;
+        self.cur.dport = 0;
+        let w = |p: &mut u8, v: u8| {
+            // SAFETY: plain store to a valid field.
+            unsafe { core::ptr::write_volatile(p, v) }
+        };
+        w(&mut self.cur.nb, 0);
+        w(&mut self.cur.kind, probe::NONE);
+        w(&mut self.cur.proto, proto);
+        w(&mut self.has_prior, 0);
+        w(&mut self.held, 0);
+        w(&mut self.honey, 0);
+        w(&mut self.has_fp, 0);
+        w(&mut self.deferred, 0);
+        w(&mut self.flags, 0);
     }
 
     #[inline(always)]
@@ -462,6 +483,31 @@ impl Obs {
             self.cur.bumps[n] = c as u8;
             self.cur.nb += 1;
         }
+    }
+}
+
+/// Zero `len` bytes (a multiple of 4, 4-byte aligned) with 32-bit volatile stores.
+#[inline(always)]
+fn zero_words(p: *mut u8, len: usize) {
+    let p = p as *mut u32;
+    let mut i = 0;
+    while i < len / 4 {
+        // SAFETY: callers pass 4-byte aligned buffers of `len` bytes.
+        unsafe { core::ptr::write_volatile(p.add(i), 0) };
+        i += 1;
+    }
+}
+
+/// Copy a probe with five 32-bit loads and stores (a struct assignment becomes a byte-loop
+/// memmove call on this target).
+#[inline(always)]
+fn copy_probe(dst: &mut Probe, src: &Probe) {
+    let (d, s) = (dst as *mut Probe as *mut u32, src as *const Probe as *const u32);
+    let mut i = 0;
+    while i < core::mem::size_of::<Probe>() / 4 {
+        // SAFETY: Probe is repr(C), 4-byte aligned, 20 bytes of plain integers.
+        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+        i += 1;
     }
 }
 
@@ -481,8 +527,8 @@ fn mark_known(h: u32) {
 /// first packet is held and `obs.held` set. Honeyport touches are admitted at once.
 #[inline(always)]
 fn acquire(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs) -> *mut SrcState {
-    let key = SrcKey { addr: l3.src.0 };
-    let w = l3.src.words();
+    let key = l3.src.key();
+    let w = l3.src.w;
     let h = addr_hash(&w);
     if cfg.flags & cfgflag::FIRST_CONTACT != 0 && obs.honey == 0 {
         let i = h >> 12;
@@ -491,7 +537,7 @@ fn acquire(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs) -> *mut S
             None => true,
         };
         if maybe_known {
-            if let Some(p) = SOURCES.get_ptr_mut(&key) {
+            if let Some(p) = SOURCES.get_ptr_mut(key) {
                 return p;
             }
         }
@@ -500,29 +546,29 @@ fn acquire(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs) -> *mut S
             // which costs one held probe.
             let slot = unsafe { &mut *slot };
             if slot.addr[0] == w[0] && slot.addr[1] == w[1] {
-                obs.prior = slot.probe;
+                copy_probe(&mut obs.prior, &slot.probe);
                 obs.has_prior = 1;
                 slot.addr = [0, 0];
             } else {
-                obs.cur.dst_fold = addr_hash(&l3.dst.words());
+                obs.cur.dst_fold = addr_hash(&l3.dst.w);
                 slot.addr = w;
-                slot.probe = obs.cur;
+                copy_probe(&mut slot.probe, &obs.cur);
                 obs.held = 1;
                 return core::ptr::null_mut();
             }
         }
-    } else if let Some(p) = SOURCES.get_ptr_mut(&key) {
+    } else if let Some(p) = SOURCES.get_ptr_mut(key) {
         return p;
     }
     let Some(zero) = ZERO_SRC.get_ptr(0) else { return core::ptr::null_mut() };
     // SAFETY: the per-CPU zero value is never written.
     let zero = unsafe { &*zero };
     // BPF_NOEXIST: another CPU may have inserted it meanwhile; then just use it.
-    if SOURCES.insert(&key, zero, 1).is_ok() {
+    if SOURCES.insert(key, zero, 1).is_ok() {
         stats[stat::NEW_SOURCES as usize] += 1;
     }
     mark_known(h);
-    match SOURCES.get_ptr_mut(&key) {
+    match SOURCES.get_ptr_mut(key) {
         Some(p) => p,
         None => {
             stats[stat::SOURCE_INSERT_FAILED as usize] += 1;
@@ -542,13 +588,15 @@ fn update_source(ctx: &XdpContext, stats: &mut Stats, cfg: &XdpConfig, l3: &L3, 
     // SAFETY: LRU value pointer valid for this program run; races between CPUs only skew counts.
     let s = unsafe { &mut *ptr };
     if obs.deferred != 0 {
+        // Sampled, except for a source already caught sending bad checksums: every SYN of it
+        // is checked, so the evasive share of its probes stays exact.
         let n = s.counts[cnt::SYN];
-        if n >= FP_EVERY_FIRST && n % FP_EVERY != 0 {
+        if n >= FP_EVERY_FIRST && n % FP_EVERY != 0 && s.counts[cnt::BADSUM] == 0 {
             obs.deferred &= !DEFER_FP;
         }
         deferred_tcp(ctx, stats, l3, cfg, obs);
     }
-    obs.cur.dst_fold = addr_hash(&l3.dst.words());
+    obs.cur.dst_fold = addr_hash(&l3.dst.w);
     let now = coarse_ns();
     if s.first_seen_ns == 0 {
         s.first_seen_ns = now;
@@ -699,8 +747,9 @@ fn emit(stats: &mut Stats, k: u32, l3: &L3, a: &Ev, fp: Option<&Fingerprint>) {
             // SAFETY: `ev` points at a reserved, writable InboundEvent-sized record.
             unsafe {
                 (*ev).hdr = EventHeader { kind: k, _pad: 0, ts_ns: now_ns() };
-                (*ev).src = SrcKey { addr: l3.src.0 };
-                (*ev).dst = SrcKey { addr: l3.dst.0 };
+                // Both at 8-byte aligned offsets of an 8-byte aligned record.
+                *(&raw mut (*ev).src as *mut [u64; 2]) = l3.src.w;
+                *(&raw mut (*ev).dst as *mut [u64; 2]) = l3.dst.w;
                 (*ev).sport = a.sport;
                 (*ev).dport = a.dport;
                 (*ev).proto = l3.proto;
@@ -733,21 +782,24 @@ fn is_honeyport(proto: u8, port: u16) -> bool {
 /// Build the lookup tuple (as seen on ingress) and ask the kernel's socket table.
 #[inline(never)]
 fn socket_exists(ctx: &XdpContext, l3: &L3, sport: u16, dport: u16, tcp: bool) -> bool {
-    // SAFETY: zeroed POD tuple.
-    let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // Not zeroed: the helper reads only the first `size` bytes, all written below (zeroing the
+    // 36-byte tuple costs a byte-loop memset on this target).
+    let mut tu = core::mem::MaybeUninit::<bpf_sock_tuple>::uninit();
+    // SAFETY: only fields are written through this reference before the helper reads them.
+    let t = unsafe { &mut *tu.as_mut_ptr() };
     let size;
     if l3.v6 == 0 {
         // Writing a union member is safe.
-        t.__bindgen_anon_1.ipv4.saddr = (l3.src.words()[1] >> 32) as u32;
-        t.__bindgen_anon_1.ipv4.daddr = (l3.dst.words()[1] >> 32) as u32;
+        t.__bindgen_anon_1.ipv4.saddr = l3.src.v4_ne();
+        t.__bindgen_anon_1.ipv4.daddr = l3.dst.v4_ne();
         t.__bindgen_anon_1.ipv4.sport = sport.to_be();
         t.__bindgen_anon_1.ipv4.dport = dport.to_be();
         size = 12u32;
     } else {
         // SAFETY: [u8;16] and [u32;4] have equal size.
         unsafe {
-            t.__bindgen_anon_1.ipv6.saddr = core::mem::transmute::<[u8; 16], [u32; 4]>(l3.src.0);
-            t.__bindgen_anon_1.ipv6.daddr = core::mem::transmute::<[u8; 16], [u32; 4]>(l3.dst.0);
+            t.__bindgen_anon_1.ipv6.saddr = core::mem::transmute::<[u64; 2], [u32; 4]>(l3.src.w);
+            t.__bindgen_anon_1.ipv6.daddr = core::mem::transmute::<[u64; 2], [u32; 4]>(l3.dst.w);
         }
         t.__bindgen_anon_1.ipv6.sport = sport.to_be();
         t.__bindgen_anon_1.ipv6.dport = dport.to_be();
@@ -757,9 +809,9 @@ fn socket_exists(ctx: &XdpContext, l3: &L3, sport: u16, dport: u16, tcp: bool) -
     // SAFETY: helper calls with a valid context and stack tuple; every non-null socket released.
     unsafe {
         let sk = if tcp {
-            bpf_skc_lookup_tcp(ctx.as_ptr(), &mut t, size, netns, 0)
+            bpf_skc_lookup_tcp(ctx.as_ptr(), t, size, netns, 0)
         } else {
-            bpf_sk_lookup_udp(ctx.as_ptr(), &mut t, size, netns, 0)
+            bpf_sk_lookup_udp(ctx.as_ptr(), t, size, netns, 0)
         };
         if sk.is_null() {
             false
@@ -913,13 +965,14 @@ fn deferred_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &XdpConfig, o
 #[inline(always)]
 fn fingerprint(ctx: &XdpContext, stats: &mut Stats, l3: &L3, t: usize, doff: usize, fp: &mut Fingerprint) -> Result<(), ()> {
     let olen = doff - 20;
-    fp.raw_opts = [0; 40];
+    // Word stores (volatile, so they are not merged back into a byte-loop memset).
+    zero_words(fp.raw_opts.as_mut_ptr(), 40);
+    zero_words(fp.opts.as_mut_ptr(), scanwatch_common::FP_MAX_OPTS);
     fp.mss = 0;
     fp.wscale = 0;
     fp.n_opts = 0;
     fp.sack_ok = 0;
     fp.timestamps = 0;
-    fp.opts = [0; scanwatch_common::FP_MAX_OPTS];
     if olen > 40 || (olen > 0 && load_bytes(ctx, t + 20, &mut fp.raw_opts, olen).is_err()) {
         stats[stat::MAL_TCP_OPTS as usize] += 1;
         return Err(());
@@ -956,8 +1009,7 @@ fn finish_fingerprint(l3: &L3, seq_dport: u64, fp: &mut Fingerprint) {
     h = mix32(h ^ w0);
     h = mix32(h ^ w1 ^ ((payload != 0) as u32));
     fp.hash = h;
-    let d = &l3.dst.0;
-    let dst4 = u32::from_be_bytes([d[12], d[13], d[14], d[15]]);
+    let dst4 = u32::from_be(l3.dst.v4_ne());
     fp.tool_hint = if l3.ip_id == 54321 && l3.v6 == 0 {
         tool::ZMAP
     } else if l3.v6 == 0
@@ -988,12 +1040,13 @@ fn tcp_csum_bad(ctx: &XdpContext, l3: &L3, t: usize, fp: &Fingerprint) -> bool {
     if len != 20 + olen {
         return false;
     }
+    let (src, dst) = (l3.src.bytes(), l3.dst.bytes());
     let mut pseudo: u64 = 0;
     let mut k = 0;
     while k < 16 {
         if l3.v6 != 0 || k >= 12 {
-            pseudo += u16::from_be_bytes([l3.src.0[k], l3.src.0[k + 1]]) as u64;
-            pseudo += u16::from_be_bytes([l3.dst.0[k], l3.dst.0[k + 1]]) as u64;
+            pseudo += u16::from_be_bytes([src[k], src[k + 1]]) as u64;
+            pseudo += u16::from_be_bytes([dst[k], dst[k + 1]]) as u64;
         }
         k += 2;
     }

@@ -111,6 +111,9 @@ pub fn load_options(cfg: &Config, enforce_blocklist: bool) -> LoadOptions {
     if x.verify_checksums {
         flags |= scanwatch_common::cfgflag::VERIFY_CSUM;
     }
+    if x.first_contact {
+        flags |= scanwatch_common::cfgflag::FIRST_CONTACT;
+    }
     LoadOptions {
         max_sources: x.max_sources,
         max_fingerprints: x.max_fingerprints,

@@ -111,6 +111,9 @@ pub struct XdpSettings {
     pub ringbuf_bytes: u32,
     pub lookup_sockets: bool,
     pub verify_checksums: bool,
+    /// Hold a source's first scan-shaped packet in the first-contact table (no per-source state
+    /// for one-packet sources: spoofed floods stay cheap).
+    pub first_contact: bool,
     /// Drop packets from sources in the kernel block list (opt-in).
     pub enforce_blocklist: bool,
 }
@@ -463,6 +466,7 @@ struct RawXdp {
     ringbuf_bytes: Option<u32>,
     lookup_sockets: Option<bool>,
     verify_checksums: Option<bool>,
+    first_contact: Option<bool>,
     enforce_blocklist: Option<bool>,
 }
 
@@ -642,7 +646,7 @@ impl RawConfig {
         sub(&mut self.xdp, o.xdp, |s, o| {
             overlay_fields!(s, o; short_window, port_threshold, host_threshold, max_sources,
                 max_fingerprints, max_procs, ringbuf_bytes, lookup_sockets, verify_checksums,
-                enforce_blocklist)
+                first_contact, enforce_blocklist)
         });
         sub(&mut self.honeyports, o.honeyports, |s, o| overlay_fields!(s, o; tcp, udp));
         sub(&mut self.detect, o.detect, |s, o| {
@@ -755,6 +759,7 @@ impl RawConfig {
             ringbuf_bytes,
             lookup_sockets: req(xdp.lookup_sockets, "xdp.lookup_sockets")?,
             verify_checksums: req(xdp.verify_checksums, "xdp.verify_checksums")?,
+            first_contact: req(xdp.first_contact, "xdp.first_contact")?,
             enforce_blocklist: xdp.enforce_blocklist.unwrap_or(false),
         };
 
