@@ -38,8 +38,8 @@ pub const DEFAULT_MAX_SOURCES: u32 = 16_384;
 pub const DEFAULT_MAX_FINGERPRINTS: u32 = 8_192;
 pub const DEFAULT_MAX_PROCS: u32 = 4_096;
 pub const DEFAULT_RINGBUF_BYTES: u32 = 1 << 20;
-/// First-contact table slots (direct-mapped by source hash; a power of two): 65,536 × 40 B
-/// = 2.5 MiB. A colliding new source overwrites the slot; nothing is evicted or allocated.
+/// First-contact table slots (direct-mapped by source hash; a power of two): 65,536 × 32 B
+/// = 2 MiB. A colliding new source overwrites the slot; nothing is evicted or allocated.
 pub const FIRST_CONTACT_SLOTS: u32 = 1 << 16;
 /// Words of the "may have state" filter (one bit per source hash): 16,384 × 64 = 1 Mi bits.
 pub const KNOWN_WORDS: u32 = 1 << 14;
@@ -165,7 +165,7 @@ const _: () = assert!(size_of::<SrcState>() == 24 + 96 + 16 + 32 + 8 + 16 + 128 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Probe {
-    /// `addr_hash` of the destination address.
+    /// `addr_fold32` of the destination address.
     pub dst_fold: u32,
     pub sport: u16,
     pub dport: u16,
@@ -193,23 +193,40 @@ pub mod probe {
     pub const PROTO_ARP: u8 = 0xfe;
 }
 
-/// One first-contact table slot: the source address (all zero = empty) and its first probe.
+/// One first-contact table slot (32 bytes: never straddles a cache line): the source address
+/// (all zero = empty) and its first probe, with at most `FC_BUMPS` counters (a held probe bumps
+/// at most three: its socket lookup and checksum are deferred, honeyport touches are not held).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FcSlot {
     pub addr: [u64; 2],
-    pub probe: Probe,
-    pub _pad: u32,
+    pub dst_fold: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub bumps: [u8; FC_BUMPS],
+    pub nb: u8,
+    pub kind: u8,
+    pub proto: u8,
+    pub _pad: u8,
 }
-const _: () = assert!(size_of::<FcSlot>() == 40);
+const _: () = assert!(size_of::<FcSlot>() == 32);
+pub const FC_BUMPS: usize = 4;
 
-/// Hash of an address (as two native-endian words): for a source, its first-contact slot (low
-/// 16 bits) and known-source filter bit (bits 12..32); for a destination, the host sketches. IPv4-mapped addresses differ only in the last word, which gets the
-/// full mixing; the other words are folded in first.
+/// 32-bit fold of an address (as two native-endian words), unmixed: a bijection on IPv4-mapped
+/// addresses (only the last word varies). The host sketches mix it themselves.
+#[inline(always)]
+pub const fn addr_fold32(a: &[u64; 2]) -> u32 {
+    ((a[1] >> 32) as u32)
+        ^ (a[1] as u32).rotate_left(16)
+        ^ ((a[0] >> 32) as u32).rotate_left(8)
+        ^ (a[0] as u32).rotate_left(24)
+}
+
+/// Hash of a source address: its first-contact slot (low 16 bits) and known-source filter bit
+/// (bits 12..32).
 #[inline(always)]
 pub const fn addr_hash(a: &[u64; 2]) -> u32 {
-    let hi = a[0] ^ a[1].rotate_left(29);
-    mix32((a[1] >> 32) as u32 ^ mix32((hi as u32) ^ ((hi >> 32) as u32) ^ 0x5bd1_e995))
+    mix32(addr_fold32(a))
 }
 
 /// Threshold event bits.

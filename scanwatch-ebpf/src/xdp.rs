@@ -12,8 +12,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use scanwatch_common::{
-    addr_hash, cfgflag, cnt, hll_slot, initial_ttl, port_hll_slot, probe, kind, mix32, stat, thr, tool, EventHeader,
-    Fingerprint, FpKey, InboundEvent, Probe, SrcState, XdpConfig, FIRST_CONTACT_SLOTS, FP_PER_SOURCE,
+    addr_fold32, addr_hash, cfgflag, cnt, hll_slot, initial_ttl, port_hll_slot, probe, kind, mix32, stat, thr, tool, EventHeader,
+    FcSlot, Fingerprint, FpKey, InboundEvent, Probe, SrcState, XdpConfig, FC_BUMPS, FIRST_CONTACT_SLOTS, FP_PER_SOURCE,
     KNOWN_WORDS, SAMPLE_PORTS, WIN_HOST_BITS, WIN_PORT_BITS,
 };
 
@@ -498,16 +498,40 @@ fn zero_words(p: *mut u8, len: usize) {
     }
 }
 
-/// Copy a probe with five 32-bit loads and stores (a struct assignment becomes a byte-loop
-/// memmove call on this target).
+/// Hold a probe in a first-contact slot. Field by field with word stores (a struct assignment
+/// becomes a byte-loop memmove call on this target); volatile so LLVM does not merge them back.
 #[inline(always)]
-fn copy_probe(dst: &mut Probe, src: &Probe) {
-    let (d, s) = (dst as *mut Probe as *mut u32, src as *const Probe as *const u32);
-    let mut i = 0;
-    while i < core::mem::size_of::<Probe>() / 4 {
-        // SAFETY: Probe is repr(C), 4-byte aligned, 20 bytes of plain integers.
-        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
-        i += 1;
+fn hold_probe(slot: &mut FcSlot, p: &Probe) {
+    // SAFETY: plain stores/loads of valid, aligned fields (bumps at 4-aligned offsets in both).
+    unsafe {
+        core::ptr::write_volatile(&mut slot.dst_fold, p.dst_fold);
+        core::ptr::write_volatile(&mut slot.sport, p.sport);
+        core::ptr::write_volatile(&mut slot.dport, p.dport);
+        core::ptr::write_volatile(
+            slot.bumps.as_mut_ptr() as *mut u32,
+            core::ptr::read_volatile(p.bumps.as_ptr() as *const u32),
+        );
+        core::ptr::write_volatile(&mut slot.nb, if p.nb as usize > FC_BUMPS { FC_BUMPS as u8 } else { p.nb });
+        core::ptr::write_volatile(&mut slot.kind, p.kind);
+        core::ptr::write_volatile(&mut slot.proto, p.proto);
+    }
+}
+
+/// The held probe back out of its slot (the inverse of `hold_probe`).
+#[inline(always)]
+fn replay_probe(p: &mut Probe, slot: &FcSlot) {
+    // SAFETY: as in `hold_probe`.
+    unsafe {
+        core::ptr::write_volatile(&mut p.dst_fold, slot.dst_fold);
+        core::ptr::write_volatile(&mut p.sport, slot.sport);
+        core::ptr::write_volatile(&mut p.dport, slot.dport);
+        core::ptr::write_volatile(
+            p.bumps.as_mut_ptr() as *mut u32,
+            core::ptr::read_volatile(slot.bumps.as_ptr() as *const u32),
+        );
+        core::ptr::write_volatile(&mut p.nb, slot.nb);
+        core::ptr::write_volatile(&mut p.kind, slot.kind);
+        core::ptr::write_volatile(&mut p.proto, slot.proto);
     }
 }
 
@@ -546,13 +570,13 @@ fn acquire(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs) -> *mut S
             // which costs one held probe.
             let slot = unsafe { &mut *slot };
             if slot.addr[0] == w[0] && slot.addr[1] == w[1] {
-                copy_probe(&mut obs.prior, &slot.probe);
+                replay_probe(&mut obs.prior, slot);
                 obs.has_prior = 1;
                 slot.addr = [0, 0];
             } else {
-                obs.cur.dst_fold = addr_hash(&l3.dst.w);
+                obs.cur.dst_fold = addr_fold32(&l3.dst.w);
                 slot.addr = w;
-                copy_probe(&mut slot.probe, &obs.cur);
+                hold_probe(slot, &obs.cur);
                 obs.held = 1;
                 return core::ptr::null_mut();
             }
@@ -596,7 +620,7 @@ fn update_source(ctx: &XdpContext, stats: &mut Stats, cfg: &XdpConfig, l3: &L3, 
         }
         deferred_tcp(ctx, stats, l3, cfg, obs);
     }
-    obs.cur.dst_fold = addr_hash(&l3.dst.w);
+    obs.cur.dst_fold = addr_fold32(&l3.dst.w);
     let now = coarse_ns();
     if s.first_seen_ns == 0 {
         s.first_seen_ns = now;
@@ -680,7 +704,7 @@ fn apply_probe(s: &mut SrcState, p: &Probe) {
         s.win_ports += 1;
     }
     let hfold = p.dst_fold;
-    let hb = (hfold as usize) & (WIN_HOST_BITS - 1);
+    let hb = (mix32(hfold) as usize) & (WIN_HOST_BITS - 1);
     let (w, b) = (hb >> 6, hb & 63);
     if s.win_host_bits[w] & (1u64 << b) == 0 {
         s.win_host_bits[w] |= 1u64 << b;

@@ -158,7 +158,7 @@ fn first_contact_tier_holds_one_packet_sources_and_replays_on_admission() {
     let slot = p.slot(x);
     let w: [u64; 2] = unsafe { std::mem::transmute(ip_to_key(x).addr) };
     assert_eq!(slot.addr, w, "slot holds the source");
-    assert_eq!((slot.probe.dport, slot.probe.nb, slot.probe.bumps[0]), (port, 1, cnt::NULL as u8));
+    assert_eq!((slot.dport, slot.nb, slot.bumps[0]), (port, 1, cnt::NULL as u8));
     // Its second packet (a SYN to another closed port) admits it; the NULL probe is replayed.
     let port2 = closed_port();
     p.run_all([PacketSpec::nmap_syn(x, d, port2).build()]);
