@@ -229,6 +229,13 @@ pub const fn addr_hash(a: &[u64; 2]) -> u32 {
     mix32(addr_fold32(a))
 }
 
+/// Word index and bit mask of a source hash in the known-source filter (`KNOWN_WORDS` words).
+#[inline(always)]
+pub const fn known_bit(h: u32) -> (u32, u64) {
+    let i = h >> 12;
+    ((i >> 6) & (KNOWN_WORDS - 1), 1u64 << (i & 63))
+}
+
 /// Threshold event bits.
 pub mod thr {
     pub const PORTS: u32 = 1;

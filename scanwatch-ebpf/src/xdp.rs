@@ -12,9 +12,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use scanwatch_common::{
-    addr_fold32, addr_hash, cfgflag, cnt, hll_slot, initial_ttl, port_hll_slot, probe, kind, mix32, stat, thr, tool, EventHeader,
+    addr_fold32, addr_hash, cfgflag, known_bit, cnt, hll_slot, initial_ttl, port_hll_slot, probe, kind, mix32, stat, thr, tool, EventHeader,
     FcSlot, Fingerprint, FpKey, InboundEvent, Probe, SrcState, XdpConfig, FC_BUMPS, FIRST_CONTACT_SLOTS, FP_PER_SOURCE,
-    KNOWN_WORDS, SAMPLE_PORTS, WIN_HOST_BITS, WIN_PORT_BITS,
+    SAMPLE_PORTS, WIN_HOST_BITS, WIN_PORT_BITS,
 };
 
 use crate::{
@@ -538,11 +538,11 @@ fn replay_probe(p: &mut Probe, slot: &FcSlot) {
 /// Set the source's bit in the known-source filter.
 #[inline(always)]
 fn mark_known(h: u32) {
-    let i = h >> 12;
-    if let Some(w) = KNOWN_SOURCES.get_ptr_mut((i >> 6) & (KNOWN_WORDS - 1)) {
+    let (word, bit) = known_bit(h);
+    if let Some(w) = KNOWN_SOURCES.get_ptr_mut(word) {
         // SAFETY: array value pointer valid for this run; a racing CPU can only lose a bit,
         // which costs that source one more pass through the first-contact table.
-        unsafe { *w |= 1u64 << (i & 63) };
+        unsafe { *w |= bit };
     }
 }
 
@@ -555,9 +555,9 @@ fn acquire(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs) -> *mut S
     let w = l3.src.w;
     let h = addr_hash(&w);
     if cfg.flags & cfgflag::FIRST_CONTACT != 0 && obs.honey == 0 {
-        let i = h >> 12;
-        let maybe_known = match KNOWN_SOURCES.get((i >> 6) & (KNOWN_WORDS - 1)) {
-            Some(bits) => *bits & (1u64 << (i & 63)) != 0,
+        let (word, bit) = known_bit(h);
+        let maybe_known = match KNOWN_SOURCES.get(word) {
+            Some(bits) => *bits & bit != 0,
             None => true,
         };
         if maybe_known {

@@ -6,10 +6,10 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use scanwatch_common::{
     cnt, kind, outcome, stat, tool, FpKey, FpValue, InboundEvent, ProcEvent, SrcKey, SrcState,
-    XdpConfig, MAP_EVENTS, MAP_FINGERPRINTS, MAP_SOURCES, MAP_STATS,
+    XdpConfig, MAP_EVENTS, MAP_FINGERPRINTS, MAP_KNOWN, MAP_SOURCES, MAP_STATS,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -26,7 +26,8 @@ use crate::{
     sketch::{distinct_ports, hll_estimate},
 };
 
-/// Monotonic clock, the same one `bpf_ktime_get_ns` reads.
+/// Monotonic clock, the same one `bpf_ktime_get_ns` reads. Per-source times in SOURCES come
+/// from `bpf_ktime_get_coarse_ns` (the same clock at tick resolution, up to one tick behind).
 pub fn monotonic() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer to a timespec.
@@ -228,6 +229,9 @@ pub async fn run_with<O: Observer, W: Write>(cfg: &Config, opts: RunOptions, eng
     )?;
     let stats: PerCpuArray<MapData, [u64; stat::N as usize]> =
         PerCpuArray::try_from(ebpf.take_map(MAP_STATS).ok_or_else(|| anyhow::anyhow!("map STATS missing"))?)?;
+    let mut known: Array<MapData, u64> =
+        Array::try_from(ebpf.take_map(MAP_KNOWN).ok_or_else(|| anyhow::anyhow!("map KNOWN_SOURCES missing"))?)?;
+    let mut known_rebuild = tokio::time::interval_at(tokio::time::Instant::now() + KNOWN_REBUILD, KNOWN_REBUILD);
 
     let mut sink = JsonlSink::new(out);
     let mut procs = ProcCache::new();
@@ -260,6 +264,12 @@ pub async fn run_with<O: Observer, W: Write>(cfg: &Config, opts: RunOptions, eng
                 last_sweep_ns = now.as_nanos() as u64;
                 alerts.extend(engine.tick(now));
                 alerts
+            }
+            _ = known_rebuild.tick() => {
+                if let Err(e) = rebuild_known_filter(&sources, &mut known) {
+                    eprintln!("scanwatch: WARNING cannot rebuild the known-source filter: {e:#}");
+                }
+                Vec::new()
             }
             _ = report.tick() => {
                 let totals = read_stats(&stats);
@@ -333,6 +343,35 @@ pub fn snapshot(key: &SrcKey, s: &SrcState, fps: &BpfHashMap<MapData, FpKey, FpV
     }
 }
 
+/// How often the known-source filter is rebuilt from the live SOURCES keys.
+const KNOWN_REBUILD: Duration = Duration::from_secs(600);
+
+/// Rebuild the XDP program's known-source filter from the sources that have state now. Bits of
+/// evicted sources otherwise stay set forever, and a saturated filter makes every new source
+/// pay a SOURCES lookup. A source admitted while this runs may lose its bit: its next packet
+/// then passes the first-contact table once more and finds its state (nothing is lost).
+/// Returns the number of bits set.
+pub fn rebuild_known_filter(
+    sources: &BpfHashMap<MapData, SrcKey, SrcState>,
+    known: &mut Array<MapData, u64>,
+) -> anyhow::Result<u32> {
+    let mut words = vec![0u64; scanwatch_common::KNOWN_WORDS as usize];
+    for key in sources.keys() {
+        let Ok(key) = key else { continue };
+        // SAFETY: [u8; 16] and [u64; 2] have the same size; any bit pattern is valid.
+        let w: [u64; 2] = unsafe { std::mem::transmute(key.addr) };
+        let (word, bit) = scanwatch_common::known_bit(scanwatch_common::addr_hash(&w));
+        words[word as usize] |= bit;
+    }
+    for (i, w) in words.iter().enumerate() {
+        known.set(i as u32, *w, 0)?;
+    }
+    Ok(words.iter().map(|w| w.count_ones()).sum())
+}
+
+/// Bound on how far `bpf_ktime_get_coarse_ns` trails CLOCK_MONOTONIC (one tick is 1–10 ms).
+const COARSE_CLOCK_SLACK_NS: u64 = 20_000_000;
+
 fn sweep_sources<O: Observer>(
     sources: &BpfHashMap<MapData, SrcKey, SrcState>,
     fps: &BpfHashMap<MapData, FpKey, FpValue>,
@@ -343,8 +382,9 @@ fn sweep_sources<O: Observer>(
     let mut alerts = Vec::new();
     for item in sources.iter() {
         let Ok((key, s)) = item else { continue };
-        // Only sources active since the previous sweep carry new information.
-        if s.last_seen_ns < since_ns {
+        // Only sources active since the previous sweep carry new information. The kernel stamps
+        // per-source times with the coarse clock, up to one tick behind this one: allow for it.
+        if s.last_seen_ns < since_ns.saturating_sub(COARSE_CLOCK_SLACK_NS) {
             continue;
         }
         alerts.extend(engine.observe_source(now, &snapshot(&key, &s, fps)));

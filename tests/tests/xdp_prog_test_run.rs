@@ -440,6 +440,38 @@ fn malformed_packets_pass_and_are_counted_by_reason() {
 }
 
 #[test]
+fn known_source_filter_rebuild_drops_evicted_sources() {
+    let mut p = Prog::with(LoadOptions { max_sources: 64, ..LoadOptions::default() });
+    let d = v4("10.11.0.1");
+    let src = |i: u32| IpAddr::V4(Ipv4Addr::from(0x6600_0000 + i * 13));
+    // 500 two-packet sources through a 64-entry SOURCES: each was admitted (bit set), most evicted.
+    p.run_all((0..500u32).flat_map(|i| {
+        let pkt = PacketSpec::nmap_syn(src(i), d, 80).build();
+        [pkt.clone(), pkt]
+    }));
+    let known_bits = |p: &Prog| -> u32 {
+        let m: Array<&MapData, u64> = Array::try_from(p.ebpf.map("KNOWN_SOURCES").expect("map")).expect("array");
+        m.iter().map(|w| w.expect("word").count_ones()).sum()
+    };
+    let before = known_bits(&p);
+    assert!(before > 400, "every admitted source set its bit ({before})");
+    let live = p.n_sources() as u32;
+    let sources: BpfHashMap<MapData, SrcKey, SrcState> =
+        BpfHashMap::try_from(p.ebpf.take_map("SOURCES").expect("SOURCES")).expect("hash");
+    let mut known: Array<MapData, u64> = Array::try_from(p.ebpf.take_map("KNOWN_SOURCES").expect("map")).expect("array");
+    let set = scanwatch::collector::rebuild_known_filter(&sources, &mut known).expect("rebuild");
+    assert!(set <= live && set + 2 >= live, "one bit per live source ({set} bits, {live} live)");
+    let after: u32 = known.iter().map(|w| w.expect("word").count_ones()).sum();
+    assert_eq!(after, set);
+    // A live source keeps being counted on its first packet after the rebuild.
+    let (k, _) = sources.iter().next().expect("a live source").expect("entry");
+    let ip = scanwatch::collector::key_to_ip(&k);
+    let syn_before = sources.get(&k, 0).expect("state").counts[cnt::SYN];
+    p.run_all([PacketSpec::nmap_syn(ip, d, 81).build()]);
+    assert_eq!(sources.get(&k, 0).expect("state").counts[cnt::SYN], syn_before + 1);
+}
+
+#[test]
 fn lru_bounds_state_under_random_source_flood() {
     // Two SYNs per source get past the first-contact tier: the LRU itself must bound state.
     let mut p = Prog::with(LoadOptions { max_sources: 64, ..LoadOptions::default() });
