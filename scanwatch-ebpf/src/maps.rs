@@ -101,8 +101,8 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// First-contact table: a source's first scan-shaped packet is recorded here (direct-mapped by
 /// source hash, a colliding source overwrites the slot) and replayed into SOURCES when a second
-/// one arrives. A random-source flood therefore costs one 40-byte store per packet, never a
-/// 1.1 KiB LRU insert. Fixed 65,536 slots (2.5 MiB).
+/// one arrives. A random-source flood therefore costs one 32-byte store per packet, never a
+/// 1.1 KiB LRU insert. Fixed 32,768 slots (1 MiB).
 #[map]
 pub static FIRST_CONTACT: Array<FcSlot> = Array::with_max_entries(FIRST_CONTACT_SLOTS, 0);
 
