@@ -9,7 +9,7 @@ use std::{
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use scanwatch_common::{
     cnt, kind, outcome, stat, tool, FpKey, FpValue, InboundEvent, ProcEvent, SrcKey, SrcState,
-    XdpConfig, MAP_EVENTS, MAP_FINGERPRINTS, MAP_KNOWN, MAP_SOURCES, MAP_STATS,
+    XdpConfig, MAP_BLOCKLIST, MAP_EVENTS, MAP_FINGERPRINTS, MAP_KNOWN, MAP_SOURCES, MAP_STATS,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -22,6 +22,7 @@ use crate::{
     },
     enrich::ProcCache,
     loader::{self, LoadOptions, XdpModeChoice},
+    response::Responder,
     sinks::jsonl::JsonlSink,
     sketch::{distinct_ports, hll_estimate},
 };
@@ -231,6 +232,19 @@ pub async fn run_with<O: Observer, W: Write>(cfg: &Config, opts: RunOptions, eng
         PerCpuArray::try_from(ebpf.take_map(MAP_STATS).ok_or_else(|| anyhow::anyhow!("map STATS missing"))?)?;
     let mut known: Array<MapData, u64> =
         Array::try_from(ebpf.take_map(MAP_KNOWN).ok_or_else(|| anyhow::anyhow!("map KNOWN_SOURCES missing"))?)?;
+    let mut responder = if lopts.enforce_blocklist {
+        let map: BpfHashMap<MapData, SrcKey, u32> = BpfHashMap::try_from(
+            ebpf.take_map(MAP_BLOCKLIST).ok_or_else(|| anyhow::anyhow!("map BLOCKLIST missing"))?,
+        )?;
+        eprintln!(
+            "scanwatch: active response on: inbound scanners alerted at {} or above are dropped for {:?}",
+            cfg.response.block_min_severity.as_str(),
+            cfg.response.block_ttl
+        );
+        Some(Responder::new(map, cfg.response.clone()))
+    } else {
+        None
+    };
     let mut known_rebuild = tokio::time::interval_at(tokio::time::Instant::now() + KNOWN_REBUILD, KNOWN_REBUILD);
 
     let mut sink = JsonlSink::new(out);
@@ -260,6 +274,9 @@ pub async fn run_with<O: Observer, W: Write>(cfg: &Config, opts: RunOptions, eng
             }
             _ = sweep.tick() => {
                 let now = monotonic();
+                if let Some(r) = responder.as_mut() {
+                    r.expire(now);
+                }
                 let mut alerts = sweep_sources(&sources, &fps, engine, now, last_sweep_ns);
                 last_sweep_ns = now.as_nanos() as u64;
                 alerts.extend(engine.tick(now));
@@ -281,7 +298,10 @@ pub async fn run_with<O: Observer, W: Write>(cfg: &Config, opts: RunOptions, eng
                 Vec::new()
             }
         };
-        for a in alerts {
+        for mut a in alerts {
+            if let Some(r) = responder.as_mut() {
+                r.apply(monotonic(), &mut a);
+            }
             sink.write(&a)?;
         }
     }
@@ -299,6 +319,9 @@ pub async fn run_with<O: Observer, W: Write>(cfg: &Config, opts: RunOptions, eng
         totals[stat::NEW_SOURCES as usize].saturating_sub(live).into(),
     );
     summary.insert("alerts_written".into(), sink.written.into());
+    if let Some(r) = &responder {
+        summary.insert("blocked_sources".into(), r.blocked_count().into());
+    }
     eprintln!("scanwatch: stopped; counters {}", serde_json::Value::Object(summary));
     // Dropping `ebpf` detaches every program and link.
     Ok(())

@@ -69,6 +69,7 @@ pub struct Config {
     pub detect: DetectConfig,
     pub allowlist: AllowlistConfig,
     pub alerts: AlertConfig,
+    pub response: ResponseConfig,
     /// All roles (built-in ones from the defaults plus user additions), by name.
     pub roles: BTreeMap<String, RoleProfile>,
 }
@@ -203,6 +204,17 @@ pub struct AlertConfig {
     pub burst: u32,
     pub summary_interval: Duration,
     pub min_severity: Severity,
+}
+
+/// `[response]`: the opt-in active response (only with `xdp.enforce_blocklist = true`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponseConfig {
+    /// Inbound scanners alerted at this severity or above are dropped in XDP.
+    pub block_min_severity: Severity,
+    /// How long a source stays blocked after its last qualifying alert.
+    pub block_ttl: Duration,
+    /// Most sources blocked at once (the kernel map holds 4,096).
+    pub max_blocked: u32,
 }
 
 /// A host role: how much fan-out is normal for this machine.
@@ -439,7 +451,16 @@ struct RawConfig {
     detect: Option<RawDetect>,
     allowlist: Option<RawAllowlist>,
     alerts: Option<RawAlerts>,
+    response: Option<RawResponse>,
     roles: Option<BTreeMap<String, RawRole>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResponse {
+    block_min_severity: Option<String>,
+    block_ttl: Option<String>,
+    max_blocked: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -612,6 +633,7 @@ impl RawConfig {
                 "detect" => raw.detect = Some(de_section(k, v)?),
                 "allowlist" => raw.allowlist = Some(de_section(k, v)?),
                 "alerts" => raw.alerts = Some(de_section(k, v)?),
+                "response" => raw.response = Some(de_section(k, v)?),
                 "roles" => {
                     let Some(roles) = v.as_table() else {
                         return Err(ConfigError::invalid("roles", "expected a table of roles"));
@@ -671,6 +693,9 @@ impl RawConfig {
             overlay_fields!(s, o; suppression_window, escalation_factor, rate_limit, burst,
                 summary_interval, min_severity)
         });
+        sub(&mut self.response, o.response, |s, o| {
+            overlay_fields!(s, o; block_min_severity, block_ttl, max_blocked)
+        });
         if let Some(roles) = o.roles {
             let mine = self.roles.get_or_insert_with(BTreeMap::new);
             for (name, r) in roles {
@@ -689,6 +714,7 @@ impl RawConfig {
         let det = self.detect.unwrap_or_default();
         let allow = self.allowlist.unwrap_or_default();
         let al = self.alerts.unwrap_or_default();
+        let resp = self.response.unwrap_or_default();
         let raw_roles = self.roles.unwrap_or_default();
 
         // Roles first: agent.role is checked against them.
@@ -884,7 +910,21 @@ impl RawConfig {
             min_severity: severity(&min_severity, "alerts.min_severity")?,
         };
 
-        Ok(Config { agent, xdp, honeyports, detect, allowlist, alerts, roles })
+        let max_blocked = nonzero(resp.max_blocked, "response.max_blocked")?;
+        if max_blocked > 4096 {
+            return Err(ConfigError::invalid(
+                "response.max_blocked",
+                format!("{max_blocked} exceeds the kernel block list's 4096 entries"),
+            ));
+        }
+        let block_min_severity = req(resp.block_min_severity, "response.block_min_severity")?;
+        let response = ResponseConfig {
+            block_min_severity: severity(&block_min_severity, "response.block_min_severity")?,
+            block_ttl: positive(dur(resp.block_ttl, "response.block_ttl")?, "response.block_ttl")?,
+            max_blocked,
+        };
+
+        Ok(Config { agent, xdp, honeyports, detect, allowlist, alerts, response, roles })
     }
 }
 

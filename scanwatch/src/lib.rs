@@ -11,6 +11,7 @@ pub mod detect;
 pub mod enrich;
 pub mod loader;
 pub mod packet;
+pub mod response;
 pub mod sinks;
 pub mod sketch;
 

@@ -190,3 +190,59 @@ fn benign_client_with_many_successful_connections_raises_nothing() {
     assert!(alerts.is_empty(), "benign traffic raised alerts: {alerts:#?}\n{stderr}");
     assert!(stderr.contains("\"syn\":"), "agent counted SYNs: {stderr}");
 }
+
+/// Opt-in active response: with `xdp.enforce_blocklist = true` the scanner is blocked after its
+/// alert (the alert says `blocked: true`), its packets are dropped in XDP (counted), and a
+/// service that answered it before the scan no longer does.
+#[test]
+fn active_response_blocks_the_scanner_in_xdp() {
+    let _g = lab_lock();
+    let lab = Lab::new();
+    let server = lab.serve_tcp(8081);
+    let cfg_path = std::env::temp_dir().join(format!("scanwatch-response-{}.toml", std::process::id()));
+    std::fs::write(
+        &cfg_path,
+        "[xdp]\nenforce_blocklist = true\n[response]\nblock_min_severity = \"high\"\nblock_ttl = \"10m\"\n",
+    )
+    .expect("write config");
+    let agent = AgentProc::start(
+        &scanwatch_bin(),
+        &["run", "--interface", &lab.root_veth, "--config", cfg_path.to_str().expect("utf-8 path")],
+    );
+    let target = lab.target_ip.to_string();
+    let connect = format!("import socket\ns=socket.create_connection(('{target}',8081),timeout=2)\ns.close()");
+    assert_ok(&lab.exec(&["/usr/bin/python3", "-c", &connect]), "connect before the scan");
+    // The server polls accept() every 10 ms.
+    let t = Instant::now();
+    while server.accepted() == 0 && t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.accepted(), 1);
+
+    // Once blocked, nmap hears nothing more: no retries and a floor rate keep it short.
+    let out = lab.nmap(&["-sS", "-p", "1-2000", "-T4", "-n", "-Pn", "--max-retries", "0", "--min-rate", "2000"], &target);
+    assert_ok(&out, "nmap -sS");
+    let atk = lab.attacker_ip.to_string();
+    let a = must(
+        agent.wait_for(|v| from_ip(v, &atk) && v["blocked"] == true, Duration::from_secs(10)),
+        "an alert of the scanner with blocked: true",
+        &agent,
+    );
+    assert!(["high", "critical"].contains(&a["severity"].as_str().unwrap_or("")), "{a}");
+    // Blocked in the kernel: the same connect now times out and the server never sees it.
+    let after = lab.exec(&["/usr/bin/python3", "-c", &connect]);
+    assert!(!after.status.success(), "connect after the block must fail");
+    std::thread::sleep(Duration::from_millis(100));
+    // (nmap's own SYN to 8081 was answered but never completed: -sS resets it.)
+    assert_eq!(server.accepted(), 1, "no connection from the blocked scanner reached the server");
+    let (_, stderr) = agent.stop();
+    let _ = std::fs::remove_file(&cfg_path);
+    assert!(stderr.contains(&format!("blocking {atk}")), "{stderr}");
+    let blocked: u64 = stderr
+        .split("\"blocked\":")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(blocked > 0, "dropped packets counted as blocked: {stderr}");
+}
