@@ -1174,6 +1174,14 @@ mod tests {
         assert!(e.starts_with("detect.trw.theta1:"), "{e}");
         let e = err("[allowlist.networks]\nlab = [\"10.0.0.0/33\"]\n");
         assert!(e.starts_with("allowlist.networks.lab[0]:"), "{e}");
+        let e = err("[response]\nblock_min_severity = \"urgent\"\n");
+        assert!(e.starts_with("response.block_min_severity:"), "{e}");
+        let e = err("[response]\nmax_blocked = 5000\n");
+        assert!(e.starts_with("response.max_blocked:"), "{e}");
+        let e = err("[response]\nblock_ttl = \"0s\"\n");
+        assert!(e.starts_with("response.block_ttl:"), "{e}");
+        let e = err("[xdp]\nfirst_contact = \"yes\"\n");
+        assert!(e.starts_with("xdp.first_contact:"), "{e}");
         let e = err("[alerts]\nmin_severity = \"loud\"\n");
         assert!(e.starts_with("alerts.min_severity:"), "{e}");
         let e = err("[agent]\nxdp_mode = \"turbo\"\n");
