@@ -102,9 +102,13 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// First-contact table: a source's first scan-shaped packet is recorded here (direct-mapped by
 /// source hash, a colliding source overwrites the slot) and replayed into SOURCES when a second
 /// one arrives. A random-source flood therefore costs one 32-byte store per packet, never a
-/// 1.1 KiB LRU insert. Fixed 32,768 slots (1 MiB).
+/// 1.1 KiB LRU insert. Fixed 32,768 slots (1 MiB). Memory-mappable: the agent reads the held
+/// probes (distributed scans of one probe per source) without a syscall per slot.
 #[map]
-pub static FIRST_CONTACT: Array<FcSlot> = Array::with_max_entries(FIRST_CONTACT_SLOTS, 0);
+pub static FIRST_CONTACT: Array<FcSlot> = Array::with_max_entries(FIRST_CONTACT_SLOTS, BPF_F_MMAPABLE);
+
+/// `BPF_F_MMAPABLE` map flag.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// "May have state" filter: one bit per source hash, set when a source is admitted to SOURCES.
 /// A clear bit skips the SOURCES lookup for a source that cannot be there; a stale set bit

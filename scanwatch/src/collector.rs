@@ -9,7 +9,7 @@ use std::{
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use scanwatch_common::{
     cnt, kind, outcome, stat, tool, FpKey, FpValue, InboundEvent, ProcEvent, SrcKey, SrcState,
-    XdpConfig, MAP_BLOCKLIST, MAP_EVENTS, MAP_FINGERPRINTS, MAP_KNOWN, MAP_SOURCES, MAP_STATS,
+    XdpConfig, MAP_BLOCKLIST, MAP_EVENTS, MAP_FINGERPRINTS, MAP_FIRST_CONTACT, MAP_KNOWN, MAP_SOURCES, MAP_STATS,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -17,11 +17,12 @@ use crate::{
     alert::Alert,
     config::Config,
     detect::{
-        BaselineLearner, Engine, FingerprintInfo, InboundEventKind, InboundObservation, OutboundAction,
+        BaselineLearner, Engine, FingerprintInfo, HeldProbe, InboundEventKind, InboundObservation, OutboundAction,
         OutboundObservation, SourceSnapshot,
     },
     enrich::ProcCache,
     loader::{self, LoadOptions, XdpModeChoice},
+    first_contact::{FirstContactView, HeldReader, Listeners},
     response::Responder,
     sinks::jsonl::JsonlSink,
     sketch::{distinct_ports, hll_estimate},
@@ -141,6 +142,7 @@ pub trait Observer {
     fn observe_inbound_event(&mut self, now: Duration, e: &InboundObservation) -> Vec<Alert>;
     fn observe_outbound(&mut self, now: Duration, o: &OutboundObservation) -> Vec<Alert>;
     fn tick(&mut self, now: Duration) -> Vec<Alert>;
+    fn observe_held(&mut self, now: Duration, probes: &[HeldProbe]) -> Vec<Alert>;
 }
 
 impl Observer for Engine {
@@ -155,6 +157,9 @@ impl Observer for Engine {
     }
     fn tick(&mut self, now: Duration) -> Vec<Alert> {
         Engine::tick(self, now)
+    }
+    fn observe_held(&mut self, now: Duration, probes: &[HeldProbe]) -> Vec<Alert> {
+        Engine::observe_held(self, now, probes)
     }
 }
 
@@ -173,6 +178,10 @@ impl Observer for BaselineLearner {
     }
     fn tick(&mut self, now: Duration) -> Vec<Alert> {
         BaselineLearner::tick(self, now);
+        Vec::new()
+    }
+    /// One-probe sources carry nothing a baseline learns from (no fan-out of their own).
+    fn observe_held(&mut self, _now: Duration, _probes: &[HeldProbe]) -> Vec<Alert> {
         Vec::new()
     }
 }
@@ -245,6 +254,11 @@ pub async fn run_with<O: Observer, W: Write>(cfg: &Config, opts: RunOptions, eng
     } else {
         None
     };
+    let fc_view = FirstContactView::new(
+        ebpf.take_map(MAP_FIRST_CONTACT).ok_or_else(|| anyhow::anyhow!("map FIRST_CONTACT missing"))?,
+    )?;
+    let mut held_reader = HeldReader::default();
+    let mut held_scan = tokio::time::interval(HELD_SCAN);
     let mut known_rebuild = tokio::time::interval_at(tokio::time::Instant::now() + KNOWN_REBUILD, KNOWN_REBUILD);
 
     let mut sink = JsonlSink::new(out);
@@ -281,6 +295,10 @@ pub async fn run_with<O: Observer, W: Write>(cfg: &Config, opts: RunOptions, eng
                 last_sweep_ns = now.as_nanos() as u64;
                 alerts.extend(engine.tick(now));
                 alerts
+            }
+            _ = held_scan.tick() => {
+                let held = held_reader.read(&fc_view, &Listeners::read());
+                engine.observe_held(monotonic(), &held)
             }
             _ = known_rebuild.tick() => {
                 if let Err(e) = rebuild_known_filter(&sources, &mut known) {
@@ -365,6 +383,9 @@ pub fn snapshot(key: &SrcKey, s: &SrcState, fps: &BpfHashMap<MapData, FpKey, FpV
         blocked: false,
     }
 }
+
+/// How often the first-contact table is read for one-probe sources.
+const HELD_SCAN: Duration = Duration::from_secs(5);
 
 /// How often the known-source filter is rebuilt from the live SOURCES keys.
 const KNOWN_REBUILD: Duration = Duration::from_secs(600);

@@ -9,6 +9,7 @@ pub mod collector;
 pub mod config;
 pub mod detect;
 pub mod enrich;
+pub mod first_contact;
 pub mod loader;
 pub mod packet;
 pub mod response;

@@ -439,6 +439,36 @@ fn malformed_packets_pass_and_are_counted_by_reason() {
     }
 }
 
+/// One probe from each of many sources (a distributed scan the first-contact tier holds without
+/// per-source state): the agent reads the memory-mapped table and the engine still sees it.
+#[test]
+fn one_probe_per_source_scan_reaches_the_distributed_detector() {
+    let mut p = Prog::new();
+    let d = v4("127.0.0.1");
+    let ports: Vec<u16> = (0..45).map(|_| closed_port()).collect();
+    let srcs: Vec<IpAddr> = (0..45u32).map(|i| IpAddr::V4(Ipv4Addr::from(0xcb00_7100 + i))).collect(); // 203.0.113.x
+    p.run_all(srcs.iter().zip(&ports).map(|(s, port)| PacketSpec::nmap_syn(*s, d, *port).build()));
+    assert_eq!(p.n_sources(), 0, "every source held, none admitted");
+    let view = scanwatch::first_contact::FirstContactView::new(p.ebpf.take_map("FIRST_CONTACT").expect("map"))
+        .expect("mmap the first-contact table");
+    let mut reader = scanwatch::first_contact::HeldReader::default();
+    let held = reader.read(&view, &scanwatch::first_contact::Listeners::read());
+    assert_eq!(held.len(), 45, "every held probe read back: {held:?}");
+    assert!(held.iter().all(|h| h.failed && srcs.contains(&h.ip)), "{held:?}");
+    assert!(reader.read(&view, &scanwatch::first_contact::Listeners::read()).is_empty(), "each handed out once");
+    let cfg = scanwatch::config::Config::default_embedded();
+    let mut engine = scanwatch::detect::Engine::new(&cfg, "test".into());
+    let now = scanwatch::collector::monotonic();
+    let mut alerts = engine.observe_held(now, &held);
+    alerts.extend(engine.tick(now + std::time::Duration::from_secs(6)));
+    let dist = alerts
+        .iter()
+        .find(|a| a.kind == scanwatch::alert::AlertKind::DistributedScan)
+        .unwrap_or_else(|| panic!("distributed_scan expected: {alerts:#?}"));
+    assert_eq!(dist.counts.detail.get("sources"), Some(&45));
+    assert_eq!(dist.targets.port_count, 45);
+}
+
 #[test]
 fn known_source_filter_rebuild_drops_evicted_sources() {
     let mut p = Prog::with(LoadOptions { max_sources: 64, ..LoadOptions::default() });

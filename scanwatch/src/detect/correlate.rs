@@ -1,12 +1,13 @@
 //! Multi-source correlation: decoy clusters (one fingerprint, many sources, same ports) and
-//! destination-centric distributed scans (many sources under threshold covering many ports).
+//! destination-centric distributed scans (many sources under threshold covering many ports,
+//! including one-probe sources still held in the kernel's first-contact table).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use super::inbound::SAMPLE_OUT;
-use super::Engine;
+use super::{Engine, HeldProbe};
 use crate::alert::{
     is_internal, Alert, AlertKind, AlertSource, Counts, Direction, Severity, Targets, Technique,
 };
@@ -161,12 +162,38 @@ pub(super) enum DecoyMembership {
 #[derive(Debug, Default)]
 pub(super) struct Distributed {
     last_eval: Option<Duration>,
+    /// One-probe sources still held in the kernel's first-contact table (they have no per-source
+    /// state, so no entity): address → (probe, when the agent first saw it).
+    held: HashMap<IpAddr, (HeldProbe, Duration)>,
+    /// Held probes not recorded because `HELD_CAP` was reached (a random-source flood).
+    pub(super) held_dropped: u64,
 }
+
+/// Most held one-probe sources remembered for the distributed detector.
+const HELD_CAP: usize = 8192;
 
 /// Evaluate the distributed detector at most this often.
 const DISTRIBUTED_EVERY: Duration = Duration::from_secs(5);
 
 impl Engine {
+    /// Remember one-probe sources held in the kernel's first-contact table (see
+    /// `Engine::observe_held`).
+    pub(super) fn note_held(&mut self, now: Duration, probes: &[HeldProbe]) {
+        let window = self.cfg.detect.distributed_window;
+        let held = &mut self.distributed.held;
+        for p in probes {
+            let ip = canonical_ip(p.ip);
+            if !held.contains_key(&ip) && held.len() >= HELD_CAP {
+                held.retain(|_, (_, seen)| now.saturating_sub(*seen) < window);
+                if held.len() >= HELD_CAP {
+                    self.distributed.held_dropped += 1;
+                    continue;
+                }
+            }
+            held.insert(ip, (HeldProbe { ip, ..*p }, now));
+        }
+    }
+
     pub(super) fn evaluate_decoys(&mut self, now: Duration, ip: &IpAddr, out: &mut Vec<Alert>) {
         let ip = canonical_ip(*ip);
         let Some(e) = self.inbound.get(&ip) else { return };
@@ -313,6 +340,24 @@ impl Engine {
             probes += lt[cnt::SYN] + lt[cnt::UDP];
             failures += lt[cnt::FAILED].max(lt[cnt::SYN_CLOSED] + lt[cnt::UDP_CLOSED]);
             successes += lt[cnt::SYN_OPEN];
+        }
+        // One-probe sources the kernel holds in its first-contact table (no entity of their own,
+        // unless admitted since): each a source with one probe.
+        let allow = &self.cfg.allowlist;
+        self.distributed.held.retain(|_, (_, seen)| now.saturating_sub(*seen) < window);
+        for (ip, (p, _)) in &self.distributed.held {
+            if !p.failed || self.inbound.contains_key(ip) || allow.network_for(ip).is_some() {
+                continue;
+            }
+            if let Some(port) = p.dport {
+                ports.insert(port);
+            }
+            if let Some(dst) = p.dst {
+                hosts.insert(dst);
+            }
+            members.push((1, *ip));
+            probes += 1;
+            failures += 1;
         }
         if members.len() < d.distributed_min_sources as usize
             || (ports.len() < d.distributed_min_ports as usize && hosts.len() < d.distributed_min_hosts as usize)

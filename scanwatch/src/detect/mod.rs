@@ -51,6 +51,19 @@ use inbound::InboundEntity;
 use lifecycle::Lifecycle;
 use outbound::OutboundEntity;
 
+/// A source's only probe so far, held in the kernel's first-contact table (the source has no
+/// per-source state yet). Read by the agent from the table; outcome from the listening sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldProbe {
+    pub ip: IpAddr,
+    /// Destination port (None for portless probes: ICMP echo, ARP).
+    pub dport: Option<u16>,
+    /// Destination address, when known.
+    pub dst: Option<IpAddr>,
+    /// The probe hit a closed port.
+    pub failed: bool,
+}
+
 /// Cumulative per-source counters read from the kernel map.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceSnapshot {
@@ -244,6 +257,15 @@ impl Engine {
                 self.evaluate_decoys(now, &e.ip, &mut out);
             }
         }
+        out
+    }
+
+    /// One-probe sources held in the kernel's first-contact table: they count towards
+    /// destination-centric distributed scans (many sources, one probe each).
+    pub fn observe_held(&mut self, now: Duration, probes: &[HeldProbe]) -> Vec<Alert> {
+        let mut out = Vec::new();
+        self.note_held(now, probes);
+        self.evaluate_distributed(now, &mut out);
         out
     }
 

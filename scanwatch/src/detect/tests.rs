@@ -378,6 +378,42 @@ fn distributed_scan_of_many_small_sources() {
     assert!(d.source.related.len() >= 4);
 }
 
+#[test]
+fn distributed_scan_of_one_probe_sources_held_in_first_contact() {
+    let mut e = engine();
+    let held: Vec<HeldProbe> = (0..45u16)
+        .map(|i| HeldProbe {
+            ip: ip(&format!("203.0.113.{}", 10 + i)),
+            dport: Some(1000 + i),
+            dst: Some(ip("192.0.2.1")),
+            failed: true,
+        })
+        .collect();
+    // Open-port probes (a busy server's new clients) and an allowlisted network never count.
+    let mut benign: Vec<HeldProbe> = (0..60u16)
+        .map(|i| HeldProbe { ip: ip(&format!("198.51.100.{i}")), dport: Some(443), dst: None, failed: false })
+        .collect();
+    assert!(e.observe_held(t(1.0), &benign).is_empty(), "successful first contacts are not a scan");
+    benign.clear();
+    let alerts = e.observe_held(t(10.0), &held[..4]);
+    assert!(alerts.is_empty(), "4 sources are under distributed_min_sources: {alerts:?}");
+    let mut alerts = e.observe_held(t(20.0), &held);
+    alerts.extend(e.tick(t(30.0)));
+    let d = alerts.iter().find(|a| a.kind == AlertKind::DistributedScan).expect("distributed");
+    assert_eq!(d.counts.detail.get("sources"), Some(&45));
+    assert_eq!(d.targets.port_count, 45);
+    assert_eq!(d.counts.fail_ratio, Some(1.0));
+    // Held probes expire with the distributed window: 30 ports now and 15 an hour later do not
+    // add up to the 40 distinct ports needed; within the window they do.
+    for (gap, expect) in [(3600.0, false), (60.0, true)] {
+        let mut e2 = engine();
+        assert!(e2.observe_held(t(0.0), &held[..30]).is_empty(), "30 ports are under distributed_min_ports");
+        let mut out = e2.observe_held(t(gap), &held[30..]);
+        out.extend(e2.tick(t(gap + 10.0)));
+        assert_eq!(out.iter().any(|a| a.kind == AlertKind::DistributedScan), expect, "gap {gap}s: {out:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Outbound.
 // ---------------------------------------------------------------------------------------------
