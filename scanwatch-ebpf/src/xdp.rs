@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use scanwatch_common::{
     addr_fold32, addr_hash, cfgflag, known_bit, cnt, hll_slot, initial_ttl, port_hll_slot, probe, kind, mix32, stat, thr, tool, EventHeader,
-    FcSlot, Fingerprint, FpKey, InboundEvent, Probe, SrcState, XdpConfig, FC_BUMPS, FIRST_CONTACT_SLOTS, FP_PER_SOURCE,
+    Fingerprint, FpKey, InboundEvent, Probe, SrcState, XdpConfig, FC_BUMPS, FIRST_CONTACT_SLOTS, FP_PER_SOURCE,
     SAMPLE_PORTS, WIN_HOST_BITS, WIN_PORT_BITS,
 };
 
@@ -498,41 +498,26 @@ fn zero_words(p: *mut u8, len: usize) {
     }
 }
 
-/// Hold a probe in a first-contact slot. Field by field with word stores (a struct assignment
-/// becomes a byte-loop memmove call on this target); volatile so LLVM does not merge them back.
-#[inline(always)]
-fn hold_probe(slot: &mut FcSlot, p: &Probe) {
-    // SAFETY: plain stores/loads of valid, aligned fields (bumps at 4-aligned offsets in both).
-    unsafe {
-        core::ptr::write_volatile(&mut slot.dst_fold, p.dst_fold);
-        core::ptr::write_volatile(&mut slot.sport, p.sport);
-        core::ptr::write_volatile(&mut slot.dport, p.dport);
-        core::ptr::write_volatile(
-            slot.bumps.as_mut_ptr() as *mut u32,
-            core::ptr::read_volatile(p.bumps.as_ptr() as *const u32),
-        );
-        core::ptr::write_volatile(&mut slot.nb, if p.nb as usize > FC_BUMPS { FC_BUMPS as u8 } else { p.nb });
-        core::ptr::write_volatile(&mut slot.kind, p.kind);
-        core::ptr::write_volatile(&mut slot.proto, p.proto);
-    }
-}
-
-/// The held probe back out of its slot (the inverse of `hold_probe`).
-#[inline(always)]
-fn replay_probe(p: &mut Probe, slot: &FcSlot) {
-    // SAFETY: as in `hold_probe`.
-    unsafe {
-        core::ptr::write_volatile(&mut p.dst_fold, slot.dst_fold);
-        core::ptr::write_volatile(&mut p.sport, slot.sport);
-        core::ptr::write_volatile(&mut p.dport, slot.dport);
-        core::ptr::write_volatile(
-            p.bumps.as_mut_ptr() as *mut u32,
-            core::ptr::read_volatile(slot.bumps.as_ptr() as *const u32),
-        );
-        core::ptr::write_volatile(&mut p.nb, slot.nb);
-        core::ptr::write_volatile(&mut p.kind, slot.kind);
-        core::ptr::write_volatile(&mut p.proto, slot.proto);
-    }
+/// Copy the probe fields shared by `Probe` and `FcSlot` (same names), at most `FC_BUMPS`
+/// counters. Field by field with word stores: a struct assignment becomes a byte-loop memmove
+/// call on this target; volatile so LLVM does not merge them back.
+macro_rules! copy_probe_fields {
+    ($dst:expr, $src:expr) => {{
+        let (d, s) = ($dst, $src);
+        // SAFETY: plain stores/loads of valid, aligned fields (bumps at 4-aligned offsets in both).
+        unsafe {
+            core::ptr::write_volatile(&mut d.dst_fold, s.dst_fold);
+            core::ptr::write_volatile(&mut d.sport, s.sport);
+            core::ptr::write_volatile(&mut d.dport, s.dport);
+            core::ptr::write_volatile(
+                d.bumps.as_mut_ptr() as *mut u32,
+                core::ptr::read_volatile(s.bumps.as_ptr() as *const u32),
+            );
+            core::ptr::write_volatile(&mut d.nb, if s.nb as usize > FC_BUMPS { FC_BUMPS as u8 } else { s.nb });
+            core::ptr::write_volatile(&mut d.kind, s.kind);
+            core::ptr::write_volatile(&mut d.proto, s.proto);
+        }
+    }};
 }
 
 /// Set the source's bit in the known-source filter.
@@ -570,13 +555,13 @@ fn acquire(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs) -> *mut S
             // which costs one held probe.
             let slot = unsafe { &mut *slot };
             if slot.addr[0] == w[0] && slot.addr[1] == w[1] {
-                replay_probe(&mut obs.prior, slot);
+                copy_probe_fields!(&mut obs.prior, &*slot);
                 obs.has_prior = 1;
                 slot.addr = [0, 0];
             } else {
                 obs.cur.dst_fold = addr_fold32(&l3.dst.w);
                 slot.addr = w;
-                hold_probe(slot, &obs.cur);
+                copy_probe_fields!(&mut *slot, &obs.cur);
                 obs.held = 1;
                 return core::ptr::null_mut();
             }
