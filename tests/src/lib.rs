@@ -847,6 +847,28 @@ impl Lab {
         )
     }
 
+    /// One SYN per spoofed source: `hping3 -S -c 1 -a SRC -p PORT target` for each (source, port)
+    /// pair, all in parallel. The sources must be in the attacker's /24 (10.78.N.0/24) and need
+    /// root-side /32 routes into the lab veth so the target's replies stay in the lab.
+    pub fn hping3_spoofed_syns(&self, probes: &[(Ipv4Addr, u16)], target: &str) -> Output {
+        self.assert_targets(target);
+        assert!(!target.contains('/'), "hping3 probes one host");
+        let mut script = String::new();
+        for (src, port) in probes {
+            let o = src.octets();
+            assert!(
+                o[0] == 10 && o[1] == 78 && u32::from(o[2]) == self.id && o[3] > 4,
+                "spoofed source {src} is outside this lab's attacker /24 (or reserved)"
+            );
+            script.push_str(&format!(
+                "hping3 -q -I {} -S -c 1 -a {src} -p {port} {target} >/dev/null 2>&1 &\n",
+                self.atk_veth
+            ));
+        }
+        script.push_str("wait\n");
+        self.exec_timeout(60, &["bash", "-c", &script])
+    }
+
     /// Python full-connect loop over `ports` (prints `open <port>` lines), as root.
     pub fn python_connect_loop(&self, ports: RangeInclusive<u16>, target: &str) -> Output {
         let script = self.connect_script(&ports, target);

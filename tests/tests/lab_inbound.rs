@@ -400,3 +400,24 @@ fn nmap_udp_scan_is_vertical_scan() {
         l.nmap(&["-sU", "--top-ports", "50", "-T4", "-n", "-Pn", "--max-retries", "1"], &target)
     });
 }
+
+// ------------------------------------------------------------------------------------------------
+// One probe per source: the first-contact tier holds every source, the agent reads the table.
+// ------------------------------------------------------------------------------------------------
+
+#[test]
+fn one_syn_from_each_of_45_spoofed_sources_is_distributed_scan() {
+    let _g = lab_lock();
+    let lab = Lab::new();
+    let probes: Vec<(std::net::Ipv4Addr, u16)> =
+        (0..45u8).map(|i| (std::net::Ipv4Addr::new(10, 78, lab.id as u8, 100 + i), 3000 + u16::from(i))).collect();
+    let sources: Vec<String> = probes.iter().map(|(ip, _)| ip.to_string()).collect();
+    let _routes = DecoyRoutes::add(&lab, &sources);
+    let target = lab.target_ip.to_string();
+    let check = |a: &Value, _mine: &[Value]| {
+        assert!(ports(a) >= 40, "the sources' ports add up: {a}");
+        assert!(a["counts"]["sources"].as_u64().unwrap_or(0) >= 40, "{a}");
+    };
+    let sc = Scenario { name: "hping3 one SYN per spoofed source", sources, expected: "distributed_scan", tolerated: &[], check: &check };
+    run_scenario(&lab, &sc, &|l: &Lab| l.hping3_spoofed_syns(&probes, &target));
+}
