@@ -21,6 +21,7 @@ pub const MAP_CONNECTING: &str = "CONNECTING";
 pub const MAP_BLOCKLIST: &str = "BLOCKLIST";
 pub const MAP_FIRST_CONTACT: &str = "FIRST_CONTACT";
 pub const MAP_KNOWN: &str = "KNOWN_SOURCES";
+pub const MAP_SUSPECT: &str = "SUSPECT_SOURCES";
 
 pub const PROG_XDP: &str = "scanwatch_xdp";
 pub const PROG_TP_CONNECT: &str = "tp_enter_connect";
@@ -230,6 +231,17 @@ pub const fn addr_fold32(a: &[u64; 2]) -> u32 {
 #[inline(always)]
 pub const fn addr_hash(a: &[u64; 2]) -> u32 {
     mix32(addr_fold32(a))
+}
+
+/// Words of the "suspected of orphan-ACK probing" filter: 1,024 × 64 = 65,536 bits.
+pub const SUSPECT_WORDS: u32 = 1 << 10;
+/// Bare ACKs of unsuspected sources: one in this many still gets the socket lookup.
+pub const ACK_SAMPLE: u64 = 16;
+
+/// Word index and bit mask of a source hash in the suspect filter (low 16 bits of the hash).
+#[inline(always)]
+pub const fn suspect_bit(h: u32) -> (u32, u64) {
+    ((h >> 6) & (SUSPECT_WORDS - 1), 1u64 << (h & 63))
 }
 
 /// Word index and bit mask of a source hash in the known-source filter (`KNOWN_WORDS` words).
@@ -442,6 +454,8 @@ pub mod stat {
     pub const PACKETS: u32 = 0;
     pub const IPV4: u32 = 1;
     pub const IPV6: u32 = 2;
+    /// TCP segments that took the full path (the fast path counts `ESTABLISHED_FAST` and
+    /// `ACK_FAST` instead).
     pub const TCP: u32 = 3;
     pub const UDP: u32 = 4;
     pub const ICMP: u32 = 5;
@@ -472,14 +486,20 @@ pub mod stat {
     pub const MAL_ARP: u32 = 30;
     /// Scan-shaped packets from sources without state, held in the first-contact table.
     pub const FIRST_CONTACT: u32 = 31;
-    pub const N: u32 = 32;
+    /// Bare ACKs (no payload) of sources not suspected of ACK scanning that skipped the socket
+    /// lookup (one in `ACK_SAMPLE` is looked up anyway).
+    pub const ACK_FAST: u32 = 32;
+    /// Bare ACKs of unsuspected sources seen by the fast path (drives the 1-in-`ACK_SAMPLE`).
+    pub const ACK_SEEN: u32 = 33;
+    pub const N: u32 = 40;
     pub const NAMES: [&str; N as usize] = [
         "packets", "ipv4", "ipv6", "tcp", "udp", "icmp", "syn", "other_l3",
         "malformed_eth", "malformed_vlan", "malformed_ipv4", "malformed_ipv4_ihl",
         "malformed_ipv6", "malformed_ipv6_ext", "malformed_tcp", "malformed_tcp_doff",
         "malformed_tcp_opts", "malformed_udp", "malformed_icmp", "events", "events_dropped",
         "new_sources", "source_insert_failed", "new_fingerprints", "blocked", "proc_events",
-        "proc_events_dropped", "established_fast", "honeyport", "arp", "malformed_arp", "first_contact",
+        "proc_events_dropped", "established_fast", "honeyport", "arp", "malformed_arp", "first_contact", "bare_ack_fast",
+        "bare_ack_seen", "", "", "", "", "", "",
     ];
 }
 

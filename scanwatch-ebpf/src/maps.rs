@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use scanwatch_common::{
-    FcSlot, Fingerprint, FpKey, FpValue, Probe, FIRST_CONTACT_SLOTS, KNOWN_WORDS, ProcConfig, ProcState, SrcKey, SrcState, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
+    FcSlot, Fingerprint, FpKey, FpValue, Probe, FIRST_CONTACT_SLOTS, KNOWN_WORDS, SUSPECT_WORDS, ProcConfig, ProcState, SrcKey, SrcState, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
     DEFAULT_MAX_PROCS, DEFAULT_MAX_SOURCES, DEFAULT_RINGBUF_BYTES,
 };
 
@@ -115,3 +115,11 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// (evicted source, hash collision) costs one lookup miss. 1 Mi bits = 128 KiB.
 #[map]
 pub static KNOWN_SOURCES: Array<u64> = Array::with_max_entries(KNOWN_WORDS, 0);
+
+/// Sources caught sending orphan segments (bare ACK, FIN/ACK, RST, SYN-ACK with no socket): one
+/// bit per source hash. Their bare ACKs always get the socket lookup; everyone else's bare ACKs
+/// (the commonest inbound packet of a busy server) take the fast path, one in `ACK_SAMPLE`
+/// excepted, which is how a new ACK scanner is caught. Cleared by the agent every 10 minutes.
+/// 65,536 bits = 8 KiB.
+#[map]
+pub static SUSPECT_SOURCES: Array<u64> = Array::with_max_entries(SUSPECT_WORDS, 0);

@@ -12,7 +12,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use scanwatch_common::{
-    addr_fold32, addr_hash, cfgflag, known_bit, cnt, hll_slot, initial_ttl, port_hll_slot, probe, kind, mix32, stat, thr, tool, EventHeader,
+    addr_fold32, addr_hash, cfgflag, known_bit, suspect_bit, ACK_SAMPLE, cnt, hll_slot, initial_ttl, port_hll_slot, probe, kind, mix32, stat, thr, tool, EventHeader,
     Fingerprint, FpKey, InboundEvent, Probe, SrcState, XdpConfig, FC_BUMPS, FIRST_CONTACT_SLOTS, FP_PER_SOURCE,
     SAMPLE_PORTS, WIN_HOST_BITS, WIN_PORT_BITS,
 };
@@ -20,7 +20,7 @@ use scanwatch_common::{
 use crate::{
     maps::{
         Obs, BLOCKLIST, CONFIG, EVENTS, FINGERPRINTS, FIRST_CONTACT, HONEYPORTS, KNOWN_SOURCES, SCRATCH, SOURCES,
-        STATS, ZERO_SRC,
+        STATS, SUSPECT_SOURCES, ZERO_SRC,
     },
     parse::{addr16_at, be16_at, be32_at, csum_fold, load_bytes, u8_at, v4_mapped_at, A16},
 };
@@ -108,10 +108,17 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     }
     // SAFETY: read of a load-time constant the loader may have rewritten.
     let enforce = unsafe { core::ptr::read_volatile(&ENFORCE_BLOCKLIST) } != 0;
-    if !enforce && fast_established(ctx, off, ethertype) {
-        stats[stat::TCP as usize] += 1;
-        stats[stat::ESTABLISHED_FAST as usize] += 1;
-        return Ok(xdp_action::XDP_PASS);
+    if !enforce {
+        let fast = fast_established(ctx, off, ethertype, stats);
+        // Counted only in `established_fast` / `bare_ack_fast` (`tcp` counts the full path).
+        if fast == FAST_DATA {
+            stats[stat::ESTABLISHED_FAST as usize] += 1;
+            return Ok(xdp_action::XDP_PASS);
+        }
+        if fast == FAST_ACK {
+            stats[stat::ACK_FAST as usize] += 1;
+            return Ok(xdp_action::XDP_PASS);
+        }
     }
     let l3 = match ethertype {
         ETH_P_IP => {
@@ -223,45 +230,95 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     Ok(xdp_action::XDP_PASS)
 }
 
-/// Established-flow data (ACK without SYN/RST/FIN, with payload) over IPv4 without options or
-/// IPv6 without extension headers: recognised from a few fixed-offset byte reads behind a single
-/// bounds check, before any address is copied, so ordinary traffic costs close to nothing.
-/// Anything unusual returns false and takes the full (validating) path.
+/// `fast_established` results.
+const FAST_NO: u8 = 0;
+const FAST_DATA: u8 = 1;
+const FAST_ACK: u8 = 2;
+
+/// Established-flow traffic over IPv4 without options or IPv6 without extension headers,
+/// recognised from a few fixed-offset reads behind a single bounds check, before any address is
+/// copied: data segments (ACK without SYN/RST/FIN, with payload) always; bare ACKs (no payload)
+/// from sources not suspected of ACK scanning, except one in `ACK_SAMPLE`, which takes the full
+/// path and its socket lookup (that is how a new ACK scanner gets caught and suspected).
+/// Anything unusual returns `FAST_NO` and takes the full (validating) path.
 #[inline(always)]
-fn fast_established(ctx: &XdpContext, off: usize, ethertype: u16) -> bool {
+fn fast_established(ctx: &XdpContext, off: usize, ethertype: u16, stats: &mut Stats) -> u8 {
     let (ip, end) = (ctx.data() + off, ctx.data_end());
     let b = |p: usize| -> usize {
         // SAFETY: callers only pass addresses below the bounds checked just before.
         unsafe { *(p as *const u8) as usize }
     };
-    let (tcp, l4_len) = if ethertype == ETH_P_IP {
+    let h = |p: usize| -> u64 {
+        // SAFETY: as above; every address field is at an even offset.
+        unsafe { *(p as *const u16) as u64 }
+    };
+    let (tcp, l4_len, v6) = if ethertype == ETH_P_IP {
         // IPv4 header without options + the first 14 bytes of the TCP header.
         if off > 22 || ip + 34 > end {
-            return false;
+            return FAST_NO;
         }
         // Version 4, IHL 5; no fragment bits (MF or offset); protocol TCP.
         if b(ip) != 0x45 || b(ip + 6) & 0x3f != 0 || b(ip + 7) != 0 || b(ip + 9) != IPPROTO_TCP as usize {
-            return false;
+            return FAST_NO;
         }
         let tot = (b(ip + 2) << 8) | b(ip + 3);
         if tot < 20 {
-            return false;
+            return FAST_NO;
         }
-        (ip + 20, tot - 20)
+        (ip + 20, tot - 20, false)
     } else if ethertype == ETH_P_IPV6 {
         if off > 22 || ip + 54 > end {
-            return false;
+            return FAST_NO;
         }
         if b(ip + 6) != IPPROTO_TCP as usize {
-            return false;
+            return FAST_NO;
         }
-        (ip + 40, (b(ip + 4) << 8) | b(ip + 5))
+        (ip + 40, (b(ip + 4) << 8) | b(ip + 5), true)
     } else {
-        return false;
+        return FAST_NO;
     };
     let doff = (b(tcp + 12) >> 4) * 4;
     let f = (b(tcp + 13) as u8) & 0x3f;
-    doff >= 20 && l4_len > doff && f & (SYN | RST | FIN) == 0 && f & ACK != 0
+    if doff < 20 || l4_len < doff || f & (SYN | RST | FIN) != 0 || f & ACK == 0 {
+        return FAST_NO;
+    }
+    if l4_len > doff {
+        return FAST_DATA;
+    }
+    if f != ACK {
+        return FAST_NO;
+    }
+    // The source address (read only for bare ACKs; inside the bounds checked above).
+    let src = if v6 {
+        let s = ip + 8;
+        [h(s) | h(s + 2) << 16 | h(s + 4) << 32 | h(s + 6) << 48, h(s + 8) | h(s + 10) << 16 | h(s + 12) << 32 | h(s + 14) << 48]
+    } else {
+        [0, 0xffff_0000 | (h(ip + 12) | h(ip + 14) << 16) << 32]
+    };
+    let (word, bit) = suspect_bit(addr_hash(&src));
+    let suspect = match SUSPECT_SOURCES.get(word) {
+        Some(bits) => *bits & bit != 0,
+        None => true,
+    };
+    if suspect {
+        return FAST_NO;
+    }
+    let seen = stats[stat::ACK_SEEN as usize];
+    stats[stat::ACK_SEEN as usize] = seen + 1;
+    if seen % ACK_SAMPLE == 0 {
+        return FAST_NO;
+    }
+    FAST_ACK
+}
+
+/// Mark a source that sent an orphan segment: its bare ACKs are all looked up from now on.
+#[inline(always)]
+fn mark_suspect(src: &A16) {
+    let (word, bit) = suspect_bit(addr_hash(&src.w));
+    if let Some(w) = SUSPECT_SOURCES.get_ptr_mut(word) {
+        // SAFETY: array value pointer valid for this run; a lost bit only delays suspicion.
+        unsafe { *w |= bit };
+    }
 }
 
 const PROTO_ARP: u8 = probe::PROTO_ARP;
@@ -927,6 +984,7 @@ fn classify_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &XdpConfig, o
     };
     if orphan != cnt::N && !socket_exists(ctx, l3, sport, dport, true) {
         obs.count(orphan);
+        mark_suspect(&l3.src);
         if orphan == cnt::MAIMON || orphan == cnt::ACK {
             obs.cur.kind = probe::PORT;
         }

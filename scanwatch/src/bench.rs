@@ -123,6 +123,14 @@ pub fn run(repeat: u32) -> anyhow::Result<Report> {
     let v6s: IpAddr = IpAddr::V6("fd98::7".parse::<Ipv6Addr>()?);
     let v6d: IpAddr = IpAddr::V6("fd99::1".parse::<Ipv6Addr>()?);
     let syn6 = PacketSpec::linux_syn(v6s, v6d, 40000, 80).build();
+    // A bare ACK of a real established connection (loopback), found by the socket lookup, and a
+    // bare ACK with no connection (an ACK-scan probe).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (_server_side, _) = listener.accept()?;
+    let lo = v4(127, 0, 0, 1);
+    let ack_est = PacketSpec::tcp(lo, lo, client.local_addr()?.port(), listener.local_addr()?.port(), ACK).build();
+    let ack_orphan = PacketSpec::tcp(known, dst, 40000, 80, ACK).build();
     let mut malformed = PacketSpec::tcp(known, dst, 1, 2, SYN).build();
     malformed[14] = 0x43; // IHL 3
     let n_new = 20_000usize;
@@ -161,6 +169,8 @@ pub fn run(repeat: u32) -> anyhow::Result<Report> {
         ("SYN from known source", &syn_known),
         ("IPv6 SYN (known source)", &syn6),
         ("malformed (IPv4 IHL<5)", &malformed),
+        ("bare ACK, established connection", &ack_est),
+        ("bare ACK, no connection (ACK scan)", &ack_orphan),
     ] {
         let m = measure_pair(&mut ebpf, BASE, PROG_XDP, pkt, repeat)?;
         push(&mut rows, name, "repeat", m);

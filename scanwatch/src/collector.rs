@@ -9,7 +9,7 @@ use std::{
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use scanwatch_common::{
     cnt, kind, outcome, stat, tool, FpKey, FpValue, InboundEvent, ProcEvent, SrcKey, SrcState,
-    XdpConfig, MAP_BLOCKLIST, MAP_EVENTS, MAP_FINGERPRINTS, MAP_FIRST_CONTACT, MAP_KNOWN, MAP_SOURCES, MAP_STATS,
+    XdpConfig, MAP_BLOCKLIST, MAP_EVENTS, MAP_FINGERPRINTS, MAP_FIRST_CONTACT, MAP_KNOWN, MAP_SUSPECT, MAP_SOURCES, MAP_STATS,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -241,6 +241,8 @@ pub async fn run_with<O: Observer, W: Write>(cfg: &Config, opts: RunOptions, eng
         PerCpuArray::try_from(ebpf.take_map(MAP_STATS).ok_or_else(|| anyhow::anyhow!("map STATS missing"))?)?;
     let mut known: Array<MapData, u64> =
         Array::try_from(ebpf.take_map(MAP_KNOWN).ok_or_else(|| anyhow::anyhow!("map KNOWN_SOURCES missing"))?)?;
+    let mut suspect: Array<MapData, u64> =
+        Array::try_from(ebpf.take_map(MAP_SUSPECT).ok_or_else(|| anyhow::anyhow!("map SUSPECT_SOURCES missing"))?)?;
     let mut responder = if lopts.enforce_blocklist {
         let map: BpfHashMap<MapData, SrcKey, u32> = BpfHashMap::try_from(
             ebpf.take_map(MAP_BLOCKLIST).ok_or_else(|| anyhow::anyhow!("map BLOCKLIST missing"))?,
@@ -303,6 +305,9 @@ pub async fn run_with<O: Observer, W: Write>(cfg: &Config, opts: RunOptions, eng
             _ = known_rebuild.tick() => {
                 if let Err(e) = rebuild_known_filter(&sources, &mut known) {
                     eprintln!("scanwatch: WARNING cannot rebuild the known-source filter: {e:#}");
+                }
+                if let Err(e) = clear_suspects(&mut suspect) {
+                    eprintln!("scanwatch: WARNING cannot clear the suspect-source filter: {e:#}");
                 }
                 Vec::new()
             }
@@ -411,6 +416,15 @@ pub fn rebuild_known_filter(
         known.set(i as u32, *w, 0)?;
     }
     Ok(words.iter().map(|w| w.count_ones()).sum())
+}
+
+/// Forget which sources were suspected of orphan-ACK probing (their bare ACKs go back to one
+/// lookup in `ACK_SAMPLE`): a legitimate client with one stray late ACK is not looked up forever.
+pub fn clear_suspects(suspect: &mut Array<MapData, u64>) -> anyhow::Result<()> {
+    for i in 0..scanwatch_common::SUSPECT_WORDS {
+        suspect.set(i, 0, 0)?;
+    }
+    Ok(())
 }
 
 /// Bound on how far `bpf_ktime_get_coarse_ns` trails CLOCK_MONOTONIC (one tick is 1–10 ms).

@@ -211,7 +211,7 @@ fn established_data_does_not_touch_source_state() {
     assert!(p.source(v4("10.1.0.1")).is_none());
     let st = p.stats();
     assert_eq!(st[stat::ESTABLISHED_FAST as usize], 1);
-    assert_eq!(st[stat::TCP as usize], 1);
+    assert_eq!(st[stat::TCP as usize], 0, "the fast path counts only established_fast");
 }
 
 #[test]
@@ -445,7 +445,14 @@ fn malformed_packets_pass_and_are_counted_by_reason() {
 fn one_probe_per_source_scan_reaches_the_distributed_detector() {
     let mut p = Prog::new();
     let d = v4("127.0.0.1");
-    let ports: Vec<u16> = (0..45).map(|_| closed_port()).collect();
+    // 45 distinct closed ports (the kernel may hand the same ephemeral port out twice).
+    let mut ports: Vec<u16> = Vec::new();
+    while ports.len() < 45 {
+        let c = closed_port();
+        if !ports.contains(&c) {
+            ports.push(c);
+        }
+    }
     let srcs: Vec<IpAddr> = (0..45u32).map(|i| IpAddr::V4(Ipv4Addr::from(0xcb00_7100 + i))).collect(); // 203.0.113.x
     p.run_all(srcs.iter().zip(&ports).map(|(s, port)| PacketSpec::nmap_syn(*s, d, *port).build()));
     assert_eq!(p.n_sources(), 0, "every source held, none admitted");
@@ -467,6 +474,41 @@ fn one_probe_per_source_scan_reaches_the_distributed_detector() {
         .unwrap_or_else(|| panic!("distributed_scan expected: {alerts:#?}"));
     assert_eq!(dist.counts.detail.get("sources"), Some(&45));
     assert_eq!(dist.targets.port_count, 45);
+}
+
+/// Bare ACKs of real connections take the fast path (one in ACK_SAMPLE is looked up); an ACK
+/// scanner is caught by a sampled lookup and from then on every one of its ACKs is looked up.
+#[test]
+fn bare_acks_are_sampled_until_a_source_is_suspected() {
+    let mut p = Prog::new();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let _server = listener.accept().expect("accept");
+    let lo = v4("127.0.0.1");
+    let ack =
+        PacketSpec::tcp(lo, lo, client.local_addr().expect("addr").port(), listener.local_addr().expect("addr").port(), ACK)
+            .build();
+    p.run_all((0..64).map(|_| ack.clone()));
+    let st = p.stats();
+    let sample = scanwatch_common::ACK_SAMPLE;
+    assert_eq!(st[stat::ACK_FAST as usize], 64 - 64 / sample, "all but the sampled ones skip the lookup");
+    assert_eq!(p.n_sources(), 0, "established ACKs create no state");
+
+    // An ACK scan from a new source: ACK_SEEN is now a multiple of ACK_SAMPLE, so its first
+    // probe is sampled, found orphan, and the source suspected: every later probe is looked up.
+    let x = v4("10.12.0.1");
+    let d = v4("10.12.0.2");
+    p.run_all((0..40).map(|_| PacketSpec::tcp(x, d, 40000, closed_port(), ACK).build()));
+    assert_eq!(p.count(x, cnt::ACK), 40, "first held then replayed, the other 39 counted");
+    assert_eq!(p.stats()[stat::ACK_FAST as usize], 64 - 64 / sample, "no probe of the scanner skipped");
+    // The agent's periodic clear: the scanner is sampled again (and suspected again when caught).
+    let mut suspect: Array<MapData, u64> =
+        Array::try_from(p.ebpf.take_map("SUSPECT_SOURCES").expect("map")).expect("array");
+    scanwatch::collector::clear_suspects(&mut suspect).expect("clear");
+    p.run_all((0..sample).map(|_| PacketSpec::tcp(x, d, 40000, closed_port(), ACK).build()));
+    assert_eq!(p.count(x, cnt::ACK), 41, "one sampled lookup in {sample}");
+    p.run_all([PacketSpec::tcp(x, d, 40000, closed_port(), ACK).build()]);
+    assert_eq!(p.count(x, cnt::ACK), 42, "suspected again");
 }
 
 #[test]
