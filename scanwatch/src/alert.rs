@@ -132,26 +132,8 @@ pub struct Ancestor {
     pub exe: String,
 }
 
-/// The local process behind an outbound alert.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessBlock {
-    pub pid: u32,
-    pub tgid: u32,
-    pub comm: String,
-    pub exe: Option<String>,
-    pub cmdline: Option<String>,
-    pub uid: u32,
-    pub user: Option<String>,
-    pub ppid: Option<u32>,
-    pub parent_exe: Option<String>,
-    /// Up to 4 ancestors, parent first.
-    pub ancestry: Vec<Ancestor>,
-    pub cgroup: Option<String>,
-    pub container_id: Option<String>,
-    pub start_time: Option<u64>,
-    /// The process had exited when the alert was raised (details may be partial).
-    pub exited: bool,
-}
+/// The local process behind an outbound alert (the engine's enriched process, serialized as is).
+pub type ProcessBlock = crate::detect::ProcessInfo;
 
 /// Who did it: a remote address (inbound) or a local process (outbound).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -173,7 +173,7 @@ impl ProcCache {
             if info.parent_exe.is_none() {
                 info.parent_exe = Some(exe.clone());
             }
-            info.ancestry.push((pp, exe));
+            info.ancestry.push(crate::alert::Ancestor { pid: pp, exe });
             next = pr.stat().ok().map(|s| s.ppid as u32);
         }
     }

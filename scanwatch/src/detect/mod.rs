@@ -115,8 +115,8 @@ pub struct InboundObservation {
     pub kind: InboundEventKind,
 }
 
-/// An enriched local process.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// An enriched local process; also the `source.process` block of outbound alerts.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ProcessInfo {
     pub pid: u32,
     pub tgid: u32,
@@ -127,11 +127,12 @@ pub struct ProcessInfo {
     pub user: Option<String>,
     pub ppid: Option<u32>,
     pub parent_exe: Option<String>,
-    /// (pid, exe) of ancestors, parent first.
-    pub ancestry: Vec<(u32, String)>,
+    /// Up to 4 ancestors, parent first.
+    pub ancestry: Vec<crate::alert::Ancestor>,
     pub cgroup: Option<String>,
     pub container_id: Option<String>,
     pub start_time: Option<u64>,
+    /// The process had exited when it was enriched (details may be partial).
     pub exited: bool,
 }
 

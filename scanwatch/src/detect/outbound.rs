@@ -15,7 +15,7 @@ use super::trw::{Trw, TrwParams};
 use super::window::{m, Metrics, MultiWindow};
 use super::{make_room, Engine, OutboundAction, OutboundObservation, ProcessInfo};
 use crate::alert::{
-    Alert, AlertKind, AlertSource, Ancestor, Counts, Direction, ProcessBlock, Severity, Targets,
+    Alert, AlertKind, AlertSource, Counts, Direction, ProcessBlock, Severity, Targets,
     Technique,
 };
 use crate::config::{canonical_ip, format_duration, RoleProfile};
@@ -189,22 +189,9 @@ pub(super) fn entity_key(p: &ProcessInfo) -> String {
 }
 
 fn process_block(p: &ProcessInfo) -> ProcessBlock {
-    ProcessBlock {
-        pid: p.pid,
-        tgid: p.tgid,
-        comm: p.comm.clone(),
-        exe: p.exe.clone(),
-        cmdline: p.cmdline.clone(),
-        uid: p.uid,
-        user: p.user.clone(),
-        ppid: p.ppid,
-        parent_exe: p.parent_exe.clone(),
-        ancestry: p.ancestry.iter().take(4).map(|(pid, exe)| Ancestor { pid: *pid, exe: exe.clone() }).collect(),
-        cgroup: p.cgroup.clone(),
-        container_id: p.container_id.clone(),
-        start_time: p.start_time,
-        exited: p.exited,
-    }
+    let mut b = p.clone();
+    b.ancestry.truncate(4);
+    b
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -429,7 +429,10 @@ fn proc_info(exe: &str, pid: u32, ppid: u32) -> ProcessInfo {
         user: Some("alice".into()),
         ppid: Some(ppid),
         parent_exe: Some("/usr/bin/bash".into()),
-        ancestry: vec![(ppid, "/usr/bin/bash".into()), (1, "/sbin/init".into())],
+        ancestry: vec![
+            crate::alert::Ancestor { pid: ppid, exe: "/usr/bin/bash".into() },
+            crate::alert::Ancestor { pid: 1, exe: "/sbin/init".into() },
+        ],
         cgroup: Some("/user.slice".into()),
         container_id: None,
         start_time: Some(12345),
