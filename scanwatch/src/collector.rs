@@ -299,7 +299,7 @@ pub async fn run_with<O: Observer, W: Write>(cfg: &Config, opts: RunOptions, eng
                 alerts
             }
             _ = held_scan.tick() => {
-                let held = held_reader.read(&fc_view, &Listeners::read());
+                let held = held_reader.read(&fc_view, Listeners::read);
                 engine.observe_held(monotonic(), &held)
             }
             _ = known_rebuild.tick() => {

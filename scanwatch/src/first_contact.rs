@@ -133,8 +133,9 @@ impl Default for HeldReader {
 }
 
 impl HeldReader {
-    pub fn read(&mut self, view: &FirstContactView, listeners: &Listeners) -> Vec<HeldProbe> {
-        let mut out = Vec::new();
+    /// `listeners` is called (the socket tables read) only when some slot changed.
+    pub fn read(&mut self, view: &FirstContactView, listeners: impl FnOnce() -> Listeners) -> Vec<HeldProbe> {
+        let mut changed = Vec::new();
         for i in 0..view.len().min(self.last.len()) {
             let s = view.slot(i);
             let id = (s.addr, s.dport);
@@ -142,9 +143,15 @@ impl HeldReader {
                 continue;
             }
             self.last[i] = id;
-            out.extend(held_probe(&s, listeners));
+            if s.addr != [0, 0] {
+                changed.push(s);
+            }
         }
-        out
+        if changed.is_empty() {
+            return Vec::new();
+        }
+        let listeners = listeners();
+        changed.iter().filter_map(|s| held_probe(s, &listeners)).collect()
     }
 }
 

@@ -459,10 +459,10 @@ fn one_probe_per_source_scan_reaches_the_distributed_detector() {
     let view = scanwatch::first_contact::FirstContactView::new(p.ebpf.take_map("FIRST_CONTACT").expect("map"))
         .expect("mmap the first-contact table");
     let mut reader = scanwatch::first_contact::HeldReader::default();
-    let held = reader.read(&view, &scanwatch::first_contact::Listeners::read());
+    let held = reader.read(&view, scanwatch::first_contact::Listeners::read);
     assert_eq!(held.len(), 45, "every held probe read back: {held:?}");
     assert!(held.iter().all(|h| h.failed && srcs.contains(&h.ip)), "{held:?}");
-    assert!(reader.read(&view, &scanwatch::first_contact::Listeners::read()).is_empty(), "each handed out once");
+    assert!(reader.read(&view, scanwatch::first_contact::Listeners::read).is_empty(), "each handed out once");
     let cfg = scanwatch::config::Config::default_embedded();
     let mut engine = scanwatch::detect::Engine::new(&cfg, "test".into());
     let now = scanwatch::collector::monotonic();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::window::m;
+use super::window::{m, Metrics};
 use super::{Engine, InboundObservation, OutboundAction, OutboundObservation, SourceSnapshot};
 use crate::config::{canonical_ip, format_duration, Config};
 
@@ -96,6 +96,18 @@ impl Baseline {
     }
 }
 
+/// Raise the per-window distinct-port/host maxima and the shortest window's probe rate
+/// (`secs` long) to what `totals` shows.
+fn raise_window_maxima(totals: &[Metrics], secs: f64, ports: &mut Vec<f64>, hosts: &mut Vec<f64>, rate: &mut f64) {
+    for (i, t) in totals.iter().enumerate() {
+        raise_max(ports, i, t.get(m::NEW_PORTS));
+        raise_max(hosts, i, t.get(m::NEW_HOSTS));
+        if i == 0 {
+            *rate = rate.max(t.get(m::PROBES) / secs);
+        }
+    }
+}
+
 fn raise_max(v: &mut Vec<f64>, i: usize, x: f64) {
     if v.len() <= i {
         v.resize(i + 1, 0.0);
@@ -155,14 +167,8 @@ impl BaselineLearner {
             return;
         }
         let b = self.baseline.executables.entry(exe).or_default();
-        for (i, t) in e.windows.totals(now).iter().enumerate() {
-            raise_max(&mut b.max_ports, i, t.get(m::NEW_PORTS));
-            raise_max(&mut b.max_hosts, i, t.get(m::NEW_HOSTS));
-            if i == 0 {
-                let secs = self.engine.cfg.detect.windows[0].as_secs_f64().max(1e-3);
-                b.max_rate = b.max_rate.max(t.get(m::PROBES) / secs);
-            }
-        }
+        let secs = self.engine.cfg.detect.windows[0].as_secs_f64().max(1e-3);
+        raise_window_maxima(&e.windows.totals(now), secs, &mut b.max_ports, &mut b.max_hosts, &mut b.max_rate);
         let dst = match &o.action {
             OutboundAction::Connect { dst, dport }
             | OutboundAction::UdpSend { dst, dport }
@@ -193,14 +199,8 @@ impl BaselineLearner {
             return;
         }
         let b = self.baseline.sources.entry(key).or_default();
-        for (i, t) in e.windows.totals(now).iter().enumerate() {
-            raise_max(&mut b.max_ports, i, t.get(m::NEW_PORTS));
-            raise_max(&mut b.max_hosts, i, t.get(m::NEW_HOSTS));
-            if i == 0 {
-                let secs = self.engine.cfg.detect.windows[0].as_secs_f64().max(1e-3);
-                b.max_rate = b.max_rate.max(t.get(m::PROBES) / secs);
-            }
-        }
+        let secs = self.engine.cfg.detect.windows[0].as_secs_f64().max(1e-3);
+        raise_window_maxima(&e.windows.totals(now), secs, &mut b.max_ports, &mut b.max_hosts, &mut b.max_rate);
         for p in &e.known_ports {
             if b.ports.len() >= MAX_BASELINE_SET {
                 break;

@@ -181,14 +181,15 @@ impl Engine {
     pub(super) fn note_held(&mut self, now: Duration, probes: &[HeldProbe]) {
         let window = self.cfg.detect.distributed_window;
         let held = &mut self.distributed.held;
+        // Expired entries go once per call (everything inserted below is `now`, never expired).
+        if held.len() + probes.len() > HELD_CAP {
+            held.retain(|_, (_, seen)| now.saturating_sub(*seen) < window);
+        }
         for p in probes {
             let ip = canonical_ip(p.ip);
             if !held.contains_key(&ip) && held.len() >= HELD_CAP {
-                held.retain(|_, (_, seen)| now.saturating_sub(*seen) < window);
-                if held.len() >= HELD_CAP {
-                    self.distributed.held_dropped += 1;
-                    continue;
-                }
+                self.distributed.held_dropped += 1;
+                continue;
             }
             held.insert(ip, (HeldProbe { ip, ..*p }, now));
         }
