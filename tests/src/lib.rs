@@ -1400,3 +1400,28 @@ pub fn scanwatch_bin() -> PathBuf {
         candidates
     );
 }
+
+// ------------------------------------------------------------------------------------------------
+// Assertion helpers shared by the lab tests
+// ------------------------------------------------------------------------------------------------
+
+/// One alert per line.
+pub fn dump(alerts: &[serde_json::Value]) -> String {
+    alerts.iter().map(|a| a.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+/// The command succeeded; otherwise panic with its status and output.
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The awaited alert, or a panic showing every alert so far and the agent's stderr.
+pub fn expect_alert<T>(o: Option<T>, what: &str, agent: &AgentProc) -> T {
+    o.unwrap_or_else(|| panic!("expected {what}; alerts so far:\n{}\nagent stderr:\n{}", dump(&agent.alerts()), agent.stderr()))
+}

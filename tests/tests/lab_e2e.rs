@@ -2,7 +2,7 @@
 //! lab's attacker namespace (../shared/LAB.md). Root is required; without it these fail loudly.
 use std::time::{Duration, Instant};
 
-use scanwatch_tests::{lab_lock, scanwatch_bin, AgentProc, Lab};
+use scanwatch_tests::{assert_ok, expect_alert, lab_lock, scanwatch_bin, AgentProc, Lab};
 use serde_json::Value;
 
 fn start_agent(lab: &Lab) -> AgentProc {
@@ -17,29 +17,9 @@ fn from_ip(v: &Value, ip: &str) -> bool {
     v["source"]["ip"].as_str() == Some(ip)
 }
 
-fn must<T>(o: Option<T>, what: &str, agent: &AgentProc) -> T {
-    o.unwrap_or_else(|| {
-        panic!(
-            "expected {what}; alerts so far:\n{}\nagent stderr:\n{}",
-            agent.alerts().iter().map(|a| a.to_string()).collect::<Vec<_>>().join("\n"),
-            agent.stderr()
-        )
-    })
-}
-
 /// Largest `targets.<field>` over an alert and its escalation updates.
 fn max_of(alerts: &[Value], id: &Value, field: &str) -> f64 {
     alerts.iter().filter(|v| &v["alert_id"] == id).filter_map(|v| v["targets"][field].as_f64()).fold(0.0, f64::max)
-}
-
-fn assert_ok(out: &std::process::Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
@@ -51,7 +31,7 @@ fn nmap_syn_top1000_raises_vertical_scan_with_fingerprint_and_process() {
     let out = lab.nmap(&["-sS", "--top-ports", "1000", "-T4", "-n", "-Pn"], &lab.target_ip.to_string());
     assert_ok(&out, "nmap -sS");
     let atk = lab.attacker_ip.to_string();
-    let a = must(
+    let a = expect_alert(
         agent.wait_for(|v| kind_is(v, "vertical_scan") && from_ip(v, &atk), Duration::from_secs(10)),
         "vertical_scan from the attacker",
         &agent,
@@ -61,7 +41,7 @@ fn nmap_syn_top1000_raises_vertical_scan_with_fingerprint_and_process() {
     assert!(a["targets"]["host_count"].as_f64().unwrap_or(99.0) <= 2.0, "{a}");
     assert!(!a["targets"]["sample_ports"].as_array().expect("sample_ports").is_empty());
     // The scanner process is attributed through the raw-socket hook (nmap -sS never connects).
-    let o = must(
+    let o = expect_alert(
         agent.wait_for(
             |v| kind_is(v, "outbound_scan") && v["source"]["process"]["exe"].as_str().is_some_and(|e| e.ends_with("nmap")),
             Duration::from_secs(10),
@@ -88,7 +68,7 @@ fn masscan_one_port_across_24_raises_horizontal_scan() {
     let out = lab.masscan("80", &lab.target_net, 2000);
     assert_ok(&out, "masscan");
     let atk = lab.attacker_ip.to_string();
-    let a = must(
+    let a = expect_alert(
         agent.wait_for(|v| kind_is(v, "horizontal_scan") && from_ip(v, &atk), Duration::from_secs(10)),
         "horizontal_scan from masscan",
         &agent,
@@ -111,7 +91,7 @@ fn nmap_connect_scan_is_attributed_to_its_process() {
     let agent = start_agent(&lab);
     let out = lab.nmap(&["-sT", "-p", "1-600", "-T4", "-n", "-Pn"], &lab.target_ip.to_string());
     assert_ok(&out, "nmap -sT");
-    let a = must(
+    let a = expect_alert(
         agent.wait_for(
             |v| kind_is(v, "outbound_scan") && v["source"]["process"]["exe"].as_str().is_some_and(|e| e.ends_with("/nmap")),
             Duration::from_secs(10),
@@ -138,7 +118,7 @@ fn unprivileged_python_connect_loop_is_attributed_to_user() {
     let agent = start_agent(&lab);
     let out = lab.python_connect_loop_as("nobody", 1..=300, &lab.target_ip.to_string());
     assert_ok(&out, "python connect loop as nobody");
-    let a = must(
+    let a = expect_alert(
         agent.wait_for(
             |v| kind_is(v, "outbound_scan") && v["source"]["process"]["uid"] == 65534,
             Duration::from_secs(10),
@@ -163,7 +143,7 @@ fn honeyport_touch_alerts_immediately() {
     );
     assert_ok(&lab.exec(&["/usr/bin/python3", "-c", &script]), "honeyport touch");
     let atk = lab.attacker_ip.to_string();
-    let a = must(
+    let a = expect_alert(
         agent.wait_for(|v| kind_is(v, "honeyport_hit") && from_ip(v, &atk), Duration::from_secs(3)),
         "honeyport_hit",
         &agent,
@@ -223,7 +203,7 @@ fn active_response_blocks_the_scanner_in_xdp() {
     let out = lab.nmap(&["-sS", "-p", "1-2000", "-T4", "-n", "-Pn", "--max-retries", "0", "--min-rate", "2000"], &target);
     assert_ok(&out, "nmap -sS");
     let atk = lab.attacker_ip.to_string();
-    let a = must(
+    let a = expect_alert(
         agent.wait_for(|v| from_ip(v, &atk) && v["blocked"] == true, Duration::from_secs(10)),
         "an alert of the scanner with blocked: true",
         &agent,

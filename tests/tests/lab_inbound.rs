@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use scanwatch_tests::{lab_lock, scanwatch_bin, AgentProc, Lab};
+use scanwatch_tests::{assert_ok, dump, lab_lock, scanwatch_bin, AgentProc, Lab};
 use serde_json::Value;
 
 /// Bound on the wait for the expected alert after the scanner finished.
@@ -31,20 +31,6 @@ fn involves(v: &Value, ips: &[String]) -> bool {
     ips.iter().any(|ip| {
         src == Some(ip.as_str()) || related.is_some_and(|r| r.iter().any(|x| x.as_str() == Some(ip.as_str())))
     })
-}
-
-fn dump(alerts: &[Value]) -> String {
-    alerts.iter().map(|a| a.to_string()).collect::<Vec<_>>().join("\n")
-}
-
-fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// One scenario: what the scanner is, which sources it uses and what must be shown.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use scanwatch_tests::{lab_lock, scanwatch_bin, AgentProc, Lab};
+use scanwatch_tests::{assert_ok, dump, expect_alert, lab_lock, scanwatch_bin, AgentProc, Lab};
 use serde_json::Value;
 
 fn start_agent(lab: &Lab) -> AgentProc {
@@ -43,20 +43,6 @@ fn by_parent(v: &Value, ppid: u32) -> bool {
             || proc_of(v)["tgid"].as_u64() == Some(u64::from(ppid)))
 }
 
-fn dump(alerts: &[Value]) -> String {
-    alerts.iter().map(|a| a.to_string()).collect::<Vec<_>>().join("\n")
-}
-
-fn must<T>(o: Option<T>, what: &str, agent: &AgentProc) -> T {
-    o.unwrap_or_else(|| {
-        panic!(
-            "expected {what}; alerts so far:\n{}\nagent stderr:\n{}",
-            dump(&agent.alerts()),
-            agent.stderr()
-        )
-    })
-}
-
 /// Waits for a child spawned with `Lab::spawn*` (bounded: SIGKILL after `secs`).
 fn finish(child: Child, secs: u64) -> Output {
     let pid = child.id() as i32;
@@ -79,16 +65,6 @@ fn finish(child: Child, secs: u64) -> Output {
     done.store(true, Ordering::Relaxed);
     let _ = watchdog.join();
     out
-}
-
-fn assert_ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Largest `targets.<field>` over every alert matching `pred` (escalation updates included).
@@ -154,7 +130,7 @@ fn nmap_syn_scan_is_attributed_with_pid_exe_uid() {
     let child = lab.spawn(&["nmap", "-sS", "-p", "1-300", "-T4", "-n", "-Pn", "--host-timeout", "60s", &t]);
     let pid = child.id();
     assert_ok(&finish(child, 90), "nmap -sS");
-    let a = must(agent.wait_for(|v| by_tgid(v, pid), Duration::from_secs(10)), "outbound_scan for nmap", &agent);
+    let a = expect_alert(agent.wait_for(|v| by_tgid(v, pid), Duration::from_secs(10)), "outbound_scan for nmap", &agent);
     check_process(&a, "/nmap", 0, pid);
     targets_in_lab(&lab, &a);
     assert_eq!(proc_of(&a)["pid"].as_u64(), Some(u64::from(pid)), "nmap sends from its main thread: {a}");
@@ -180,7 +156,7 @@ fn masscan_packet_socket_scan_is_attributed() {
     ]);
     let pid = child.id();
     assert_ok(&finish(child, 60), "masscan");
-    let a = must(agent.wait_for(|v| by_tgid(v, pid), Duration::from_secs(10)), "outbound_scan for masscan", &agent);
+    let a = expect_alert(agent.wait_for(|v| by_tgid(v, pid), Duration::from_secs(10)), "outbound_scan for masscan", &agent);
     check_process(&a, "/masscan", 0, pid);
     targets_in_lab(&lab, &a);
     assert!(a["counts"]["raw_probe"].as_u64().unwrap_or(0) > 0, "per-packet probes seen: {a}");
@@ -206,7 +182,7 @@ fn zmap_horizontal_scan_is_attributed() {
     ]);
     let pid = child.id();
     assert_ok(&finish(child, 60), "zmap");
-    let a = must(agent.wait_for(|v| by_tgid(v, pid), Duration::from_secs(10)), "outbound_scan for zmap", &agent);
+    let a = expect_alert(agent.wait_for(|v| by_tgid(v, pid), Duration::from_secs(10)), "outbound_scan for zmap", &agent);
     check_process(&a, "/zmap", 0, pid);
     targets_in_lab(&lab, &a);
     assert!(a["counts"]["raw_probe"].as_u64().unwrap_or(0) > 0, "per-packet probes seen: {a}");
@@ -231,7 +207,7 @@ fn hping3_scan_is_attributed() {
     let child = lab.spawn(&["hping3", "-I", &lab.atk_veth, "--scan", "1-200", "-S", &t]);
     let pid = child.id();
     assert_ok(&finish(child, 60), "hping3 --scan");
-    let a = must(agent.wait_for(|v| by_tgid_or_child(v, pid), Duration::from_secs(10)), "outbound_scan for hping3", &agent);
+    let a = expect_alert(agent.wait_for(|v| by_tgid_or_child(v, pid), Duration::from_secs(10)), "outbound_scan for hping3", &agent);
     // hping3 --scan forks: the child sends on the raw socket the parent opened.
     let sender = proc_of(&a)["tgid"].as_u64().unwrap_or(0) as u32;
     check_process(&a, "/hping3", 0, sender);
@@ -258,7 +234,7 @@ fn bash_dev_tcp_loop_subshells_are_grouped() {
     let child = lab.spawn(&["bash", "-c", &script]);
     let bash = child.id();
     assert_ok(&finish(child, 90), "bash /dev/tcp loop");
-    let a = must(agent.wait_for(|v| by_parent(v, bash), Duration::from_secs(10)), "outbound_scan for bash loop", &agent);
+    let a = expect_alert(agent.wait_for(|v| by_parent(v, bash), Duration::from_secs(10)), "outbound_scan for bash loop", &agent);
     let p = proc_of(&a);
     assert!(p["comm"] == "bash", "{a}");
     assert_eq!(p["uid"].as_u64(), Some(0), "{a}");
@@ -286,7 +262,7 @@ fn unprivileged_bash_loop_as_nobody_is_attributed() {
     let child = lab.spawn_as("nobody", &["bash", "-c", &script]);
     let bash = child.id();
     assert_ok(&finish(child, 90), "bash loop as nobody");
-    let a = must(agent.wait_for(|v| by_parent(v, bash), Duration::from_secs(10)), "outbound_scan for nobody's loop", &agent);
+    let a = expect_alert(agent.wait_for(|v| by_parent(v, bash), Duration::from_secs(10)), "outbound_scan for nobody's loop", &agent);
     let p = proc_of(&a);
     assert_eq!(p["uid"].as_u64(), Some(65534), "{a}");
     assert_eq!(p["user"], "nobody", "{a}");
@@ -313,7 +289,7 @@ fn unprivileged_python_loop_as_nobody_is_attributed_with_pid() {
     let child = lab.spawn_as("nobody", &["/usr/bin/python3", "-c", &script]);
     let pid = child.id();
     assert_ok(&finish(child, 90), "python loop as nobody");
-    let a = must(agent.wait_for(|v| by_tgid(v, pid), Duration::from_secs(10)), "outbound_scan for python as nobody", &agent);
+    let a = expect_alert(agent.wait_for(|v| by_tgid(v, pid), Duration::from_secs(10)), "outbound_scan for python as nobody", &agent);
     check_process(&a, "", 65534, pid);
     targets_in_lab(&lab, &a);
     assert!(proc_of(&a)["exe"].as_str().unwrap_or("").contains("python3"), "{a}");
@@ -340,7 +316,7 @@ fn exited_scanner_is_reported_with_kernel_identity() {
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     agent.signal(libc::SIGCONT);
     assert_ok(&out, "short-lived python scanner");
-    let a = must(agent.wait_for(|v| by_tgid(v, pid), Duration::from_secs(10)), "outbound_scan for the exited scanner", &agent);
+    let a = expect_alert(agent.wait_for(|v| by_tgid(v, pid), Duration::from_secs(10)), "outbound_scan for the exited scanner", &agent);
     let p = proc_of(&a);
     assert_eq!(p["exited"], true, "{a}");
     assert_eq!(p["comm"], "python3", "{a}");
