@@ -110,7 +110,7 @@ const BASE: &str = "xdp_pass_baseline";
 const PROG_XDP: &str = scanwatch_common::PROG_XDP;
 
 pub fn run(repeat: u32) -> anyhow::Result<Report> {
-    let mut ebpf = loader::load(&LoadOptions { honeyports_tcp: vec![4444, 31337], ..LoadOptions::default() })?;
+    let mut ebpf = loader::load_object(&LoadOptions { honeyports_tcp: vec![4444, 31337], ..LoadOptions::default() }, crate::ebpf_bench_object())?;
     let v4 = |a: u8, b: u8, c: u8, d: u8| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
     let dst = v4(10, 99, 0, 1);
     let known = v4(10, 98, 0, 7);

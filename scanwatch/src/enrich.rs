@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::detect::ProcessInfo;
+use crate::vocab::ProcessInfo;
 
 /// Upper bound on cached processes; the least recently used half is dropped beyond it.
 const MAX_CACHED: usize = 4096;
@@ -173,7 +173,7 @@ impl ProcCache {
             if info.parent_exe.is_none() {
                 info.parent_exe = Some(exe.clone());
             }
-            info.ancestry.push(crate::alert::Ancestor { pid: pp, exe });
+            info.ancestry.push(crate::vocab::Ancestor { pid: pp, exe });
             next = pr.stat().ok().map(|s| s.ppid as u32);
         }
     }
