@@ -161,6 +161,7 @@ mod tests {
             reason: String::new(),
             update: false,
             alert_id: String::new(),
+            annotations: Default::default(),
         }
     }
 
