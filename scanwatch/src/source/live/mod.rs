@@ -76,7 +76,11 @@ pub struct KernelBlockTable(maps::Blocklist);
 
 impl BlockTable for KernelBlockTable {
     fn insert(&mut self, ip: IpAddr, reason: u32) -> Result<(), String> {
-        self.0.insert(ip_to_key(ip), reason, 0).map_err(|e| e.to_string())
+        let entry = scanwatch_common::BlockEntry { reason, ..Default::default() };
+        self.0.insert(ip_to_key(ip), entry, 0).map_err(|e| e.to_string())
+    }
+    fn dropped(&self, ip: IpAddr) -> Option<(u64, u64)> {
+        self.0.get(&ip_to_key(ip), 0).ok().map(|e| (e.packets, e.bytes))
     }
     fn remove(&mut self, ip: IpAddr) -> Result<(), String> {
         self.0.remove(&ip_to_key(ip)).map_err(|e| e.to_string())
