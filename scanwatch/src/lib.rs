@@ -3,15 +3,19 @@
 //! `detect` (pure engine) → `response` → `sinks` → `output` → `alert` → `config` → `vocab`.
 
 pub mod alert;
+pub mod asn;
 pub mod vocab;
 pub mod baseline;
 pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod detect;
 pub mod enrich;
+pub mod evidence;
 pub mod loader;
+pub mod metrics;
 pub mod packet;
 pub mod output;
 pub mod pipeline;

@@ -94,4 +94,4 @@ pub(crate) fn unix_millis(t: &str) -> Option<i64> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

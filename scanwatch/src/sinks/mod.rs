@@ -124,7 +124,7 @@ fn type_names() -> String {
 }
 
 /// Deliveries per sink.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SinkStats {
     pub written: u64,
     /// Attempts that failed (and were retried or dropped).

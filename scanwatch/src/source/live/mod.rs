@@ -105,6 +105,8 @@ pub struct LiveSource {
     decode_errors: records::DecodeErrors,
     /// What attached where (`eth0:native`, ...), for the ready line.
     pub attached: Vec<String>,
+    /// Outbound hook → the method that attached (`tracepoint:syscalls:sys_enter_connect`, ...).
+    pub hooks: Vec<(String, String)>,
     pub outbound: bool,
 }
 
@@ -132,6 +134,7 @@ impl LiveSource {
             }
             attached.push(format!("{i}:{mode}"));
         }
+        let mut hooks = Vec::new();
         if cfg.agent.outbound {
             if let Some(root) = loader::tracefs_root() {
                 let n = tracepoints::check_all(root)?;
@@ -139,6 +142,7 @@ impl LiveSource {
             }
             for (hook, method) in loader::attach_outbound(&mut ebpf)? {
                 eprintln!("scanwatch: hook {hook} -> {method}");
+                hooks.push((hook.to_string(), method));
             }
         }
         let ring: RingBuf<aya::maps::MapData> = maps::take(&mut ebpf, MAP_EVENTS)?;
@@ -163,6 +167,7 @@ impl LiveSource {
             last_dropped: 0,
             decode_errors: records::DecodeErrors::default(),
             attached,
+            hooks,
             outbound: cfg.agent.outbound,
         })
     }
