@@ -251,7 +251,7 @@ fn operations_end_to_end_in_one_agent_run() {
 
     // --- never-block set: alerted and named, never (would-be) blocked -------------------------
     let census = Ipv4Addr::new(10, 78, lab.id as u8, 77);
-    let other = Ipv4Addr::new(10, 78, lab.id as u8, 88);
+    let other = Ipv4Addr::new(10, 78, lab.id as u8, 120);
     let _routes = Routes::add(&lab, &[census, other]);
     let probes: Vec<(Ipv4Addr, u16)> = (3000..3040).map(|p| (census, p)).collect();
     assert_ok(&lab.hping3_spoofed_syns(&probes, &target), "hping3 from the census source");
@@ -315,7 +315,15 @@ fn operations_end_to_end_in_one_agent_run() {
 
     // --- operator block: list with packets dropped, del ----------------------------------------
     assert_ok(&cli(&["block", "add", &atk, "--socket", &sock_s]), "block add");
-    let _ = lab.nmap(&["-sS", "-p", "1-150", "-T4", "-n", "-Pn", "--max-retries", "1"], &target);
+    // The block drops the attacker's ARP too: a permanent neighbour entry in its namespace lets
+    // the SYNs out, each of which the XDP program drops and counts on the entry.
+    assert_ok(
+        &lab.exec(&["ip", "neigh", "replace", &target, "lladdr", &lab.root_mac, "dev", &lab.atk_veth, "nud", "permanent"]),
+        "static neighbour",
+    );
+    let blocked_scan = lab.nmap(&["-sS", "--send-ip", "-p", "1-150", "-T4", "-n", "-Pn", "--max-retries", "1"], &target);
+    assert_ok(&blocked_scan, "nmap against the block");
+    assert!(String::from_utf8_lossy(&blocked_scan.stdout).contains("150 filtered"), "every port filtered: {}", String::from_utf8_lossy(&blocked_scan.stdout));
     let o = cli(&["block", "list", "--socket", &sock_s, "--json"]);
     assert_ok(&o, "block list");
     let l: Value = serde_json::from_slice(&o.stdout).expect("list JSON");

@@ -18,6 +18,9 @@ use crate::{
 
 
 
+/// Load-time setting (the loader rewrites it by this symbol name): drop packets from BLOCKLIST
+/// sources.
+#[unsafe(no_mangle)]
 pub(super) static ENFORCE_BLOCKLIST: u32 = 0;
 
 pub(super) const ETH_P_IP: u16 = 0x0800;

@@ -195,7 +195,12 @@ impl Client {
         let io = |e| ControlError::Io(self.path.clone(), e);
         let mut line = serde_json::to_string(r).map_err(ControlError::Decode)?;
         line.push('\n');
-        self.reader.get_mut().write_all(line.as_bytes()).map_err(io)?;
+        if let Err(e) = self.reader.get_mut().write_all(line.as_bytes()) {
+            // The agent may have answered (a refusal) and closed before reading: read that.
+            if !matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
+                return Err(io(e));
+            }
+        }
         let mut answer = String::new();
         let n = self.reader.read_line(&mut answer).map_err(|e| ControlError::Io(self.path.clone(), e))?;
         if n == 0 {
