@@ -172,3 +172,19 @@ pub(super) fn fold_ip(ip: &IpAddr) -> u32 {
     scanwatch_common::addr_fold(&bytes)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stealth_shapes() {
+        assert_eq!(stealth_name(0), Some("null"));
+        assert_eq!(stealth_name(FIN), Some("fin"));
+        assert_eq!(stealth_name(FIN | PSH | URG), Some("xmas"));
+        assert_eq!(stealth_name(FIN | ACK), Some("maimon"));
+        assert_eq!(stealth_name(ACK), Some("ack"));
+        assert_eq!(stealth_name(SYN | FIN), Some("synfin"));
+        assert_eq!(stealth_name(SYN), None);
+        assert_eq!(stealth_name(SYN | ACK), None);
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use scanwatch_common::cnt;
 
 use super::*;
-use crate::alert::AlertKind;
+use crate::alert::{Alert, AlertKind};
 use crate::vocab::{Direction, Severity};
 use crate::config::Config;
 
