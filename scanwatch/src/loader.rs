@@ -85,7 +85,8 @@ pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf, LoaderErro
         .map_max_entries(MAP_FINGERPRINTS, opts.max_fingerprints)
         .map_max_entries(MAP_PROCS, opts.max_procs)
         .map_max_entries(MAP_EVENTS, opts.ringbuf_bytes)
-        .override_global("ENFORCE_BLOCKLIST", &enforce, false)
+        // must exist: a renamed or mangled global would silently leave enforcement off.
+        .override_global("ENFORCE_BLOCKLIST", &enforce, true)
         .load(object)?;
     write_config(&mut ebpf, &opts.xdp)?;
     {
