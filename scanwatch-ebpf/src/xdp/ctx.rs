@@ -16,10 +16,7 @@ use crate::{
 };
 
 
-
-
-/// Load-time setting (the loader rewrites it by this symbol name): drop packets from BLOCKLIST
-/// sources.
+/// Load-time setting (the loader rewrites it): drop packets from BLOCKLIST sources.
 #[unsafe(no_mangle)]
 pub(super) static ENFORCE_BLOCKLIST: u32 = 0;
 

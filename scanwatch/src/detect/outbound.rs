@@ -210,7 +210,7 @@ impl Engine {
 
         let mut detail: BTreeMap<Evidence, u64> = BTreeMap::new();
         for (k, v) in &e.lifetime {
-            if matches!(*k, "null" | "fin" | "xmas" | "maimon" | "ack" | "synfin" | "raw_probe" | "raw_socket" | "udp") {
+            if matches!(*k, "null" | "fin" | "xmas" | "maimon" | "ack" | "synfin" | "custom_flags" | "raw_probe" | "raw_socket" | "udp") {
                 if let Some(ev) = Evidence::from_name(k) {
                     detail.insert(ev, *v);
                 }
@@ -248,23 +248,5 @@ impl Engine {
         };
         let magnitude = h.ports + h.hosts;
         self.submit(now, key, magnitude, alert, out);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use scanwatch_common::tcpflag::*;
-
-    #[test]
-    fn stealth_shapes() {
-        assert_eq!(stealth_name(0), Some("null"));
-        assert_eq!(stealth_name(FIN), Some("fin"));
-        assert_eq!(stealth_name(FIN | PSH | URG), Some("xmas"));
-        assert_eq!(stealth_name(FIN | ACK), Some("maimon"));
-        assert_eq!(stealth_name(ACK), Some("ack"));
-        assert_eq!(stealth_name(SYN | FIN), Some("synfin"));
-        assert_eq!(stealth_name(SYN), None);
-        assert_eq!(stealth_name(SYN | ACK), None);
     }
 }
