@@ -141,6 +141,19 @@ pub fn render(s: &Status) -> String {
     o.0
 }
 
+/// Method and path of an HTTP/1.x request head (`GET /metrics HTTP/1.1\r\n...`); `None` when the
+/// request line is not `METHOD SP PATH SP HTTP/x`.
+pub fn parse_head(buf: &[u8]) -> Option<(String, String)> {
+    let end = buf.windows(2).position(|w| w == b"\r\n").unwrap_or(buf.len());
+    let line = std::str::from_utf8(&buf[..end]).ok()?;
+    let mut parts = line.split(' ');
+    let (method, path, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) || !path.starts_with('/') || !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    Some((method.to_string(), path.to_string()))
+}
+
 /// Serve `GET /metrics` until the loop's receiver is gone.
 pub async fn serve(listener: TcpListener, tx: mpsc::Sender<Incoming>) {
     loop {
@@ -168,9 +181,7 @@ async fn handle(mut stream: TcpStream, tx: mpsc::Sender<Incoming>) -> std::io::R
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let head = String::from_utf8_lossy(&buf);
-    let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (method, path) = parse_head(&buf).unwrap_or_default();
     let (code, ctype, body) = if method != "GET" {
         ("405 Method Not Allowed", "text/plain", "only GET\n".to_string())
     } else if path == "/metrics" || path.starts_with("/metrics?") {

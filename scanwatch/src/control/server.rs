@@ -94,8 +94,8 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<Incoming>) -> std::io::Resu
         if line.len() > MAX_REQUEST {
             return write_line(&mut wr, &Response::error(format!("request longer than {MAX_REQUEST} bytes"))).await;
         }
-        let resp = match serde_json::from_str::<Request>(&line) {
-            Err(e) => Response::error(format!("bad request at column {}: {e}", e.column())),
+        let resp = match super::parse_request(line.as_bytes()) {
+            Err(e) => Response::error(e),
             Ok(req) => {
                 let (reply, rx) = oneshot::channel();
                 if tx.send(Incoming { req, reply }).await.is_err() {
