@@ -269,3 +269,12 @@ fn syslog_tcp_collector_gone_does_not_block_and_buffers_until_it_returns() {
     }
     assert_eq!(got[0], "t0", "the buffered findings arrive in order: {got:?}");
 }
+
+#[test]
+fn a_full_disk_is_retried_then_counted_as_dropped() {
+    // /dev/full accepts the open and fails every write with ENOSPC.
+    let spec = SinkSpec::parse("disk", &table("type = \"file\"\npath = \"/dev/full\"\n")).expect("valid");
+    let mut set = SinkSet::build(&[spec]).expect("opens");
+    assert_eq!(set.write(&alert("lost")), 1, "the finding is reported dropped");
+    assert_eq!(set.stats()["disk"], SinkStats { written: 0, failures: MAX_ATTEMPTS as u64, dropped: 1 });
+}
