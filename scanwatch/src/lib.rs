@@ -1,6 +1,7 @@
 //! scanwatch agent library. Stages, top to bottom (imports flow down only):
-//! `cli` → commands (`pipeline`, `baseline`, `bench`, `check`) → `source/*` → `enrich` →
-//! `detect` (pure engine) → `response` → `sinks` → `output` → `alert` → `config` → `vocab`.
+//! `cli` → commands (`pipeline`, `baseline`, `bench`, `check`) → `metrics`, `evidence`, `asn` →
+//! `control` (socket protocol, status, clients) → `source/*` → `enrich` → `detect` (pure engine)
+//! → `response` → `sinks` → `output` → `alert` → `config` → `vocab`.
 
 pub mod alert;
 pub mod asn;
