@@ -295,6 +295,8 @@ fn connect_unix(path: &PathBuf) -> std::io::Result<UnixSock> {
 struct TcpStats {
     dropped: AtomicU64,
     reconnects: AtomicU64,
+    /// The sink was dropped (reload, shutdown): the writer gives up on an unreachable collector.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// The TCP connection lives in its own thread behind a bounded queue.
@@ -330,6 +332,12 @@ impl TcpWriter {
     }
 }
 
+impl Drop for TcpWriter {
+    fn drop(&mut self) {
+        self.stats.closed.store(true, Ordering::Relaxed);
+    }
+}
+
 fn tcp_loop(address: &str, rx: &Receiver<String>, stats: &TcpStats) {
     let mut conn: Option<TcpStream> = None;
     let mut backoff = BACKOFF_MIN;
@@ -347,6 +355,12 @@ fn tcp_loop(address: &str, rx: &Receiver<String>, stats: &TcpStats) {
                         warned = false;
                     }
                     Err(e) => {
+                        if stats.closed.load(Ordering::Relaxed) {
+                            // The sink is gone and so is the collector: what is left is lost.
+                            let left = 1 + rx.try_iter().count();
+                            eprintln!("scanwatch: WARNING syslog collector {address} unreachable at close: {left} findings not delivered");
+                            return;
+                        }
                         if !warned {
                             eprintln!("scanwatch: WARNING syslog collector {address}: {e}; retrying with backoff, buffering");
                             warned = true;
