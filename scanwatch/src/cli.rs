@@ -72,6 +72,29 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Replay pcap/pcapng captures through the real XDP program; alerts as JSON lines on stdout,
+    /// a summary on stderr. Captures are read in the order given ("-" = standard input).
+    Replay {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Host role (overrides `agent.role`).
+        #[arg(long)]
+        role: Option<String>,
+        /// Only packets at or after this time (RFC 3339 or Unix seconds).
+        #[arg(long, value_parser = crate::replay::parse_time)]
+        since: Option<Duration>,
+        /// Only packets before this time (RFC 3339 or Unix seconds).
+        #[arg(long, value_parser = crate::replay::parse_time)]
+        until: Option<Duration>,
+        /// Seconds a probe waits for its answer in the capture before it counts as unanswered.
+        #[arg(long, default_value_t = 3.0)]
+        reply_timeout: f64,
+        /// No progress bar (it is only drawn when stderr is a terminal anyway).
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +185,28 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let ifaces = if interfaces.is_empty() { cfg.agent.interfaces.clone() } else { interfaces };
             runtime()?.block_on(crate::baseline::learn(cfg, ifaces, Duration::from_secs(duration), &output))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Replay { files, config, role, since, until, reply_timeout, quiet } => {
+            let mut cfg = load_config(config.as_ref())?;
+            if let Some(r) = role {
+                anyhow::ensure!(cfg.roles.contains_key(&r), "--role: unknown role {r:?}");
+                cfg.agent.role = r;
+            }
+            anyhow::ensure!(reply_timeout.is_finite() && reply_timeout > 0.0, "--reply-timeout: must be a positive number of seconds");
+            let opts = crate::replay::ReplayOptions {
+                files,
+                since,
+                until,
+                progress: !quiet,
+                reply_timeout: Duration::from_secs_f64(reply_timeout),
+            };
+            let summary = crate::replay::run(&cfg, &opts, std::io::stdout())?;
+            eprintln!("scanwatch: replay: {}", summary.line());
+            eprintln!("scanwatch: replay summary {}", summary.to_json());
+            for e in &summary.reader.errors {
+                eprintln!("scanwatch: error: {e}");
+            }
+            Ok(if summary.reader.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Bench { repeat, json } => {
             let report = crate::bench::run(repeat)?;

@@ -122,6 +122,8 @@ const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "zli
 const LAB_PKGS: &[&str] = &[
     "nmap", "masscan", "zmap", "hping3", "tcpdump", "iproute2", "iputils-ping", "python3", "curl", "util-linux",
     "procps", "strace",
+    // editcap / tshark write the capture formats the replay reader is tested on.
+    "tshark",
 ];
 
 fn setup() -> Result<()> {
