@@ -1,6 +1,11 @@
 //! Connection outcomes from what the other direction shows: SYN-ACK = open, RST = closed, ICMP
 //! unreachable = closed (port unreachable) or filtered, nothing within a timeout = no answer.
 //!
+//! The tracker also keeps the flows the capture showed to be connected (or refused), so a
+//! SYN-ACK or RST that belongs to no flow is reported as unsolicited (backscatter, or a
+//! scanner resetting what it probed), and a bare ACK / FIN-ACK outside any flow that draws a RST
+//! is an ACK / Maimon scan probe — what a host's socket table tells the live XDP program.
+//!
 //! Used where no local socket table can say whether a probed port was open: captures replayed
 //! offline (`scanwatch replay`) and a gateway that forwards other hosts' traffic. Pure: no I/O,
 //! no clock — every call carries the packet's time. Bounded: at most `max_pending` probes wait
@@ -27,7 +32,8 @@ pub enum Icmp {
 /// One packet as the tracker needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
-    Tcp { src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8 },
+    /// `payload`: the segment carries data (it belongs to a connection).
+    Tcp { src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8, payload: bool },
     Udp { src: IpAddr, dst: IpAddr, sport: u16, dport: u16 },
     /// An ICMP/ICMPv6 destination unreachable sent by `from`, quoting the packet it refused.
     Unreachable { from: IpAddr, probe_src: IpAddr, probe_dst: IpAddr, proto: u8, sport: u16, dport: u16, kind: Icmp },
@@ -42,6 +48,21 @@ pub enum ProbeKind {
     Stealth,
     /// A UDP datagram: a closed port answers ICMP port unreachable.
     Udp,
+    /// A bare ACK outside any known flow (ACK scan): a RST answer confirms no connection.
+    Ack,
+    /// A FIN-ACK outside any known flow (Maimon scan): a RST answer confirms no connection.
+    Maimon,
+}
+
+/// A SYN-ACK or RST sent by `from` that answers nothing the capture showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsolicited {
+    pub from: IpAddr,
+    pub to: IpAddr,
+    /// The port it was sent to.
+    pub dport: u16,
+    /// true: SYN-ACK; false: RST.
+    pub synack: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,10 +104,15 @@ impl Resolved {
     pub fn failure(&self) -> bool {
         match self.outcome {
             Outcome::Open => false,
-            Outcome::Closed | Outcome::Filtered => true,
+            Outcome::Closed | Outcome::Filtered => !matches!(self.kind, ProbeKind::Ack | ProbeKind::Maimon),
             // A silent stealth or UDP probe means "open or filtered": no verdict.
             Outcome::NoAnswer => self.kind == ProbeKind::Syn,
         }
+    }
+
+    /// An ACK / FIN-ACK probe that the target answered with RST: no connection existed.
+    pub fn orphan(&self) -> bool {
+        matches!(self.kind, ProbeKind::Ack | ProbeKind::Maimon) && self.outcome == Outcome::Closed
     }
 }
 
@@ -96,11 +122,15 @@ pub struct TrackerConfig {
     pub timeout: Duration,
     /// Probes waiting at once (memory bound: about 100 bytes each).
     pub max_pending: usize,
+    /// Connected / refused flows remembered at once (about 100 bytes each).
+    pub max_flows: usize,
+    /// A flow with no packet for this long is forgotten.
+    pub flow_idle: Duration,
 }
 
 impl Default for TrackerConfig {
     fn default() -> Self {
-        TrackerConfig { timeout: Duration::from_secs(3), max_pending: 1 << 18 }
+        TrackerConfig { timeout: Duration::from_secs(3), max_pending: 1 << 18, max_flows: 1 << 18, flow_idle: Duration::from_secs(300) }
     }
 }
 
@@ -115,6 +145,7 @@ pub struct TrackerStats {
     pub no_answer: u64,
     /// Resolved early as no answer because `max_pending` was reached.
     pub evicted: u64,
+    pub unsolicited: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -124,6 +155,25 @@ struct Key {
     proto: u8,
     sport: u16,
     dport: u16,
+}
+
+/// A TCP flow by its two ends, lower end first.
+type FlowId = (IpAddr, u16, IpAddr, u16);
+
+fn flow_id(a: IpAddr, ap: u16, b: IpAddr, bp: u16) -> FlowId {
+    if (a, ap) <= (b, bp) {
+        (a, ap, b, bp)
+    } else {
+        (b, bp, a, ap)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlowState {
+    /// SYN-ACK or data seen: a connection (any RST in it is normal).
+    Connected,
+    /// A probe was refused by `answerer` (its repeated RSTs are normal, the prober's are not).
+    Refused { answerer: IpAddr },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -139,13 +189,22 @@ pub struct ReplyTracker {
     pending: HashMap<Key, Pending>,
     /// Insertion order for expiry; entries already answered are skipped when reached.
     order: VecDeque<(Duration, Key)>,
+    flows: HashMap<FlowId, (FlowState, Duration)>,
+    flow_order: VecDeque<(Duration, FlowId)>,
     stats: TrackerStats,
 }
 
 impl ReplyTracker {
     pub fn new(cfg: TrackerConfig) -> ReplyTracker {
-        let cfg = TrackerConfig { max_pending: cfg.max_pending.max(1), ..cfg };
-        ReplyTracker { cfg, pending: HashMap::new(), order: VecDeque::new(), stats: TrackerStats::default() }
+        let cfg = TrackerConfig { max_pending: cfg.max_pending.max(1), max_flows: cfg.max_flows.max(1), ..cfg };
+        ReplyTracker {
+            cfg,
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+            flows: HashMap::new(),
+            flow_order: VecDeque::new(),
+            stats: TrackerStats::default(),
+        }
     }
 
     pub fn stats(&self) -> TrackerStats {
@@ -157,25 +216,59 @@ impl ReplyTracker {
     }
 
     /// Feed one packet seen at `now`; outcomes it settles are appended to `out` (probes that
-    /// timed out before `now` first).
-    pub fn observe(&mut self, now: Duration, seen: &Seen, out: &mut Vec<Resolved>) {
+    /// timed out before `now` first). Returns the segment when it is an unsolicited SYN-ACK/RST.
+    pub fn observe(&mut self, now: Duration, seen: &Seen, out: &mut Vec<Resolved>) -> Option<Unsolicited> {
         self.expire(now, out);
         match *seen {
-            Seen::Tcp { src, dst, sport, dport, flags } => {
+            Seen::Tcp { src, dst, sport, dport, flags, payload } => {
                 let f = flags & 0x3f;
-                // An answer to a probe sent the other way?
+                let fid = flow_id(src, sport, dst, dport);
+                let back = Key { prober: dst, target: src, proto: TCP, sport: dport, dport: sport };
                 if f & (SYN | ACK) == SYN | ACK || f & RST != 0 {
-                    let key = Key { prober: dst, target: src, proto: TCP, sport: dport, dport: sport };
-                    let outcome = if f & RST != 0 { Outcome::Closed } else { Outcome::Open };
-                    self.settle(now, key, outcome, out);
-                    return;
+                    let synack = f & RST == 0;
+                    // An answer to a probe sent the other way?
+                    if let Some(p) = self.pending.get(&back).copied() {
+                        let outcome = if synack { Outcome::Open } else { Outcome::Closed };
+                        self.settle(now, back, outcome, out);
+                        if synack {
+                            self.remember(now, fid, FlowState::Connected);
+                        } else if matches!(p.kind, ProbeKind::Syn | ProbeKind::Stealth) {
+                            self.remember(now, fid, FlowState::Refused { answerer: src });
+                        }
+                        // An ACK / FIN-ACK probe's RST proves there was no connection.
+                        return None;
+                    }
+                    match self.flows.get_mut(&fid) {
+                        Some((FlowState::Connected, t)) => {
+                            *t = now;
+                            return None;
+                        }
+                        Some((FlowState::Refused { answerer }, _)) if *answerer == src => return None,
+                        _ => {}
+                    }
+                    self.stats.unsolicited += 1;
+                    return Some(Unsolicited { from: src, to: dst, dport, synack });
+                }
+                if payload {
+                    self.remember(now, fid, FlowState::Connected);
+                    return None;
                 }
                 let kind = if f & SYN != 0 && f & ACK == 0 {
                     ProbeKind::Syn
                 } else if f == 0 || f == FIN || f == FIN | PSH | URG {
                     ProbeKind::Stealth
+                } else if f == ACK || f == FIN | ACK {
+                    if let Some((FlowState::Connected, t)) = self.flows.get_mut(&fid) {
+                        *t = now;
+                        return None;
+                    }
+                    if f == ACK {
+                        ProbeKind::Ack
+                    } else {
+                        ProbeKind::Maimon
+                    }
                 } else {
-                    return;
+                    return None;
                 };
                 self.probe(now, Key { prober: src, target: dst, proto: TCP, sport, dport }, kind, out);
             }
@@ -196,6 +289,39 @@ impl ReplyTracker {
                 self.settle(now, key, outcome, out);
             }
         }
+        None
+    }
+
+    fn remember(&mut self, now: Duration, fid: FlowId, state: FlowState) {
+        // Forget idle flows, then the oldest when full.
+        while let Some(&(t, old)) = self.flow_order.front() {
+            let full = self.flows.len() >= self.cfg.max_flows;
+            if t + self.cfg.flow_idle > now && !full {
+                break;
+            }
+            self.flow_order.pop_front();
+            if let Some((_, last)) = self.flows.get(&old) {
+                if *last + self.cfg.flow_idle <= now || full {
+                    self.flows.remove(&old);
+                } else {
+                    // Seen since: re-queue at its last time.
+                    let last = *last;
+                    self.flow_order.push_back((last, old));
+                    if self.flow_order.len() > 2 * self.cfg.max_flows + 16 {
+                        break;
+                    }
+                }
+            }
+        }
+        let new = !self.flows.contains_key(&fid);
+        self.flows.insert(fid, (state, now));
+        if new {
+            self.flow_order.push_back((now, fid));
+        }
+    }
+
+    pub fn flows(&self) -> usize {
+        self.flows.len()
     }
 
     fn probe(&mut self, now: Duration, key: Key, kind: ProbeKind, out: &mut Vec<Resolved>) {
@@ -286,14 +412,14 @@ mod tests {
         Duration::from_millis(ms)
     }
     fn tcp(src: &str, dst: &str, sport: u16, dport: u16, flags: u8) -> Seen {
-        Seen::Tcp { src: ip(src), dst: ip(dst), sport, dport, flags }
+        Seen::Tcp { src: ip(src), dst: ip(dst), sport, dport, flags, payload: false }
     }
     const A: &str = "10.0.0.1";
     const B: &str = "10.0.0.2";
 
     #[test]
     fn syn_ack_rst_and_silence() {
-        let mut tr = ReplyTracker::new(TrackerConfig { timeout: t(1000), max_pending: 100 });
+        let mut tr = ReplyTracker::new(TrackerConfig { timeout: t(1000), max_pending: 100, ..TrackerConfig::default() });
         let mut out = Vec::new();
         tr.observe(t(0), &tcp(A, B, 40000, 22, SYN), &mut out);
         tr.observe(t(1), &tcp(A, B, 40000, 23, SYN), &mut out);
@@ -322,11 +448,11 @@ mod tests {
 
     #[test]
     fn stealth_probes_fail_only_on_rst() {
-        let mut tr = ReplyTracker::new(TrackerConfig { timeout: t(100), max_pending: 100 });
+        let mut tr = ReplyTracker::new(TrackerConfig { timeout: t(100), max_pending: 100, ..TrackerConfig::default() });
         let mut out = Vec::new();
         tr.observe(t(0), &tcp(A, B, 1, 80, 0), &mut out); // NULL
         tr.observe(t(0), &tcp(A, B, 1, 81, FIN | PSH | URG), &mut out); // Xmas
-        tr.observe(t(0), &tcp(A, B, 1, 82, FIN | ACK), &mut out); // not tracked
+        tr.observe(t(0), &tcp(A, B, 1, 82, PSH | ACK), &mut out); // not a probe shape
         tr.observe(t(10), &tcp(B, A, 81, 1, RST | ACK), &mut out);
         tr.finish(&mut out);
         assert_eq!(out.len(), 2);
@@ -361,11 +487,11 @@ mod tests {
 
     #[test]
     fn memory_is_bounded_and_the_oldest_gives_way() {
-        let mut tr = ReplyTracker::new(TrackerConfig { timeout: Duration::from_secs(3600), max_pending: 1000 });
+        let mut tr = ReplyTracker::new(TrackerConfig { timeout: Duration::from_secs(3600), max_pending: 1000, ..TrackerConfig::default() });
         let mut out = Vec::new();
         for i in 0..100_000u32 {
             let src = IpAddr::from((0x0a00_0000 + i).to_be_bytes());
-            tr.observe(t(u64::from(i)), &Seen::Tcp { src, dst: ip(B), sport: 1, dport: 80, flags: SYN }, &mut out);
+            tr.observe(t(u64::from(i)), &Seen::Tcp { src, dst: ip(B), sport: 1, dport: 80, flags: SYN, payload: false }, &mut out);
             assert!(tr.pending() <= 1000);
             assert!(tr.order.len() <= 4000);
         }
@@ -373,5 +499,53 @@ mod tests {
         assert_eq!(out.len(), 99_000);
         assert_eq!(out[0].prober, ip("10.0.0.0"), "oldest first");
         assert!(out.iter().all(|r| r.outcome == Outcome::NoAnswer));
+    }
+
+    #[test]
+    fn unsolicited_syn_ack_and_rst_and_orphan_acks() {
+        let mut tr = ReplyTracker::new(TrackerConfig { timeout: t(500), ..TrackerConfig::default() });
+        let mut out = Vec::new();
+        // masscan: SYN, refused by B, then A resets the refused flow itself (live: no socket on B).
+        assert_eq!(tr.observe(t(0), &tcp(A, B, 44018, 80, SYN), &mut out), None);
+        assert_eq!(tr.observe(t(1), &tcp(B, A, 80, 44018, RST | ACK), &mut out), None);
+        assert_eq!(tr.observe(t(2), &tcp(B, A, 80, 44018, RST | ACK), &mut out), None, "B repeating its answer is normal");
+        let u = tr.observe(t(3), &tcp(A, B, 44018, 80, RST), &mut out).expect("unsolicited");
+        assert_eq!((u.from, u.dport, u.synack), (ip(A), 80, false));
+        // nmap -sS on an open port: SYN, SYN-ACK, the prober's kernel resets: all in one flow.
+        tr.observe(t(10), &tcp(A, B, 40000, 22, SYN), &mut out);
+        assert_eq!(tr.observe(t(11), &tcp(B, A, 22, 40000, SYN | ACK), &mut out), None);
+        assert_eq!(tr.observe(t(12), &tcp(A, B, 40000, 22, RST), &mut out), None);
+        // Backscatter: a SYN-ACK nobody asked for.
+        let u = tr.observe(t(20), &tcp(B, A, 443, 5555, SYN | ACK), &mut out).expect("unsolicited");
+        assert!(u.synack);
+        // A connection whose start the capture missed: its data makes it known, then ACKs,
+        // FIN-ACKs and RSTs inside it are normal.
+        let data = Seen::Tcp { src: ip(A), dst: ip(B), sport: 50000, dport: 8080, flags: ACK | PSH, payload: true };
+        assert_eq!(tr.observe(t(30), &data, &mut out), None);
+        tr.observe(t(31), &tcp(B, A, 8080, 50000, ACK), &mut out);
+        tr.observe(t(32), &tcp(B, A, 8080, 50000, FIN | ACK), &mut out);
+        assert_eq!(tr.observe(t(33), &tcp(A, B, 50000, 8080, RST | ACK), &mut out), None);
+        // ACK scan: bare ACKs outside any flow, answered by RST: orphan probes, not failures.
+        tr.observe(t(40), &tcp(A, B, 41000, 25, ACK), &mut out);
+        tr.observe(t(40), &tcp(A, B, 41000, 26, FIN | ACK), &mut out);
+        tr.observe(t(41), &tcp(B, A, 25, 41000, RST), &mut out);
+        tr.observe(t(41), &tcp(B, A, 26, 41000, RST), &mut out);
+        let orphans: Vec<(u16, ProbeKind)> = out.iter().filter(|r| r.orphan()).map(|r| (r.dport, r.kind)).collect();
+        assert_eq!(orphans, vec![(25, ProbeKind::Ack), (26, ProbeKind::Maimon)]);
+        assert!(out.iter().filter(|r| r.orphan()).all(|r| !r.failure()));
+        assert_eq!(tr.stats().unsolicited, 2);
+    }
+
+    #[test]
+    fn flows_are_bounded() {
+        let mut tr = ReplyTracker::new(TrackerConfig { max_flows: 500, ..TrackerConfig::default() });
+        let mut out = Vec::new();
+        for i in 0..50_000u32 {
+            let src = IpAddr::from((0x0a00_0000 + i).to_be_bytes());
+            let data = Seen::Tcp { src, dst: ip(B), sport: 1, dport: 80, flags: ACK | PSH, payload: true };
+            tr.observe(t(u64::from(i)), &data, &mut out);
+            assert!(tr.flows() <= 500, "{}", tr.flows());
+            assert!(tr.flow_order.len() <= 1100);
+        }
     }
 }

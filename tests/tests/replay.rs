@@ -161,6 +161,10 @@ fn live_vs_replay(name: &str, expected: Option<&str>, scan: &dyn Fn(&Lab) -> Out
     let (live, live_err) = agent.stop();
     let live_kinds = kinds_of(&live, &atk);
 
+    if let Some(keep) = std::env::var_os("REPLAY_KEEP_DIR") {
+        let to = Path::new(&keep).join(format!("{}.pcap", name.replace([' ', '/'], "_")));
+        let _ = std::fs::copy(&file, &to);
+    }
     let f = file.to_string_lossy().into_owned();
     let (alerts, stderr, summary, ok) = replay(&[&f]);
     assert!(ok, "{name}: replay failed:\n{stderr}");

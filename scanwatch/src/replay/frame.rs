@@ -212,6 +212,7 @@ fn seen(l3: &L3<'_>) -> Option<Seen> {
             sport: be16(l4, 0)?,
             dport: be16(l4, 2)?,
             flags: *l4.get(13)? & 0x3f,
+            payload: l4.len() > usize::from(*l4.get(12)? >> 4) * 4,
         }),
         17 => Some(Seen::Udp { src: l3.src, dst: l3.dst, sport: be16(l4, 0)?, dport: be16(l4, 2)? }),
         1 | 58 => {

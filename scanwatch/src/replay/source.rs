@@ -80,18 +80,33 @@ pub struct KernelStats {
     pub live_sources: u64,
 }
 
-/// Per-source outcome counters the kernel would have set from its socket lookup.
+/// Per-source counters the kernel would have set from its socket lookup.
 #[derive(Debug, Clone)]
 struct Overlay {
     counts: [u64; cnt::N],
-    /// UDP ports found closed (the kernel does not count UDP probes without its lookup).
-    udp_ports: Hll,
-    udp_sample: Vec<u16>,
+    /// Ports of probes only the lookup tells from normal traffic (UDP to closed ports, ACK /
+    /// FIN-ACK outside a connection): without it the kernel does not count them.
+    ports: Hll,
+    sample: Vec<u16>,
 }
 
 impl Default for Overlay {
     fn default() -> Self {
-        Overlay { counts: [0; cnt::N], udp_ports: Hll::default(), udp_sample: Vec::new() }
+        Overlay { counts: [0; cnt::N], ports: Hll::default(), sample: Vec::new() }
+    }
+}
+
+impl Overlay {
+    fn port(&mut self, p: u16) {
+        self.ports.insert(u32::from(p));
+        if self.sample.len() < scanwatch_common::SAMPLE_PORTS && !self.sample.contains(&p) {
+            self.sample.push(p);
+        }
+    }
+
+    /// Counters the kernel keeps no state for when its lookup is off.
+    fn lookup_only(&self) -> bool {
+        [cnt::UDP, cnt::ACK, cnt::MAIMON, cnt::UNSOLICITED_SYNACK, cnt::UNSOLICITED_RST].iter().any(|c| self.counts[*c] > 0)
     }
 }
 
@@ -108,10 +123,11 @@ fn apply(o: &mut Overlay, r: &Resolved) {
             c[cnt::UDP] += 1;
             c[cnt::UDP_CLOSED] += 1;
             c[cnt::FAILED] += 1;
-            o.udp_ports.insert(u32::from(r.dport));
-            if o.udp_sample.len() < scanwatch_common::SAMPLE_PORTS && !o.udp_sample.contains(&r.dport) {
-                o.udp_sample.push(r.dport);
-            }
+            o.port(r.dport);
+        }
+        (ProbeKind::Ack | ProbeKind::Maimon, _) if r.orphan() => {
+            c[if r.kind == ProbeKind::Ack { cnt::ACK } else { cnt::MAIMON }] += 1;
+            o.port(r.dport);
         }
         _ => {}
     }
@@ -230,7 +246,11 @@ impl KernelSide {
                 self.dirty.insert(src);
             }
             if let Some(seen) = &f.seen {
-                self.tracker.observe(ts, seen, &mut self.resolved);
+                if let Some(u) = self.tracker.observe(ts, seen, &mut self.resolved) {
+                    let o = self.overlay.entry(u.from).or_default();
+                    o.counts[if u.synack { cnt::UNSOLICITED_SYNACK } else { cnt::UNSOLICITED_RST }] += 1;
+                    self.dirty.insert(u.from);
+                }
                 self.take_resolved();
             }
         }
@@ -265,9 +285,9 @@ impl KernelSide {
         let ov = self.overlay.get(&ip);
         let mut snap = match (&kernel, ov) {
             (Some(s), _) => collector::snapshot(&key, s, &self.fps),
-            // UDP-only probing leaves no kernel state without the socket lookup: the outcome
-            // counters alone make the source's snapshot.
-            (None, Some(o)) if o.counts[cnt::UDP] > 0 => SourceSnapshot {
+            // UDP or ACK probing and unsolicited segments leave no kernel state without the
+            // socket lookup: the counters kept here alone make the source's snapshot.
+            (None, Some(o)) if o.lookup_only() => SourceSnapshot {
                 ip,
                 first_seen_ns: 1,
                 last_seen_ns: 1,
@@ -285,14 +305,13 @@ impl KernelSide {
             for (c, v) in snap.counts.iter_mut().zip(o.counts.iter()) {
                 *c += v;
             }
-            if o.counts[cnt::UDP] > 0 {
-                let udp = distinct_ports(&[], o.udp_sample.len() as u32).max(if o.udp_sample.len() >= scanwatch_common::SAMPLE_PORTS {
-                    o.udp_ports.estimate()
-                } else {
-                    0.0
-                });
-                snap.distinct_ports = snap.distinct_ports.max(udp);
-                for p in &o.udp_sample {
+            if !o.sample.is_empty() {
+                // The kernel's port sketch cannot take these ports: the larger of the two
+                // estimates (exact while the sample holds them all).
+                let full = o.sample.len() >= scanwatch_common::SAMPLE_PORTS;
+                let extra = distinct_ports(&[], o.sample.len() as u32).max(if full { o.ports.estimate() } else { 0.0 });
+                snap.distinct_ports = snap.distinct_ports.max(extra);
+                for p in &o.sample {
                     if snap.sample_ports.len() < scanwatch_common::SAMPLE_PORTS && !snap.sample_ports.contains(p) {
                         snap.sample_ports.push(*p);
                     }
