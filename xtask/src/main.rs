@@ -9,6 +9,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench_replay;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -35,6 +37,19 @@ enum Cmd {
     Bench {
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
+    },
+    /// Build, then `scanwatch replay` vs `tcpdump -r FILE -w /dev/null` on the same generated
+    /// capture (packets/s of both and the ratio, same run).
+    BenchReplay {
+        /// Packets in the generated capture (target/bench-replay-N.pcap, reused when present).
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// Interleaved rounds; the fastest of each side counts.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Use this capture instead of generating one.
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
 }
 
@@ -79,6 +94,11 @@ fn real_main() -> Result<()> {
                 bail!("tests failed ({status})");
             }
             Ok(())
+        }
+        Cmd::BenchReplay { packets, rounds, file } => {
+            build(&root)?;
+            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+            bench_replay::run(&root, &target.join("release/scanwatch"), packets, rounds, file)
         }
         Cmd::Bench { repeat } => {
             setup()?;
