@@ -293,31 +293,27 @@ impl ReplyTracker {
     }
 
     fn remember(&mut self, now: Duration, fid: FlowId, state: FlowState) {
-        // Forget idle flows, then the oldest when full.
+        if let Some(e) = self.flows.get_mut(&fid) {
+            *e = (state, now);
+            return;
+        }
+        // A new flow: forget idle flows first, then the oldest when full. Entries of the queue
+        // are (time queued, flow); a flow seen since it was queued goes back at its last time.
         while let Some(&(t, old)) = self.flow_order.front() {
             let full = self.flows.len() >= self.cfg.max_flows;
             if t + self.cfg.flow_idle > now && !full {
                 break;
             }
             self.flow_order.pop_front();
-            if let Some((_, last)) = self.flows.get(&old) {
-                if *last + self.cfg.flow_idle <= now || full {
-                    self.flows.remove(&old);
-                } else {
-                    // Seen since: re-queue at its last time.
-                    let last = *last;
-                    self.flow_order.push_back((last, old));
-                    if self.flow_order.len() > 2 * self.cfg.max_flows + 16 {
-                        break;
-                    }
-                }
+            let Some(&(_, last)) = self.flows.get(&old) else { continue };
+            if last + self.cfg.flow_idle <= now || full {
+                self.flows.remove(&old);
+            } else {
+                self.flow_order.push_back((last, old));
             }
         }
-        let new = !self.flows.contains_key(&fid);
         self.flows.insert(fid, (state, now));
-        if new {
-            self.flow_order.push_back((now, fid));
-        }
+        self.flow_order.push_back((now, fid));
     }
 
     pub fn flows(&self) -> usize {

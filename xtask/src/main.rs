@@ -41,7 +41,7 @@ enum Cmd {
     /// Build, then `scanwatch replay` vs `tcpdump -r FILE -w /dev/null` on the same generated
     /// capture (packets/s of both and the ratio, same run).
     BenchReplay {
-        /// Packets in the generated capture (target/bench-replay-N.pcap, reused when present).
+        /// Packets in the generated capture (<target dir>/bench-replay-N.pcap, reused when present).
         #[arg(long, default_value_t = 1_000_000)]
         packets: u64,
         /// Interleaved rounds; the fastest of each side counts.
@@ -98,7 +98,7 @@ fn real_main() -> Result<()> {
         Cmd::BenchReplay { packets, rounds, file } => {
             build(&root)?;
             let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-            bench_replay::run(&root, &target.join("release/scanwatch"), packets, rounds, file)
+            bench_replay::run(&target, &target.join("release/scanwatch"), packets, rounds, file)
         }
         Cmd::Bench { repeat } => {
             setup()?;

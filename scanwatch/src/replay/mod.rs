@@ -48,6 +48,7 @@ pub struct ReaderStats {
 pub struct Summary {
     pub reader: ReaderStats,
     pub kernel: source::KernelStats,
+    pub tracker: crate::outcome::TrackerStats,
     pub alerts: BTreeMap<String, u64>,
     pub elapsed: Duration,
 }
@@ -67,11 +68,12 @@ impl Summary {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        let t = &self.kernel.tracker;
+        let t = &self.tracker;
         serde_json::json!({
             "packets": self.reader.packets,
             "xdp_runs": self.kernel.runs,
             "xdp_run_errors": self.kernel.run_errors,
+            "xdp_seconds": self.kernel.xdp_time.as_secs_f64(),
             "out_of_range": self.reader.out_of_range,
             "skipped": self.reader.skipped,
             "malformed": self.malformed(),
@@ -81,7 +83,7 @@ impl Summary {
             "events": self.kernel.events,
             "sweeps": self.kernel.sweeps,
             "outcomes": {"probes": t.probes, "open": t.open, "closed": t.closed, "filtered": t.filtered,
-                         "no_answer": t.no_answer, "evicted": t.evicted},
+                         "no_answer": t.no_answer, "evicted": t.evicted, "unsolicited": t.unsolicited},
             "alerts": self.alerts,
             "errors": self.reader.errors,
             "seconds": self.elapsed.as_secs_f64(),
@@ -205,7 +207,13 @@ fn read_inputs(opts: &ReplayOptions, tx: std::sync::mpsc::SyncSender<Batch>, bar
 }
 
 /// The engine thread: messages in capture-time order → alerts on `out`.
-fn run_engine<W: Write>(cfg: &Config, rx: std::sync::mpsc::Receiver<Vec<ToEngine>>, out: W) -> anyhow::Result<BTreeMap<String, u64>> {
+fn run_engine<W: Write>(
+    cfg: &Config,
+    tracker: TrackerConfig,
+    open: std::sync::Arc<source::OpenPorts>,
+    rx: std::sync::mpsc::Receiver<Vec<ToEngine>>,
+    out: W,
+) -> anyhow::Result<(BTreeMap<String, u64>, crate::outcome::TrackerStats)> {
     let host = cfg.agent.hostname.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
     });
@@ -218,34 +226,40 @@ fn run_engine<W: Write>(cfg: &Config, rx: std::sync::mpsc::Receiver<Vec<ToEngine
             Err(e) => anyhow::bail!("agent.baseline: {}: {e}", path.display()),
         }
     }
+    let mut side = source::EngineSide::new(engine, cfg, tracker, open);
     let mut sink = JsonlSink::new(std::io::BufWriter::new(out));
     let mut kinds = BTreeMap::new();
+    let mut alerts = Vec::new();
+    let mut last = Duration::ZERO;
+    let mut write = |alerts: &mut Vec<crate::alert::Alert>, sink: &mut JsonlSink<_>| -> anyhow::Result<()> {
+        for a in alerts.drain(..) {
+            let k = serde_json::to_value(&a.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            *kinds.entry(k).or_insert(0u64) += 1;
+            sink.write(&a)?;
+        }
+        Ok(())
+    };
     for msgs in rx {
         for m in msgs {
-            let alerts = match m {
-                ToEngine::Source(now, s) => engine.observe_source(now, &s),
-                ToEngine::Event(now, snap, ev) => {
-                    let mut a = snap.map(|s| engine.observe_source(now, &s)).unwrap_or_default();
-                    a.extend(engine.observe_inbound_event(now, &ev));
-                    a
-                }
-                ToEngine::Held(now, probes) => engine.observe_held(now, &probes),
-                ToEngine::Tick(now) => engine.tick(now),
-            };
-            for a in alerts {
-                let k = serde_json::to_value(&a.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-                *kinds.entry(k).or_insert(0) += 1;
-                sink.write(&a)?;
+            if let ToEngine::Sweep { now, .. } = &m {
+                last = *now;
             }
+            side.handle(m, &mut alerts);
+            write(&mut alerts, &mut sink)?;
         }
     }
-    Ok(kinds)
+    side.finish(last, &mut alerts);
+    write(&mut alerts, &mut sink)?;
+    let stats = side.tracker_stats();
+    Ok((kinds, stats))
 }
 
 /// Replay the captures; alerts go to `out`. Input errors are in the summary (everything before
 /// them was replayed); other failures are errors.
 pub fn run<W: Write + Send>(cfg: &Config, opts: &ReplayOptions, out: W) -> anyhow::Result<Summary> {
-    let mut kernel = KernelSide::load(cfg, TrackerConfig { timeout: opts.reply_timeout, ..TrackerConfig::default() })?;
+    let mut kernel = KernelSide::load(cfg)?;
+    let tracker = TrackerConfig { timeout: opts.reply_timeout, ..TrackerConfig::default() };
+    let open = kernel.open_ports.clone();
     // Replay time only: loading the program (≈ 0.5 s) is not part of the packet rate.
     let t0 = Instant::now();
     let total: Option<u64> = opts
@@ -269,12 +283,13 @@ pub fn run<W: Write + Send>(cfg: &Config, opts: &ReplayOptions, out: W) -> anyho
     };
     let (tx, rx) = source::channel::<Batch>();
     let (etx, erx) = source::channel::<Vec<ToEngine>>();
-    let (reader, kinds) = std::thread::scope(|s| -> anyhow::Result<_> {
+    let (reader, (kinds, tracker_stats)) = std::thread::scope(|s| -> anyhow::Result<_> {
         let bar_r = bar.clone();
         let reader = std::thread::Builder::new()
             .name("replay-reader".into())
             .spawn_scoped(s, move || read_inputs(opts, tx, &bar_r))?;
-        let engine = std::thread::Builder::new().name("replay-engine".into()).spawn_scoped(s, move || run_engine(cfg, erx, out))?;
+        let engine =
+            std::thread::Builder::new().name("replay-engine".into()).spawn_scoped(s, move || run_engine(cfg, tracker, open, erx, out))?;
         for b in rx {
             let msgs = kernel.run_batch(&b);
             if !msgs.is_empty() && etx.send(msgs).is_err() {
@@ -289,7 +304,7 @@ pub fn run<W: Write + Send>(cfg: &Config, opts: &ReplayOptions, out: W) -> anyho
         Ok((reader, kinds))
     })?;
     bar.finish_and_clear();
-    Ok(Summary { reader, kernel: kernel.st.clone(), alerts: kinds, elapsed: t0.elapsed() })
+    Ok(Summary { reader, kernel: kernel.st.clone(), tracker: tracker_stats, alerts: kinds, elapsed: t0.elapsed() })
 }
 
 #[cfg(test)]

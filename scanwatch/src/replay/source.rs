@@ -4,11 +4,13 @@
 //! Three threads, joined by bounded channels (memory stays flat for any capture length):
 //! * reader: parses the capture files, gives every frame an Ethernet header, decodes what the
 //!   reply tracker needs, applies `--since/--until`;
-//! * kernel: runs the XDP program on every frame, drains the ring buffer after each run (a
-//!   memory-mapped read, no syscall while it is empty), feeds the reply tracker, and every
-//!   `agent.sweep_interval` of capture time reads the per-source state of the sources seen since
-//!   the previous sweep;
-//! * engine: the detection engine and the alert output.
+//! * kernel ([`KernelSide`]): runs the XDP program on every frame, drains the ring buffer after
+//!   each run (a memory-mapped read, no syscall while it is empty), and every
+//!   `agent.sweep_interval` of capture time reads the per-source state of the sources the
+//!   capture showed since the previous sweep, and every 5 s the first-contact table;
+//! * engine ([`EngineSide`]): the reply tracker (in packet order, interleaved with the sweeps
+//!   exactly where they happened), the outcome counters it adds to the kernel's, the detection
+//!   engine and the alert output.
 //!
 //! Clocks. The kernel stamps per-source state (`first_seen_ns`, `last_seen_ns`, the short
 //! window) with its own monotonic clock, which during a replay has nothing to do with capture
@@ -21,20 +23,24 @@
 //! Outcomes. There is no socket table offline: the program is loaded with socket lookup off
 //! and [`crate::outcome::ReplyTracker`] decides from the other direction of the capture. Its
 //! verdicts are added to the counters the kernel would have set from its socket lookup
-//! (`syn_open`, `syn_closed`, `failed`, `udp`, `udp_closed`) before the engine sees them.
+//! (`syn_open`, `syn_closed`, `failed`, `udp`, `udp_closed`, `ack`, `maimon`,
+//! `unsolicited_synack`, `unsolicited_rst`) before the engine sees them.
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use scanwatch_common::{cfgflag, cnt, kind, stat, FpKey, FpValue, InboundEvent, SrcKey, SrcState, XdpConfig};
 
+use crate::alert::Alert;
 use crate::collector::{self, fingerprint_info, ip_to_key, key_to_ip};
 use crate::config::Config;
-use crate::detect::{HeldProbe, InboundEventKind, InboundObservation, SourceSnapshot};
+use crate::detect::{Engine, HeldProbe, InboundEventKind, InboundObservation, SourceSnapshot};
 use crate::first_contact::{FirstContactView, HeldReader, Listeners};
-use crate::outcome::{ProbeKind, ReplyTracker, Resolved, Seen, TrackerConfig};
+use crate::outcome::{ProbeKind, ReplyTracker, Resolved, Seen, TrackerConfig, TrackerStats};
 use crate::sketch::{distinct_ports, Hll};
 
 /// Frames per batch handed from the reader to the kernel thread.
@@ -52,7 +58,7 @@ pub struct FrameMeta {
     pub seen: Option<Seen>,
 }
 
-/// A batch of frames (one allocation reused through the pipeline's bounded channel).
+/// A batch of frames.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub bytes: Vec<u8>,
@@ -61,10 +67,32 @@ pub struct Batch {
 
 /// What the kernel thread sends the engine thread, in capture-time order.
 pub enum ToEngine {
-    Source(Duration, SourceSnapshot),
+    /// Packets for the reply tracker (time, what it needs).
+    Seen(Vec<(Duration, Seen)>),
+    /// A sweep at `now`: the kernel state of the sources seen since the previous one (None: the
+    /// source has no kernel entry), the one-probe sources read from the first-contact table.
+    Sweep { now: Duration, sources: Vec<(IpAddr, Option<SourceSnapshot>)>, held: Option<Vec<HeldProbe>> },
+    /// A ring-buffer event with its source's kernel state (honeyport, threshold).
     Event(Duration, Option<SourceSnapshot>, InboundObservation),
-    Held(Duration, Vec<HeldProbe>),
-    Tick(Duration),
+}
+
+/// TCP ports the capture showed open (SYN-ACK), shared by the engine thread (writer) and the
+/// kernel thread (reader: outcomes of one-probe sources held in the first-contact table).
+pub struct OpenPorts([AtomicU64; 1024]);
+
+impl Default for OpenPorts {
+    fn default() -> Self {
+        OpenPorts(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl OpenPorts {
+    fn set(&self, p: u16) {
+        self.0[usize::from(p >> 6)].fetch_or(1 << (p & 63), Ordering::Relaxed);
+    }
+    fn listeners(&self) -> Listeners {
+        Listeners::from_ports((0..=u16::MAX).filter(|p| self.0[usize::from(p >> 6)].load(Ordering::Relaxed) & (1 << (p & 63)) != 0))
+    }
 }
 
 /// Counters of the kernel thread.
@@ -72,66 +100,17 @@ pub enum ToEngine {
 pub struct KernelStats {
     pub runs: u64,
     pub run_errors: u64,
+    /// Wall time spent inside BPF_PROG_TEST_RUN (the floor of the replay's cost; sampled).
+    pub xdp_time: Duration,
     pub sweeps: u64,
     pub snapshots: u64,
     pub events: u64,
     pub kernel: Vec<(String, u64)>,
-    pub tracker: crate::outcome::TrackerStats,
     pub live_sources: u64,
 }
 
-/// Per-source counters the kernel would have set from its socket lookup.
-#[derive(Debug, Clone)]
-struct Overlay {
-    counts: [u64; cnt::N],
-    /// Ports of probes only the lookup tells from normal traffic (UDP to closed ports, ACK /
-    /// FIN-ACK outside a connection): without it the kernel does not count them.
-    ports: Hll,
-    sample: Vec<u16>,
-}
-
-impl Default for Overlay {
-    fn default() -> Self {
-        Overlay { counts: [0; cnt::N], ports: Hll::default(), sample: Vec::new() }
-    }
-}
-
-impl Overlay {
-    fn port(&mut self, p: u16) {
-        self.ports.insert(u32::from(p));
-        if self.sample.len() < scanwatch_common::SAMPLE_PORTS && !self.sample.contains(&p) {
-            self.sample.push(p);
-        }
-    }
-
-    /// Counters the kernel keeps no state for when its lookup is off.
-    fn lookup_only(&self) -> bool {
-        [cnt::UDP, cnt::ACK, cnt::MAIMON, cnt::UNSOLICITED_SYNACK, cnt::UNSOLICITED_RST].iter().any(|c| self.counts[*c] > 0)
-    }
-}
-
-fn apply(o: &mut Overlay, r: &Resolved) {
-    let c = &mut o.counts;
-    match (r.kind, r.success()) {
-        (ProbeKind::Syn, true) => c[cnt::SYN_OPEN] += 1,
-        (ProbeKind::Syn, false) => {
-            c[cnt::SYN_CLOSED] += 1;
-            c[cnt::FAILED] += 1;
-        }
-        (ProbeKind::Stealth, _) if r.failure() => c[cnt::FAILED] += 1,
-        (ProbeKind::Udp, _) if r.failure() => {
-            c[cnt::UDP] += 1;
-            c[cnt::UDP_CLOSED] += 1;
-            c[cnt::FAILED] += 1;
-            o.port(r.dport);
-        }
-        (ProbeKind::Ack | ProbeKind::Maimon, _) if r.orphan() => {
-            c[if r.kind == ProbeKind::Ack { cnt::ACK } else { cnt::MAIMON }] += 1;
-            o.port(r.dport);
-        }
-        _ => {}
-    }
-}
+const HELD_EVERY: Duration = Duration::from_secs(5);
+const KNOWN_EVERY: Duration = Duration::from_secs(600);
 
 /// The kernel side of a replay.
 pub struct KernelSide {
@@ -144,28 +123,22 @@ pub struct KernelSide {
     known: Array<MapData, u64>,
     fc: FirstContactView,
     held: HeldReader,
-    tracker: ReplyTracker,
-    overlay: HashMap<IpAddr, Overlay>,
-    max_overlay: usize,
     dirty: HashSet<IpAddr>,
-    open_ports: HashSet<u16>,
+    pub open_ports: Arc<OpenPorts>,
     sweep_every: Duration,
     next_sweep: Option<Duration>,
     next_held: Duration,
     next_known: Duration,
     now: Duration,
     out: Vec<ToEngine>,
-    resolved: Vec<Resolved>,
+    seen: Vec<(Duration, Seen)>,
     pub st: KernelStats,
 }
-
-const HELD_EVERY: Duration = Duration::from_secs(5);
-const KNOWN_EVERY: Duration = Duration::from_secs(600);
 
 impl KernelSide {
     /// Load the object as the agent does, with the replay's differences: no socket lookup
     /// (outcomes come from the capture) and no kernel threshold events (kernel-clock windows).
-    pub fn load(cfg: &Config, tracker: TrackerConfig) -> anyhow::Result<KernelSide> {
+    pub fn load(cfg: &Config) -> anyhow::Result<KernelSide> {
         let mut lopts = collector::load_options(cfg, false);
         lopts.xdp = XdpConfig {
             port_threshold: 0,
@@ -197,24 +170,29 @@ impl KernelSide {
             known,
             fc,
             held: HeldReader::default(),
-            tracker: ReplyTracker::new(tracker),
-            overlay: HashMap::new(),
-            max_overlay: (cfg.xdp.max_sources as usize).max(1024) * 2,
             dirty: HashSet::new(),
-            open_ports: HashSet::new(),
+            open_ports: Arc::new(OpenPorts::default()),
             sweep_every: cfg.agent.sweep_interval.max(Duration::from_millis(10)),
             next_sweep: None,
             next_held: Duration::ZERO,
             next_known: Duration::ZERO,
             now: Duration::ZERO,
             out: Vec::new(),
-            resolved: Vec::new(),
+            seen: Vec::new(),
             st: KernelStats::default(),
         })
     }
 
+    /// Hand the tracker's pending packets on before a message that must follow them.
+    fn flush_seen(&mut self) {
+        if !self.seen.is_empty() {
+            self.out.push(ToEngine::Seen(std::mem::take(&mut self.seen)));
+        }
+    }
+
     /// Run one batch; returns the messages for the engine (in order).
     pub fn run_batch(&mut self, b: &Batch) -> Vec<ToEngine> {
+        self.seen.reserve(b.frames.len());
         for f in &b.frames {
             // The engine's clock never runs backwards (captures are only roughly ordered).
             let ts = f.ts.max(self.now);
@@ -232,7 +210,17 @@ impl KernelSide {
             }
             self.now = ts;
             let frame = &b.bytes[f.start as usize..(f.start + f.len) as usize];
-            match test_run(self.prog_fd, frame) {
+            // The syscall's cost is sampled (1 run in 16, scaled): reading the clock around
+            // every run would cost a few percent of the replay itself.
+            let r = if self.st.runs % 16 == 0 {
+                let t = std::time::Instant::now();
+                let r = test_run(self.prog_fd, frame);
+                self.st.xdp_time += t.elapsed() * 16;
+                r
+            } else {
+                test_run(self.prog_fd, frame)
+            };
+            match r {
                 Ok(_) => self.st.runs += 1,
                 Err(e) => {
                     if self.st.run_errors == 0 {
@@ -245,98 +233,31 @@ impl KernelSide {
             if let Some(src) = f.src {
                 self.dirty.insert(src);
             }
-            if let Some(seen) = &f.seen {
-                if let Some(u) = self.tracker.observe(ts, seen, &mut self.resolved) {
-                    let o = self.overlay.entry(u.from).or_default();
-                    o.counts[if u.synack { cnt::UNSOLICITED_SYNACK } else { cnt::UNSOLICITED_RST }] += 1;
-                    self.dirty.insert(u.from);
-                }
-                self.take_resolved();
+            if let Some(seen) = f.seen {
+                self.seen.push((ts, seen));
             }
         }
+        self.flush_seen();
         std::mem::take(&mut self.out)
     }
 
-    fn take_resolved(&mut self) {
-        if self.resolved.is_empty() {
-            return;
-        }
-        if self.overlay.len() > self.max_overlay {
-            // Keep the outcome counters of sources the kernel still holds.
-            let sources = &self.sources;
-            self.overlay.retain(|ip, _| sources.get(&ip_to_key(*ip), 0).is_ok());
-        }
-        for r in self.resolved.drain(..) {
-            if r.success() && r.proto == 6 {
-                self.open_ports.insert(r.dport);
-            }
-            let before = self.overlay.get(&r.prober).map(|o| o.counts);
-            let o = self.overlay.entry(r.prober).or_default();
-            apply(o, &r);
-            if before != Some(o.counts) {
-                self.dirty.insert(r.prober);
-            }
-        }
-    }
-
-    fn snapshot(&self, ip: IpAddr) -> Option<SourceSnapshot> {
-        let key = ip_to_key(ip);
-        let kernel = self.sources.get(&key, 0).ok();
-        let ov = self.overlay.get(&ip);
-        let mut snap = match (&kernel, ov) {
-            (Some(s), _) => collector::snapshot(&key, s, &self.fps),
-            // UDP or ACK probing and unsolicited segments leave no kernel state without the
-            // socket lookup: the counters kept here alone make the source's snapshot.
-            (None, Some(o)) if o.lookup_only() => SourceSnapshot {
-                ip,
-                first_seen_ns: 1,
-                last_seen_ns: 1,
-                counts: [0; cnt::N],
-                distinct_ports: 0.0,
-                distinct_hosts: 1.0,
-                sample_ports: Vec::new(),
-                sample_hosts: Vec::new(),
-                fingerprints: Vec::new(),
-                blocked: false,
-            },
-            _ => return None,
-        };
-        if let Some(o) = ov {
-            for (c, v) in snap.counts.iter_mut().zip(o.counts.iter()) {
-                *c += v;
-            }
-            if !o.sample.is_empty() {
-                // The kernel's port sketch cannot take these ports: the larger of the two
-                // estimates (exact while the sample holds them all).
-                let full = o.sample.len() >= scanwatch_common::SAMPLE_PORTS;
-                let extra = distinct_ports(&[], o.sample.len() as u32).max(if full { o.ports.estimate() } else { 0.0 });
-                snap.distinct_ports = snap.distinct_ports.max(extra);
-                for p in &o.sample {
-                    if snap.sample_ports.len() < scanwatch_common::SAMPLE_PORTS && !snap.sample_ports.contains(p) {
-                        snap.sample_ports.push(*p);
-                    }
-                }
-            }
-        }
-        Some(snap)
-    }
-
     fn sweep(&mut self, now: Duration) {
+        self.flush_seen();
         self.st.sweeps += 1;
-        self.tracker.expire(now, &mut self.resolved);
-        self.take_resolved();
         let dirty: Vec<IpAddr> = self.dirty.drain().collect();
+        let mut sources = Vec::with_capacity(dirty.len());
         for ip in dirty {
-            if let Some(s) = self.snapshot(ip) {
-                self.st.snapshots += 1;
-                self.out.push(ToEngine::Source(now, s));
-            }
+            let key = ip_to_key(ip);
+            let snap = self.sources.get(&key, 0).ok().map(|s| collector::snapshot(&key, &s, &self.fps));
+            self.st.snapshots += u64::from(snap.is_some());
+            sources.push((ip, snap));
         }
+        let mut held = None;
         if now >= self.next_held {
             let open = &self.open_ports;
-            let probes = self.held.read(&self.fc, || Listeners::from_ports(open.iter().copied()));
+            let probes = self.held.read(&self.fc, || open.listeners());
             if !probes.is_empty() {
-                self.out.push(ToEngine::Held(now, probes));
+                held = Some(probes);
             }
             self.next_held = now + HELD_EVERY;
         }
@@ -346,7 +267,7 @@ impl KernelSide {
             }
             self.next_known = now + KNOWN_EVERY;
         }
-        self.out.push(ToEngine::Tick(now));
+        self.out.push(ToEngine::Sweep { now, sources, held });
     }
 
     fn drain_ring(&mut self, now: Duration) {
@@ -358,6 +279,10 @@ impl KernelSide {
                 events.push(unsafe { std::ptr::read_unaligned::<InboundEvent>(data.as_ptr().cast()) });
             }
         }
+        if events.is_empty() {
+            return;
+        }
+        self.flush_seen();
         for e in events {
             self.st.events += 1;
             let k = match e.hdr.kind {
@@ -372,20 +297,20 @@ impl KernelSide {
                 _ => continue,
             };
             let ip = key_to_ip(&e.src);
-            let snap = if e.hdr.kind == kind::NEW_FINGERPRINT { None } else { self.snapshot(ip) };
+            let snap = if e.hdr.kind == kind::NEW_FINGERPRINT {
+                None
+            } else {
+                self.sources.get(&e.src, 0).ok().map(|s| collector::snapshot(&e.src, &s, &self.fps))
+            };
             self.out.push(ToEngine::Event(now, snap, InboundObservation { ip, dst: key_to_ip(&e.dst), kind: k }));
         }
     }
 
-    /// End of input: outstanding probes have no answer; one last sweep.
+    /// End of input: one last sweep a sweep interval after the last packet.
     pub fn finish(&mut self) -> Vec<ToEngine> {
         let end = self.now + self.sweep_every;
-        self.tracker.expire(end, &mut self.resolved);
-        self.tracker.finish(&mut self.resolved);
-        self.take_resolved();
         self.next_held = Duration::ZERO;
         self.sweep(end);
-        self.st.tracker = self.tracker.stats();
         let totals = collector::read_stats(&self.stats);
         self.st.kernel = stat::NAMES
             .iter()
@@ -395,6 +320,235 @@ impl KernelSide {
             .collect();
         self.st.live_sources = self.sources.keys().filter(|k| k.is_ok()).count() as u64;
         std::mem::take(&mut self.out)
+    }
+}
+
+/// Per-source counters the kernel would have set from its socket lookup.
+#[derive(Debug, Clone)]
+struct Overlay {
+    counts: [u64; cnt::N],
+    /// Ports of probes only the lookup tells from normal traffic (UDP to closed ports, ACK /
+    /// FIN-ACK outside a connection): without it the kernel does not count them.
+    ports: Hll,
+    sample: Vec<u16>,
+}
+
+impl Default for Overlay {
+    fn default() -> Self {
+        Overlay { counts: [0; cnt::N], ports: Hll::default(), sample: Vec::new() }
+    }
+}
+
+impl Overlay {
+    fn port(&mut self, p: u16) {
+        self.ports.insert(u32::from(p));
+        if self.sample.len() < scanwatch_common::SAMPLE_PORTS && !self.sample.contains(&p) {
+            self.sample.push(p);
+        }
+    }
+
+    /// Counters the kernel keeps no state for when its lookup is off.
+    fn lookup_only(&self) -> bool {
+        [cnt::UDP, cnt::ACK, cnt::MAIMON, cnt::UNSOLICITED_SYNACK, cnt::UNSOLICITED_RST].iter().any(|c| self.counts[*c] > 0)
+    }
+
+    fn apply(&mut self, r: &Resolved) {
+        let c = &mut self.counts;
+        match (r.kind, r.success()) {
+            (ProbeKind::Syn, true) => c[cnt::SYN_OPEN] += 1,
+            (ProbeKind::Syn, false) => {
+                c[cnt::SYN_CLOSED] += 1;
+                c[cnt::FAILED] += 1;
+            }
+            (ProbeKind::Stealth, _) if r.failure() => c[cnt::FAILED] += 1,
+            (ProbeKind::Udp, _) if r.failure() => {
+                c[cnt::UDP] += 1;
+                c[cnt::UDP_CLOSED] += 1;
+                c[cnt::FAILED] += 1;
+                self.port(r.dport);
+            }
+            (ProbeKind::Ack | ProbeKind::Maimon, _) if r.orphan() => {
+                c[if r.kind == ProbeKind::Ack { cnt::ACK } else { cnt::MAIMON }] += 1;
+                self.port(r.dport);
+            }
+            _ => {}
+        }
+    }
+
+    /// The kernel's snapshot (or, for a source only the lookup would have counted, a
+    /// synthesized one) with these counters added.
+    fn merge(&self, ip: IpAddr, kernel: Option<&SourceSnapshot>) -> Option<SourceSnapshot> {
+        let mut snap = match kernel {
+            Some(s) => s.clone(),
+            None if self.lookup_only() => SourceSnapshot {
+                ip,
+                first_seen_ns: 1,
+                last_seen_ns: 1,
+                counts: [0; cnt::N],
+                distinct_ports: 0.0,
+                distinct_hosts: 1.0,
+                sample_ports: Vec::new(),
+                sample_hosts: Vec::new(),
+                fingerprints: Vec::new(),
+                blocked: false,
+            },
+            None => return None,
+        };
+        for (c, v) in snap.counts.iter_mut().zip(self.counts.iter()) {
+            *c += v;
+        }
+        if !self.sample.is_empty() {
+            // The kernel's port sketch cannot take these ports: the larger of the two
+            // estimates (exact while the sample holds them all).
+            let full = self.sample.len() >= scanwatch_common::SAMPLE_PORTS;
+            let extra = distinct_ports(&[], self.sample.len() as u32).max(if full { self.ports.estimate() } else { 0.0 });
+            snap.distinct_ports = snap.distinct_ports.max(extra);
+            for p in &self.sample {
+                if snap.sample_ports.len() < scanwatch_common::SAMPLE_PORTS && !snap.sample_ports.contains(p) {
+                    snap.sample_ports.push(*p);
+                }
+            }
+        }
+        Some(snap)
+    }
+}
+
+/// The engine thread's side: reply tracker, outcome counters, detection engine.
+pub struct EngineSide {
+    pub engine: Engine,
+    tracker: ReplyTracker,
+    overlay: HashMap<IpAddr, Overlay>,
+    /// The last kernel snapshot of each source with kernel state: a source whose outcomes
+    /// change while it sends nothing keeps these counters (they cannot have changed).
+    kernel: HashMap<IpAddr, SourceSnapshot>,
+    dirty: HashSet<IpAddr>,
+    max_entries: usize,
+    open_ports: Arc<OpenPorts>,
+    resolved: Vec<Resolved>,
+    last: Duration,
+}
+
+impl EngineSide {
+    pub fn new(engine: Engine, cfg: &Config, tracker: TrackerConfig, open_ports: Arc<OpenPorts>) -> EngineSide {
+        EngineSide {
+            engine,
+            tracker: ReplyTracker::new(tracker),
+            overlay: HashMap::new(),
+            kernel: HashMap::new(),
+            dirty: HashSet::new(),
+            max_entries: (cfg.xdp.max_sources as usize).max(1024) * 2,
+            open_ports,
+            resolved: Vec::new(),
+            last: Duration::ZERO,
+        }
+    }
+
+    pub fn tracker_stats(&self) -> TrackerStats {
+        self.tracker.stats()
+    }
+
+    fn take_resolved(&mut self) {
+        for r in self.resolved.drain(..) {
+            if r.success() && r.proto == 6 {
+                self.open_ports.set(r.dport);
+            }
+            let o = self.overlay.entry(r.prober).or_default();
+            let before = o.counts;
+            o.apply(&r);
+            if before != o.counts {
+                self.dirty.insert(r.prober);
+            }
+        }
+    }
+
+    fn feed(&mut self, now: Duration, ip: IpAddr, out: &mut Vec<Alert>) {
+        let k = self.kernel.get(&ip);
+        let snap = match self.overlay.get(&ip) {
+            Some(o) => o.merge(ip, k),
+            None => k.cloned(),
+        };
+        if let Some(s) = snap {
+            out.extend(self.engine.observe_source(now, &s));
+        }
+    }
+
+    fn bound(&mut self) {
+        if self.kernel.len() > self.max_entries {
+            // Least useful first: sources with no outcome counters.
+            let overlay = &self.overlay;
+            self.kernel.retain(|ip, _| overlay.contains_key(ip));
+            if self.kernel.len() > self.max_entries {
+                self.kernel.clear();
+            }
+        }
+        if self.overlay.len() > self.max_entries {
+            let kernel = &self.kernel;
+            self.overlay.retain(|ip, o| kernel.contains_key(ip) || o.lookup_only());
+            if self.overlay.len() > self.max_entries {
+                self.overlay.clear();
+            }
+        }
+    }
+
+    /// One message from the kernel thread; alerts to `out`.
+    pub fn handle(&mut self, m: ToEngine, out: &mut Vec<Alert>) {
+        match m {
+            ToEngine::Seen(items) => {
+                for (ts, seen) in items {
+                    self.last = ts;
+                    if let Some(u) = self.tracker.observe(ts, &seen, &mut self.resolved) {
+                        let o = self.overlay.entry(u.from).or_default();
+                        o.counts[if u.synack { cnt::UNSOLICITED_SYNACK } else { cnt::UNSOLICITED_RST }] += 1;
+                        self.dirty.insert(u.from);
+                    }
+                    if !self.resolved.is_empty() {
+                        self.take_resolved();
+                    }
+                }
+            }
+            ToEngine::Event(now, snap, ev) => {
+                if let Some(s) = snap {
+                    self.kernel.insert(ev.ip, s);
+                    self.feed(now, ev.ip, out);
+                }
+                out.extend(self.engine.observe_inbound_event(now, &ev));
+            }
+            ToEngine::Sweep { now, sources, held } => {
+                self.tracker.expire(now, &mut self.resolved);
+                self.take_resolved();
+                for (ip, snap) in sources {
+                    match snap {
+                        Some(s) => {
+                            self.kernel.insert(ip, s);
+                        }
+                        None => {
+                            self.kernel.remove(&ip);
+                        }
+                    }
+                    self.dirty.insert(ip);
+                }
+                let dirty: Vec<IpAddr> = self.dirty.drain().collect();
+                for ip in dirty {
+                    self.feed(now, ip, out);
+                }
+                if let Some(h) = held {
+                    out.extend(self.engine.observe_held(now, &h));
+                }
+                out.extend(self.engine.tick(now));
+                self.bound();
+            }
+        }
+    }
+
+    /// End of input: probes still waiting have no answer; their counters are fed at `now`.
+    pub fn finish(&mut self, now: Duration, out: &mut Vec<Alert>) {
+        self.tracker.finish(&mut self.resolved);
+        self.take_resolved();
+        let dirty: Vec<IpAddr> = self.dirty.drain().collect();
+        for ip in dirty {
+            self.feed(now, ip, out);
+        }
+        out.extend(self.engine.tick(now));
     }
 }
 
