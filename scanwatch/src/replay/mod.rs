@@ -5,14 +5,16 @@ pub mod pcap;
 pub mod source;
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use crate::alert::Alert;
 use crate::config::Config;
-use crate::detect::Engine;
+use crate::detect::{Engine, HeldProbe, InboundObservation, Observer, OutboundObservation, SourceSnapshot};
 use crate::outcome::TrackerConfig;
-use crate::sinks::jsonl::JsonlSink;
+use crate::pipeline::Pipeline;
+use crate::sinks::SinkSet;
 use source::{Batch, FrameMeta, KernelSide, ToEngine, BATCH};
 
 /// What to replay and how.
@@ -50,6 +52,8 @@ pub struct Summary {
     pub kernel: source::KernelStats,
     pub tracker: crate::outcome::TrackerStats,
     pub alerts: BTreeMap<String, u64>,
+    /// Alerts a sink could not deliver.
+    pub alerts_dropped: u64,
     pub elapsed: Duration,
 }
 
@@ -85,6 +89,7 @@ impl Summary {
             "outcomes": {"probes": t.probes, "open": t.open, "closed": t.closed, "filtered": t.filtered,
                          "no_answer": t.no_answer, "evicted": t.evicted, "unsolicited": t.unsolicited},
             "alerts": self.alerts,
+            "alerts_dropped": self.alerts_dropped,
             "errors": self.reader.errors,
             "seconds": self.elapsed.as_secs_f64(),
             "packets_per_sec": self.packets_per_sec(),
@@ -206,14 +211,53 @@ fn read_inputs(opts: &ReplayOptions, tx: std::sync::mpsc::SyncSender<Batch>, bar
     st
 }
 
-/// The engine thread: messages in capture-time order → alerts on `out`.
-fn run_engine<W: Write>(
+/// The detection engine, counting the alerts it raises by kind (for the summary).
+struct Counted {
+    engine: Engine,
+    kinds: BTreeMap<String, u64>,
+}
+
+impl Counted {
+    fn count(&mut self, alerts: Vec<Alert>) -> Vec<Alert> {
+        for a in &alerts {
+            let k = serde_json::to_value(&a.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            *self.kinds.entry(k).or_insert(0) += 1;
+        }
+        alerts
+    }
+}
+
+impl Observer for Counted {
+    fn observe_source(&mut self, now: Duration, s: &SourceSnapshot) -> Vec<Alert> {
+        let a = self.engine.observe_source(now, s);
+        self.count(a)
+    }
+    fn observe_inbound_event(&mut self, now: Duration, e: &InboundObservation) -> Vec<Alert> {
+        let a = self.engine.observe_inbound_event(now, e);
+        self.count(a)
+    }
+    fn observe_outbound(&mut self, now: Duration, o: &OutboundObservation) -> Vec<Alert> {
+        let a = self.engine.observe_outbound(now, o);
+        self.count(a)
+    }
+    fn observe_held(&mut self, now: Duration, probes: &[HeldProbe]) -> Vec<Alert> {
+        let a = self.engine.observe_held(now, probes);
+        self.count(a)
+    }
+    fn tick(&mut self, now: Duration) -> Vec<Alert> {
+        let a = self.engine.tick(now);
+        self.count(a)
+    }
+}
+
+/// The engine thread: the source's outcome stage, then the one pipeline (detection, sinks).
+fn run_engine(
     cfg: &Config,
     tracker: TrackerConfig,
     open: std::sync::Arc<source::OpenPorts>,
     rx: std::sync::mpsc::Receiver<Vec<ToEngine>>,
-    out: W,
-) -> anyhow::Result<(BTreeMap<String, u64>, crate::outcome::TrackerStats)> {
+    sinks: SinkSet,
+) -> anyhow::Result<(BTreeMap<String, u64>, crate::outcome::TrackerStats, u64)> {
     let host = cfg.agent.hostname.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
     });
@@ -226,37 +270,33 @@ fn run_engine<W: Write>(
             Err(e) => anyhow::bail!("agent.baseline: {}: {e}", path.display()),
         }
     }
-    let mut side = source::EngineSide::new(engine, cfg, tracker, open);
-    let mut sink = JsonlSink::new(std::io::BufWriter::new(out));
-    let mut kinds = BTreeMap::new();
-    let mut alerts = Vec::new();
+    let mut pipeline = Pipeline::new(Counted { engine, kinds: BTreeMap::new() }, sinks, None);
+    let mut side = source::EngineSide::new(cfg, tracker, open);
+    let mut obs = Vec::new();
     let mut last = Duration::ZERO;
-    let mut write = |alerts: &mut Vec<crate::alert::Alert>, sink: &mut JsonlSink<_>| -> anyhow::Result<()> {
-        for a in alerts.drain(..) {
-            let k = serde_json::to_value(&a.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-            *kinds.entry(k).or_insert(0u64) += 1;
-            sink.write(&a)?;
-        }
-        Ok(())
-    };
     for msgs in rx {
         for m in msgs {
             if let ToEngine::Sweep { now, .. } = &m {
                 last = *now;
             }
-            side.handle(m, &mut alerts);
-            write(&mut alerts, &mut sink)?;
+            side.handle(m, &mut obs);
+            for s in obs.drain(..) {
+                pipeline.push(s);
+            }
         }
     }
-    side.finish(last, &mut alerts);
-    write(&mut alerts, &mut sink)?;
-    let stats = side.tracker_stats();
-    Ok((kinds, stats))
+    side.finish(last, &mut obs);
+    for s in obs.drain(..) {
+        pipeline.push(s);
+    }
+    pipeline.sinks.flush();
+    let dropped: u64 = pipeline.sinks.stats().values().map(|s| s.dropped).sum();
+    Ok((std::mem::take(&mut pipeline.engine.kinds), side.tracker_stats(), dropped))
 }
 
-/// Replay the captures; alerts go to `out`. Input errors are in the summary (everything before
-/// them was replayed); other failures are errors.
-pub fn run<W: Write + Send>(cfg: &Config, opts: &ReplayOptions, out: W) -> anyhow::Result<Summary> {
+/// Replay the captures; alerts go to `sinks` (the configured ones: stdout by default). Input
+/// errors are in the summary (everything before them was replayed); other failures are errors.
+pub fn run(cfg: &Config, opts: &ReplayOptions, sinks: SinkSet) -> anyhow::Result<Summary> {
     let mut kernel = KernelSide::load(cfg)?;
     let tracker = TrackerConfig { timeout: opts.reply_timeout, ..TrackerConfig::default() };
     let open = kernel.open_ports.clone();
@@ -283,13 +323,13 @@ pub fn run<W: Write + Send>(cfg: &Config, opts: &ReplayOptions, out: W) -> anyho
     };
     let (tx, rx) = source::channel::<Batch>();
     let (etx, erx) = source::channel::<Vec<ToEngine>>();
-    let (reader, (kinds, tracker_stats)) = std::thread::scope(|s| -> anyhow::Result<_> {
+    let (reader, (kinds, tracker_stats, dropped)) = std::thread::scope(|s| -> anyhow::Result<_> {
         let bar_r = bar.clone();
         let reader = std::thread::Builder::new()
             .name("replay-reader".into())
             .spawn_scoped(s, move || read_inputs(opts, tx, &bar_r))?;
         let engine =
-            std::thread::Builder::new().name("replay-engine".into()).spawn_scoped(s, move || run_engine(cfg, tracker, open, erx, out))?;
+            std::thread::Builder::new().name("replay-engine".into()).spawn_scoped(s, move || run_engine(cfg, tracker, open, erx, sinks))?;
         for b in rx {
             let msgs = kernel.run_batch(&b);
             if !msgs.is_empty() && etx.send(msgs).is_err() {
@@ -304,7 +344,7 @@ pub fn run<W: Write + Send>(cfg: &Config, opts: &ReplayOptions, out: W) -> anyho
         Ok((reader, kinds))
     })?;
     bar.finish_and_clear();
-    Ok(Summary { reader, kernel: kernel.st.clone(), tracker: tracker_stats, alerts: kinds, elapsed: t0.elapsed() })
+    Ok(Summary { reader, kernel: kernel.st.clone(), tracker: tracker_stats, alerts: kinds, alerts_dropped: dropped, elapsed: t0.elapsed() })
 }
 
 #[cfg(test)]

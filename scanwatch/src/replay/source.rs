@@ -33,15 +33,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use scanwatch_common::{cfgflag, cnt, kind, stat, FpKey, FpValue, InboundEvent, SrcKey, SrcState, XdpConfig};
+use scanwatch_common::{cfgflag, cnt, stat, FpKey, FpValue, SrcKey, SrcState, XdpConfig};
 
-use crate::alert::Alert;
-use crate::collector::{self, fingerprint_info, ip_to_key, key_to_ip};
 use crate::config::Config;
-use crate::detect::{Engine, HeldProbe, InboundEventKind, InboundObservation, SourceSnapshot};
-use crate::first_contact::{FirstContactView, HeldReader, Listeners};
+use crate::detect::{HeldProbe, InboundObservation, Observation, SourceSnapshot, Stamped};
 use crate::outcome::{ProbeKind, ReplyTracker, Resolved, Seen, TrackerConfig, TrackerStats};
 use crate::sketch::{distinct_ports, Hll};
+use crate::source::live::first_contact::{FirstContactView, HeldReader, Listeners};
+use crate::source::live::{self as live, filters, maps};
+use crate::vocab::ip_to_key;
 
 /// Frames per batch handed from the reader to the kernel thread.
 pub const BATCH: usize = 512;
@@ -132,6 +132,7 @@ pub struct KernelSide {
     now: Duration,
     out: Vec<ToEngine>,
     seen: Vec<(Duration, Seen)>,
+    decode_errors: live::records::DecodeErrors,
     pub st: KernelStats,
 }
 
@@ -139,7 +140,7 @@ impl KernelSide {
     /// Load the object as the agent does, with the replay's differences: no socket lookup
     /// (outcomes come from the capture) and no kernel threshold events (kernel-clock windows).
     pub fn load(cfg: &Config) -> anyhow::Result<KernelSide> {
-        let mut lopts = collector::load_options(cfg, false);
+        let mut lopts = live::load_options(cfg, false);
         lopts.xdp = XdpConfig {
             port_threshold: 0,
             host_threshold: 0,
@@ -179,6 +180,7 @@ impl KernelSide {
             now: Duration::ZERO,
             out: Vec::new(),
             seen: Vec::new(),
+            decode_errors: live::records::DecodeErrors::default(),
             st: KernelStats::default(),
         })
     }
@@ -248,7 +250,7 @@ impl KernelSide {
         let mut sources = Vec::with_capacity(dirty.len());
         for ip in dirty {
             let key = ip_to_key(ip);
-            let snap = self.sources.get(&key, 0).ok().map(|s| collector::snapshot(&key, &s, &self.fps));
+            let snap = self.sources.get(&key, 0).ok().map(|s| live::sweep::snapshot(&key, &s, &self.fps));
             self.st.snapshots += u64::from(snap.is_some());
             sources.push((ip, snap));
         }
@@ -262,7 +264,7 @@ impl KernelSide {
             self.next_held = now + HELD_EVERY;
         }
         if now >= self.next_known {
-            if let Err(e) = collector::rebuild_known_filter(&self.sources, &mut self.known) {
+            if let Err(e) = filters::rebuild_known_filter(&self.sources, &mut self.known) {
                 log::warn!("cannot rebuild the known-source filter: {e:#}");
             }
             self.next_known = now + KNOWN_EVERY;
@@ -271,38 +273,27 @@ impl KernelSide {
     }
 
     fn drain_ring(&mut self, now: Duration) {
-        let mut events = Vec::new();
+        let mut decoded = Vec::new();
+        let (sources, fps) = (&self.sources, &self.fps);
         while let Some(item) = self.ring.next() {
-            let data: &[u8] = &item;
-            if data.len() >= std::mem::size_of::<InboundEvent>() {
-                // SAFETY: length checked; the kernel wrote an InboundEvent (POD, repr(C)).
-                events.push(unsafe { std::ptr::read_unaligned::<InboundEvent>(data.as_ptr().cast()) });
-            }
+            // The live source's one dispatch table; a threshold / honeyport event comes with
+            // its source's kernel state first.
+            live::records::decode(&item, now, |k| live::sweep::lookup(sources, fps, k), &mut self.decode_errors, &mut decoded);
         }
-        if events.is_empty() {
+        if decoded.is_empty() {
             return;
         }
         self.flush_seen();
-        for e in events {
-            self.st.events += 1;
-            let k = match e.hdr.kind {
-                kind::HONEYPORT => InboundEventKind::Honeyport { dport: e.dport, proto: e.proto },
-                kind::THRESHOLD => InboundEventKind::Threshold {
-                    ports: e.detail & scanwatch_common::thr::PORTS != 0,
-                    hosts: e.detail & scanwatch_common::thr::HOSTS != 0,
-                    win_ports: e.win_ports,
-                    win_hosts: e.win_hosts,
-                },
-                kind::NEW_FINGERPRINT => InboundEventKind::NewFingerprint(fingerprint_info(&e.fp)),
-                _ => continue,
-            };
-            let ip = key_to_ip(&e.src);
-            let snap = if e.hdr.kind == kind::NEW_FINGERPRINT {
-                None
-            } else {
-                self.sources.get(&e.src, 0).ok().map(|s| collector::snapshot(&e.src, &s, &self.fps))
-            };
-            self.out.push(ToEngine::Event(now, snap, InboundObservation { ip, dst: key_to_ip(&e.dst), kind: k }));
+        let mut snap = None;
+        for s in decoded {
+            match s.obs {
+                Observation::Source(x) => snap = Some(x),
+                Observation::Inbound(ev) => {
+                    self.st.events += 1;
+                    self.out.push(ToEngine::Event(now, snap.take(), ev));
+                }
+                _ => {}
+            }
         }
     }
 
@@ -311,7 +302,7 @@ impl KernelSide {
         let end = self.now + self.sweep_every;
         self.next_held = Duration::ZERO;
         self.sweep(end);
-        let totals = collector::read_stats(&self.stats);
+        let totals = maps::read_stats(&self.stats);
         self.st.kernel = stat::NAMES
             .iter()
             .enumerate()
@@ -413,9 +404,10 @@ impl Overlay {
     }
 }
 
-/// The engine thread's side: reply tracker, outcome counters, detection engine.
+/// The engine thread's side of the source: the reply tracker and the outcome counters it adds
+/// to the kernel's, turning the kernel thread's messages into the pipeline's stamped
+/// observations.
 pub struct EngineSide {
-    pub engine: Engine,
     tracker: ReplyTracker,
     overlay: HashMap<IpAddr, Overlay>,
     /// The last kernel snapshot of each source with kernel state: a source whose outcomes
@@ -429,9 +421,8 @@ pub struct EngineSide {
 }
 
 impl EngineSide {
-    pub fn new(engine: Engine, cfg: &Config, tracker: TrackerConfig, open_ports: Arc<OpenPorts>) -> EngineSide {
+    pub fn new(cfg: &Config, tracker: TrackerConfig, open_ports: Arc<OpenPorts>) -> EngineSide {
         EngineSide {
-            engine,
             tracker: ReplyTracker::new(tracker),
             overlay: HashMap::new(),
             kernel: HashMap::new(),
@@ -461,14 +452,14 @@ impl EngineSide {
         }
     }
 
-    fn feed(&mut self, now: Duration, ip: IpAddr, out: &mut Vec<Alert>) {
+    fn feed(&mut self, now: Duration, ip: IpAddr, out: &mut Vec<Stamped>) {
         let k = self.kernel.get(&ip);
         let snap = match self.overlay.get(&ip) {
             Some(o) => o.merge(ip, k),
             None => k.cloned(),
         };
         if let Some(s) = snap {
-            out.extend(self.engine.observe_source(now, &s));
+            out.push(Stamped::new(now, Observation::Source(s)));
         }
     }
 
@@ -490,8 +481,8 @@ impl EngineSide {
         }
     }
 
-    /// One message from the kernel thread; alerts to `out`.
-    pub fn handle(&mut self, m: ToEngine, out: &mut Vec<Alert>) {
+    /// One message from the kernel thread; the observations it makes go to `out`.
+    pub fn handle(&mut self, m: ToEngine, out: &mut Vec<Stamped>) {
         match m {
             ToEngine::Seen(items) => {
                 for (ts, seen) in items {
@@ -511,7 +502,7 @@ impl EngineSide {
                     self.kernel.insert(ev.ip, s);
                     self.feed(now, ev.ip, out);
                 }
-                out.extend(self.engine.observe_inbound_event(now, &ev));
+                out.push(Stamped::new(now, Observation::Inbound(ev)));
             }
             ToEngine::Sweep { now, sources, held } => {
                 self.tracker.expire(now, &mut self.resolved);
@@ -532,23 +523,23 @@ impl EngineSide {
                     self.feed(now, ip, out);
                 }
                 if let Some(h) = held {
-                    out.extend(self.engine.observe_held(now, &h));
+                    out.push(Stamped::new(now, Observation::Held(h)));
                 }
-                out.extend(self.engine.tick(now));
+                out.push(Stamped::new(now, Observation::Tick));
                 self.bound();
             }
         }
     }
 
     /// End of input: probes still waiting have no answer; their counters are fed at `now`.
-    pub fn finish(&mut self, now: Duration, out: &mut Vec<Alert>) {
+    pub fn finish(&mut self, now: Duration, out: &mut Vec<Stamped>) {
         self.tracker.finish(&mut self.resolved);
         self.take_resolved();
         let dirty: Vec<IpAddr> = self.dirty.drain().collect();
         for ip in dirty {
             self.feed(now, ip, out);
         }
-        out.extend(self.engine.tick(now));
+        out.push(Stamped::new(now, Observation::Tick));
     }
 }
 
