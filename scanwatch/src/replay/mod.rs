@@ -220,7 +220,7 @@ struct Counted {
 impl Counted {
     fn count(&mut self, alerts: Vec<Alert>) -> Vec<Alert> {
         for a in &alerts {
-            let k = serde_json::to_value(&a.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let k = serde_json::to_value(a.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
             *self.kinds.entry(k).or_insert(0) += 1;
         }
         alerts

@@ -71,6 +71,9 @@ struct Iface {
     offset_secs: i64,
 }
 
+/// (data start, captured length, timestamp, link type, original length) of a packet block.
+type BlockPacket = (usize, usize, Duration, u32, u32);
+
 const SHB: u32 = 0x0A0D_0D0A;
 const BOM: u32 = 0x1A2B_3C4D;
 
@@ -243,7 +246,7 @@ impl<R: Read> CaptureReader<R> {
     }
 
     fn check_block_len(&mut self, off: u64, len: usize, min: usize, what: &'static str) -> Result<(), PcapError> {
-        if len < min || len % 4 != 0 || len > MAX_RECORD {
+        if len < min || !len.is_multiple_of(4) || len > MAX_RECORD {
             self.done = true;
             return Err(PcapError::Corrupt { offset: off, what, reason: format!("block length {len}") });
         }
@@ -390,9 +393,8 @@ impl<R: Read> CaptureReader<R> {
         Ok(())
     }
 
-    /// (data start, captured length, timestamp, link type, original length) of an EPB / PB /
-    /// SPB held in `self.buf`.
-    fn parse_packet_block(&mut self, off: u64, ty: u32) -> Result<Option<(usize, usize, Duration, u32, u32)>, PcapError> {
+    /// Where the packet of an EPB / PB / SPB held in `self.buf` is, and what it is.
+    fn parse_packet_block(&mut self, off: u64, ty: u32) -> Result<Option<BlockPacket>, PcapError> {
         let be = self.big_endian;
         let b = &self.buf;
         let blen = b.len();
@@ -504,7 +506,9 @@ mod tests {
         v
     }
 
-    fn all<R: Read>(r: &mut CaptureReader<R>) -> (Vec<(Duration, u32, Vec<u8>)>, Option<PcapError>) {
+    type Read3 = (Duration, u32, Vec<u8>);
+
+    fn all<R: Read>(r: &mut CaptureReader<R>) -> (Vec<Read3>, Option<PcapError>) {
         let mut out = Vec::new();
         loop {
             match r.next_packet() {

@@ -72,8 +72,9 @@ pub enum ToEngine {
     /// A sweep at `now`: the kernel state of the sources seen since the previous one (None: the
     /// source has no kernel entry), the one-probe sources read from the first-contact table.
     Sweep { now: Duration, sources: Vec<(IpAddr, Option<SourceSnapshot>)>, held: Option<Vec<HeldProbe>> },
-    /// A ring-buffer event with its source's kernel state (honeyport, threshold).
-    Event(Duration, Option<SourceSnapshot>, InboundObservation),
+    /// A ring-buffer event with its source's kernel state (honeyport, threshold); boxed: far
+    /// rarer than the other messages.
+    Event(Duration, Box<(Option<SourceSnapshot>, InboundObservation)>),
 }
 
 /// TCP ports the capture showed open (SYN-ACK), shared by the engine thread (writer) and the
@@ -214,7 +215,7 @@ impl KernelSide {
             let frame = &b.bytes[f.start as usize..(f.start + f.len) as usize];
             // The syscall's cost is sampled (1 run in 16, scaled): reading the clock around
             // every run would cost a few percent of the replay itself.
-            let r = if self.st.runs % 16 == 0 {
+            let r = if self.st.runs.is_multiple_of(16) {
                 let t = std::time::Instant::now();
                 let r = test_run(self.prog_fd, frame);
                 self.st.xdp_time += t.elapsed() * 16;
@@ -290,7 +291,7 @@ impl KernelSide {
                 Observation::Source(x) => snap = Some(x),
                 Observation::Inbound(ev) => {
                     self.st.events += 1;
-                    self.out.push(ToEngine::Event(now, snap.take(), ev));
+                    self.out.push(ToEngine::Event(now, Box::new((snap.take(), ev))));
                 }
                 _ => {}
             }
@@ -497,7 +498,8 @@ impl EngineSide {
                     }
                 }
             }
-            ToEngine::Event(now, snap, ev) => {
+            ToEngine::Event(now, ev) => {
+                let (snap, ev) = *ev;
                 if let Some(s) = snap {
                     self.kernel.insert(ev.ip, s);
                     self.feed(now, ev.ip, out);
