@@ -455,3 +455,41 @@ fn replay_of_a_truncated_capture_reports_what_it_read_and_the_offset() {
     assert!(a0["time"].as_str().is_some_and(|t| t.starts_with("2023-11-14T22:13")), "capture time: {a0}");
     assert!(a0["counts"]["failures"].as_u64().unwrap_or(0) >= 25, "RSTs in the capture are failures: {a0}");
 }
+
+/// `--since/--until` keep only the packets inside the window; "-" reads standard input.
+#[test]
+fn replay_time_window_and_stdin() {
+    require_root();
+    let dir = TempDir::new("window");
+    let (a, b) = (ip("10.46.0.7"), ip("10.47.0.1"));
+    // 100 SYNs answered by RST, one per 10 ms from 1700000000 s.
+    let mut frames = Vec::new();
+    for i in 0..100u32 {
+        frames.push((1_700_000_000, i * 10_000, PacketSpec::nmap_syn(a, b, 1 + i as u16).build()));
+        let rst = PacketSpec::tcp(b, a, 1 + i as u16, 40000, scanwatch::packet::RST | scanwatch::packet::ACK).build();
+        frames.push((1_700_000_000, i * 10_000 + 100, rst));
+    }
+    let f = dir.path("w.pcap");
+    write_pcap(&f, &frames);
+    let fs = f.to_str().expect("utf8");
+    // [0.25 s, 0.75 s): SYN+RST pairs 25..74.
+    let (_, stderr, summary, ok) = replay(&["--since", "1700000000.25", "--until", "2023-11-14T22:13:20.75Z", fs]);
+    assert!(ok, "{stderr}");
+    assert_eq!(summary["packets"], 200, "{summary}");
+    assert_eq!(summary["out_of_range"], 100, "{summary}");
+    assert_eq!(summary["xdp_runs"], 100, "{summary}");
+    assert_eq!(summary["outcomes"]["closed"], 50, "{summary}");
+    // The same file on standard input.
+    let out = Command::new(scanwatch_bin())
+        .args(["replay", "-"])
+        .stdin(std::fs::File::open(&f).expect("open"))
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("\"packets\":200"), "{err}");
+    // A bad time is refused with the reason.
+    let o = Command::new(scanwatch_bin()).args(["replay", "--since", "yesterday", fs]).output().expect("run");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("RFC 3339"), "{}", String::from_utf8_lossy(&o.stderr));
+}
