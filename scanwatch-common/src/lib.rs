@@ -141,6 +141,9 @@ counters! {
     /// ARP who-has requests (on-link host discovery, e.g. `nmap -sn` on a LAN); gratuitous ARP
     /// and duplicate-address probes are not counted.
     ARP = 21 => "arp_who_has",
+    /// TCP probes with a custom flag set carrying neither SYN, ACK nor RST (nmap --scanflags
+    /// URGPSH, ...): no TCP stack sends these, NULL/FIN/Xmas excepted (counted apart).
+    CUSTOM_FLAGS = 22 => "custom_flags",
 }
 
 /// Key of per-source state: the remote address, IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
