@@ -60,6 +60,30 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Replay pcap/pcapng captures through the real XDP program; alerts as JSON lines on stdout,
+    /// a summary on stderr. Captures are read in the order given ("-" = standard input).
+    Replay {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Host role (overrides `agent.role`).
+        #[arg(long)]
+        role: Option<String>,
+        /// Only packets at or after this time (RFC 3339 or Unix seconds).
+        #[arg(long, value_parser = crate::replay::parse_time)]
+        since: Option<Duration>,
+        /// Only packets before this time (RFC 3339 or Unix seconds).
+        #[arg(long, value_parser = crate::replay::parse_time)]
+        until: Option<Duration>,
+        /// How long a probe waits for its answer in the capture before it counts as unanswered
+        /// (`3s`, `500ms`; a bare number is seconds).
+        #[arg(long, default_value = "3s", value_parser = duration_arg)]
+        reply_timeout: Duration,
+        /// No progress bar (it is only drawn when stderr is a terminal anyway).
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -198,6 +222,20 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let cfg = agent.load()?;
             runtime()?.block_on(crate::baseline::learn(cfg, duration, &output))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Replay { files, config, role, since, until, reply_timeout, quiet } => {
+            let flags = AgentFlags { config, role, ..AgentFlags::default() };
+            let cfg = flags.load()?;
+            anyhow::ensure!(!reply_timeout.is_zero(), "--reply-timeout: must be longer than zero");
+            let opts = crate::replay::ReplayOptions { files, since, until, progress: !quiet, reply_timeout };
+            let sinks = crate::sinks::SinkSet::build(&cfg.sinks)?;
+            let summary = crate::replay::run(&cfg, &opts, sinks)?;
+            eprintln!("scanwatch: replay: {}", summary.line());
+            eprintln!("scanwatch: replay summary {}", summary.to_json());
+            for e in &summary.reader.errors {
+                eprintln!("scanwatch: error: {e}");
+            }
+            Ok(if summary.reader.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Bench { repeat, json } => {
             let report = crate::bench::run(repeat)?;

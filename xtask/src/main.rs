@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 mod deb;
 use clap::{Parser, Subcommand};
 
+mod bench_replay;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -47,6 +49,19 @@ enum Cmd {
     Bench {
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
+    },
+    /// Build, then `scanwatch replay` vs `tcpdump -r FILE -w /dev/null` on the same generated
+    /// capture (packets/s of both and the ratio, same run).
+    BenchReplay {
+        /// Packets in the generated capture (<target dir>/bench-replay-N.pcap, reused when present).
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// Interleaved rounds; the fastest of each side counts.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Use this capture instead of generating one.
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
 }
 
@@ -104,6 +119,11 @@ fn real_main() -> Result<()> {
             let deb = deb::build(&root, &bin, &out)?;
             println!("{}", deb.display());
             Ok(())
+        }
+        Cmd::BenchReplay { packets, rounds, file } => {
+            build(&root)?;
+            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+            bench_replay::run(&target, &target.join("release/scanwatch"), packets, rounds, file)
         }
         Cmd::Bench { repeat } => {
             setup()?;
