@@ -30,7 +30,7 @@ fn config_check_names_the_bad_key() {
         ("[agent]\nbogus = 1\n", "bogus"),
         ("[agent]\nrole = \"nope\"\n", "agent.role"),
         ("[detect]\nwindows = [\"10s\", \"5s\"]\n", "detect.windows"),
-        ("[alerts]\nsuppression_window = \"ten minutes\"\n", "alerts.suppression_window"),
+        ("[alerts]\nclose_after = \"ten minutes\"\n", "alerts.close_after"),
     ] {
         let p = tmp("bad.toml", text);
         let out = run(&["config", "check", p.to_str().expect("path")]);

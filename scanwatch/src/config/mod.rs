@@ -195,8 +195,10 @@ impl AllowlistConfig {
 /// `[alerts]`: alert lifecycle and rate limiting.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertConfig {
-    pub suppression_window: Duration,
-    pub escalation_factor: f64,
+    /// At most one update line per open incident per this interval (severity rise or counts so far).
+    pub update_interval: Duration,
+    /// An incident closes (with its `final` line) when its actor has been quiet this long.
+    pub close_after: Duration,
     /// Alerts per second.
     pub rate_limit: f64,
     pub burst: u32,

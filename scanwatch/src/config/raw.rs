@@ -121,8 +121,8 @@ pub(super) struct RawAllowlist {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAlerts {
-    pub(super) suppression_window: Option<String>,
-    pub(super) escalation_factor: Option<f64>,
+    pub(super) update_interval: Option<String>,
+    pub(super) close_after: Option<String>,
     pub(super) rate_limit: Option<f64>,
     pub(super) burst: Option<u32>,
     pub(super) summary_interval: Option<String>,
@@ -279,7 +279,7 @@ impl RawConfig {
             overlay_fields!(s, o; executables, users);
         });
         sub(&mut self.alerts, o.alerts, |s, o| {
-            overlay_fields!(s, o; suppression_window, escalation_factor, rate_limit, burst,
+            overlay_fields!(s, o; update_interval, close_after, rate_limit, burst,
                 summary_interval, min_severity)
         });
         sub(&mut self.response, o.response, |s, o| {

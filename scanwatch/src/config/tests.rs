@@ -158,8 +158,8 @@ fn type_and_value_errors_name_key() {
     assert!(e.starts_with("honeyports.tcp[0]:"), "{e}");
     let e = err("[roles.x]\ninherits = \"nope\"\n");
     assert!(e.starts_with("roles.x.inherits:"), "{e}");
-    let e = err("[alerts]\nescalation_factor = 1.0\n");
-    assert!(e.starts_with("alerts.escalation_factor:"), "{e}");
+    let e = err("[alerts]\nupdate_interval = \"0s\"\n");
+    assert!(e.starts_with("alerts.update_interval:"), "{e}");
     assert!(err("[xdp\n").starts_with("invalid TOML"));
 }
 

@@ -197,13 +197,6 @@ impl RawConfig {
             users: allow.users.unwrap_or_default(),
         };
 
-        let escalation_factor = req(al.escalation_factor, "alerts.escalation_factor")?;
-        if escalation_factor.is_nan() || escalation_factor <= 1.0 {
-            return Err(ConfigError::invalid(
-                "alerts.escalation_factor",
-                format!("{escalation_factor} must be greater than 1"),
-            ));
-        }
         let rate_limit = req(al.rate_limit, "alerts.rate_limit")?;
         if !(rate_limit > 0.0 && rate_limit.is_finite()) {
             return Err(ConfigError::invalid(
@@ -213,8 +206,8 @@ impl RawConfig {
         }
         let min_severity = req(al.min_severity, "alerts.min_severity")?;
         let alerts = AlertConfig {
-            suppression_window: positive(dur(al.suppression_window, "alerts.suppression_window")?, "alerts.suppression_window")?,
-            escalation_factor,
+            update_interval: positive(dur(al.update_interval, "alerts.update_interval")?, "alerts.update_interval")?,
+            close_after: positive(dur(al.close_after, "alerts.close_after")?, "alerts.close_after")?,
             rate_limit,
             burst: nonzero(al.burst, "alerts.burst")?,
             summary_interval: positive(dur(al.summary_interval, "alerts.summary_interval")?, "alerts.summary_interval")?,

@@ -290,3 +290,21 @@ pub(super) fn confidence(score: f64, fail_ratio: Option<f64>, trw_scanner: bool,
     };
     (c.clamp(0.05, 0.99) * 1000.0).round() / 1000.0
 }
+
+/// Bound on the timestamped samples per entity.
+const SEEN_CAP: usize = 256;
+
+/// Note `k` as seen at `now` in a bounded map (the oldest entry goes when full).
+pub fn note_seen<K: Ord + Copy>(map: &mut BTreeMap<K, Duration>, k: K, now: Duration) {
+    if !map.contains_key(&k) && map.len() >= SEEN_CAP {
+        if let Some(old) = map.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k) {
+            map.remove(&old);
+        }
+    }
+    map.insert(k, now);
+}
+
+/// Keys seen within `window` before `now`, in key order, at most `n`.
+pub fn seen_within<K: Ord + Copy>(map: &BTreeMap<K, Duration>, now: Duration, window: Duration, n: usize) -> Vec<K> {
+    map.iter().filter(|(_, t)| now.saturating_sub(**t) < window).map(|(k, _)| *k).take(n).collect()
+}

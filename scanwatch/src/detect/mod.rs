@@ -33,6 +33,8 @@ mod lifecycle;
 mod observe;
 mod outbound;
 mod outbound_state;
+mod reason;
+mod shape;
 mod trw;
 mod types;
 mod window;

@@ -70,6 +70,10 @@ pub trait Observer {
     fn observe_outbound(&mut self, now: Duration, o: &OutboundObservation) -> Vec<Alert>;
     fn observe_held(&mut self, now: Duration, probes: &[HeldProbe]) -> Vec<Alert>;
     fn tick(&mut self, now: Duration) -> Vec<Alert>;
+    /// The source is done (agent stopping, replay finished): whatever is still open, closed.
+    fn finish(&mut self, _now: Duration) -> Vec<Alert> {
+        Vec::new()
+    }
 
     /// Dispatch one stamped observation.
     fn observe(&mut self, s: &Stamped) -> Vec<Alert> {
@@ -99,6 +103,9 @@ impl Observer for Engine {
     }
     fn tick(&mut self, now: Duration) -> Vec<Alert> {
         Engine::tick(self, now)
+    }
+    fn finish(&mut self, now: Duration) -> Vec<Alert> {
+        Engine::close_all(self, now)
     }
 }
 
