@@ -92,6 +92,7 @@ pub fn service_class(port: u16) -> &'static str {
 }
 
 /// Number of distinct service classes among `ports`.
+#[cfg(test)]
 pub fn class_diversity(ports: &[u16]) -> usize {
     let mut classes: Vec<&str> = ports.iter().map(|p| service_class(*p)).collect();
     classes.sort_unstable();
@@ -108,6 +109,7 @@ pub fn privileged_fraction(ports: &[u16]) -> f64 {
 }
 
 /// Normalised Shannon entropy (0..1) of a histogram.
+#[cfg(test)]
 pub fn normalized_entropy<'a>(counts: impl Iterator<Item = &'a u32>) -> f64 {
     let v: Vec<f64> = counts.filter(|c| **c > 0).map(|c| f64::from(*c)).collect();
     if v.len() < 2 {
@@ -142,6 +144,7 @@ impl PortHistogram {
         }
     }
 
+    #[cfg(test)]
     pub fn entropy(&self) -> f64 {
         normalized_entropy(self.counts.values())
     }

@@ -177,9 +177,15 @@ impl Engine {
                 totals: *t,
                 by_trw: !by_fanout,
             };
-            let slot = if d.windows[i] < d.slow_min_window { &mut fast } else { &mut slow_hit };
-            if slot.is_none_or(|h| hit.score > h.score) {
-                *slot = Some(hit);
+            // The shortest fast window that hits is reported (its counts are the activity of
+            // now, not of earlier scans still inside a longer window); among slow windows the
+            // strongest.
+            if d.windows[i] < d.slow_min_window {
+                if fast.is_none() {
+                    fast = Some(hit);
+                }
+            } else if slow_hit.is_none_or(|h| hit.score > h.score) {
+                slow_hit = Some(hit);
             }
         }
 
@@ -343,7 +349,15 @@ impl Engine {
         };
         alert.targets.port_count = (h.ports.round() as u64).max(alert.targets.sample_ports.len() as u64);
         alert.targets.host_count = (h.hosts.round().max(1.0) as u64).max(alert.targets.sample_hosts.len() as u64);
-        let notes = self.inbound_notes(&ip, h.by_trw);
+        let mut notes = self.inbound_notes(&ip, h.by_trw);
+        notes.what = match kind {
+            AlertKind::VerticalScan => Some("a vertical scan".into()),
+            AlertKind::HorizontalScan => Some("a horizontal scan".into()),
+            AlertKind::BlockScan => Some("a block scan".into()),
+            AlertKind::StealthScan => Some("a stealth scan".into()),
+            AlertKind::Evasion => Some("an evasive scan".into()),
+            _ => None,
+        };
         alert.reason = reason::fanout(&alert, kind == AlertKind::SlowScan, &notes);
         let hold = if kind == AlertKind::SlowScan { window } else { Duration::ZERO };
         self.submit(now, &format!("src:{ip}"), hold, alert, out);

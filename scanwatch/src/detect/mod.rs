@@ -41,6 +41,8 @@ mod window;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_truth;
 
 pub use baseline::{Baseline, BaselineError, BaselineLearner, ExeBaseline, SourceBaseline};
 pub use engine::Engine;

@@ -106,9 +106,15 @@ impl Engine {
                 continue;
             }
             let hit = Hit { idx: i, ports, hosts, port_score: ps, host_score: hs, score, totals: *t, by_trw: !by_fanout };
-            let slot = if d.windows[i] < d.slow_min_window { &mut fast } else { &mut slow_hit };
-            if slot.is_none_or(|h| hit.score > h.score) {
-                *slot = Some(hit);
+            // The shortest fast window that hits is reported (its counts are the activity of
+            // now, not of earlier scans still inside a longer window); among slow windows the
+            // strongest.
+            if d.windows[i] < d.slow_min_window {
+                if fast.is_none() {
+                    fast = Some(hit);
+                }
+            } else if slow_hit.is_none_or(|h| hit.score > h.score) {
+                slow_hit = Some(hit);
             }
         }
         let (hit, is_slow) = match (fast, slow_hit) {

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use crate::alert::{Alert, Evidence};
 
-use super::features::class_diversity;
+use super::features::service_class;
 
 /// Facts about a finding that are not numbers of the alert (how it was decided).
 #[derive(Debug, Clone, Default)]
@@ -35,24 +35,44 @@ fn count(a: &Alert, name: &str) -> u64 {
     a.counts.get(name).unwrap_or(0)
 }
 
-/// "3 NULL, 2 Xmas" for the named evidence counters present in the alert.
-fn listed(a: &Alert, names: &[(&str, &str)]) -> String {
-    names
-        .iter()
-        .filter_map(|(k, label)| a.counts.get(k).filter(|v| *v > 0).map(|v| format!("{v} {label}")))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-const STEALTH: [(&str, &str); 6] =
-    [("null", "NULL"), ("fin", "FIN"), ("xmas", "Xmas"), ("maimon", "Maimon"), ("ack", "bare-ACK"), ("synfin", "SYN+FIN")];
-const EVASION: [(&str, &str); 5] = [
+/// How each evidence counter is said ("3 NULL", "4 first fragments").
+const LABELS: [(&str, &str); 19] = [
+    ("null", "NULL"),
+    ("fin", "FIN"),
+    ("xmas", "Xmas"),
+    ("maimon", "Maimon"),
+    ("ack", "bare-ACK"),
+    ("synfin", "SYN+FIN"),
     ("frag_first", "first fragments"),
     ("frag_later", "later fragments"),
-    ("srcport_trick", "from source port 53/88"),
+    ("srcport_trick", "from a DNS/Kerberos source port"),
     ("badsum", "with a bad TCP checksum"),
+    ("unsolicited_synack", "unsolicited SYN-ACK"),
+    ("unsolicited_rst", "unsolicited RST"),
     ("honeyport", "to honeyports"),
+    ("udp", "UDP"),
+    ("udp_closed", "to closed UDP ports"),
+    ("icmp_echo", "ICMP echo"),
+    ("arp_who_has", "ARP who-has"),
+    ("raw_probe", "crafted raw packets"),
+    ("raw_socket", "raw sockets opened"),
 ];
+
+/// The label of evidence counter `name` (for tests and the README).
+pub(super) fn label(name: &str) -> Option<&'static str> {
+    LABELS.iter().find(|(k, _)| *k == name).map(|(_, l)| *l)
+}
+
+/// "; evidence: 3 NULL, 2 Xmas" for every evidence counter the alert carries.
+fn evidence(a: &Alert) -> String {
+    let items: Vec<String> =
+        a.counts.detail.iter().filter_map(|(k, v)| label(k.name()).map(|l| format!("{v} {l}"))).collect();
+    if items.is_empty() {
+        String::new()
+    } else {
+        format!("; evidence: {}", items.join(", "))
+    }
+}
 
 /// The outcome clause: "(F failed, S succeeded: P% failed)"; empty when no outcome is known.
 fn outcome(a: &Alert) -> String {
@@ -62,13 +82,25 @@ fn outcome(a: &Alert) -> String {
     }
 }
 
+/// The distinct service classes of `ports`, in port order of first appearance.
+fn service_classes(ports: &[u16]) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for p in ports {
+        let c = service_class(*p);
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn finish(a: &Alert, mut s: String, n: &Notes) -> String {
     if n.by_trw {
         s.push_str("; sequential hypothesis test decided scanner");
     }
-    let classes = class_diversity(&a.targets.sample_ports);
-    if classes >= 3 {
-        let _ = write!(s, "; the {} sampled ports span {classes} service classes", a.targets.sample_ports.len());
+    let classes = service_classes(&a.targets.sample_ports);
+    if classes.len() >= 3 {
+        let _ = write!(s, "; sampled ports span services {}", classes.join(", "));
     }
     if let Some(fp) = a.fingerprint.as_ref().filter(|f| f.tool_hint != "unknown" && f.tool_hint != "os-stack") {
         let _ = write!(s, "; fingerprint looks like {}", fp.tool_hint);
@@ -99,22 +131,7 @@ pub(super) fn fanout(a: &Alert, slow: bool, n: &Notes) -> String {
     if let Some(w) = &n.what {
         let _ = write!(s, ": {w}");
     }
-    let stealth = listed(a, &STEALTH);
-    if !stealth.is_empty() {
-        let _ = write!(s, "; stealth probes: {stealth}");
-    }
-    let evasion = listed(a, &EVASION[..4]);
-    if !evasion.is_empty() {
-        let _ = write!(s, "; evasive probes: {evasion}");
-    }
-    let raw = count(a, "raw_probe");
-    if raw > 0 {
-        let _ = write!(s, "; {raw} crafted raw packets");
-    }
-    let hp = count(a, "honeyport");
-    if hp > 0 {
-        let _ = write!(s, "; {hp} probes to honeyports");
-    }
+    s.push_str(&evidence(a));
     if slow {
         s.push_str("; stayed under the short-window thresholds");
     }
@@ -124,12 +141,12 @@ pub(super) fn fanout(a: &Alert, slow: bool, n: &Notes) -> String {
 /// Stealth probes below fan-out thresholds.
 pub(super) fn stealth(a: &Alert, n: &Notes) -> String {
     let s = format!(
-        "{} sent {} stealth probes ({}) to {} distinct ports within {}",
+        "{} sent stealth probes among {} probes to {} distinct ports within {}{}",
         actor(a),
         a.counts.probes,
-        listed(a, &STEALTH),
         a.targets.port_count,
-        a.window
+        a.window,
+        evidence(a)
     );
     finish(a, s, n)
 }
@@ -138,15 +155,15 @@ pub(super) fn stealth(a: &Alert, n: &Notes) -> String {
 pub(super) fn evasion(a: &Alert, n: &Notes) -> String {
     let synack = count(a, "unsolicited_synack");
     let rst = count(a, "unsolicited_rst");
-    let marks = listed(a, &EVASION[..4]);
-    let s = if marks.is_empty() {
+    let marked = ["frag_first", "frag_later", "srcport_trick", "badsum"].iter().any(|k| count(a, k) > 0);
+    let s = if marked {
+        format!("{} sent {} probes within {} using evasion{}", actor(a), a.counts.probes, a.window, evidence(a))
+    } else {
         format!(
             "{} sent {synack} unsolicited SYN-ACK and {rst} unsolicited RST segments within {} (backscatter of spoofed probes or idle-scan zombie use)",
             actor(a),
             a.window
         )
-    } else {
-        format!("{} sent {} probes within {} using evasion: {marks}", actor(a), a.counts.probes, a.window)
     };
     finish(a, s, n)
 }
