@@ -66,8 +66,12 @@ pub(super) struct RawXdp {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHoneyports {
+    /// Replaces the list below it (defaults, or the global list for a role).
     pub(super) tcp: Option<Vec<u16>>,
     pub(super) udp: Option<Vec<u16>>,
+    /// Added to the list below it.
+    pub(super) tcp_extra: Option<Vec<u16>>,
+    pub(super) udp_extra: Option<Vec<u16>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,11 +178,37 @@ fn de_section<T: DeserializeOwned>(path: &str, value: &toml::Value) -> Result<T,
                             section: format!("{path}.{k}"),
                         });
                     }
-                    return Err(ConfigError::invalid(format!("{path}.{k}"), msg.to_string()));
+                    return Err(ConfigError::invalid(format!("{path}.{k}"), user_terms(msg)));
                 }
             }
             Err(ConfigError::invalid(path, whole.to_string().trim().to_string()))
         }
+    }
+}
+
+/// A serde message in the user's terms: Rust type names (`u16`, `f64`, ...) become what the
+/// value must be ("a port: a whole number 0–65535"), naming the value given.
+pub(super) fn user_terms(msg: &str) -> String {
+    const TYPES: [(&str, &str); 8] = [
+        ("u8", "a whole number 0–255"),
+        ("u16", "a port: a whole number 0–65535"),
+        ("u32", "a whole number 0–4294967295"),
+        ("u64", "a whole number ≥ 0"),
+        ("usize", "a whole number ≥ 0"),
+        ("f64", "a number"),
+        ("f32", "a number"),
+        ("a sequence", "a list ([...])"),
+    ];
+    // toml adds a line naming the key ("in `tcp`"); the dotted key is said already.
+    let msg = msg.lines().next().unwrap_or(msg);
+    let Some((_, ty)) = msg.rsplit_once("expected ") else { return msg.to_string() };
+    let ty = ty.trim().trim_end_matches('.');
+    let Some((_, want)) = TYPES.iter().find(|(t, _)| *t == ty) else { return msg.to_string() };
+    // "invalid value: integer `70000`, expected u16" -> the value between backticks.
+    let given = msg.split('`').nth(1);
+    match given {
+        Some(v) => format!("{v} is not {want}"),
+        None => format!("expected {want}"),
     }
 }
 
@@ -259,7 +289,15 @@ impl RawConfig {
                 max_fingerprints, max_procs, ringbuf_bytes, lookup_sockets, verify_checksums,
                 first_contact, enforce_blocklist)
         });
-        sub(&mut self.honeyports, o.honeyports, |s, o| overlay_fields!(s, o; tcp, udp));
+        sub(&mut self.honeyports, o.honeyports, |s, o| {
+            // `*_extra` lists of successive layers add up; `tcp` / `udp` replace.
+            for (mine, theirs) in [(&mut s.tcp_extra, &o.tcp_extra), (&mut s.udp_extra, &o.udp_extra)] {
+                if let Some(t) = theirs {
+                    mine.get_or_insert_with(Vec::new).extend(t.iter().copied());
+                }
+            }
+            overlay_fields!(s, o; tcp, udp)
+        });
         sub(&mut self.detect, o.detect, |s, o| {
             let trw = o.trw;
             overlay_fields!(s, o; windows, port_thresholds, host_thresholds,

@@ -122,8 +122,10 @@ impl Observer for BaselineLearner {
         BaselineLearner::observe_outbound(self, now, o);
         Vec::new()
     }
-    /// One-probe sources carry nothing a baseline learns from (no fan-out of their own).
-    fn observe_held(&mut self, _now: Duration, _probes: &[HeldProbe]) -> Vec<Alert> {
+    /// One-probe sources carry no fan-out of their own to learn; a distributed scan they take
+    /// part in excludes its sources.
+    fn observe_held(&mut self, now: Duration, probes: &[HeldProbe]) -> Vec<Alert> {
+        BaselineLearner::observe_held(self, now, probes);
         Vec::new()
     }
     fn tick(&mut self, now: Duration) -> Vec<Alert> {

@@ -799,8 +799,9 @@ fn memory_is_bounded() {
 #[test]
 fn baseline_raises_thresholds_for_known_behaviour() {
     let cfg = Config::default_embedded();
-    // A monitoring host that legitimately probes 40 closed ports per minute.
-    let feed = |s: &mut Src, k: u16| s.syn((k * 40)..(k * 40 + 40), None);
+    // A monitoring host that legitimately probes 20 ports per minute, half of them closed (under
+    // the thresholds while learning: an actor that alerts while learning is excluded instead).
+    let feed = |s: &mut Src, k: u16| s.syn((3000 + k * 20)..(3000 + k * 20 + 20), Some(2));
     let mut learner = BaselineLearner::new(&cfg);
     let mut s = Src::new("203.0.113.200");
     for k in 0..3u16 {
@@ -809,6 +810,7 @@ fn baseline_raises_thresholds_for_known_behaviour() {
     }
     let b = learner.finish();
     assert!(b.sources.contains_key("203.0.113.200"));
+    assert!(b.excluded.is_empty(), "{:?}", b.excluded);
     let path = std::env::temp_dir().join(format!("scanwatch-baseline-{}.json", std::process::id()));
     b.save(&path).expect("save");
     let b2 = Baseline::load(&path).expect("load");
@@ -821,14 +823,47 @@ fn baseline_raises_thresholds_for_known_behaviour() {
     let mut without = Engine::new(&cfg, "h".into());
     let mut s = Src::new("203.0.113.200");
     let (mut a_with, mut a_without) = (Vec::new(), Vec::new());
+    // Later it probes 28 a minute: over the default threshold, within the learned maximum x margin.
     for k in 0..3u16 {
-        feed(&mut s, k + 10);
+        s.syn((5000 + k * 28)..(5000 + k * 28 + 28), Some(2));
         let snap = s.snap();
         a_with.extend(with.observe_source(t(f64::from(k) * 60.0 + 1.0), &snap));
         a_without.extend(without.observe_source(t(f64::from(k) * 60.0 + 1.0), &snap));
     }
     assert!(!a_without.is_empty());
     assert!(!a_with.iter().any(|a| a.kind == AlertKind::VerticalScan), "{a_with:?}");
+}
+
+#[test]
+fn baseline_never_learns_a_scan_during_learning() {
+    let cfg = Config::default_embedded();
+    let mut learner = BaselineLearner::new(&cfg);
+    // A benign client and a 21-port scan while learning, and an outbound connect scan.
+    let mut client = Src::new("198.51.100.30");
+    client.open(443, 20);
+    learner.observe_source(t(1.0), &client.snap());
+    let mut scan = Src::new("203.0.113.201");
+    scan.syn(1..=21, None);
+    learner.observe_source(t(2.0), &scan.snap());
+    let p = proc_info("/usr/bin/nmap", 900, 1);
+    for port in 1..=200u16 {
+        let o = OutboundObservation { process: p.clone(), action: OutboundAction::Connect { dst: ip("10.0.0.8"), dport: port } };
+        learner.observe_outbound(t(3.0 + f64::from(port) * 0.001), &o);
+    }
+    learner.tick(t(10.0));
+    let b = learner.finish();
+    assert!(b.sources.contains_key("198.51.100.30"), "{:?}", b.sources.keys());
+    assert!(!b.sources.contains_key("203.0.113.201"));
+    assert!(!b.executables.contains_key("/usr/bin/nmap"));
+    assert!(b.excluded.get("203.0.113.201").is_some_and(|w| w.starts_with("vertical_scan")), "{:?}", b.excluded);
+    assert!(b.excluded.contains_key("/usr/bin/nmap"), "{:?}", b.excluded);
+    assert!(b.describe().contains("2 actors that alerted while learning"), "{}", b.describe());
+    // With that baseline the same scan still alerts.
+    let mut e = Engine::new(&cfg, "h".into());
+    e.set_baseline(b);
+    let mut again = Src::new("203.0.113.201");
+    again.syn(100..=120, None);
+    assert_eq!(kinds(&e.observe_source(t(100.0), &again.snap())), vec![AlertKind::VerticalScan]);
 }
 
 #[test]
