@@ -12,7 +12,7 @@ use super::lifecycle::{Lifecycle, Verdict};
 use super::outbound_state::OutboundEntity;
 use super::trw::TrwParams;
 use super::types::{EngineStats, HeldProbe, InboundEventKind, InboundObservation, OutboundObservation, SourceSnapshot};
-use crate::alert::{Alert, HostInfo};
+use crate::alert::{Alert, AlertKind, HostInfo, Shape};
 use crate::config::{Config, RoleProfile};
 use crate::vocab::rfc3339_from_unix;
 
@@ -191,6 +191,27 @@ impl Engine {
         self.outbound.retain(|_, e| now.saturating_sub(e.last_seen) < idle);
         self.evicted += (before - self.inbound.len() - self.outbound.len()) as u64;
         self.fingerprints.expire(now, self.cfg.detect.decoy_window);
+    }
+
+    /// The window a fast finding of an open incident reports: the shortest fast window (from
+    /// `idx`, the triggering one, up) that covers the incident since its start, else the longest
+    /// fast window.
+    pub(super) fn report_window(&self, now: Duration, actor: &str, kind: AlertKind, shape: &Shape, idx: usize) -> usize {
+        let Some(start) = self.lifecycle.started(actor, kind, shape) else { return idx };
+        let age = now.saturating_sub(start);
+        let d = &self.cfg.detect;
+        let mut best = idx;
+        for (j, w) in d.windows.iter().enumerate().skip(idx) {
+            if *w >= d.slow_min_window {
+                break;
+            }
+            best = j;
+            // The window covers the incident with a bucket to spare (ring granularity).
+            if *w >= age + *w / super::window::BUCKETS as u32 {
+                break;
+            }
+        }
+        best
     }
 
     /// Submit a finding of `actor` through the incident lifecycle; `hold` is the least quiet time

@@ -327,7 +327,6 @@ impl Engine {
 
     fn fanout_alert(&mut self, now: Duration, ip: IpAddr, kind: AlertKind, h: Hit, tool: bool, out: &mut Vec<Alert>) {
         let Some(e) = self.inbound.get(&ip) else { return };
-        let d = &self.cfg.detect;
         let fr = h.totals.fail_ratio();
         let mut conf = confidence(h.score, fr, e.trw.is_scanner(), tool);
         let timing = e.timing.class();
@@ -342,8 +341,19 @@ impl Engine {
             // Bad checksums only serve to probe for a middlebox that does not verify them.
             base = base.raise();
         }
-        let window = d.windows[h.idx];
+        // Kind and shape are the triggering (shortest) window's; the counts are those of the
+        // shortest fast window covering the whole incident so far, so a long scan's later lines
+        // count all of it, not its last seconds only.
         let sh = if kind == AlertKind::StealthScan { shape::stealth_of(&h.totals) } else { shape::of(&h.totals) };
+        let idx = self.report_window(now, &format!("src:{ip}"), kind, &sh, h.idx);
+        let Some(e) = self.inbound.get(&ip) else { return };
+        let h = if idx == h.idx {
+            h
+        } else {
+            let t = e.windows.totals(now).get(idx).copied().unwrap_or(h.totals);
+            Hit { idx, ports: t.get(m::NEW_PORTS).max(h.ports), hosts: t.get(m::NEW_HOSTS).max(h.hosts), totals: t, ..h }
+        };
+        let window = self.cfg.detect.windows[h.idx];
         let Some(mut alert) = self.inbound_alert(now, ip, kind, placed(base, &ip), conf, window, &h.totals, sh) else {
             return;
         };

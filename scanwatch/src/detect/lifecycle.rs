@@ -149,6 +149,14 @@ impl Lifecycle {
         rfc3339_from_unix(at.as_secs_f64() + self.wall_offset)
     }
 
+    /// When the open incident of (`actor`, `kind`, `shape`) started.
+    pub(super) fn started(&self, actor: &str, kind: AlertKind, shape: &Shape) -> Option<Duration> {
+        self.open
+            .iter()
+            .find(|(k, _)| k.actor == actor && k.kind == kind && (k.shape == *shape || k.shape.protocol.is_empty()))
+            .map(|(_, o)| o.start)
+    }
+
     /// Is an incident of `actor` open whose kind satisfies `pred`?
     pub(super) fn has_open(&self, actor: &str, pred: impl Fn(AlertKind) -> bool) -> bool {
         self.open.keys().any(|k| k.actor == actor && pred(k.kind))
@@ -284,7 +292,7 @@ impl Lifecycle {
         let mut out = std::mem::take(&mut self.overflow);
         let interval = self.cfg.update_interval;
         let mut keys: Vec<(Duration, IncidentKey)> = self.open.iter().map(|(k, o)| (o.start, k.clone())).collect();
-        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        keys.sort_by_key(|a| a.0);
         for (_, k) in keys {
             let Some(o) = self.open.get(&k) else { continue };
             let quiet = self.cfg.close_after.max(o.hold);
@@ -301,7 +309,7 @@ impl Lifecycle {
     pub fn close_all(&mut self, now: Duration) -> Vec<Alert> {
         let mut out = std::mem::take(&mut self.overflow);
         let mut keys: Vec<(Duration, IncidentKey)> = self.open.iter().map(|(k, o)| (o.start, k.clone())).collect();
-        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        keys.sort_by_key(|a| a.0);
         for (_, k) in keys {
             out.extend(self.close(&k, now));
         }

@@ -138,7 +138,6 @@ impl Engine {
 
     fn outbound_alert(&mut self, now: Duration, key: &str, h: Hit, is_slow: bool, out: &mut Vec<Alert>) {
         let Some(e) = self.outbound.get(key) else { return };
-        let d = &self.cfg.detect;
         let p = &e.process;
         let exe = p.exe.clone().unwrap_or_else(|| p.comm.clone());
         let fr = h.totals.fail_ratio();
@@ -173,6 +172,22 @@ impl Engine {
             "horizontal"
         };
         notes.what = Some(format!("a {shape_word} scan"));
+        // Counts of the shortest fast window covering the incident so far (see inbound).
+        let sh = shape::of(&h.totals);
+        let h = if is_slow {
+            h
+        } else {
+            let idx = self.report_window(now, key, AlertKind::OutboundScan, &sh, h.idx);
+            match self.outbound.get(key).and_then(|e| e.windows.totals(now).get(idx).copied()) {
+                Some(t) if idx != h.idx => {
+                    Hit { idx, ports: t.get(m::NEW_PORTS).max(h.ports), hosts: t.get(m::NEW_HOSTS).max(h.hosts), totals: t, ..h }
+                }
+                _ => h,
+            }
+        };
+        let Some(e) = self.outbound.get(key) else { return };
+        let p = &e.process;
+        let d = &self.cfg.detect;
         let window = d.windows[h.idx];
 
         // Severity: role default, raised for big scans; expected scanners and allowlists low.
@@ -225,7 +240,7 @@ impl Engine {
                 sample_ports,
                 sample_hosts,
             },
-            shape: shape::of(t),
+            shape: sh,
             window: format_duration(window),
             counts: Counts::new(
                 t.get(m::PROBES).round() as u64,
