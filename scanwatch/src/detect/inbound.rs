@@ -273,7 +273,11 @@ impl Engine {
             if !marked {
                 sh = Shape::new("tcp", "unsolicited");
             }
-            if let Some(mut a) =
+            // Unsolicited RST / SYN-ACK from a source with an open scan incident are part of
+            // that scan (its lines count them), not an incident of their own.
+            let folded = !marked && self.lifecycle.has_open(&format!("src:{ip}"), |k| k != AlertKind::Evasion && is_scan_kind(k));
+            if folded {
+            } else if let Some(mut a) =
                 self.inbound_alert(now, ip, AlertKind::Evasion, placed(sev, &ip), 0.8, window, &t, sh)
             {
                 if !marked {

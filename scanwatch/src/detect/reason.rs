@@ -121,7 +121,12 @@ pub(super) fn fanout(a: &Alert, slow: bool, n: &Notes) -> String {
     let t = &a.targets;
     let verb = if slow { "slowly probed" } else { "probed" };
     let within = if slow { "over" } else { "within" };
-    let mut s = format!("{} {verb} {} distinct ports on {} hosts {within} {}", actor(a), t.port_count, t.host_count, a.window);
+    let mut s = if t.port_count == 0 {
+        // Portless probes (ICMP echo, ARP who-has).
+        format!("{} {verb} {} hosts {within} {}", actor(a), t.host_count, a.window)
+    } else {
+        format!("{} {verb} {} distinct ports on {} hosts {within} {}", actor(a), t.port_count, t.host_count, a.window)
+    };
     if a.counts.probes > 0 {
         let what = a.shape.describe();
         let what = if what.is_empty() { String::new() } else { format!("{what} ") };

@@ -341,7 +341,11 @@ fn check_truth(a: &Alert) -> Result<(), String> {
         | AlertKind::BlockScan
         | AlertKind::SlowScan
         | AlertKind::OutboundScan => {
-            has(format!("{} distinct ports on {} hosts", a.targets.port_count, a.targets.host_count))?;
+            if a.targets.port_count == 0 {
+                has(format!("probed {} hosts", a.targets.host_count))?;
+            } else {
+                has(format!("{} distinct ports on {} hosts", a.targets.port_count, a.targets.host_count))?;
+            }
             has(a.window.clone())?;
             if c.probes > 0 {
                 has(format!("with {} {}", c.probes, a.shape.describe()))?;
