@@ -208,7 +208,7 @@ impl Counts {
 pub struct Shape {
     /// `tcp`, `udp`, `icmp`, `arp`, `ip` (fragments whose ports are unknown), `mixed`.
     pub protocol: String,
-    /// `syn`, `connect`, `null`, `fin`, `xmas`, `maimon`, `ack`, `synfin` (TCP); `probe` (UDP);
+    /// `syn`, `connect`, `null`, `fin`, `xmas`, `maimon`, `ack`, `synfin`, `custom` (TCP); `probe` (UDP);
     /// `echo` (ICMP); `who_has` (ARP); `fragment`; `unsolicited` (SYN-ACK/RST backscatter);
     /// `honeyport` is never a shape (the kind says it); `mixed` when no shape has most probes.
     pub shape: String,

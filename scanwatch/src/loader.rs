@@ -90,7 +90,8 @@ pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf, LoaderErro
         .map_max_entries(MAP_FINGERPRINTS, opts.max_fingerprints)
         .map_max_entries(MAP_PROCS, opts.max_procs)
         .map_max_entries(MAP_EVENTS, opts.ringbuf_bytes)
-        .override_global("ENFORCE_BLOCKLIST", &enforce, false)
+        // must exist: a renamed or mangled global would silently leave enforcement off.
+        .override_global("ENFORCE_BLOCKLIST", &enforce, true)
         .load(object)?;
     write_config(&mut ebpf, &opts.xdp)?;
     {
@@ -368,6 +369,15 @@ fn try_method(ebpf: &mut Ebpf, m: &Method) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Load and attach one tracepoint program (no fallback chain: used for helpers of the inbound
+/// program, such as the listening-port filter).
+pub fn attach_tracepoint(ebpf: &mut Ebpf, prog: &'static str, category: &'static str, name: &'static str) -> Result<(), String> {
+    if !tracefs_mounted() {
+        return Err("tracefs is not mounted".into());
+    }
+    try_method(ebpf, &Method::Tracepoint { prog, category, name })
 }
 
 /// Attach every outbound hook, walking each hook's fallback chain. Returns (hook, method) pairs.

@@ -16,8 +16,8 @@ use crate::{
 };
 
 
-
-
+/// Load-time setting (the loader rewrites it): drop packets from BLOCKLIST sources.
+#[unsafe(no_mangle)]
 pub(super) static ENFORCE_BLOCKLIST: u32 = 0;
 
 pub(super) const ETH_P_IP: u16 = 0x0800;

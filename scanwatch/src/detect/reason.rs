@@ -36,13 +36,14 @@ fn count(a: &Alert, name: &str) -> u64 {
 }
 
 /// How each evidence counter is said ("3 NULL", "4 first fragments").
-const LABELS: [(&str, &str); 19] = [
+const LABELS: [(&str, &str); 20] = [
     ("null", "NULL"),
     ("fin", "FIN"),
     ("xmas", "Xmas"),
     ("maimon", "Maimon"),
     ("ack", "bare-ACK"),
     ("synfin", "SYN+FIN"),
+    ("custom_flags", "custom-flag"),
     ("frag_first", "first fragments"),
     ("frag_later", "later fragments"),
     ("srcport_trick", "from a DNS/Kerberos source port"),

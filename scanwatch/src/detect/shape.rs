@@ -5,7 +5,7 @@ use super::window::{m, Metrics};
 use crate::alert::Shape;
 
 /// (protocol, shape, metric slot) of every probe form the engine counts.
-const FORMS: [(&str, &str, usize); 13] = [
+const FORMS: [(&str, &str, usize); 14] = [
     ("tcp", "syn", m::cnt(cnt::SYN)),
     ("tcp", "connect", m::CONNECT),
     ("tcp", "null", m::cnt(cnt::NULL)),
@@ -14,6 +14,7 @@ const FORMS: [(&str, &str, usize); 13] = [
     ("tcp", "maimon", m::cnt(cnt::MAIMON)),
     ("tcp", "ack", m::cnt(cnt::ACK)),
     ("tcp", "synfin", m::cnt(cnt::SYNFIN)),
+    ("tcp", "custom", m::cnt(cnt::CUSTOM_FLAGS)),
     ("udp", "probe", m::cnt(cnt::UDP)),
     ("icmp", "echo", m::cnt(cnt::ICMP_ECHO)),
     ("arp", "who_has", m::cnt(cnt::ARP)),
@@ -46,7 +47,7 @@ pub(super) fn of(t: &Metrics) -> Shape {
 /// stealth finding is not about).
 pub(super) fn stealth_of(t: &Metrics) -> Shape {
     let mut only = Metrics::default();
-    for c in [cnt::NULL, cnt::FIN, cnt::XMAS, cnt::MAIMON, cnt::ACK, cnt::SYNFIN] {
+    for c in [cnt::NULL, cnt::FIN, cnt::XMAS, cnt::MAIMON, cnt::ACK, cnt::SYNFIN, cnt::CUSTOM_FLAGS] {
         only.set(m::cnt(c), t.get(m::cnt(c)));
     }
     let s = of(&only);

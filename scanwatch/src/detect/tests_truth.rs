@@ -93,7 +93,7 @@ enum Step {
     Wait { secs: u16 },
 }
 
-const STEALTH_SHAPES: [usize; 6] = [cnt::NULL, cnt::FIN, cnt::XMAS, cnt::MAIMON, cnt::ACK, cnt::SYNFIN];
+const STEALTH_SHAPES: [usize; 7] = [cnt::NULL, cnt::FIN, cnt::XMAS, cnt::MAIMON, cnt::ACK, cnt::SYNFIN, cnt::CUSTOM_FLAGS];
 const ADDRS: [&str; 5] = ["203.0.113.7", "203.0.113.8", "203.0.113.9", "10.9.0.5", "2001:db8::5"];
 
 fn nmap_fp() -> FingerprintInfo {
@@ -154,7 +154,7 @@ fn play(cfg: &Config, steps: &[Step]) -> Vec<Alert> {
             Step::Stealth { src, shape, start, n } => {
                 let s = &mut srcs[*src];
                 for k in 0..*n {
-                    s.bump(STEALTH_SHAPES[*shape % 6], 1);
+                    s.bump(STEALTH_SHAPES[*shape % STEALTH_SHAPES.len()], 1);
                     s.counts[cnt::FAILED] += 1;
                     s.port(start.wrapping_add(k));
                 }
@@ -468,7 +468,7 @@ fn step() -> impl Strategy<Value = Step> {
         (src.clone(), 1u16..3000, 1u16..400, proptest::option::of(1u16..20))
             .prop_map(|(src, start, n, open)| Step::Syn { src, start, n, open }),
         (src.clone(), 1u16..3000, 1u16..400).prop_map(|(src, start, n)| Step::Block { src, start, n }),
-        (src.clone(), 0usize..6, 1u16..3000, 1u16..60).prop_map(|(src, shape, start, n)| Step::Stealth { src, shape, start, n }),
+        (src.clone(), 0usize..7, 1u16..3000, 1u16..60).prop_map(|(src, shape, start, n)| Step::Stealth { src, shape, start, n }),
         (src.clone(), 1u16..3000, 1u16..200).prop_map(|(src, start, n)| Step::Udp { src, start, n }),
         (src.clone(), 1u16..100).prop_map(|(src, n)| Step::Icmp { src, n }),
         (src.clone(), 1u16..60).prop_map(|(src, n)| Step::Arp { src, n }),
