@@ -155,6 +155,7 @@ impl Engine {
             }
         }
         self.evaluate_distributed(now, &mut out);
+        self.unexplained_honeyports(now, &mut out);
         self.expire(now);
         out.extend(self.lifecycle.tick(now));
         if let Some(a) = self.lifecycle.summary(now, &self.host) {

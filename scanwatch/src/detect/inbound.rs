@@ -109,6 +109,7 @@ impl Engine {
                 bounded_insert(&mut e.known_ports, *dport, KNOWN_PORTS_CAP);
                 note_seen(&mut e.port_seen, *dport, now);
                 note_seen(&mut e.honey_seen, (*dport, *proto), now);
+                e.honey_unexplained = None;
             }
             InboundEventKind::Threshold { win_ports, win_hosts, .. } => {
                 e.kernel_win = Some((now, *win_ports, *win_hosts));
@@ -305,8 +306,12 @@ impl Engine {
                 p
             });
             if protos.is_empty() {
-                // The kernel counted a touch whose event was not seen (ring buffer full).
-                self.honeyport_finding(now, ip, i, 0, out);
+                // The sweep saw the touch before its event (or the event was lost with a full
+                // ring buffer): wait for the event's port and protocol; `tick` alerts without
+                // them after HONEY_EVENT_WAIT.
+                if let Some(e) = self.inbound.get_mut(&ip) {
+                    e.honey_unexplained.get_or_insert(now);
+                }
             }
             for p in protos {
                 self.honeyport_finding(now, ip, i, p, out);
@@ -465,6 +470,29 @@ impl Engine {
         let notes = self.inbound_notes(&ip, false);
         a.reason = reason::honeyport(&a, &notes);
         self.submit(now, &actor, Duration::ZERO, a, out);
+    }
+}
+
+/// How long a swept honeyport touch waits for its kernel event before alerting without the
+/// port and protocol.
+pub(super) const HONEY_EVENT_WAIT: Duration = Duration::from_secs(3);
+
+impl Engine {
+    /// Honeyport touches whose events never came: alert them now, without port and protocol.
+    pub(super) fn unexplained_honeyports(&mut self, now: Duration, out: &mut Vec<Alert>) {
+        let due: Vec<IpAddr> = self
+            .inbound
+            .iter()
+            .filter(|(_, e)| e.honey_unexplained.is_some_and(|t| now.saturating_sub(t) >= HONEY_EVENT_WAIT))
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in due {
+            if let Some(e) = self.inbound.get_mut(&ip) {
+                e.honey_unexplained = None;
+            }
+            let idx = self.cfg.detect.windows.iter().position(|w| *w > HONEY_EVENT_WAIT).unwrap_or(0);
+            self.honeyport_finding(now, ip, idx, 0, out);
+        }
     }
 }
 

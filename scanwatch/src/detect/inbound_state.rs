@@ -82,6 +82,9 @@ pub(super) struct InboundEntity {
     pub(super) honey_seen: BTreeMap<(u16, u8), Duration>,
     /// The previous snapshot's port sample (ports in it are not new again).
     prev_sample: Vec<u16>,
+    /// Since when the swept counters show a honeyport touch whose kernel event (port and
+    /// protocol) has not arrived; after `HONEY_EVENT_WAIT` the touch alerts without them.
+    pub(super) honey_unexplained: Option<Duration>,
 }
 
 
@@ -113,6 +116,7 @@ impl InboundEntity {
             host_seen: BTreeMap::new(),
             honey_seen: BTreeMap::new(),
             prev_sample: Vec::new(),
+            honey_unexplained: None,
         }
     }
 

@@ -179,13 +179,22 @@ pub(super) fn honeyport(a: &Alert, n: &Notes) -> String {
     let ports: Vec<String> =
         a.targets.sample_ports.iter().map(|p| format!("{p}/{}", a.shape.protocol)).collect();
     let which = if ports.is_empty() { String::new() } else { format!(" ({})", ports.join(", ")) };
-    let s = format!(
-        "{} touched {} honeyport(s){which} {} time(s) within {}: no service here uses them",
-        actor(a),
-        a.targets.port_count,
-        count(a, "honeyport"),
-        a.window
-    );
+    let s = if a.targets.port_count == 0 {
+        format!(
+            "{} touched honeyports {} time(s) within {} (which ports is unknown: their kernel events were lost): no service here uses them",
+            actor(a),
+            count(a, "honeyport"),
+            a.window
+        )
+    } else {
+        format!(
+            "{} touched {} honeyport(s){which} {} time(s) within {}: no service here uses them",
+            actor(a),
+            a.targets.port_count,
+            count(a, "honeyport"),
+            a.window
+        )
+    };
     finish(a, s, n)
 }
 

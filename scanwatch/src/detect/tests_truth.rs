@@ -367,7 +367,11 @@ fn check_truth(a: &Alert) -> Result<(), String> {
             }
         }
         AlertKind::HoneyportHit => {
-            has(format!("touched {} honeyport(s)", a.targets.port_count))?;
+            if a.targets.port_count == 0 {
+                has("which ports is unknown".into())?;
+            } else {
+                has(format!("touched {} honeyport(s)", a.targets.port_count))?;
+            }
             for p in &a.targets.sample_ports {
                 has(format!("{p}/{}", a.shape.protocol))?;
             }
@@ -565,4 +569,35 @@ fn honeyport_names_port_and_protocol_and_joins_an_open_scan() {
     assert_eq!(last.incident.update_kind, UpdateKind::Final);
     assert_eq!(last.counts.get("honeyport"), Some(1), "{last:#?}");
     assert!(last.reason.contains("evidence: 1 to honeyports"), "{}", last.reason);
+}
+
+/// The sweep can see a honeyport touch before its kernel event: the incident waits for the
+/// event (port and protocol), and alerts without them only when the event never comes.
+#[test]
+fn honeyport_seen_by_the_sweep_first_waits_for_its_event() {
+    let mut e = Engine::new(&cfg(), "h".into());
+    let mut s = Src::new("203.0.113.44");
+    s.bump(cnt::HONEYPORT, 1);
+    s.bump(cnt::SYN, 1);
+    s.port(31337);
+    assert!(e.observe_source(t(1.0), &s.snap()).is_empty());
+    assert!(e.tick(t(1.5)).is_empty());
+    let ev = InboundObservation {
+        ip: s.ip,
+        dst: ip(LOCAL),
+        kind: InboundEventKind::Honeyport { dport: 31337, proto: 6 },
+    };
+    let a = e.observe_inbound_event(t(1.6), &ev);
+    assert_eq!(a.len(), 1, "{a:#?}");
+    assert_eq!((a[0].shape.protocol.as_str(), a[0].targets.sample_ports.clone()), ("tcp", vec![31337]));
+    assert!(e.tick(t(10.0)).iter().all(|l| l.alert_id == a[0].alert_id), "one incident");
+
+    // The event never comes (ring buffer full): the touch still alerts, without port/protocol.
+    let mut e = Engine::new(&cfg(), "h".into());
+    assert!(e.observe_source(t(1.0), &s.snap()).is_empty());
+    assert!(e.tick(t(2.0)).is_empty());
+    let late = e.tick(t(4.5));
+    assert_eq!(late.len(), 1, "{late:#?}");
+    assert_eq!((late[0].kind, late[0].shape.protocol.as_str()), (AlertKind::HoneyportHit, "ip"));
+    check_truth(&late[0]).unwrap_or_else(|err| panic!("{err}"));
 }
