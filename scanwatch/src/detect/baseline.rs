@@ -217,7 +217,7 @@ impl BaselineLearner {
         if self.baseline.excluded.contains_key(&exe) {
             return;
         }
-        let key = super::outbound::entity_key(&o.process);
+        let key = super::outbound_state::entity_key(&o.process);
         let Some(e) = self.engine.outbound.get(&key) else { return };
         let full = self.baseline.executables.len() >= MAX_BASELINE_ENTRIES;
         if full && !self.baseline.executables.contains_key(&exe) {

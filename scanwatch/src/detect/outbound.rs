@@ -24,11 +24,6 @@ use crate::vocab::format_duration;
 
 
 
-/// Entity key of a process.
-pub(super) fn entity_key(p: &ProcessInfo) -> String {
-    let prog = p.exe.as_deref().unwrap_or(&p.comm);
-    format!("proc:{}:{}:{}", p.uid, prog, p.ppid.unwrap_or(0))
-}
 
 fn process_block(p: &ProcessInfo) -> ProcessBlock {
     let mut b = p.clone();

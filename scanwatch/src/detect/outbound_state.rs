@@ -15,6 +15,12 @@ use crate::vocab::{canonical_ip, ProcessInfo};
 
 const SAMPLE_CAP: usize = 64;
 
+/// Entity key of a process.
+pub(super) fn entity_key(p: &ProcessInfo) -> String {
+    let prog = p.exe.as_deref().unwrap_or(&p.comm);
+    format!("proc:{}:{}:{}", p.uid, prog, p.ppid.unwrap_or(0))
+}
+
 /// Name of a stealth probe shape, if the flags are one.
 pub(super) fn stealth_name(flags: u8) -> Option<&'static str> {
     let f = flags & 0x3f;
