@@ -277,10 +277,12 @@ impl Engine {
             // Unsolicited RST / SYN-ACK from a source with an open scan incident are part of
             // that scan (its lines count them), not an incident of their own.
             let folded = !marked && self.lifecycle.has_open(&format!("src:{ip}"), |k| k != AlertKind::Evasion && is_scan_kind(k));
-            if folded {
-            } else if let Some(mut a) =
+            let finding = if folded {
+                None
+            } else {
                 self.inbound_alert(now, ip, AlertKind::Evasion, placed(sev, &ip), 0.8, window, &t, sh)
-            {
+            };
+            if let Some(mut a) = finding {
                 if !marked {
                     // Backscatter: the evidence is the unsolicited segments alone.
                     a.counts.detail.retain(|k, _| {

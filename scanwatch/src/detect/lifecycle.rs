@@ -28,7 +28,7 @@
 //! final lines are not rate-limited: each open incident has at most one update per interval and one
 //! final, so they are bounded by the incidents the bucket let through.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use crate::alert::{
@@ -45,8 +45,9 @@ const MAX_INCIDENTS: usize = 65_536;
 /// Bound on distinct suppressed incident keys remembered for a summary.
 const MAX_SUPPRESSED_IDS: usize = 16_384;
 
-/// What makes two findings the same incident.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// What makes two findings the same incident. Ordered by actor first, so one actor's incidents
+/// are one range of the table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct IncidentKey {
     pub actor: String,
     pub kind: AlertKind,
@@ -82,7 +83,7 @@ pub struct Lifecycle {
     instance: u64,
     /// `wall - now` in seconds (alert times).
     wall_offset: f64,
-    open: HashMap<IncidentKey, Open>,
+    open: BTreeMap<IncidentKey, Open>,
     /// Final lines of incidents displaced when the table was full (sent with the next tick).
     overflow: Vec<Alert>,
     tokens: f64,
@@ -120,7 +121,7 @@ impl Lifecycle {
             host: host.to_string(),
             instance,
             wall_offset: 0.0,
-            open: HashMap::new(),
+            open: BTreeMap::new(),
             overflow: Vec::new(),
             tokens: f64::from(cfg.burst),
             last_refill: None,
@@ -149,17 +150,23 @@ impl Lifecycle {
         rfc3339_from_unix(at.as_secs_f64() + self.wall_offset)
     }
 
+    /// The open incidents of `actor` (a range of the ordered table: no scan of the others).
+    fn of_actor<'a>(&'a self, actor: &'a str) -> impl Iterator<Item = (&'a IncidentKey, &'a Open)> + 'a {
+        let least = AlertKind::ALL.iter().copied().min().unwrap_or(AlertKind::HorizontalScan);
+        let from = IncidentKey { actor: actor.to_string(), kind: least, shape: Shape::default() };
+        self.open.range(from..).take_while(move |(k, _)| k.actor == actor)
+    }
+
     /// When the open incident of (`actor`, `kind`, `shape`) started.
     pub(super) fn started(&self, actor: &str, kind: AlertKind, shape: &Shape) -> Option<Duration> {
-        self.open
-            .iter()
-            .find(|(k, _)| k.actor == actor && k.kind == kind && (k.shape == *shape || k.shape.protocol.is_empty()))
+        self.of_actor(actor)
+            .find(|(k, _)| k.kind == kind && (k.shape == *shape || k.shape.protocol.is_empty()))
             .map(|(_, o)| o.start)
     }
 
     /// Is an incident of `actor` open whose kind satisfies `pred`?
     pub(super) fn has_open(&self, actor: &str, pred: impl Fn(AlertKind) -> bool) -> bool {
-        self.open.keys().any(|k| k.actor == actor && pred(k.kind))
+        self.of_actor(actor).any(|(k, _)| pred(k.kind))
     }
 
     /// Submit a finding of `actor`; `hold` is the least quiet time that closes its incident
@@ -171,14 +178,15 @@ impl Lifecycle {
         }
         let mut key = IncidentKey { actor: actor.to_string(), kind: alert.kind, shape: alert.shape.clone() };
         if !self.open.contains_key(&key) {
-            let same = |k: &&IncidentKey| k.actor == key.actor && k.kind == key.kind;
+            let same_kind: Vec<IncidentKey> =
+                self.of_actor(actor).filter(|(k, _)| k.kind == key.kind).map(|(k, _)| k.clone()).collect();
             if key.shape.protocol.is_empty() {
                 // No probe counted yet (a kernel threshold event ahead of the sweep): the finding
                 // belongs to the actor's open incident of this kind, whatever its shape.
-                if let Some(k) = self.open.keys().find(same) {
+                if let Some(k) = same_kind.first() {
                     key = k.clone();
                 }
-            } else if let Some(k) = self.open.keys().find(|k| same(k) && k.shape.protocol.is_empty()).cloned() {
+            } else if let Some(k) = same_kind.into_iter().find(|k| k.shape.protocol.is_empty()) {
                 // The open incident whose shape was not known yet learns it.
                 if let Some(o) = self.open.remove(&k) {
                     self.open.insert(key.clone(), o);
