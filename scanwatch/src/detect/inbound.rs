@@ -214,7 +214,7 @@ impl Engine {
             } else {
                 AlertKind::VerticalScan
             };
-            self.fanout_alert(now, ip, kind, h, tool, out);
+            self.fanout_alert(now, ip, kind, h, tool, &totals, out);
             if let Some(e) = self.inbound.get_mut(&ip) {
                 e.last_fast_trigger = Some(now);
                 e.last_fanout_alert = Some(now);
@@ -223,7 +223,7 @@ impl Engine {
             let window = self.cfg.detect.windows[h.idx];
             let quiet = e.last_fast_trigger.is_none_or(|t| now.saturating_sub(t) > window);
             if quiet {
-                self.fanout_alert(now, ip, AlertKind::SlowScan, h, tool, out);
+                self.fanout_alert(now, ip, AlertKind::SlowScan, h, tool, &totals, out);
                 if let Some(e) = self.inbound.get_mut(&ip) {
                     e.last_fanout_alert = Some(now);
                 }
@@ -336,7 +336,17 @@ impl Engine {
         n
     }
 
-    fn fanout_alert(&mut self, now: Duration, ip: IpAddr, kind: AlertKind, h: Hit, tool: bool, out: &mut Vec<Alert>) {
+    #[expect(clippy::too_many_arguments, reason = "the finding and the window totals it was found in")]
+    fn fanout_alert(
+        &mut self,
+        now: Duration,
+        ip: IpAddr,
+        kind: AlertKind,
+        h: Hit,
+        tool: bool,
+        totals: &[Metrics],
+        out: &mut Vec<Alert>,
+    ) {
         let Some(e) = self.inbound.get(&ip) else { return };
         let fr = h.totals.fail_ratio();
         let mut conf = confidence(h.score, fr, e.trw.is_scanner(), tool);
@@ -357,11 +367,10 @@ impl Engine {
         // count all of it, not its last seconds only.
         let sh = if kind == AlertKind::StealthScan { shape::stealth_of(&h.totals) } else { shape::of(&h.totals) };
         let idx = self.report_window(now, &format!("src:{ip}"), kind, &sh, h.idx);
-        let Some(e) = self.inbound.get(&ip) else { return };
         let h = if idx == h.idx {
             h
         } else {
-            let t = e.windows.totals(now).get(idx).copied().unwrap_or(h.totals);
+            let t = totals.get(idx).copied().unwrap_or(h.totals);
             Hit { idx, ports: t.get(m::NEW_PORTS).max(h.ports), hosts: t.get(m::NEW_HOSTS).max(h.hosts), totals: t, ..h }
         };
         let window = self.cfg.detect.windows[h.idx];
