@@ -98,6 +98,7 @@ impl Engine {
                 update: false,
                 alert_id: String::new(),
                 incident: Incident::default(),
+                annotations: Default::default(),
             };
             alert.reason = reason::decoy(&alert, c.same_ttl);
             self.submit(now, &format!("fp:{hash}"), Duration::ZERO, alert, out);
@@ -230,6 +231,7 @@ impl Engine {
             update: false,
             alert_id: String::new(),
             incident: Incident::default(),
+            annotations: Default::default(),
         };
         alert.reason = reason::distributed(&alert);
         self.submit(now, "distributed", Duration::ZERO, alert, out);
