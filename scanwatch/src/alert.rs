@@ -170,18 +170,106 @@ impl<'de> Deserialize<'de> for Evidence {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Counts {
     pub probes: u64,
+    /// Probes known to have failed (closed port, refused, timed out).
     pub failures: u64,
-    /// failures / (failures + successes); null when no outcome is known.
+    /// Probes known to have succeeded (open port, established connection).
+    #[serde(default)]
+    pub successes: u64,
+    /// failures / (failures + successes), rounded to 3 decimals; null when no outcome is known.
+    /// Probes without a known outcome (no answer yet, portless probes) count in neither.
     pub fail_ratio: Option<f64>,
     #[serde(flatten)]
     pub detail: BTreeMap<Evidence, u64>,
 }
 
 impl Counts {
+    /// Counts with `fail_ratio` derived from `failures` and `successes` (the one formula every
+    /// alert uses, so the ratio always agrees with the two numbers beside it).
+    pub fn new(probes: u64, failures: u64, successes: u64, detail: BTreeMap<Evidence, u64>) -> Counts {
+        let known = failures + successes;
+        let fail_ratio = (known > 0).then(|| (failures as f64 / known as f64 * 1000.0).round() / 1000.0);
+        Counts { probes, failures, successes, fail_ratio, detail }
+    }
+
+    /// `fail_ratio` as a whole percentage (as the reason text states it).
+    pub fn fail_percent(&self) -> Option<u64> {
+        self.fail_ratio.map(|r| (r * 100.0).round() as u64)
+    }
+
     /// The evidence count named `name`, if present.
     pub fn get(&self, name: &str) -> Option<u64> {
         Evidence::from_name(name).and_then(|e| self.detail.get(&e).copied())
     }
+}
+
+/// The probes' protocol and shape: what was sent, so a UDP scan, a ping sweep and a NULL scan of
+/// one source are told apart (and are different incidents).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Shape {
+    /// `tcp`, `udp`, `icmp`, `arp`, `ip` (fragments whose ports are unknown), `mixed`.
+    pub protocol: String,
+    /// `syn`, `connect`, `null`, `fin`, `xmas`, `maimon`, `ack`, `synfin`, `custom` (TCP); `probe` (UDP);
+    /// `echo` (ICMP); `who_has` (ARP); `fragment`; `unsolicited` (SYN-ACK/RST backscatter);
+    /// `honeyport` is never a shape (the kind says it); `mixed` when no shape has most probes.
+    pub shape: String,
+}
+
+impl Shape {
+    pub fn new(protocol: &str, shape: &str) -> Shape {
+        Shape { protocol: protocol.into(), shape: shape.into() }
+    }
+
+    /// Words for the reason text: `TCP SYN`, `UDP`, `ICMP echo`, `ARP who-has`, ...
+    pub fn describe(&self) -> String {
+        let proto = self.protocol.to_uppercase();
+        match self.shape.as_str() {
+            "" => proto,
+            "probe" => proto,
+            "echo" => "ICMP echo".into(),
+            "who_has" => "ARP who-has".into(),
+            "fragment" => "fragmented IP".into(),
+            "mixed" if self.protocol == "mixed" => "mixed-protocol".into(),
+            s => format!("{proto} {}", s.replace('_', "-").to_uppercase()),
+        }
+    }
+}
+
+/// Where an alert line stands in its incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateKind {
+    /// The incident's first line.
+    #[default]
+    First,
+    /// The severity rose.
+    Escalation,
+    /// Counts so far (at most once per `alerts.update_interval`).
+    Progress,
+    /// The actor went quiet for `alerts.close_after`: the closing summary; the id is not used again.
+    Final,
+}
+
+impl UpdateKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateKind::First => "first",
+            UpdateKind::Escalation => "escalation",
+            UpdateKind::Progress => "progress",
+            UpdateKind::Final => "final",
+        }
+    }
+}
+
+/// The incident an alert line belongs to (`alert_id` is its id).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Incident {
+    /// RFC 3339 time of the incident's first finding.
+    pub start: String,
+    /// RFC 3339 time of the actor's latest activity seen for this incident.
+    pub last_seen: String,
+    pub update_kind: UpdateKind,
+    /// 1 for the first line of an incident, then 2, 3, ...
+    pub seq: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,6 +323,9 @@ pub struct Alert {
     pub direction: Direction,
     pub source: AlertSource,
     pub targets: Targets,
+    /// What was sent (`protocol`, `shape`).
+    #[serde(flatten)]
+    pub shape: Shape,
     /// The scoring window that triggered, e.g. `"10s"`.
     pub window: String,
     pub counts: Counts,
@@ -245,10 +336,13 @@ pub struct Alert {
     pub blocked: bool,
     /// One human sentence.
     pub reason: String,
-    /// False for the first alert of an entity+kind, true for escalation updates.
+    /// False for an incident's first line, true for its later lines (`update_kind` says which).
     pub update: bool,
-    /// Stable per entity+kind.
+    /// The incident's id: unique across agent runs and hosts (host, agent instance, actor, kind,
+    /// shape and incident start), shared by every line of the incident.
     pub alert_id: String,
+    #[serde(flatten)]
+    pub incident: Incident,
     /// What the stages after detection added (evidence file, ASN, dry-run verdict); each key is
     /// omitted while unset.
     #[serde(flatten, default)]
@@ -287,7 +381,7 @@ impl Alert {
     }
 }
 
-/// Stable short identifier (FNV-1a 64) for an entity+kind.
+/// Short identifier (FNV-1a 64) of a list of parts.
 pub fn stable_id(parts: &[&str]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
@@ -353,8 +447,9 @@ mod tests {
             direction: Direction::Inbound,
             source: AlertSource { ip: Some("8.8.8.8".parse().expect("ip")), process: None, related: vec![] },
             targets: Targets::default(),
+            shape: Shape::new("tcp", "syn"),
             window: "10s".into(),
-            counts: Counts { probes: 10, failures: 9, fail_ratio: Some(0.9), detail },
+            counts: Counts::new(10, 9, 1, detail),
             fingerprint: None,
             technique: Technique::active_scanning(),
             host: HostInfo { name: "h".into(), role: "server".into() },
@@ -363,6 +458,7 @@ mod tests {
             reason: "r".into(),
             update: false,
             alert_id: stable_id(&["a", "b"]),
+            incident: Incident::default(),
             annotations: Default::default(),
         };
         let v: serde_json::Value =
@@ -370,10 +466,14 @@ mod tests {
         let keys: Vec<&str> = v.as_object().expect("obj").keys().map(String::as_str).collect();
         for k in ["time", "kind", "severity", "confidence", "direction", "source", "targets",
             "window", "counts", "fingerprint", "technique", "host", "allowlisted", "blocked",
-            "reason", "update", "alert_id"] {
+            "reason", "update", "alert_id", "protocol", "shape", "start", "last_seen", "update_kind", "seq"] {
             assert!(keys.contains(&k), "missing {k}");
         }
-        assert_eq!(keys.len(), 17, "unset annotations are omitted");
+        assert_eq!(keys.len(), 23);
+        assert_eq!(v["protocol"], "tcp");
+        assert_eq!(v["update_kind"], "first");
+        assert_eq!(v["counts"]["successes"], 1);
+        assert_eq!(v["counts"]["fail_ratio"], 0.9);
         assert_eq!(v["kind"], "vertical_scan");
         assert_eq!(v["severity"], "medium");
         assert_eq!(v["counts"]["xmas"], 3);

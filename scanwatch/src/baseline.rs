@@ -18,6 +18,9 @@ pub async fn learn(cfg: Config, duration: Duration, output: &Path) -> anyhow::Re
     Observer::tick(&mut learner, monotonic());
     let b = learner.finish();
     b.save(output).map_err(|e| anyhow::anyhow!("writing {}: {e}", output.display()))?;
-    eprintln!("scanwatch: baseline written to {}", output.display());
+    for (actor, why) in &b.excluded {
+        eprintln!("scanwatch: baseline: excluded {actor}, which alerted while learning ({why})");
+    }
+    eprintln!("scanwatch: baseline written to {}: {}", output.display(), b.describe());
     Ok(())
 }

@@ -72,12 +72,28 @@ fn run_once(p: &Xdp, pkt: &[u8], repeat: u32) -> anyhow::Result<f64> {
 /// packet). Interference from other work on the machine only ever adds time, so the minimum is
 /// the stable figure, and interleaving keeps both sides exposed to the same machine state.
 fn measure_pair(ebpf: &mut Ebpf, base: &str, prog_name: &str, pkt: &[u8], repeat: u32) -> anyhow::Result<(f64, f64)> {
+    measure_rounds(ebpf, base, prog_name, &|_| pkt.to_vec(), repeat)
+}
+
+/// Rounds of the interleaved measurement.
+const ROUNDS: u32 = 7;
+
+/// [`measure_pair`] with the packet of each round given by `pkt(round)` (the rotating benchmark
+/// starts every round from a different source, so no round repeats an earlier one's sources).
+fn measure_rounds(
+    ebpf: &mut Ebpf,
+    base: &str,
+    prog_name: &str,
+    pkt: &dyn Fn(u32) -> Vec<u8>,
+    repeat: u32,
+) -> anyhow::Result<(f64, f64)> {
     prog(ebpf, base)?;
     prog(ebpf, prog_name)?;
     let (mut b, mut t) = (f64::MAX, f64::MAX);
-    for _ in 0..7 {
-        b = b.min(run_once(prog(ebpf, base)?, pkt, repeat)?);
-        t = t.min(run_once(prog(ebpf, prog_name)?, pkt, repeat)?);
+    for r in 0..ROUNDS {
+        let p = pkt(r);
+        b = b.min(run_once(prog(ebpf, base)?, &p, repeat)?);
+        t = t.min(run_once(prog(ebpf, prog_name)?, &p, repeat)?);
     }
     Ok((b, t))
 }
@@ -203,14 +219,20 @@ pub fn run(repeat: u32) -> anyhow::Result<Report> {
 
     // A new source on every repetition: the rotating entry rewrites the source address (and
     // port) in place before each run; its baseline does the same rewrite and nothing else.
+    // Round r starts right after round r-1's last source (the entry advances the address before
+    // each run), so any repeat count presents only new sources, in every round.
     let held = stat(&ebpf, stat::FIRST_CONTACT)?;
-    let first = PacketSpec::nmap_syn(v4(20, 0, 0, 1), dst, 1000).build();
-    let m = measure_pair(&mut ebpf, "xdp_pass_rotating", "scanwatch_xdp_rotating", &first, repeat)?;
+    let start = u32::from(std::net::Ipv4Addr::new(20, 0, 0, 1));
+    let first = |r: u32| {
+        let src = std::net::Ipv4Addr::from(start.wrapping_add(r.wrapping_mul(repeat)));
+        PacketSpec::nmap_syn(IpAddr::V4(src), dst, 1000).build()
+    };
+    let m = measure_rounds(&mut ebpf, "xdp_pass_rotating", "scanwatch_xdp_rotating", &first, repeat)?;
     let held = stat(&ebpf, stat::FIRST_CONTACT)? - held;
+    let runs = u64::from(ROUNDS) * u64::from(repeat);
     anyhow::ensure!(
-        held >= 7 * repeat as u64 * 99 / 100,
-        "rotating benchmark did not present new sources ({held} held of {} runs)",
-        7 * repeat
+        held >= runs * 99 / 100,
+        "rotating benchmark did not present new sources ({held} held of {runs} runs)"
     );
     push(&mut rows, "SYN from new source", "rotating", m);
 

@@ -53,8 +53,8 @@ enum Cmd {
     },
     /// Per-packet cost of the XDP program via BPF_PROG_TEST_RUN against an empty-program baseline.
     Bench {
-        /// Runs per packet shape (kernel repeat count).
-        #[arg(long, default_value_t = 1_000_000)]
+        /// Runs per packet shape (kernel repeat count), 1 or more.
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
         repeat: u32,
         /// Also write the results as JSON here.
         #[arg(long)]
@@ -147,7 +147,11 @@ impl AgentFlags {
     }
 
     fn load(&self) -> anyhow::Result<Config> {
-        Ok(Config::load_layers(self.config.as_deref(), &self.overrides())?)
+        let cfg = Config::load_layers(self.config.as_deref(), &self.overrides())?;
+        for w in &cfg.warnings {
+            eprintln!("scanwatch: warning: {w}");
+        }
+        Ok(cfg)
     }
 }
 
@@ -209,7 +213,17 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Config { cmd: ConfigCmd::Check { file } } => match Config::load(&file) {
-            Ok(_) => {
+            Ok(cfg) => {
+                for w in &cfg.warnings {
+                    eprintln!("{}: warning: {w}", file.display());
+                }
+                // Files the configuration refers to must exist and parse, or `run` would fail.
+                if let Some(b) = &cfg.agent.baseline {
+                    if let Err(e) = crate::detect::Baseline::load(b) {
+                        eprintln!("{}: agent.baseline: {}: {e}", file.display(), b.display());
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
                 println!("{}: ok", file.display());
                 Ok(ExitCode::SUCCESS)
             }

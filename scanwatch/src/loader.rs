@@ -29,6 +29,11 @@ pub enum LoaderError {
     Map { name: &'static str, source: aya::maps::MapError },
     #[error("interface `{iface}`: XDP attach failed in every mode: {detail}")]
     XdpAttach { iface: String, detail: String },
+    #[error(
+        "interface `{iface}` is busy: another XDP program is attached ({attached}); stop the agent \
+         that owns it or detach it (`ip link set dev {iface} xdp off`) and start again ({detail})"
+    )]
+    XdpBusy { iface: String, attached: String, detail: String },
     #[error("hook {hook}: no attach method worked: {detail}")]
     Hook { hook: &'static str, detail: String },
     #[error("tracefs is not mounted at /sys/kernel/tracing (mount -t tracefs nodev /sys/kernel/tracing)")]
@@ -150,7 +155,79 @@ pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, choice: XdpModeSetting) -> Resul
             Err(e) => detail.push_str(&format!("{name}: {}; ", error_chain(&e))),
         }
     }
-    Err(LoaderError::XdpAttach { iface: iface.to_string(), detail })
+    let detail = detail.trim_end_matches("; ").to_string();
+    match attached_xdp(iface) {
+        Some(attached) => Err(LoaderError::XdpBusy { iface: iface.to_string(), attached, detail }),
+        None => Err(LoaderError::XdpAttach { iface: iface.to_string(), detail }),
+    }
+}
+
+/// The XDP programs the kernel has attached to `iface`, described (`scanwatch_xdp, id 42, tag
+/// 0123abcd, generic mode`), as iproute2 reads them from the kernel over netlink
+/// (`ip -details -json link show`); None when none is attached or `ip` cannot tell.
+pub fn attached_xdp(iface: &str) -> Option<String> {
+    let out = std::process::Command::new("ip").args(["-details", "-json", "link", "show", "dev", iface]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    describe_attached_xdp(v.get(0)?.get("xdp")?)
+}
+
+/// The `xdp` object of `ip -details -json link show` in words.
+pub fn describe_attached_xdp(xdp: &serde_json::Value) -> Option<String> {
+    let mode_name = |m: Option<u64>| match m {
+        Some(1) => "native mode",
+        Some(2) => "generic mode",
+        Some(3) => "offload mode",
+        _ => "unknown mode",
+    };
+    let one = |mode: Option<u64>, prog: &serde_json::Value| -> Option<String> {
+        let id = prog.get("id")?.as_u64()?;
+        let name = prog.get("name").and_then(|n| n.as_str()).filter(|n| !n.is_empty()).unwrap_or("(no name)");
+        let tag = prog.get("tag").and_then(|t| t.as_str()).unwrap_or("?");
+        Some(format!("`{name}`, program id {id}, tag {tag}, {}", mode_name(mode)))
+    };
+    let mut found = Vec::new();
+    if let Some(list) = xdp.get("attached").and_then(|a| a.as_array()) {
+        for a in list {
+            if let Some(p) = a.get("prog") {
+                found.extend(one(a.get("mode").and_then(|m| m.as_u64()), p));
+            }
+        }
+    }
+    if found.is_empty() {
+        if let Some(p) = xdp.get("prog") {
+            found.extend(one(xdp.get("mode").and_then(|m| m.as_u64()), p));
+        }
+    }
+    (!found.is_empty()).then(|| found.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attached_xdp_is_described_from_iproute2_json() {
+        let single: serde_json::Value = serde_json::from_str(
+            r#"{"mode":2,"prog":{"id":4242,"name":"scanwatch_xdp","tag":"0a1b2c3d4e5f6071","jited":1}}"#,
+        )
+        .expect("json");
+        assert_eq!(
+            describe_attached_xdp(&single).as_deref(),
+            Some("`scanwatch_xdp`, program id 4242, tag 0a1b2c3d4e5f6071, generic mode")
+        );
+        let multi: serde_json::Value = serde_json::from_str(
+            r#"{"mode":4,"attached":[{"mode":1,"prog":{"id":7,"name":"xdp_fw","tag":"aa"}},{"mode":2,"prog":{"id":8,"name":"","tag":"bb"}}]}"#,
+        )
+        .expect("json");
+        assert_eq!(
+            describe_attached_xdp(&multi).as_deref(),
+            Some("`xdp_fw`, program id 7, tag aa, native mode; `(no name)`, program id 8, tag bb, generic mode")
+        );
+        assert_eq!(describe_attached_xdp(&serde_json::json!({})), None);
+    }
 }
 
 /// An error with its sources (aya's messages often keep the errno in the source).

@@ -80,6 +80,17 @@ impl<O: Observer> Pipeline<O> {
         }
     }
 
+    /// The source is done: the engine's open incidents close (their `final` lines) through the
+    /// response stage and the sinks.
+    pub fn finish(&mut self, now: std::time::Duration) {
+        for mut a in self.engine.finish(now) {
+            if let Some(r) = self.responder.as_mut() {
+                r.apply(now, &mut a);
+            }
+            self.sinks.write(&a);
+        }
+    }
+
     /// Sources blocked by the response stage now.
     pub fn blocked_count(&self) -> Option<usize> {
         self.responder.as_ref().map(Responder::blocked_count)
@@ -252,6 +263,7 @@ pub async fn run_live_with<O: Observer>(
     if let Some(e) = pipeline.evidence.as_mut() {
         e.stop_all();
     }
+    pipeline.finish(monotonic());
     pipeline.sinks.flush();
     let mut summary = source.counters();
     summary.insert("alerts_written".into(), pipeline.sinks.written().into());

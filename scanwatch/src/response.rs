@@ -342,7 +342,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::alert::{AlertSource, Counts, HostInfo, Targets, Technique};
+    use crate::alert::{AlertSource, Counts, HostInfo, Incident, Shape, Targets, Technique};
     use crate::vocab::Severity;
 
     fn alert(kind: AlertKind, severity: Severity, detail: &[(&str, u64)]) -> Alert {
@@ -354,16 +354,17 @@ mod tests {
             direction: Direction::Inbound,
             source: AlertSource { ip: Some("198.51.100.7".parse().expect("ip")), process: None, related: Vec::new() },
             targets: Targets::default(),
+            shape: Shape::new("tcp", "syn"),
             window: "10s".into(),
-            counts: Counts {
-                probes: 100,
-                failures: 100,
-                fail_ratio: Some(1.0),
-                detail: detail
+            counts: Counts::new(
+                100,
+                100,
+                0,
+                detail
                     .iter()
                     .map(|(k, v)| (Evidence::from_name(k).expect("evidence name"), *v))
                     .collect::<BTreeMap<_, _>>(),
-            },
+            ),
             fingerprint: None,
             technique: Technique::for_source(Direction::Inbound, None),
             host: HostInfo { name: "h".into(), role: "server".into() },
@@ -372,6 +373,7 @@ mod tests {
             reason: String::new(),
             update: false,
             alert_id: String::new(),
+            incident: Incident::default(),
             annotations: Default::default(),
         }
     }

@@ -62,3 +62,36 @@ fn baseline_learns_and_run_uses_it() {
     assert!(stderr.contains("scanwatch: ready"), "{stderr}");
     let _ = std::fs::remove_file(&out_path);
 }
+
+/// `bench --repeat N` works for small N too (every round of the rotating benchmark starts from
+/// new sources, so no round repeats another's).
+#[test]
+fn bench_runs_with_any_repeat_count() {
+    for n in ["1", "7"] {
+        let out = run(&["bench", "--repeat", n]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "bench --repeat {n} failed: {err}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("rotating"), "bench --repeat {n} output:\n{text}");
+    }
+}
+
+/// A second agent on an interface where the first one's XDP program is attached is refused with
+/// a message that names the attached program (as the kernel reports it) and what to do.
+#[test]
+fn busy_interface_names_the_attached_xdp_program() {
+    let _g = lab_lock();
+    let lab = Lab::new();
+    let first = AgentProc::start(&scanwatch_bin(), &["run", "-i", &lab.root_veth, "--no-outbound"]);
+    let out = Command::new(scanwatch_bin())
+        .args(["run", "-i", &lab.root_veth, "--no-outbound", "--duration", "2s"])
+        .output()
+        .expect("second agent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "second agent attached to a busy interface:\n{err}");
+    assert!(err.contains(&format!("interface `{}` is busy", lab.root_veth)), "{err}");
+    assert!(err.contains("`scanwatch_xdp`, program id"), "the attached program is named: {err}");
+    assert!(err.contains(&format!("ip link set dev {} xdp off", lab.root_veth)), "{err}");
+    let (_, stderr) = first.stop();
+    assert!(stderr.contains("scanwatch: ready"), "{stderr}");
+}

@@ -74,6 +74,9 @@ pub struct Config {
     pub control: ControlConfig,
     pub evidence: EvidenceConfig,
     pub enrich: EnrichConfig,
+    /// Accepted but probably not meant (a CIDR with host bits set, a honeyport list replacing
+    /// the defaults): `config check` and `run` print them.
+    pub warnings: Vec<String>,
 }
 
 /// XDP attach mode (`agent.xdp_mode`, `run --xdp-mode`).
@@ -123,7 +126,8 @@ pub struct XdpSettings {
     pub enforce_blocklist: bool,
 }
 
-/// Honeyports: ports no legitimate service uses; any touch alerts immediately.
+/// Honeyports: ports no legitimate service uses; any touch alerts immediately. In the file,
+/// `tcp` / `udp` replace the default lists and `tcp_extra` / `udp_extra` add to them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HoneyportConfig {
     pub tcp: Vec<u16>,
@@ -201,8 +205,10 @@ impl AllowlistConfig {
 /// `[alerts]`: alert lifecycle and rate limiting.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertConfig {
-    pub suppression_window: Duration,
-    pub escalation_factor: f64,
+    /// At most one update line per open incident per this interval (severity rise or counts so far).
+    pub update_interval: Duration,
+    /// An incident closes (with its `final` line) when its actor has been quiet this long.
+    pub close_after: Duration,
     /// Alerts per second.
     pub rate_limit: f64,
     pub burst: u32,
@@ -269,9 +275,12 @@ impl Config {
     pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
         let defaults = RawConfig::parse(DEFAULT_CONFIG_TOML)?;
         let user = RawConfig::parse(s)?;
+        let notes = replaced_defaults(&defaults, &user);
         let mut merged = defaults;
         merged.overlay(user);
-        merged.validate()
+        let mut cfg = merged.validate()?;
+        cfg.warnings.extend(notes);
+        Ok(cfg)
     }
 
     /// Read and parse a configuration file.
@@ -284,13 +293,18 @@ impl Config {
     /// a bad flag value is reported with its configuration key like any other.
     pub fn load_layers(path: Option<&Path>, overrides: &toml::Table) -> Result<Config, ConfigError> {
         let mut merged = RawConfig::parse(DEFAULT_CONFIG_TOML)?;
+        let mut notes = Vec::new();
         if let Some(path) = path {
             let text = std::fs::read_to_string(path)
                 .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-            merged.overlay(RawConfig::parse(&text)?);
+            let user = RawConfig::parse(&text)?;
+            notes = replaced_defaults(&merged, &user);
+            merged.overlay(user);
         }
         merged.overlay(RawConfig::from_table(overrides)?);
-        merged.validate()
+        let mut cfg = merged.validate()?;
+        cfg.warnings.extend(notes);
+        Ok(cfg)
     }
 
     /// The active role's profile.
@@ -306,6 +320,25 @@ impl Config {
     pub fn effective_honeyports(&self) -> HoneyportConfig {
         self.role().honeyports.clone().unwrap_or_else(|| self.honeyports.clone())
     }
+}
+
+/// Notes for user lists that replace default ones and drop some of their entries.
+fn replaced_defaults(defaults: &RawConfig, user: &RawConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let (Some(d), Some(u)) = (&defaults.honeyports, &user.honeyports) else { return out };
+    for (proto, dl, ul) in [("tcp", &d.tcp, &u.tcp), ("udp", &d.udp, &u.udp)] {
+        let (Some(dl), Some(ul)) = (dl, ul) else { continue };
+        let dropped: Vec<String> = dl.iter().filter(|p| !ul.contains(p)).map(u16::to_string).collect();
+        if !dropped.is_empty() {
+            out.push(format!(
+                "honeyports.{proto} replaces the default list: {} default honeyport(s) are off ({}); \
+                 to add ports to the defaults instead, use honeyports.{proto}_extra",
+                dropped.len(),
+                dropped.join(", ")
+            ));
+        }
+    }
+    out
 }
 
 static FALLBACK_ROLE: RoleProfile = RoleProfile {

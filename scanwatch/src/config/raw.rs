@@ -73,8 +73,12 @@ pub(super) struct RawXdp {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHoneyports {
+    /// Replaces the list below it (defaults, or the global list for a role).
     pub(super) tcp: Option<Vec<u16>>,
     pub(super) udp: Option<Vec<u16>>,
+    /// Added to the list below it.
+    pub(super) tcp_extra: Option<Vec<u16>>,
+    pub(super) udp_extra: Option<Vec<u16>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,8 +132,8 @@ pub(super) struct RawAllowlist {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAlerts {
-    pub(super) suppression_window: Option<String>,
-    pub(super) escalation_factor: Option<f64>,
+    pub(super) update_interval: Option<String>,
+    pub(super) close_after: Option<String>,
     pub(super) rate_limit: Option<f64>,
     pub(super) burst: Option<u32>,
     pub(super) summary_interval: Option<String>,
@@ -181,11 +185,37 @@ fn de_section<T: DeserializeOwned>(path: &str, value: &toml::Value) -> Result<T,
                             section: format!("{path}.{k}"),
                         });
                     }
-                    return Err(ConfigError::invalid(format!("{path}.{k}"), msg.to_string()));
+                    return Err(ConfigError::invalid(format!("{path}.{k}"), user_terms(msg)));
                 }
             }
             Err(ConfigError::invalid(path, whole.to_string().trim().to_string()))
         }
+    }
+}
+
+/// A serde message in the user's terms: Rust type names (`u16`, `f64`, ...) become what the
+/// value must be ("a port: a whole number 0–65535"), naming the value given.
+pub(super) fn user_terms(msg: &str) -> String {
+    const TYPES: [(&str, &str); 8] = [
+        ("u8", "a whole number 0–255"),
+        ("u16", "a port: a whole number 0–65535"),
+        ("u32", "a whole number 0–4294967295"),
+        ("u64", "a whole number ≥ 0"),
+        ("usize", "a whole number ≥ 0"),
+        ("f64", "a number"),
+        ("f32", "a number"),
+        ("a sequence", "a list ([...])"),
+    ];
+    // toml adds a line naming the key ("in `tcp`"); the dotted key is said already.
+    let msg = msg.lines().next().unwrap_or(msg);
+    let Some((_, ty)) = msg.rsplit_once("expected ") else { return msg.to_string() };
+    let ty = ty.trim().trim_end_matches('.');
+    let Some((_, want)) = TYPES.iter().find(|(t, _)| *t == ty) else { return msg.to_string() };
+    // "invalid value: integer `70000`, expected u16" -> the value between backticks.
+    let given = msg.split('`').nth(1);
+    match given {
+        Some(v) => format!("{v} is not {want}"),
+        None => format!("expected {want}"),
     }
 }
 
@@ -270,7 +300,15 @@ impl RawConfig {
                 max_fingerprints, max_procs, ringbuf_bytes, lookup_sockets, port_filter, verify_checksums,
                 first_contact, enforce_blocklist)
         });
-        sub(&mut self.honeyports, o.honeyports, |s, o| overlay_fields!(s, o; tcp, udp));
+        sub(&mut self.honeyports, o.honeyports, |s, o| {
+            // `*_extra` lists of successive layers add up; `tcp` / `udp` replace.
+            for (mine, theirs) in [(&mut s.tcp_extra, &o.tcp_extra), (&mut s.udp_extra, &o.udp_extra)] {
+                if let Some(t) = theirs {
+                    mine.get_or_insert_with(Vec::new).extend(t.iter().copied());
+                }
+            }
+            overlay_fields!(s, o; tcp, udp)
+        });
         sub(&mut self.detect, o.detect, |s, o| {
             let trw = o.trw;
             overlay_fields!(s, o; windows, port_thresholds, host_thresholds,
@@ -290,7 +328,7 @@ impl RawConfig {
             overlay_fields!(s, o; executables, users);
         });
         sub(&mut self.alerts, o.alerts, |s, o| {
-            overlay_fields!(s, o; suppression_window, escalation_factor, rate_limit, burst,
+            overlay_fields!(s, o; update_interval, close_after, rate_limit, burst,
                 summary_interval, min_severity)
         });
         sub(&mut self.response, o.response, |s, o| {

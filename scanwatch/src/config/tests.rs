@@ -74,7 +74,8 @@ fn roles_can_be_overridden_and_added() {
     assert_eq!(b.outbound_multiplier, 2.0);
     assert_eq!(b.outbound_severity, Severity::Critical);
     assert_eq!(c.effective_honeyports().tcp, vec![2323, 31337]);
-    assert!(c.effective_honeyports().udp.is_empty());
+    // A role list that names only tcp keeps the global udp honeyports (nothing dropped silently).
+    assert_eq!(c.effective_honeyports().udp, Config::default_embedded().honeyports.udp);
     // Global honeyports for other roles.
     assert!(Config::default_embedded()
         .effective_honeyports()
@@ -158,8 +159,8 @@ fn type_and_value_errors_name_key() {
     assert!(e.starts_with("honeyports.tcp[0]:"), "{e}");
     let e = err("[roles.x]\ninherits = \"nope\"\n");
     assert!(e.starts_with("roles.x.inherits:"), "{e}");
-    let e = err("[alerts]\nescalation_factor = 1.0\n");
-    assert!(e.starts_with("alerts.escalation_factor:"), "{e}");
+    let e = err("[alerts]\nupdate_interval = \"0s\"\n");
+    assert!(e.starts_with("alerts.update_interval:"), "{e}");
     assert!(err("[xdp\n").starts_with("invalid TOML"));
 }
 
@@ -174,4 +175,48 @@ fn allowlist_networks_match() {
         c.allowlist.network_for(&"10.8.0.4".parse().expect("ip")),
         None
     );
+}
+
+#[test]
+fn honeyport_lists_extend_or_replace_the_defaults() {
+    let defaults = Config::default_embedded().honeyports;
+    // `tcp_extra` adds to the defaults; nothing to warn about.
+    let c = Config::from_toml_str("[honeyports]\ntcp_extra = [2323]\n").expect("valid");
+    let mut want = defaults.tcp.clone();
+    want.push(2323);
+    want.sort_unstable();
+    assert_eq!(c.honeyports.tcp, want);
+    assert_eq!(c.honeyports.udp, defaults.udp);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    // `tcp` replaces them, and the configuration says so.
+    let c = Config::from_toml_str("[honeyports]\ntcp = [2323]\n").expect("valid");
+    assert_eq!(c.honeyports.tcp, vec![2323]);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("honeyports.tcp replaces the default list") && c.warnings[0].contains("tcp_extra"), "{}", c.warnings[0]);
+    // A role's `udp_extra` adds to the global list.
+    let c = Config::from_toml_str("[roles.server.honeyports]\nudp_extra = [9999]\n").expect("valid");
+    assert!(c.effective_honeyports().udp.contains(&9999) && c.effective_honeyports().udp.len() == defaults.udp.len() + 1);
+    assert_eq!(c.effective_honeyports().tcp, defaults.tcp);
+    assert!(err("[honeyports]\ntcp_extra = [0]\n").starts_with("honeyports.tcp_extra[0]"));
+}
+
+#[test]
+fn errors_speak_in_user_terms() {
+    let e = err("[honeyports]\ntcp = [70000]\n");
+    assert!(e.starts_with("honeyports.tcp"), "{e}");
+    assert!(e.contains("70000 is not a port: a whole number 0–65535"), "{e}");
+    assert!(!e.contains("u16"), "{e}");
+    let e = err("[xdp]\nmax_sources = -1\n");
+    assert!(e.contains("-1 is not a whole number 0–4294967295") && !e.contains("u32"), "{e}");
+    let e = err("[detect]\nmin_fail_ratio = \"half\"\n");
+    assert!(!e.contains("f64"), "{e}");
+}
+
+#[test]
+fn cidr_with_host_bits_is_accepted_with_a_warning() {
+    let c = Config::from_toml_str("[allowlist.networks]\nlab = [\"10.99.0.2/24\", \"10.98.0.0/24\"]\n").expect("valid");
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].starts_with("allowlist.networks.lab[0]"), "{}", c.warnings[0]);
+    assert!(c.warnings[0].contains("host bits set") && c.warnings[0].contains("10.99.0.0/24"), "{}", c.warnings[0]);
+    assert_eq!(c.allowlist.network_for(&"10.99.0.200".parse().expect("ip")), Some("lab"));
 }

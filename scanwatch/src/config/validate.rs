@@ -18,10 +18,13 @@ impl RawConfig {
         let resp = self.response.unwrap_or_default();
         let raw_roles = self.roles.unwrap_or_default();
 
+        let honeyports = honeyports(hp, "honeyports", None)?;
+        let mut warnings = Vec::new();
+
         // Roles first: agent.role is checked against them.
         let mut roles = BTreeMap::new();
         for name in raw_roles.keys() {
-            let role = resolve_role(name, &raw_roles)?;
+            let role = resolve_role(name, &raw_roles, &honeyports)?;
             roles.insert(name.clone(), role);
         }
 
@@ -101,7 +104,6 @@ impl RawConfig {
             enforce_blocklist: xdp.enforce_blocklist.unwrap_or(false),
         };
 
-        let honeyports = honeyports(hp, "honeyports")?;
 
         let windows_raw = req(det.windows, "detect.windows")?;
         if windows_raw.is_empty() || windows_raw.len() > MAX_WINDOWS {
@@ -185,9 +187,14 @@ impl RawConfig {
         for (name, list) in allow.networks.unwrap_or_default() {
             let mut cidrs = Vec::with_capacity(list.len());
             for (i, c) in list.iter().enumerate() {
-                let cidr = c.parse::<Cidr>().map_err(|e| {
-                    ConfigError::invalid(format!("allowlist.networks.{name}[{i}]"), e)
-                })?;
+                let key = format!("allowlist.networks.{name}[{i}]");
+                let cidr = c.parse::<Cidr>().map_err(|e| ConfigError::invalid(&key, e))?;
+                let given = c.split('/').next().and_then(|a| a.trim().parse::<std::net::IpAddr>().ok());
+                if given.is_some_and(|a| crate::vocab::canonical_ip(a) != cidr.addr()) {
+                    warnings.push(format!(
+                        "{key}: {c:?} has host bits set; it is taken as the network {cidr}"
+                    ));
+                }
                 cidrs.push(cidr);
             }
             networks.insert(name, cidrs);
@@ -198,13 +205,6 @@ impl RawConfig {
             users: allow.users.unwrap_or_default(),
         };
 
-        let escalation_factor = req(al.escalation_factor, "alerts.escalation_factor")?;
-        if escalation_factor.is_nan() || escalation_factor <= 1.0 {
-            return Err(ConfigError::invalid(
-                "alerts.escalation_factor",
-                format!("{escalation_factor} must be greater than 1"),
-            ));
-        }
         let rate_limit = req(al.rate_limit, "alerts.rate_limit")?;
         if !(rate_limit > 0.0 && rate_limit.is_finite()) {
             return Err(ConfigError::invalid(
@@ -214,8 +214,8 @@ impl RawConfig {
         }
         let min_severity = req(al.min_severity, "alerts.min_severity")?;
         let alerts = AlertConfig {
-            suppression_window: positive(dur(al.suppression_window, "alerts.suppression_window")?, "alerts.suppression_window")?,
-            escalation_factor,
+            update_interval: positive(dur(al.update_interval, "alerts.update_interval")?, "alerts.update_interval")?,
+            close_after: positive(dur(al.close_after, "alerts.close_after")?, "alerts.close_after")?,
             rate_limit,
             burst: nonzero(al.burst, "alerts.burst")?,
             summary_interval: positive(dur(al.summary_interval, "alerts.summary_interval")?, "alerts.summary_interval")?,
@@ -248,12 +248,16 @@ impl RawConfig {
                 .map_err(|e| ConfigError::invalid(format!("sinks.{name}.{}", e.key), e.reason))?;
             sinks.push(spec);
         }
-        Ok(Config { agent, xdp, honeyports, detect, allowlist, alerts, response, roles, sinks, metrics, control, evidence, enrich })
+        Ok(Config { agent, xdp, honeyports, detect, allowlist, alerts, response, roles, sinks, metrics, control, evidence, enrich, warnings })
     }
 }
 
 /// Resolve a role, following `inherits` (default: `server`) for the fields it leaves unset.
-fn resolve_role(name: &str, raw: &BTreeMap<String, RawRole>) -> Result<RoleProfile, ConfigError> {
+fn resolve_role(
+    name: &str,
+    raw: &BTreeMap<String, RawRole>,
+    global_honeyports: &HoneyportConfig,
+) -> Result<RoleProfile, ConfigError> {
     // Inheritance chain, most specific first.
     let mut chain: Vec<&str> = vec![name];
     let mut cur = name;
@@ -312,20 +316,30 @@ fn resolve_role(name: &str, raw: &BTreeMap<String, RawRole>) -> Result<RoleProfi
         expected_scanners: merged.expected_scanners.unwrap_or_default(),
         outbound_severity: severity(&sev, &p("outbound_severity"))?,
         honeyports: match merged.honeyports {
-            Some(h) => Some(honeyports(h, &p("honeyports"))?),
+            Some(h) => Some(honeyports(h, &p("honeyports"), Some(global_honeyports))?),
             None => None,
         },
     })
 }
 
-fn honeyports(h: RawHoneyports, path: &str) -> Result<HoneyportConfig, ConfigError> {
+/// A honeyport list: `tcp` / `udp` replace the list below (`base`: the global list, for a role;
+/// none for the global list, whose defaults are the layer below), `tcp_extra` / `udp_extra` add.
+fn honeyports(h: RawHoneyports, path: &str, base: Option<&HoneyportConfig>) -> Result<HoneyportConfig, ConfigError> {
     let mut out = HoneyportConfig::default();
-    for (proto, list, dst) in [("tcp", h.tcp, &mut out.tcp), ("udp", h.udp, &mut out.udp)] {
-        let list = list.unwrap_or_default();
+    let lists = [
+        ("tcp", h.tcp, h.tcp_extra, base.map(|b| &b.tcp), &mut out.tcp),
+        ("udp", h.udp, h.udp_extra, base.map(|b| &b.udp), &mut out.udp),
+    ];
+    for (proto, list, extra, below, dst) in lists {
+        let list = list.or_else(|| below.cloned()).unwrap_or_default();
         if let Some(i) = list.iter().position(|p| *p == 0) {
             return Err(ConfigError::invalid(format!("{path}.{proto}[{i}]"), "port 0 is not valid"));
         }
-        let mut list = list;
+        let extra = extra.unwrap_or_default();
+        if let Some(i) = extra.iter().position(|p| *p == 0) {
+            return Err(ConfigError::invalid(format!("{path}.{proto}_extra[{i}]"), "port 0 is not valid"));
+        }
+        let mut list: Vec<u16> = list.into_iter().chain(extra).collect();
         list.sort_unstable();
         list.dedup();
         *dst = list;

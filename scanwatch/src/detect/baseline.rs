@@ -13,7 +13,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::window::{m, Metrics};
-use super::{Engine, InboundObservation, OutboundAction, OutboundObservation, SourceSnapshot};
+use super::{Engine, HeldProbe, InboundObservation, OutboundAction, OutboundObservation, SourceSnapshot};
+use crate::alert::{Alert, AlertKind};
 use crate::config::Config;
 use crate::vocab::{canonical_ip, format_duration};
 
@@ -55,6 +56,10 @@ pub struct Baseline {
     pub sources: BTreeMap<String, SourceBaseline>,
     /// By executable path (or comm when the path is unknown).
     pub executables: BTreeMap<String, ExeBaseline>,
+    /// Actors (source addresses, executables) left out because they alerted during learning: a
+    /// scan while learning is never learned as normal.
+    #[serde(default)]
+    pub excluded: BTreeMap<String, String>,
 }
 
 /// Errors reading or writing a baseline file.
@@ -77,12 +82,20 @@ pub enum BaselineError {
 impl Baseline {
     /// What the baseline changes, in one phrase (the agent says it at start).
     pub fn describe(&self) -> String {
-        format!(
+        let mut s = format!(
             "learned over {:.0} s; known fan-out of {} sources and {} executables raises their thresholds",
             self.learned_seconds,
             self.sources.len(),
             self.executables.len()
-        )
+        );
+        if !self.excluded.is_empty() {
+            s.push_str(&format!(
+                "; {} actors that alerted while learning are not in it ({})",
+                self.excluded.len(),
+                self.excluded.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        s
     }
 
     /// Read a baseline written by [`Baseline::save`].
@@ -128,7 +141,9 @@ fn raise_max(v: &mut Vec<f64>, i: usize, x: f64) {
     }
 }
 
-/// Learns a [`Baseline`] from the same observations the engine takes.
+/// Learns a [`Baseline`] from the same observations the engine takes, running the engine
+/// alongside: an actor (source address, executable) that alerts while learning is excluded from
+/// the baseline — and stays excluded — so a scan during learning is never learned as normal.
 #[derive(Debug)]
 pub struct BaselineLearner {
     engine: Engine,
@@ -156,23 +171,54 @@ impl BaselineLearner {
         self.last = self.last.max(now);
     }
 
+    /// Exclude every actor the engine alerted on (with why: the alert's kind and reason).
+    fn exclude(&mut self, alerts: &[Alert]) {
+        for a in alerts.iter().filter(|a| a.kind != AlertKind::Notice) {
+            let why = format!("{}: {}", a.kind, a.reason);
+            let mut actors: Vec<String> = a.source.ip.iter().chain(a.source.related.iter()).map(|ip| canonical_ip(*ip).to_string()).collect();
+            if let Some(p) = &a.source.process {
+                actors.push(p.exe.clone().unwrap_or_else(|| p.comm.clone()));
+            }
+            for actor in actors {
+                self.baseline.sources.remove(&actor);
+                self.baseline.executables.remove(&actor);
+                if self.baseline.excluded.len() < MAX_BASELINE_ENTRIES || self.baseline.excluded.contains_key(&actor) {
+                    self.baseline.excluded.entry(actor).or_insert_with(|| why.clone());
+                }
+            }
+        }
+    }
+
     pub fn observe_source(&mut self, now: Duration, s: &SourceSnapshot) {
         self.clock(now);
-        self.engine.ingest_source(now, s);
+        let alerts = self.engine.observe_source(now, s);
+        self.exclude(&alerts);
         self.record_source(now, s.ip);
     }
 
     pub fn observe_inbound_event(&mut self, now: Duration, e: &InboundObservation) {
         self.clock(now);
-        self.engine.ingest_event(now, e);
+        let alerts = self.engine.observe_inbound_event(now, e);
+        self.exclude(&alerts);
         self.record_source(now, e.ip);
+    }
+
+    pub fn observe_held(&mut self, now: Duration, probes: &[HeldProbe]) {
+        self.clock(now);
+        let alerts = self.engine.observe_held(now, probes);
+        self.exclude(&alerts);
     }
 
     pub fn observe_outbound(&mut self, now: Duration, o: &OutboundObservation) {
         self.clock(now);
-        let key = self.engine.ingest_outbound(now, o);
-        let Some(e) = self.engine.outbound.get(&key) else { return };
+        let alerts = self.engine.observe_outbound(now, o);
+        self.exclude(&alerts);
         let exe = o.process.exe.clone().unwrap_or_else(|| o.process.comm.clone());
+        if self.baseline.excluded.contains_key(&exe) {
+            return;
+        }
+        let key = super::outbound_state::entity_key(&o.process);
+        let Some(e) = self.engine.outbound.get(&key) else { return };
         let full = self.baseline.executables.len() >= MAX_BASELINE_ENTRIES;
         if full && !self.baseline.executables.contains_key(&exe) {
             return;
@@ -196,16 +242,21 @@ impl BaselineLearner {
         }
     }
 
-    /// Periodic housekeeping (entity expiry); no alerts.
+    /// Periodic: the engine's periodic evaluation (slow scans, distributed scans, expiry); actors
+    /// it alerts on are excluded like any other.
     pub fn tick(&mut self, now: Duration) {
         self.clock(now);
-        self.engine.expire(now);
+        let alerts = self.engine.tick(now);
+        self.exclude(&alerts);
     }
 
     fn record_source(&mut self, now: Duration, ip: std::net::IpAddr) {
         let ip = canonical_ip(ip);
-        let Some(e) = self.engine.inbound.get(&ip) else { return };
         let key = ip.to_string();
+        if self.baseline.excluded.contains_key(&key) {
+            return;
+        }
+        let Some(e) = self.engine.inbound.get(&ip) else { return };
         if self.baseline.sources.len() >= MAX_BASELINE_ENTRIES && !self.baseline.sources.contains_key(&key) {
             return;
         }

@@ -9,9 +9,11 @@ use std::time::Duration;
 use super::correlate_state::*;
 use super::engine::Engine;
 use super::types::{DecoyMembership, HeldProbe, SAMPLE_OUT};
+use super::reason;
+use super::window::m;
 use crate::alert::{
-    Evidence,
-    is_internal, Alert, AlertKind, AlertSource, Counts, Direction, Severity, Targets, Technique,
+    is_internal, Alert, AlertKind, AlertSource, Counts, Direction, Evidence, Incident, Severity, Shape, Targets,
+    Technique,
 };
 use crate::vocab::{canonical_ip, format_duration};
 
@@ -65,18 +67,8 @@ impl Engine {
             };
             let internal = c.members.iter().any(is_internal);
             let severity = if internal { Severity::High } else { Severity::Medium };
-            let mut reason = format!(
-                "{} sources share SYN fingerprint {hash} and probe the same ports ({} in common) within {}: likely decoy scan (nmap -D), the real scanner is one of them",
-                c.members.len(),
-                c.common_ports.len(),
-                format_duration(window)
-            );
-            if c.same_ttl {
-                reason.push_str("; identical initial TTLs suggest one origin");
-            }
-            reason.push('.');
             let n = c.members.len();
-            let alert = Alert {
+            let mut alert = Alert {
                 time: self.time(now),
                 kind: AlertKind::DecoyCluster,
                 severity,
@@ -93,24 +85,23 @@ impl Engine {
                     sample_ports: c.common_ports.iter().take(SAMPLE_OUT).copied().collect(),
                     sample_hosts: Vec::new(),
                 },
+                // A decoy cluster is found from shared SYN fingerprints.
+                shape: Shape::new("tcp", "syn"),
                 window: format_duration(window),
-                counts: Counts {
-                    probes: 0,
-                    failures: 0,
-                    fail_ratio: None,
-                    detail: BTreeMap::from([(Evidence::Sources, n as u64)]),
-                },
+                counts: Counts::new(0, 0, 0, BTreeMap::from([(Evidence::Sources, n as u64)])),
                 fingerprint: fp,
                 technique: Technique::for_source(Direction::Inbound, c.members.first()),
                 host: self.host.clone(),
                 allowlisted: false,
                 blocked: false,
-                reason,
+                reason: String::new(),
                 update: false,
                 alert_id: String::new(),
+                incident: Incident::default(),
                 annotations: Default::default(),
             };
-            self.submit(now, &format!("fp:{hash}"), n as f64, alert, out);
+            alert.reason = reason::decoy(&alert, c.same_ttl);
+            self.submit(now, &format!("fp:{hash}"), Duration::ZERO, alert, out);
         }
     }
 
@@ -158,6 +149,7 @@ impl Engine {
         self.distributed.last_eval = Some(now);
         let d = &self.cfg.detect;
         let window = d.distributed_window;
+        let count_idx = d.windows.iter().position(|w| *w >= window).unwrap_or(d.windows.len().saturating_sub(1));
         let mut ports: BTreeSet<u16> = BTreeSet::new();
         let mut hosts: BTreeSet<IpAddr> = BTreeSet::new();
         let mut members: Vec<(usize, IpAddr)> = Vec::new();
@@ -177,11 +169,12 @@ impl Engine {
             ports.extend(e.known_ports.iter().copied());
             hosts.extend(e.known_hosts.iter().copied());
             members.push((e.known_ports.len() + e.known_hosts.len(), e.ip));
-            let lt = &e.lifetime;
-            use scanwatch_common::cnt;
-            probes += lt[cnt::SYN] + lt[cnt::UDP];
-            failures += lt[cnt::FAILED].max(lt[cnt::SYN_CLOSED] + lt[cnt::UDP_CLOSED]);
-            successes += lt[cnt::SYN_OPEN];
+            // Counts of the scoring window that covers the distributed window.
+            if let Some(t) = e.windows.totals(now).get(count_idx) {
+                probes += t.get(m::PROBES).round() as u64;
+                failures += t.get(m::FAILURES).round() as u64;
+                successes += t.get(m::SUCCESSES).round() as u64;
+            }
         }
         // One-probe sources the kernel holds in its first-contact table (no entity of their own,
         // unless admitted since): each a source with one probe.
@@ -209,13 +202,7 @@ impl Engine {
         members.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         let internal = members.iter().any(|(_, ip)| is_internal(ip));
         let n = members.len();
-        let reason = format!(
-            "{n} sources, each under the per-source thresholds, together probed {} ports on {} of this host's addresses within {}: likely a distributed scan.",
-            ports.len(),
-            hosts.len().max(1),
-            format_duration(window)
-        );
-        let alert = Alert {
+        let mut alert = Alert {
             time: self.time(now),
             kind: AlertKind::DistributedScan,
             severity: if internal { Severity::High } else { Severity::Medium },
@@ -232,25 +219,21 @@ impl Engine {
                 sample_ports: ports.iter().take(SAMPLE_OUT).copied().collect(),
                 sample_hosts: hosts.iter().take(SAMPLE_OUT).map(IpAddr::to_string).collect(),
             },
+            shape: if ports.is_empty() { Shape::default() } else { Shape::new("tcp", "syn") },
             window: format_duration(window),
-            counts: Counts {
-                probes,
-                failures,
-                fail_ratio: (failures + successes > 0)
-                    .then(|| (failures as f64 / (failures + successes) as f64 * 1000.0).round() / 1000.0),
-                detail: BTreeMap::from([(Evidence::Sources, n as u64)]),
-            },
+            counts: Counts::new(probes, failures, successes, BTreeMap::from([(Evidence::Sources, n as u64)])),
             fingerprint: None,
             technique: if internal { Technique::network_service_discovery() } else { Technique::active_scanning() },
             host: self.host.clone(),
             allowlisted: false,
             blocked: false,
-            reason,
+            reason: String::new(),
             update: false,
             alert_id: String::new(),
+            incident: Incident::default(),
             annotations: Default::default(),
         };
-        let magnitude = (ports.len() + hosts.len()) as f64;
-        self.submit(now, "distributed", magnitude, alert, out);
+        alert.reason = reason::distributed(&alert);
+        self.submit(now, "distributed", Duration::ZERO, alert, out);
     }
 }

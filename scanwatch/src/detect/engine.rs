@@ -12,7 +12,7 @@ use super::lifecycle::{Lifecycle, Verdict};
 use super::outbound_state::OutboundEntity;
 use super::trw::TrwParams;
 use super::types::{EngineStats, HeldProbe, InboundEventKind, InboundObservation, OutboundObservation, SourceSnapshot};
-use crate::alert::{Alert, HostInfo};
+use crate::alert::{Alert, AlertKind, HostInfo, Shape};
 use crate::config::{Config, RoleProfile};
 use crate::vocab::rfc3339_from_unix;
 
@@ -46,7 +46,7 @@ impl Engine {
             .position(|w| *w >= cfg.xdp.short_window)
             .unwrap_or(0);
         Engine {
-            host: HostInfo { name: hostname, role: role.name.clone() },
+            host: HostInfo { name: hostname.clone(), role: role.name.clone() },
             role,
             trw: TrwParams::new(&cfg.detect.trw),
             baseline: None,
@@ -54,7 +54,7 @@ impl Engine {
             outbound: HashMap::new(),
             fingerprints: FingerprintIndex::default(),
             distributed: Distributed::default(),
-            lifecycle: Lifecycle::new(&cfg.alerts),
+            lifecycle: Lifecycle::new(&cfg.alerts, &hostname, instance_nonce()),
             wall_offset: 0.0,
             evicted: 0,
             short_idx,
@@ -75,6 +75,18 @@ impl Engine {
             Err(e) => -e.duration().as_secs_f64(),
         };
         self.wall_offset = wall_secs - now.as_secs_f64();
+        self.lifecycle.set_wall_offset(self.wall_offset);
+    }
+
+    /// Fix the agent-instance part of incident ids (the default is random per engine, so two runs
+    /// never share an id; replays that must be reproducible set it).
+    pub fn set_instance(&mut self, instance: u64) {
+        self.lifecycle.set_instance(instance);
+    }
+
+    /// Close every open incident now (the agent stops): their `final` lines.
+    pub fn close_all(&mut self, now: Duration) -> Vec<Alert> {
+        self.lifecycle.close_all(now)
     }
 
     /// Cumulative per-source counters from a sweep.
@@ -92,7 +104,8 @@ impl Engine {
         self.ingest_event(now, e);
         match &e.kind {
             InboundEventKind::Honeyport { dport, proto } => {
-                self.honeyport_alert(now, &e.ip, *dport, *proto, &mut out);
+                let _ = dport;
+                self.honeyport_finding(now, e.ip, 0, *proto, &mut out);
             }
             InboundEventKind::Threshold { .. } => {
                 self.evaluate_inbound(now, &e.ip, false, &mut out);
@@ -142,9 +155,10 @@ impl Engine {
             }
         }
         self.evaluate_distributed(now, &mut out);
+        self.unexplained_honeyports(now, &mut out);
         self.expire(now);
-        let time = self.time(now);
-        if let Some(a) = self.lifecycle.summary(now, time, &self.host) {
+        out.extend(self.lifecycle.tick(now));
+        if let Some(a) = self.lifecycle.summary(now, &self.host) {
             out.push(a);
         }
         out
@@ -155,7 +169,8 @@ impl Engine {
             inbound_entities: self.inbound.len(),
             outbound_entities: self.outbound.len(),
             fingerprint_clusters: self.fingerprints.len(),
-            alert_episodes: self.lifecycle.episodes(),
+            open_incidents: self.lifecycle.incidents(),
+            incidents_closed: self.lifecycle.closed,
             alerts_emitted: self.lifecycle.emitted,
             alerts_deduplicated: self.lifecycle.deduplicated,
             alerts_suppressed: self.lifecycle.rate_limited,
@@ -177,14 +192,44 @@ impl Engine {
         self.outbound.retain(|_, e| now.saturating_sub(e.last_seen) < idle);
         self.evicted += (before - self.inbound.len() - self.outbound.len()) as u64;
         self.fingerprints.expire(now, self.cfg.detect.decoy_window);
-        self.lifecycle.expire(now);
     }
 
-    /// Submit a finding through the lifecycle.
-    pub(super) fn submit(&mut self, now: Duration, entity: &str, magnitude: f64, alert: Alert, out: &mut Vec<Alert>) {
-        if let Verdict::Emit(a) = self.lifecycle.submit(now, entity, magnitude, alert) {
+    /// The window a fast finding of an open incident reports: the shortest fast window (from
+    /// `idx`, the triggering one, up) that covers the incident since its start, else the longest
+    /// fast window.
+    pub(super) fn report_window(&self, now: Duration, actor: &str, kind: AlertKind, shape: &Shape, idx: usize) -> usize {
+        let Some(start) = self.lifecycle.started(actor, kind, shape) else { return idx };
+        let age = now.saturating_sub(start);
+        let d = &self.cfg.detect;
+        let mut best = idx;
+        for (j, w) in d.windows.iter().enumerate().skip(idx) {
+            if *w >= d.slow_min_window {
+                break;
+            }
+            best = j;
+            // The window covers the incident with a bucket to spare (ring granularity).
+            if *w >= age + *w / super::window::BUCKETS as u32 {
+                break;
+            }
+        }
+        best
+    }
+
+    /// Submit a finding of `actor` through the incident lifecycle; `hold` is the least quiet time
+    /// that closes its incident (a slow scan's window; zero for `alerts.close_after` alone).
+    pub(super) fn submit(&mut self, now: Duration, actor: &str, hold: Duration, alert: Alert, out: &mut Vec<Alert>) {
+        if let Verdict::Emit(a) = self.lifecycle.submit(now, actor, hold, alert) {
             out.push(*a);
         }
     }
+}
+
+/// A random number per engine (the agent-instance part of incident ids), from std's random
+/// hash keys (seeded by the OS once per process, distinct for every `RandomState`).
+fn instance_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0x5c);
+    h.finish()
 }
 

@@ -92,6 +92,7 @@ pub fn service_class(port: u16) -> &'static str {
 }
 
 /// Number of distinct service classes among `ports`.
+#[cfg(test)]
 pub fn class_diversity(ports: &[u16]) -> usize {
     let mut classes: Vec<&str> = ports.iter().map(|p| service_class(*p)).collect();
     classes.sort_unstable();
@@ -108,6 +109,7 @@ pub fn privileged_fraction(ports: &[u16]) -> f64 {
 }
 
 /// Normalised Shannon entropy (0..1) of a histogram.
+#[cfg(test)]
 pub fn normalized_entropy<'a>(counts: impl Iterator<Item = &'a u32>) -> f64 {
     let v: Vec<f64> = counts.filter(|c| **c > 0).map(|c| f64::from(*c)).collect();
     if v.len() < 2 {
@@ -142,6 +144,7 @@ impl PortHistogram {
         }
     }
 
+    #[cfg(test)]
     pub fn entropy(&self) -> f64 {
         normalized_entropy(self.counts.values())
     }
@@ -289,4 +292,22 @@ pub(super) fn confidence(score: f64, fail_ratio: Option<f64>, trw_scanner: bool,
         Some(r) => 0.6 + 0.4 * r,
     };
     (c.clamp(0.05, 0.99) * 1000.0).round() / 1000.0
+}
+
+/// Bound on the timestamped samples per entity.
+const SEEN_CAP: usize = 256;
+
+/// Note `k` as seen at `now` in a bounded map (the oldest entry goes when full).
+pub fn note_seen<K: Ord + Copy>(map: &mut BTreeMap<K, Duration>, k: K, now: Duration) {
+    if !map.contains_key(&k) && map.len() >= SEEN_CAP {
+        if let Some(old) = map.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k) {
+            map.remove(&old);
+        }
+    }
+    map.insert(k, now);
+}
+
+/// Keys seen within `window` before `now`, in key order, at most `n`.
+pub fn seen_within<K: Ord + Copy>(map: &BTreeMap<K, Duration>, now: Duration, window: Duration, n: usize) -> Vec<K> {
+    map.iter().filter(|(_, t)| now.saturating_sub(**t) < window).map(|(k, _)| *k).take(n).collect()
 }

@@ -1,22 +1,27 @@
 //! Inbound (per remote source) state and detectors: fan-out scans (horizontal, vertical, block,
 //! slow), stealth probes, evasion, honeyports.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
+
+use scanwatch_common::cnt;
 
 
 use super::features::{
     allowlisted_severity, confidence,
     fanout_score, FanoutScore,
-    bounded_insert, class_diversity, TimingClass,
+    bounded_insert, note_seen, seen_within, TimingClass,
 };
+use super::reason::{self, Notes};
+use super::shape;
 use super::window::{m, Metrics};
 use super::engine::Engine;
 use super::inbound_state::*;
 use super::types::{make_room, DecoyMembership, FingerprintInfo, InboundEventKind, InboundObservation, SourceSnapshot, SAMPLE_OUT};
 use crate::alert::{
-    is_internal, Alert, AlertKind, AlertSource, Counts, Direction, FingerprintBlock, Severity,
-    Targets, Technique,
+    is_internal, Alert, AlertKind, AlertSource, Counts, Direction, Evidence, FingerprintBlock, Incident, Severity,
+    Shape, Targets, Technique,
 };
 use crate::vocab::{canonical_ip, format_duration};
 
@@ -95,12 +100,16 @@ impl Engine {
         let min_fail = self.cfg.detect.min_fail_ratio;
         let e = self.inbound_entity(ip);
         bounded_insert(&mut e.known_hosts, dst, KNOWN_HOSTS_CAP);
+        note_seen(&mut e.host_seen, dst, now);
         e.last_seen = now;
         e.dirty = true;
         match &o.kind {
-            InboundEventKind::Honeyport { dport, .. } => {
+            InboundEventKind::Honeyport { dport, proto } => {
                 bounded_insert(&mut e.honeyports, *dport, 64);
                 bounded_insert(&mut e.known_ports, *dport, KNOWN_PORTS_CAP);
+                note_seen(&mut e.port_seen, *dport, now);
+                note_seen(&mut e.honey_seen, (*dport, *proto), now);
+                e.honey_unexplained = None;
             }
             InboundEventKind::Threshold { win_ports, win_hosts, .. } => {
                 e.kernel_win = Some((now, *win_ports, *win_hosts));
@@ -169,9 +178,15 @@ impl Engine {
                 totals: *t,
                 by_trw: !by_fanout,
             };
-            let slot = if d.windows[i] < d.slow_min_window { &mut fast } else { &mut slow_hit };
-            if slot.is_none_or(|h| hit.score > h.score) {
-                *slot = Some(hit);
+            // The shortest fast window that hits is reported (its counts are the activity of
+            // now, not of earlier scans still inside a longer window); among slow windows the
+            // strongest.
+            if d.windows[i] < d.slow_min_window {
+                if fast.is_none() {
+                    fast = Some(hit);
+                }
+            } else if slow_hit.is_none_or(|h| hit.score > h.score) {
+                slow_hit = Some(hit);
             }
         }
 
@@ -199,7 +214,7 @@ impl Engine {
             } else {
                 AlertKind::VerticalScan
             };
-            self.fanout_alert(now, ip, kind, h, tool, out);
+            self.fanout_alert(now, ip, kind, h, tool, &totals, out);
             if let Some(e) = self.inbound.get_mut(&ip) {
                 e.last_fast_trigger = Some(now);
                 e.last_fanout_alert = Some(now);
@@ -208,7 +223,7 @@ impl Engine {
             let window = self.cfg.detect.windows[h.idx];
             let quiet = e.last_fast_trigger.is_none_or(|t| now.saturating_sub(t) > window);
             if quiet {
-                self.fanout_alert(now, ip, AlertKind::SlowScan, h, tool, out);
+                self.fanout_alert(now, ip, AlertKind::SlowScan, h, tool, &totals, out);
                 if let Some(e) = self.inbound.get_mut(&ip) {
                     e.last_fanout_alert = Some(now);
                 }
@@ -233,73 +248,106 @@ impl Engine {
 
         if let Some(i) = stealth {
             let t = totals[i];
-            let n = t.get(m::STEALTH) + t.get(m::WEAK_STEALTH);
-            let reason = format!(
-                "{ip} sent {} stealth probes (NULL/Xmas/Maimon/SYN+FIN/custom flags) and {} FIN/bare-ACK probes to {:.0} ports within {}.",
-                t.get(m::STEALTH),
-                t.get(m::WEAK_STEALTH),
-                t.get(m::NEW_PORTS),
-                format_duration(self.cfg.detect.windows[i])
-            );
             let conf = if t.get(m::STEALTH) >= f64::from(d.stealth_min) { 0.9 } else { 0.6 };
-            self.simple_inbound(now, ip, AlertKind::StealthScan, Severity::Medium, conf, i, &t, n, reason, out);
+            let window = d.windows[i];
+            if let Some(mut a) = self.inbound_alert(
+                now,
+                ip,
+                AlertKind::StealthScan,
+                placed(Severity::Medium, &ip),
+                conf,
+                window,
+                &t,
+                shape::stealth_of(&t),
+            ) {
+                let notes = self.inbound_notes(&ip, false);
+                a.reason = reason::stealth(&a, &notes);
+                self.submit(now, &format!("src:{ip}"), Duration::ZERO, a, out);
+            }
         }
         if let Some(i) = evasion {
             let t = totals[i];
-            let unsolicited = t.get(m::UNSOLICITED);
-            let reason = if t.get(m::EVASION) >= f64::from(d.evasion_min) || t.get(m::BADSUM) >= 1.0 {
-                format!(
-                    "{ip} used {} evasion techniques (fragments, source-port 53/88 tricks, bad checksums: {}) within {}.",
-                    t.get(m::EVASION),
-                    t.get(m::BADSUM),
-                    format_duration(self.cfg.detect.windows[i])
-                )
-            } else {
-                format!(
-                    "{ip} sent {unsolicited} unsolicited SYN-ACK/RST segments within {} (backscatter of spoofed probes or idle-scan zombie use).",
-                    format_duration(self.cfg.detect.windows[i])
-                )
-            };
             let sev = if t.get(m::BADSUM) >= 1.0 { Severity::High } else { Severity::Medium };
-            let n = t.get(m::EVASION) + unsolicited;
-            self.simple_inbound(now, ip, AlertKind::Evasion, sev, 0.8, i, &t, n, reason, out);
+            let window = d.windows[i];
+            let marked = t.get(m::EVASION) >= f64::from(d.evasion_min) || t.get(m::BADSUM) >= 1.0;
+            let mut sh = shape::of(&t);
+            if !marked {
+                sh = Shape::new("tcp", "unsolicited");
+            }
+            // Unsolicited RST / SYN-ACK from a source with an open scan incident are part of
+            // that scan (its lines count them), not an incident of their own.
+            let folded = !marked && self.lifecycle.has_open(&format!("src:{ip}"), |k| k != AlertKind::Evasion && is_scan_kind(k));
+            let finding = if folded {
+                None
+            } else {
+                self.inbound_alert(now, ip, AlertKind::Evasion, placed(sev, &ip), 0.8, window, &t, sh)
+            };
+            if let Some(mut a) = finding {
+                if !marked {
+                    // Backscatter: the evidence is the unsolicited segments alone.
+                    a.counts.detail.retain(|k, _| {
+                        matches!(k.name(), "unsolicited_synack" | "unsolicited_rst")
+                    });
+                }
+                let notes = self.inbound_notes(&ip, false);
+                a.reason = reason::evasion(&a, &notes);
+                self.submit(now, &format!("src:{ip}"), Duration::ZERO, a, out);
+            }
         }
         if let Some(i) = honey {
-            let t = totals[i];
-            let reason = format!(
-                "{ip} touched a honeyport {} time(s) within {}: no service here uses it.",
-                t.get(m::HONEYPORT),
-                format_duration(self.cfg.detect.windows[i])
-            );
-            let n = self.inbound.get(&ip).map_or(1, |e| e.honeyports.len().max(1)) as f64;
-            self.simple_inbound(now, ip, AlertKind::HoneyportHit, Severity::High, 0.9, i, &t, n, reason, out);
+            let protos: Vec<u8> = self.inbound.get(&ip).map_or_else(Vec::new, |e| {
+                let mut p: Vec<u8> = e
+                    .honey_seen
+                    .iter()
+                    .filter(|(_, t)| now.saturating_sub(**t) < d.windows[i])
+                    .map(|((_, pr), _)| *pr)
+                    .collect();
+                p.dedup();
+                p.sort_unstable();
+                p.dedup();
+                p
+            });
+            if protos.is_empty() {
+                // The sweep saw the touch before its event (or the event was lost with a full
+                // ring buffer): wait for the event's port and protocol; `tick` alerts without
+                // them after HONEY_EVENT_WAIT.
+                if let Some(e) = self.inbound.get_mut(&ip) {
+                    e.honey_unexplained.get_or_insert(now);
+                }
+            }
+            for p in protos {
+                self.honeyport_finding(now, ip, i, p, out);
+            }
         }
     }
 
-    #[expect(clippy::too_many_arguments, reason = "the alert is assembled from many independent measurements")]
-    fn simple_inbound(
+    /// Non-numeric facts of an inbound finding (allowlist, timing).
+    fn inbound_notes(&self, ip: &IpAddr, by_trw: bool) -> Notes {
+        let mut n = Notes { by_trw, ..Notes::default() };
+        if let Some(e) = self.inbound.get(ip) {
+            let timing = e.timing.class();
+            if timing != TimingClass::Unknown {
+                n.timing = Some(timing.as_str());
+            }
+            if let Some(net) = &e.allow_net {
+                n.tail.push(format!("source is allowlisted in network set \"{net}\""));
+            }
+        }
+        n
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "the finding and the window totals it was found in")]
+    fn fanout_alert(
         &mut self,
         now: Duration,
         ip: IpAddr,
         kind: AlertKind,
-        base: Severity,
-        confidence: f64,
-        idx: usize,
-        t: &Metrics,
-        magnitude: f64,
-        reason: String,
+        h: Hit,
+        tool: bool,
+        totals: &[Metrics],
         out: &mut Vec<Alert>,
     ) {
-        let window = format_duration(self.cfg.detect.windows[idx]);
-        let Some(alert) = self.inbound_alert(now, ip, kind, placed(base, &ip), confidence, window, t, reason) else {
-            return;
-        };
-        self.submit(now, &format!("src:{ip}"), magnitude, alert, out);
-    }
-
-    fn fanout_alert(&mut self, now: Duration, ip: IpAddr, kind: AlertKind, h: Hit, tool: bool, out: &mut Vec<Alert>) {
         let Some(e) = self.inbound.get(&ip) else { return };
-        let d = &self.cfg.detect;
         let fr = h.totals.fail_ratio();
         let mut conf = confidence(h.score, fr, e.trw.is_scanner(), tool);
         let timing = e.timing.class();
@@ -314,76 +362,39 @@ impl Engine {
             // Bad checksums only serve to probe for a middlebox that does not verify them.
             base = base.raise();
         }
-        let window = d.windows[h.idx];
-        let diversity = class_diversity(&e.known_ports);
-        let mut reason = match kind {
-            AlertKind::StealthScan => format!(
-                "{ip} probed {:.0} distinct ports on {:.0} hosts within {} with stealth probes ({:.0} NULL/Xmas/Maimon/SYN+FIN, {:.0} FIN/bare-ACK of {:.0} probes)",
-                h.ports,
-                h.hosts,
-                format_duration(window),
-                h.totals.get(m::STEALTH),
-                h.totals.get(m::WEAK_STEALTH),
-                h.totals.get(m::PROBES)
-            ),
-            AlertKind::Evasion => format!(
-                "{ip} probed {:.0} distinct ports on {:.0} hosts within {} with evasive probes ({:.0} of {:.0} fragmented, sent from source port 53/88 or with a bad checksum)",
-                h.ports,
-                h.hosts,
-                format_duration(window),
-                h.totals.get(m::RAW),
-                h.totals.get(m::PROBES)
-            ),
-            AlertKind::SlowScan => format!(
-                "{ip} slowly probed {:.0} ports on {:.0} hosts over {} while staying under the short-window thresholds",
-                h.ports, h.hosts, format_duration(window)
-            ),
-            _ => format!(
-                "{ip} probed {:.0} distinct ports on {:.0} hosts within {}",
-                h.ports, h.hosts, format_duration(window)
-            ),
+        // Kind and shape are the triggering (shortest) window's; the counts are those of the
+        // shortest fast window covering the whole incident so far, so a long scan's later lines
+        // count all of it, not its last seconds only.
+        let sh = if kind == AlertKind::StealthScan { shape::stealth_of(&h.totals) } else { shape::of(&h.totals) };
+        let idx = self.report_window(now, &format!("src:{ip}"), kind, &sh, h.idx);
+        let h = if idx == h.idx {
+            h
+        } else {
+            let t = totals.get(idx).copied().unwrap_or(h.totals);
+            Hit { idx, ports: t.get(m::NEW_PORTS).max(h.ports), hosts: t.get(m::NEW_HOSTS).max(h.hosts), totals: t, ..h }
         };
-        if let Some(r) = fr {
-            reason.push_str(&format!(
-                " ({:.0} of {:.0} probes failed, {:.0}%)",
-                h.totals.get(m::FAILURES),
-                h.totals.get(m::FAILURES) + h.totals.get(m::SUCCESSES),
-                r * 100.0
-            ));
-        }
-        if h.by_trw {
-            reason.push_str("; sequential hypothesis test decided scanner");
-        }
-        if diversity >= 3 {
-            reason.push_str(&format!("; {diversity} service classes"));
-        }
-        if let Some(fp) = e.best_fingerprint().filter(|f| f.is_scanner_tool()) {
-            reason.push_str(&format!("; fingerprint looks like {}", fp.tool_hint));
-        }
-        if timing != TimingClass::Unknown {
-            reason.push_str(&format!("; timing {}", timing.as_str()));
-        }
-        reason.push('.');
-        let magnitude = h.ports + h.hosts;
-        let Some(alert) = self.inbound_alert(
-            now,
-            ip,
-            kind,
-            placed(base, &ip),
-            conf,
-            format_duration(window),
-            &h.totals,
-            reason,
-        ) else {
+        let window = self.cfg.detect.windows[h.idx];
+        let Some(mut alert) = self.inbound_alert(now, ip, kind, placed(base, &ip), conf, window, &h.totals, sh) else {
             return;
         };
-        let mut alert = alert;
-        alert.targets.port_count = h.ports.round() as u64;
-        alert.targets.host_count = h.hosts.round().max(1.0) as u64;
-        self.submit(now, &format!("src:{ip}"), magnitude, alert, out);
+        alert.targets.port_count = (h.ports.round() as u64).max(alert.targets.sample_ports.len() as u64);
+        alert.targets.host_count = (h.hosts.round().max(1.0) as u64).max(alert.targets.sample_hosts.len() as u64);
+        let mut notes = self.inbound_notes(&ip, h.by_trw);
+        notes.what = match kind {
+            AlertKind::VerticalScan => Some("a vertical scan".into()),
+            AlertKind::HorizontalScan => Some("a horizontal scan".into()),
+            AlertKind::BlockScan => Some("a block scan".into()),
+            AlertKind::StealthScan => Some("a stealth scan".into()),
+            AlertKind::Evasion => Some("an evasive scan".into()),
+            _ => None,
+        };
+        alert.reason = reason::fanout(&alert, kind == AlertKind::SlowScan, &notes);
+        let hold = if kind == AlertKind::SlowScan { window } else { Duration::ZERO };
+        self.submit(now, &format!("src:{ip}"), hold, alert, out);
     }
 
-    /// Build an inbound alert for entity `ip` (allowlist, fingerprint, targets filled in).
+    /// Build an inbound finding for `ip` from the totals `t` of `window`: every number (targets,
+    /// counts, samples) is that window's. The caller renders the reason from the result.
     #[expect(clippy::too_many_arguments, reason = "the alert is assembled from many independent measurements")]
     fn inbound_alert(
         &self,
@@ -392,37 +403,36 @@ impl Engine {
         kind: AlertKind,
         severity: Severity,
         confidence: f64,
-        window: String,
+        window: Duration,
         t: &Metrics,
-        reason: String,
+        shape: Shape,
     ) -> Option<Alert> {
         let e = self.inbound.get(&ip)?;
         let allowlisted = e.allow_net.is_some();
-        let mut reason = reason;
-        if let Some(net) = &e.allow_net {
-            reason = format!("{} (source is allowlisted in network set \"{net}\")", reason.trim_end_matches('.'));
-            reason.push('.');
-        }
+        let sample_ports = seen_within(&e.port_seen, now, window, SAMPLE_OUT);
+        let sample_hosts: Vec<String> =
+            seen_within(&e.host_seen, now, window, SAMPLE_OUT).iter().map(IpAddr::to_string).collect();
         Some(Alert {
             time: self.time(now),
             kind,
             severity: if allowlisted { allowlisted_severity(severity) } else { severity },
-            confidence,
+            confidence: (confidence * 1000.0).round() / 1000.0,
             direction: Direction::Inbound,
             source: AlertSource { ip: Some(ip), process: None, related: Vec::new() },
             targets: Targets {
-                host_count: t.get(m::NEW_HOSTS).round().max(1.0) as u64,
-                port_count: t.get(m::NEW_PORTS).round() as u64,
-                sample_ports: e.known_ports.iter().take(SAMPLE_OUT).copied().collect(),
-                sample_hosts: e.known_hosts.iter().take(SAMPLE_OUT).map(IpAddr::to_string).collect(),
+                host_count: (t.get(m::NEW_HOSTS).round().max(1.0) as u64).max(sample_hosts.len() as u64),
+                port_count: (t.get(m::NEW_PORTS).round() as u64).max(sample_ports.len() as u64),
+                sample_ports,
+                sample_hosts,
             },
-            window,
-            counts: Counts {
-                probes: t.get(m::PROBES).round() as u64,
-                failures: t.get(m::FAILURES).round() as u64,
-                fail_ratio: t.fail_ratio().map(|r| (r * 1000.0).round() / 1000.0),
-                detail: e.detail(),
-            },
+            shape,
+            window: format_duration(window),
+            counts: Counts::new(
+                t.get(m::PROBES).round() as u64,
+                t.get(m::FAILURES).round() as u64,
+                t.get(m::SUCCESSES).round() as u64,
+                window_detail(t),
+            ),
             fingerprint: e.best_fingerprint().map(|f| FingerprintBlock {
                 text: f.text.clone(),
                 hash: f.hash.clone(),
@@ -432,42 +442,81 @@ impl Engine {
             host: self.host.clone(),
             allowlisted,
             blocked: e.blocked && !allowlisted,
-            reason,
+            reason: String::new(),
             update: false,
             alert_id: String::new(),
+            incident: Incident::default(),
             annotations: Default::default(),
         })
     }
 
-    pub(super) fn honeyport_alert(&mut self, now: Duration, ip: &IpAddr, dport: u16, proto: u8, out: &mut Vec<Alert>) {
-        let ip = canonical_ip(*ip);
+    /// A honeyport touch by `ip` (event or swept counter): one incident per source and protocol,
+    /// naming every honeyport of that protocol touched within the window. While the source has
+    /// an open scan incident the touch is evidence of that scan (its lines count `honeyport`
+    /// probes) rather than an incident of its own.
+    pub(super) fn honeyport_finding(&mut self, now: Duration, ip: IpAddr, idx: usize, proto: u8, out: &mut Vec<Alert>) {
+        let ip = canonical_ip(ip);
+        let actor = format!("src:{ip}");
+        if self.lifecycle.has_open(&actor, is_scan_kind) {
+            return;
+        }
         let Some(e) = self.inbound.get(&ip) else { return };
-        let proto_name = match proto {
-            6 => "tcp",
-            17 => "udp",
-            _ => "ip",
-        };
-        let n = e.honeyports.len().max(1) as f64;
-        let reason = format!("{ip} touched honeyport {dport}/{proto_name}: no service here uses it.");
-        let mut t = Metrics::default();
-        t.set(m::PROBES, 1.0);
-        t.set(m::NEW_PORTS, 1.0);
-        t.set(m::HONEYPORT, 1.0);
-        let window = format_duration(self.cfg.detect.windows[0]);
-        let Some(mut alert) = self.inbound_alert(
-            now,
-            ip,
-            AlertKind::HoneyportHit,
-            placed(Severity::High, &ip),
-            0.9,
-            window,
-            &t,
-            reason,
-        ) else {
+        let window = self.cfg.detect.windows[idx];
+        let ports: Vec<u16> = e
+            .honey_seen
+            .iter()
+            .filter(|((_, pr), t)| *pr == proto && now.saturating_sub(**t) < window)
+            .map(|((p, _), _)| *p)
+            .take(SAMPLE_OUT)
+            .collect();
+        let t = e.windows.totals(now).get(idx).copied().unwrap_or_default();
+        // The swept counter lags the immediate event: at least one touch per port named.
+        let touches = (t.get(m::cnt(cnt::HONEYPORT)).round() as u64).max(ports.len() as u64).max(1);
+        let sh = Shape::new(shape::proto_name(proto), "honeyport");
+        let Some(mut a) = self.inbound_alert(now, ip, AlertKind::HoneyportHit, placed(Severity::High, &ip), 0.9, window, &t, sh) else {
             return;
         };
-        alert.targets.sample_ports = vec![dport];
-        alert.targets.port_count = 1;
-        self.submit(now, &format!("src:{ip}"), n, alert, out);
+        a.targets.port_count = ports.len() as u64;
+        a.targets.sample_ports = ports;
+        a.counts = Counts::new(touches, 0, 0, BTreeMap::from([(Evidence::counter(cnt::HONEYPORT), touches)]));
+        let notes = self.inbound_notes(&ip, false);
+        a.reason = reason::honeyport(&a, &notes);
+        self.submit(now, &actor, Duration::ZERO, a, out);
     }
+}
+
+/// How long a swept honeyport touch waits for its kernel event before alerting without the
+/// port and protocol.
+pub(super) const HONEY_EVENT_WAIT: Duration = Duration::from_secs(3);
+
+impl Engine {
+    /// Honeyport touches whose events never came: alert them now, without port and protocol.
+    pub(super) fn unexplained_honeyports(&mut self, now: Duration, out: &mut Vec<Alert>) {
+        let due: Vec<IpAddr> = self
+            .inbound
+            .iter()
+            .filter(|(_, e)| e.honey_unexplained.is_some_and(|t| now.saturating_sub(t) >= HONEY_EVENT_WAIT))
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in due {
+            if let Some(e) = self.inbound.get_mut(&ip) {
+                e.honey_unexplained = None;
+            }
+            let idx = self.cfg.detect.windows.iter().position(|w| *w > HONEY_EVENT_WAIT).unwrap_or(0);
+            self.honeyport_finding(now, ip, idx, 0, out);
+        }
+    }
+}
+
+/// Kinds that are a scan of one source (a honeyport touch during one is part of it).
+fn is_scan_kind(k: AlertKind) -> bool {
+    matches!(
+        k,
+        AlertKind::VerticalScan
+            | AlertKind::HorizontalScan
+            | AlertKind::BlockScan
+            | AlertKind::StealthScan
+            | AlertKind::SlowScan
+            | AlertKind::Evasion
+    )
 }

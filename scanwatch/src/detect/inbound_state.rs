@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use scanwatch_common::cnt;
 
-use super::features::{bounded_insert, privileged_fraction, Timing};
+use super::features::{bounded_insert, note_seen, privileged_fraction, Timing};
 use super::trw::{Trw, TrwParams};
 use super::types::{FingerprintInfo, SourceSnapshot};
 use super::window::{m, Metrics, MultiWindow};
@@ -74,7 +74,20 @@ pub(super) struct InboundEntity {
     pub(super) kernel_win: Option<(Duration, u32, u32)>,
     /// Distinct honeyports touched (bounded).
     pub(super) honeyports: Vec<u16>,
+    /// When each port / host was last seen new (from the kernel's exact port sample and from
+    /// events), bounded: the samples an alert lists are those of its own window.
+    pub(super) port_seen: BTreeMap<u16, Duration>,
+    pub(super) host_seen: BTreeMap<IpAddr, Duration>,
+    /// Honeyports touched (port, IP protocol) -> when, bounded.
+    pub(super) honey_seen: BTreeMap<(u16, u8), Duration>,
+    /// The previous snapshot's port sample (ports in it are not new again).
+    prev_sample: Vec<u16>,
+    /// Since when the swept counters show a honeyport touch whose kernel event (port and
+    /// protocol) has not arrived; after `HONEY_EVENT_WAIT` the touch alerts without them.
+    pub(super) honey_unexplained: Option<Duration>,
 }
+
+
 
 impl InboundEntity {
     pub fn new(ip: IpAddr, windows: &[Duration], allow_net: Option<String>) -> InboundEntity {
@@ -99,6 +112,11 @@ impl InboundEntity {
             last_fanout_alert: None,
             kernel_win: None,
             honeyports: Vec::new(),
+            port_seen: BTreeMap::new(),
+            host_seen: BTreeMap::new(),
+            honey_seen: BTreeMap::new(),
+            prev_sample: Vec::new(),
+            honey_unexplained: None,
         }
     }
 
@@ -154,9 +172,14 @@ impl InboundEntity {
         };
         for p in &s.sample_ports {
             bounded_insert(&mut self.known_ports, *p, KNOWN_PORTS_CAP);
+            if reset || !self.prev_sample.contains(p) {
+                note_seen(&mut self.port_seen, *p, now);
+            }
         }
+        self.prev_sample.clone_from(&s.sample_ports);
         for h in &s.sample_hosts {
             bounded_insert(&mut self.known_hosts, canonical_ip(*h), KNOWN_HOSTS_CAP);
+            note_seen(&mut self.host_seen, canonical_ip(*h), now);
         }
 
         let mut mt = Metrics::default();
@@ -189,6 +212,9 @@ impl InboundEntity {
         let own_rst = d[cnt::UNSOLICITED_RST].min(d[cnt::SYN]);
         mt.set(m::UNSOLICITED, (d[cnt::UNSOLICITED_SYNACK] + d[cnt::UNSOLICITED_RST] - own_rst) as f64);
         mt.set(m::HONEYPORT, d[cnt::HONEYPORT] as f64);
+        for (i, v) in d.iter().enumerate() {
+            mt.set(m::cnt(i), *v as f64);
+        }
 
         if probes > 0 {
             self.timing.observe(now);
@@ -236,12 +262,15 @@ impl InboundEntity {
         (f + s > 0).then(|| f as f64 / (f + s) as f64)
     }
 
-    pub(super) fn detail(&self) -> BTreeMap<Evidence, u64> {
-        DETAIL_COUNTERS
-            .iter()
-            .filter(|i| self.lifetime[**i] > 0)
-            .map(|i| (Evidence::counter(*i), self.lifetime[*i]))
-            .collect()
-    }
+}
+
+/// The evidence counters of one window's totals (non-zero only).
+pub(super) fn window_detail(t: &Metrics) -> BTreeMap<Evidence, u64> {
+    DETAIL_COUNTERS
+        .iter()
+        .map(|i| (*i, t.get(m::cnt(*i)).round() as u64))
+        .filter(|(_, v)| *v > 0)
+        .map(|(i, v)| (Evidence::counter(i), v))
+        .collect()
 }
 

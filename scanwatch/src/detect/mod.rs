@@ -33,12 +33,16 @@ mod lifecycle;
 mod observe;
 mod outbound;
 mod outbound_state;
+mod reason;
+mod shape;
 mod trw;
 mod types;
 mod window;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_truth;
 
 pub use baseline::{Baseline, BaselineError, BaselineLearner, ExeBaseline, SourceBaseline};
 pub use engine::Engine;

@@ -70,6 +70,10 @@ pub trait Observer {
     fn observe_outbound(&mut self, now: Duration, o: &OutboundObservation) -> Vec<Alert>;
     fn observe_held(&mut self, now: Duration, probes: &[HeldProbe]) -> Vec<Alert>;
     fn tick(&mut self, now: Duration) -> Vec<Alert>;
+    /// The source is done (agent stopping, replay finished): whatever is still open, closed.
+    fn finish(&mut self, _now: Duration) -> Vec<Alert> {
+        Vec::new()
+    }
 
     /// Dispatch one stamped observation.
     fn observe(&mut self, s: &Stamped) -> Vec<Alert> {
@@ -100,6 +104,9 @@ impl Observer for Engine {
     fn tick(&mut self, now: Duration) -> Vec<Alert> {
         Engine::tick(self, now)
     }
+    fn finish(&mut self, now: Duration) -> Vec<Alert> {
+        Engine::close_all(self, now)
+    }
 }
 
 impl Observer for BaselineLearner {
@@ -115,8 +122,10 @@ impl Observer for BaselineLearner {
         BaselineLearner::observe_outbound(self, now, o);
         Vec::new()
     }
-    /// One-probe sources carry nothing a baseline learns from (no fan-out of their own).
-    fn observe_held(&mut self, _now: Duration, _probes: &[HeldProbe]) -> Vec<Alert> {
+    /// One-probe sources carry no fan-out of their own to learn; a distributed scan they take
+    /// part in excludes its sources.
+    fn observe_held(&mut self, now: Duration, probes: &[HeldProbe]) -> Vec<Alert> {
+        BaselineLearner::observe_held(self, now, probes);
         Vec::new()
     }
     fn tick(&mut self, now: Duration) -> Vec<Alert> {

@@ -7,29 +7,23 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::features::{
-    class_diversity, fanout_score, FanoutScore, TimingClass,
-};
-use super::features::{allowlisted_severity, confidence};
+use scanwatch_common::cnt;
+
+use super::features::{allowlisted_severity, confidence, fanout_score, seen_within, FanoutScore, TimingClass};
+use super::reason::{self, Notes};
+use super::shape;
 use super::outbound_state::*;
 use super::window::{m, Metrics};
 use super::engine::Engine;
 use super::types::{make_room, OutboundObservation, SAMPLE_OUT};
 use crate::vocab::ProcessInfo;
 use crate::alert::{
-    Evidence,
-    Alert, AlertKind, AlertSource, Counts, Direction, ProcessBlock, Severity, Targets,
-    Technique,
+    Alert, AlertKind, AlertSource, Counts, Direction, Evidence, Incident, ProcessBlock, Severity, Targets, Technique,
 };
 use crate::vocab::format_duration;
 
 
 
-/// Entity key of a process.
-pub(super) fn entity_key(p: &ProcessInfo) -> String {
-    let prog = p.exe.as_deref().unwrap_or(&p.comm);
-    format!("proc:{}:{}:{}", p.uid, prog, p.ppid.unwrap_or(0))
-}
 
 fn process_block(p: &ProcessInfo) -> ProcessBlock {
     let mut b = p.clone();
@@ -107,9 +101,15 @@ impl Engine {
                 continue;
             }
             let hit = Hit { idx: i, ports, hosts, port_score: ps, host_score: hs, score, totals: *t, by_trw: !by_fanout };
-            let slot = if d.windows[i] < d.slow_min_window { &mut fast } else { &mut slow_hit };
-            if slot.is_none_or(|h| hit.score > h.score) {
-                *slot = Some(hit);
+            // The shortest fast window that hits is reported (its counts are the activity of
+            // now, not of earlier scans still inside a longer window); among slow windows the
+            // strongest.
+            if d.windows[i] < d.slow_min_window {
+                if fast.is_none() {
+                    fast = Some(hit);
+                }
+            } else if slow_hit.is_none_or(|h| hit.score > h.score) {
+                slow_hit = Some(hit);
             }
         }
         let (hit, is_slow) = match (fast, slow_hit) {
@@ -133,59 +133,57 @@ impl Engine {
 
     fn outbound_alert(&mut self, now: Duration, key: &str, h: Hit, is_slow: bool, out: &mut Vec<Alert>) {
         let Some(e) = self.outbound.get(key) else { return };
-        let d = &self.cfg.detect;
         let p = &e.process;
         let exe = p.exe.clone().unwrap_or_else(|| p.comm.clone());
         let fr = h.totals.fail_ratio();
         let mut conf = confidence(h.score, fr, e.trw.is_scanner(), h.totals.get(m::RAW) > 0.0);
+        let mut notes = Notes { by_trw: h.by_trw, ..Notes::default() };
 
         // Novelty against the learned baseline of this executable.
-        let mut novelty_note = String::new();
         if let Some(b) = self.baseline.as_ref().and_then(|b| b.executables.get(&exe)) {
             let ports = e.histogram.ports();
             if !ports.is_empty() && !b.ports.is_empty() {
                 let novel = ports.iter().filter(|p| !b.ports.contains(p)).count() as f64 / ports.len() as f64;
                 conf *= 0.5 + 0.5 * novel;
-                novelty_note = format!("; {:.0}% of ports new versus baseline", novel * 100.0);
+                notes.tail.push(if novel > 0.0 {
+                    "ports new versus the learned baseline".to_string()
+                } else {
+                    "every port known to the learned baseline".to_string()
+                });
             }
         }
         let timing = e.timing.class();
         if timing == TimingClass::Periodic && fr.is_some_and(|r| r < 0.5) {
             conf *= 0.5;
         }
-        let shape = if h.port_score >= 1.0 && h.host_score >= 1.0 {
+        if timing != TimingClass::Unknown {
+            notes.timing = Some(timing.as_str());
+        }
+        let shape_word = if h.port_score >= 1.0 && h.host_score >= 1.0 {
             "block"
         } else if h.port_score >= 1.0 || (h.host_score < 1.0 && h.ports >= h.hosts) {
             "vertical"
         } else {
             "horizontal"
         };
+        notes.what = Some(format!("a {shape_word} scan"));
+        // Counts of the shortest fast window covering the incident so far (see inbound).
+        let sh = shape::of(&h.totals);
+        let h = if is_slow {
+            h
+        } else {
+            let idx = self.report_window(now, key, AlertKind::OutboundScan, &sh, h.idx);
+            match self.outbound.get(key).and_then(|e| e.windows.totals(now).get(idx).copied()) {
+                Some(t) if idx != h.idx => {
+                    Hit { idx, ports: t.get(m::NEW_PORTS).max(h.ports), hosts: t.get(m::NEW_HOSTS).max(h.hosts), totals: t, ..h }
+                }
+                _ => h,
+            }
+        };
+        let Some(e) = self.outbound.get(key) else { return };
+        let p = &e.process;
+        let d = &self.cfg.detect;
         let window = d.windows[h.idx];
-        let name = p.exe.as_deref().unwrap_or(&p.comm);
-        let mut reason = format!(
-            "{name} (pid {}, uid {}) {}probed {:.0} distinct ports on {:.0} hosts within {} ({shape} scan",
-            p.tgid,
-            p.uid,
-            if is_slow { "slowly " } else { "" },
-            h.ports,
-            h.hosts,
-            format_duration(window),
-        );
-        if let Some(r) = fr {
-            reason.push_str(&format!(", {:.0}% of connections failed", r * 100.0));
-        }
-        if h.totals.get(m::RAW) > 0.0 {
-            reason.push_str(&format!(", {:.0} crafted raw packets", h.totals.get(m::RAW)));
-        }
-        reason.push(')');
-        if h.by_trw {
-            reason.push_str("; sequential hypothesis test decided scanner");
-        }
-        let diversity = class_diversity(&e.sample_ports);
-        if diversity >= 3 {
-            reason.push_str(&format!("; {diversity} service classes, port entropy {:.2}", e.histogram.entropy()));
-        }
-        reason.push_str(&novelty_note);
 
         // Severity: role default, raised for big scans; expected scanners and allowlists low.
         let role = &self.role;
@@ -201,22 +199,30 @@ impl Engine {
         let allowlisted = user_allowed || exe_allowed || expected_scanner;
         if expected_scanner {
             severity = Severity::Low;
-            reason.push_str(&format!("; expected scanner for role \"{}\"", role.name));
+            notes.tail.push(format!("expected scanner for role \"{}\"", role.name));
         } else if allowlisted {
             severity = allowlisted_severity(severity);
-            reason.push_str(if exe_allowed { "; executable is allowlisted" } else { "; user is allowlisted" });
+            notes.tail.push(if exe_allowed { "executable is allowlisted".into() } else { "user is allowlisted".into() });
         }
-        reason.push('.');
 
+        let t = &h.totals;
         let mut detail: BTreeMap<Evidence, u64> = BTreeMap::new();
-        for (k, v) in &e.lifetime {
-            if matches!(*k, "null" | "fin" | "xmas" | "maimon" | "ack" | "synfin" | "custom_flags" | "raw_probe" | "raw_socket" | "udp") {
-                if let Some(ev) = Evidence::from_name(k) {
-                    detail.insert(ev, *v);
-                }
+        for c in [cnt::NULL, cnt::FIN, cnt::XMAS, cnt::MAIMON, cnt::ACK, cnt::SYNFIN, cnt::CUSTOM_FLAGS, cnt::UDP] {
+            let v = t.get(m::cnt(c)).round() as u64;
+            if v > 0 {
+                detail.insert(Evidence::counter(c), v);
             }
         }
-        let alert = Alert {
+        for (ev, slot) in [(Evidence::RawProbe, m::RAW), (Evidence::RawSocket, m::RAW_SOCKET)] {
+            let v = t.get(slot).round() as u64;
+            if v > 0 {
+                detail.insert(ev, v);
+            }
+        }
+        let sample_ports = seen_within(&e.port_seen, now, window, SAMPLE_OUT);
+        let sample_hosts: Vec<String> =
+            seen_within(&e.host_seen, now, window, SAMPLE_OUT).iter().map(IpAddr::to_string).collect();
+        let mut alert = Alert {
             time: self.time(now),
             kind: AlertKind::OutboundScan,
             severity,
@@ -224,29 +230,32 @@ impl Engine {
             direction: Direction::Outbound,
             source: AlertSource { ip: None, process: Some(process_block(p)), related: Vec::new() },
             targets: Targets {
-                host_count: h.hosts.round().max(1.0) as u64,
-                port_count: h.ports.round() as u64,
-                sample_ports: e.sample_ports.iter().take(SAMPLE_OUT).copied().collect(),
-                sample_hosts: e.sample_hosts.iter().take(SAMPLE_OUT).map(IpAddr::to_string).collect(),
+                host_count: (h.hosts.round().max(1.0) as u64).max(sample_hosts.len() as u64),
+                port_count: (h.ports.round() as u64).max(sample_ports.len() as u64),
+                sample_ports,
+                sample_hosts,
             },
+            shape: sh,
             window: format_duration(window),
-            counts: Counts {
-                probes: h.totals.get(m::PROBES).round() as u64,
-                failures: h.totals.get(m::FAILURES).round() as u64,
-                fail_ratio: fr.map(|r| (r * 1000.0).round() / 1000.0),
+            counts: Counts::new(
+                t.get(m::PROBES).round() as u64,
+                t.get(m::FAILURES).round() as u64,
+                t.get(m::SUCCESSES).round() as u64,
                 detail,
-            },
+            ),
             fingerprint: None,
             technique: Technique::for_source(Direction::Outbound, None),
             host: self.host.clone(),
             allowlisted,
             blocked: false,
-            reason,
+            reason: String::new(),
             update: false,
             alert_id: String::new(),
+            incident: Incident::default(),
             annotations: Default::default(),
         };
-        let magnitude = h.ports + h.hosts;
-        self.submit(now, key, magnitude, alert, out);
+        alert.reason = reason::fanout(&alert, is_slow, &notes);
+        let hold = if is_slow { window } else { Duration::ZERO };
+        self.submit(now, key, hold, alert, out);
     }
 }

@@ -3,9 +3,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use scanwatch_common::cnt;
 use scanwatch_common::tcpflag::{ACK, FIN, PSH, RST, SYN, URG};
 
-use super::features::{bounded_insert, Hll, PortHistogram, Timing};
+use super::features::{bounded_insert, note_seen, Hll, PortHistogram, Timing};
 use super::trw::{Trw, TrwParams};
 use super::types::OutboundAction;
 use super::window::{m, Metrics, MultiWindow};
@@ -13,6 +14,12 @@ use crate::config::RoleProfile;
 use crate::vocab::{canonical_ip, ProcessInfo};
 
 const SAMPLE_CAP: usize = 64;
+
+/// Entity key of a process.
+pub(super) fn entity_key(p: &ProcessInfo) -> String {
+    let prog = p.exe.as_deref().unwrap_or(&p.comm);
+    format!("proc:{}:{}:{}", p.uid, prog, p.ppid.unwrap_or(0))
+}
 
 /// Name of a stealth probe shape, if the flags are one.
 pub(super) fn stealth_name(flags: u8) -> Option<&'static str> {
@@ -46,6 +53,9 @@ pub(super) struct OutboundEntity {
     pairs_est: f64,
     pub sample_ports: Vec<u16>,
     pub sample_hosts: Vec<IpAddr>,
+    /// When each port / host was last probed (bounded): an alert's samples are its window's.
+    pub port_seen: BTreeMap<u16, Duration>,
+    pub host_seen: BTreeMap<IpAddr, Duration>,
     pub histogram: PortHistogram,
     /// Lifetime counters by name (connect, raw_probe, udp, raw_socket, stealth shapes, ...).
     pub lifetime: BTreeMap<&'static str, u64>,
@@ -69,6 +79,8 @@ impl OutboundEntity {
             pairs_est: 0.0,
             sample_ports: Vec::new(),
             sample_hosts: Vec::new(),
+            port_seen: BTreeMap::new(),
+            host_seen: BTreeMap::new(),
             histogram: PortHistogram::default(),
             lifetime: BTreeMap::new(),
             last_fast_trigger: None,
@@ -80,7 +92,7 @@ impl OutboundEntity {
     }
 
     /// Record a destination; returns (new ports, new hosts, new pairs) increments.
-    pub(super) fn touch(&mut self, dst: IpAddr, dport: u16, count_host: bool) -> (f64, f64, f64) {
+    pub(super) fn touch(&mut self, now: Duration, dst: IpAddr, dport: u16, count_host: bool) -> (f64, f64, f64) {
         let dst = canonical_ip(dst);
         let folded = fold_ip(&dst);
         self.ports.insert(u32::from(dport));
@@ -91,6 +103,10 @@ impl OutboundEntity {
         self.histogram.add(dport);
         bounded_insert(&mut self.sample_ports, dport, SAMPLE_CAP);
         bounded_insert(&mut self.sample_hosts, dst, SAMPLE_CAP);
+        note_seen(&mut self.port_seen, dport, now);
+        if count_host {
+            note_seen(&mut self.host_seen, dst, now);
+        }
         let (p, h, q) = (self.ports.estimate(), self.hosts.estimate(), self.pairs.estimate());
         let out = (
             (p - self.ports_est).max(0.0),
@@ -111,7 +127,7 @@ impl OutboundEntity {
                 && (role.expected_service_ports.is_empty() || role.expected_service_ports.contains(&port))
         };
         let probe = |e: &mut OutboundEntity, dst: IpAddr, dport: u16, d: &mut Metrics| {
-            let (p, h, q) = e.touch(dst, dport, !expected(dport));
+            let (p, h, q) = e.touch(now, dst, dport, !expected(dport));
             d.set(m::PROBES, 1.0);
             d.set(m::NEW_PORTS, p);
             d.set(m::NEW_HOSTS, h);
@@ -125,24 +141,36 @@ impl OutboundEntity {
             OutboundAction::Connect { dst, dport } => {
                 self.bump("connect");
                 probe(self, *dst, *dport, &mut d);
+                d.set(m::CONNECT, 1.0);
             }
             OutboundAction::UdpSend { dst, dport } => {
                 self.bump("udp");
                 probe(self, *dst, *dport, &mut d);
+                d.set(m::cnt(cnt::UDP), 1.0);
             }
             OutboundAction::RawProbe { dst, dport, proto, tcp_flags } => {
                 self.bump("raw_probe");
                 probe(self, *dst, *dport, &mut d);
                 d.set(m::RAW, 1.0);
-                if *proto == 6 {
-                    if let Some(name) = stealth_name(*tcp_flags) {
-                        self.bump(name);
-                        if matches!(name, "fin" | "ack") {
-                            d.set(m::WEAK_STEALTH, 1.0);
-                        } else {
-                            d.set(m::STEALTH, 1.0);
+                match *proto {
+                    6 => match stealth_name(*tcp_flags) {
+                        Some(name) => {
+                            self.bump(name);
+                            if matches!(name, "fin" | "ack") {
+                                d.set(m::WEAK_STEALTH, 1.0);
+                            } else {
+                                d.set(m::STEALTH, 1.0);
+                            }
+                            if let Some(i) = cnt::NAMES.iter().position(|n| *n == name) {
+                                d.set(m::cnt(i), 1.0);
+                            }
                         }
-                    }
+                        None if *tcp_flags & SYN != 0 => d.set(m::cnt(cnt::SYN), 1.0),
+                        None => {}
+                    },
+                    17 => d.set(m::cnt(cnt::UDP), 1.0),
+                    1 | 58 => d.set(m::cnt(cnt::ICMP_ECHO), 1.0),
+                    _ => {}
                 }
             }
             OutboundAction::Outcome { success, .. } => {
@@ -156,7 +184,10 @@ impl OutboundEntity {
                     self.trw.observe(trw, 1, 0);
                 }
             }
-            OutboundAction::RawSocket { .. } => self.bump("raw_socket"),
+            OutboundAction::RawSocket { .. } => {
+                self.bump("raw_socket");
+                d.set(m::RAW_SOCKET, 1.0);
+            }
         }
         self.windows.add(now, &d);
         self.last_seen = now;

@@ -100,6 +100,25 @@ fn kinds(alerts: &[Alert]) -> Vec<AlertKind> {
     alerts.iter().map(|a| a.kind).collect()
 }
 
+/// Tick once a second from `from` until every open incident closed; the lines emitted.
+fn drain(e: &mut Engine, from: f64) -> Vec<Alert> {
+    let mut out = Vec::new();
+    let mut now = from;
+    while e.stats().open_incidents > 0 && now < from + 100_000.0 {
+        now += 1.0;
+        out.extend(e.tick(t(now)));
+    }
+    out
+}
+
+/// The closing line of the incident `id` among `alerts`.
+fn final_of<'a>(alerts: &'a [Alert], id: &str) -> &'a Alert {
+    alerts
+        .iter()
+        .find(|a| a.alert_id == id && a.incident.update_kind == crate::alert::UpdateKind::Final)
+        .unwrap_or_else(|| panic!("no final line for {id} in {alerts:#?}"))
+}
+
 /// Run snapshots and ticks; collect every alert.
 fn run(e: &mut Engine, now: Duration, s: &Src, out: &mut Vec<Alert>) {
     out.extend(e.observe_source(now, &s.snap()));
@@ -132,17 +151,21 @@ fn nmap_top_1000_is_vertical_scan() {
     assert_eq!(first.fingerprint.as_ref().map(|f| f.tool_hint.as_str()), Some("nmap"));
     assert!(first.confidence > 0.7, "{}", first.confidence);
     assert!(first.counts.fail_ratio.is_some_and(|r| r > 0.9));
-    // No other kinds, only escalation updates of the same alert.
+    // No other kinds, only updates of the same incident: within the update interval at most one
+    // (a severity rise), then the closing line once the source went quiet.
     assert!(alerts.iter().all(|a| a.kind == AlertKind::VerticalScan), "{:?}", kinds(&alerts));
     assert!(alerts[1..].iter().all(|a| a.update && a.alert_id == first.alert_id));
-    let last = alerts.last().expect("alerts");
-    assert!(last.targets.port_count >= 500, "{}", last.targets.port_count);
+    assert!(alerts.len() <= 2, "{alerts:#?}");
     // Long after, the slow-scan windows still hold the burst but it is not a slow scan.
     let mut later = Vec::new();
     for k in 0..30 {
         later.extend(e.tick(t(10.0 + f64::from(k) * 60.0)));
     }
     assert!(!later.iter().any(|a| a.kind == AlertKind::SlowScan), "{:?}", kinds(&later));
+    let last = final_of(&later, &first.alert_id);
+    assert!(last.targets.port_count >= 500, "{}", last.targets.port_count);
+    assert_eq!(last.incident.start, first.incident.start);
+    assert_eq!(later.len(), 1, "{later:#?}");
     // Round-trips as one JSON line.
     let line = first.to_json_line().expect("json");
     assert!(!line.contains('\n') && line.contains("\"kind\":\"vertical_scan\""));
@@ -161,7 +184,9 @@ fn masscan_one_port_256_hosts_is_horizontal_scan() {
     }
     assert_eq!(alerts.first().map(|a| a.kind), Some(AlertKind::HorizontalScan), "{:?}", kinds(&alerts));
     assert!(alerts.iter().all(|a| a.kind == AlertKind::HorizontalScan));
-    assert!(alerts.last().is_some_and(|a| a.targets.host_count >= 150));
+    let id = alerts[0].alert_id.clone();
+    let later = drain(&mut e, 4.0);
+    assert!(final_of(&later, &id).targets.host_count >= 150, "{later:#?}");
 }
 
 #[test]
@@ -469,9 +494,11 @@ fn outbound_connect_scan_of_1000_ports() {
     assert!(a.source.ip.is_none());
     assert_eq!(a.severity, Severity::High); // server role
     assert!(!a.allowlisted);
-    let last = alerts.last().expect("alerts");
+    let later = drain(&mut e, 10.0);
+    let last = final_of(&later, &a.alert_id);
     assert!(last.targets.port_count >= 500, "{}", last.targets.port_count);
     assert!(last.reason.contains("vertical"), "{}", last.reason);
+    assert_eq!(last.shape.shape, "connect");
 }
 
 #[test]
@@ -635,30 +662,93 @@ fn allowlisted_executable_and_user() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn escalation_and_suppression_window() {
-    let mut e = engine_with("[alerts]\nsuppression_window = \"10m\"\n");
+fn incident_lifecycle_first_escalation_progress_final() {
+    use crate::alert::UpdateKind;
+    let mut e = engine_with("[alerts]\nupdate_interval = \"60s\"\nclose_after = \"30s\"\n");
     let mut s = Src::new("203.0.113.80");
     s.syn(1..=30, None);
     let a = e.observe_source(t(1.0), &s.snap());
     assert_eq!(a.len(), 1);
     assert!(!a[0].update);
+    assert_eq!((a[0].incident.update_kind, a[0].incident.seq), (UpdateKind::First, 1));
+    assert_eq!(a[0].incident.start, a[0].time);
     let id = a[0].alert_id.clone();
-    // Small growth: deduplicated.
+    // Growth at the same severity: folded into the incident.
     s.syn(31..=40, None);
     assert!(e.observe_source(t(2.0), &s.snap()).is_empty());
-    // Doubling: escalation update.
-    s.syn(41..=80, None);
+    // Severity rises: an escalation line at once.
+    s.syn(41..=200, None);
     let b = e.observe_source(t(3.0), &s.snap());
-    assert_eq!(b.len(), 1);
-    assert!(b[0].update && b[0].alert_id == id);
-    // After the suppression window: a fresh alert with the same id.
+    assert_eq!(b.len(), 1, "{b:#?}");
+    assert!(b[0].update && b[0].alert_id == id && b[0].severity > a[0].severity);
+    assert_eq!((b[0].incident.update_kind, b[0].incident.seq), (UpdateKind::Escalation, 2));
+    assert_eq!(b[0].incident.start, a[0].incident.start);
+    // More growth within the update interval: no line, whatever the growth.
+    let mut quiet_lines = Vec::new();
+    for sec in 4..60u16 {
+        s.syn((sec * 100)..(sec * 100 + 20), None);
+        quiet_lines.extend(e.observe_source(t(f64::from(sec)), &s.snap()));
+        quiet_lines.extend(e.tick(t(f64::from(sec))));
+    }
+    assert!(quiet_lines.is_empty(), "{quiet_lines:#?}");
+    // The interval passed with news: one progress line with the counts so far.
+    s.syn(7000..7100, None);
+    let mut c = e.observe_source(t(64.0), &s.snap());
+    c.extend(e.tick(t(64.0)));
+    assert_eq!(c.len(), 1, "{c:#?}");
+    assert_eq!((c[0].incident.update_kind, c[0].incident.seq, c[0].alert_id.as_str()), (UpdateKind::Progress, 3, id.as_str()));
+    // Quiet for close_after: the final line, then nothing.
+    let mut closing = Vec::new();
+    for sec in 65..=120 {
+        closing.extend(e.tick(t(f64::from(sec))));
+    }
+    assert_eq!(closing.len(), 1, "{closing:#?}");
+    let f = &closing[0];
+    assert_eq!((f.incident.update_kind, f.incident.seq, f.alert_id.as_str()), (UpdateKind::Final, 4, id.as_str()));
+    assert!(f.reason.starts_with("Incident closed"), "{}", f.reason);
+    assert_eq!(f.incident.last_seen, c[0].time);
+    assert!(f.time > f.incident.last_seen);
+    assert_eq!(e.stats().open_incidents, 0);
+    assert!(e.stats().alerts_deduplicated >= 1);
+    // Later activity of the same source: a new incident with a new id.
     let mut s2 = Src::new("203.0.113.80");
     s2.first_seen_ns = 99;
     s2.syn(1000..=1030, None);
-    let c = e.observe_source(t(1000.0), &s2.snap());
-    assert_eq!(c.len(), 1, "{c:?}");
-    assert!(!c[0].update && c[0].alert_id == id);
-    assert!(e.stats().alerts_deduplicated >= 1);
+    let d = e.observe_source(t(1000.0), &s2.snap());
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(!d[0].update && d[0].alert_id != id);
+    assert_eq!(d[0].incident.update_kind, UpdateKind::First);
+}
+
+#[test]
+fn incident_ids_differ_across_runs_and_hosts_and_repeat_with_a_fixed_instance() {
+    let scan = |e: &mut Engine| {
+        let mut s = Src::new("203.0.113.81");
+        s.syn(1..=40, None);
+        e.observe_source(t(1.0), &s.snap()).first().map(|a| a.alert_id.clone()).expect("alert")
+    };
+    // Two runs of the agent on one host: different instances.
+    let (a, b) = (scan(&mut engine()), scan(&mut engine()));
+    assert_ne!(a, b);
+    // Same instance, different hosts.
+    let mut h1 = Engine::new(&cfg_with(""), "h1".into());
+    let mut h2 = Engine::new(&cfg_with(""), "h2".into());
+    h1.set_instance(7);
+    h2.set_instance(7);
+    assert_ne!(scan(&mut h1), scan(&mut h2));
+    // Same host and instance, same start: the same id (a replay is reproducible).
+    let mut r = Engine::new(&cfg_with(""), "h1".into());
+    r.set_instance(7);
+    let mut r2 = Engine::new(&cfg_with(""), "h1".into());
+    r2.set_instance(7);
+    assert_eq!(scan(&mut r), scan(&mut r2));
+    // Same source a day later (wall clock moved): a different incident id.
+    let mut later = Engine::new(&cfg_with(""), "h1".into());
+    later.set_instance(7);
+    later.set_wall_clock(t(0.0), std::time::UNIX_EPOCH + t(86_400.0));
+    let mut first = Engine::new(&cfg_with(""), "h1".into());
+    first.set_instance(7);
+    assert_ne!(scan(&mut later), scan(&mut first));
 }
 
 #[test]
@@ -682,8 +772,10 @@ fn rate_limit_emits_summary_notice() {
     assert!(n.reason.starts_with("8 further alerts suppressed"), "{}", n.reason);
     assert_eq!(n.counts.get("honeyport_hit"), Some(8));
     assert_eq!(e.stats().alerts_suppressed, 8);
-    // Nothing new suppressed: no further notice.
-    assert!(e.tick(t(100.0)).is_empty());
+    // Nothing new suppressed: no further notice; the two incidents close.
+    let later = e.tick(t(100.0));
+    assert!(later.iter().all(|a| a.kind == AlertKind::HoneyportHit && a.incident.update_kind == crate::alert::UpdateKind::Final), "{later:#?}");
+    assert_eq!(later.len(), 2);
 }
 
 #[test]
@@ -707,8 +799,9 @@ fn memory_is_bounded() {
 #[test]
 fn baseline_raises_thresholds_for_known_behaviour() {
     let cfg = Config::default_embedded();
-    // A monitoring host that legitimately probes 40 closed ports per minute.
-    let feed = |s: &mut Src, k: u16| s.syn((k * 40)..(k * 40 + 40), None);
+    // A monitoring host that legitimately probes 20 ports per minute, half of them closed (under
+    // the thresholds while learning: an actor that alerts while learning is excluded instead).
+    let feed = |s: &mut Src, k: u16| s.syn((3000 + k * 20)..(3000 + k * 20 + 20), Some(2));
     let mut learner = BaselineLearner::new(&cfg);
     let mut s = Src::new("203.0.113.200");
     for k in 0..3u16 {
@@ -717,6 +810,7 @@ fn baseline_raises_thresholds_for_known_behaviour() {
     }
     let b = learner.finish();
     assert!(b.sources.contains_key("203.0.113.200"));
+    assert!(b.excluded.is_empty(), "{:?}", b.excluded);
     let path = std::env::temp_dir().join(format!("scanwatch-baseline-{}.json", std::process::id()));
     b.save(&path).expect("save");
     let b2 = Baseline::load(&path).expect("load");
@@ -729,14 +823,47 @@ fn baseline_raises_thresholds_for_known_behaviour() {
     let mut without = Engine::new(&cfg, "h".into());
     let mut s = Src::new("203.0.113.200");
     let (mut a_with, mut a_without) = (Vec::new(), Vec::new());
+    // Later it probes 28 a minute: over the default threshold, within the learned maximum x margin.
     for k in 0..3u16 {
-        feed(&mut s, k + 10);
+        s.syn((5000 + k * 28)..(5000 + k * 28 + 28), Some(2));
         let snap = s.snap();
         a_with.extend(with.observe_source(t(f64::from(k) * 60.0 + 1.0), &snap));
         a_without.extend(without.observe_source(t(f64::from(k) * 60.0 + 1.0), &snap));
     }
     assert!(!a_without.is_empty());
     assert!(!a_with.iter().any(|a| a.kind == AlertKind::VerticalScan), "{a_with:?}");
+}
+
+#[test]
+fn baseline_never_learns_a_scan_during_learning() {
+    let cfg = Config::default_embedded();
+    let mut learner = BaselineLearner::new(&cfg);
+    // A benign client and a 21-port scan while learning, and an outbound connect scan.
+    let mut client = Src::new("198.51.100.30");
+    client.open(443, 20);
+    learner.observe_source(t(1.0), &client.snap());
+    let mut scan = Src::new("203.0.113.201");
+    scan.syn(1..=21, None);
+    learner.observe_source(t(2.0), &scan.snap());
+    let p = proc_info("/usr/bin/nmap", 900, 1);
+    for port in 1..=200u16 {
+        let o = OutboundObservation { process: p.clone(), action: OutboundAction::Connect { dst: ip("10.0.0.8"), dport: port } };
+        learner.observe_outbound(t(3.0 + f64::from(port) * 0.001), &o);
+    }
+    learner.tick(t(10.0));
+    let b = learner.finish();
+    assert!(b.sources.contains_key("198.51.100.30"), "{:?}", b.sources.keys());
+    assert!(!b.sources.contains_key("203.0.113.201"));
+    assert!(!b.executables.contains_key("/usr/bin/nmap"));
+    assert!(b.excluded.get("203.0.113.201").is_some_and(|w| w.starts_with("vertical_scan")), "{:?}", b.excluded);
+    assert!(b.excluded.contains_key("/usr/bin/nmap"), "{:?}", b.excluded);
+    assert!(b.describe().contains("2 actors that alerted while learning"), "{}", b.describe());
+    // With that baseline the same scan still alerts.
+    let mut e = Engine::new(&cfg, "h".into());
+    e.set_baseline(b);
+    let mut again = Src::new("203.0.113.201");
+    again.syn(100..=120, None);
+    assert_eq!(kinds(&e.observe_source(t(100.0), &again.snap())), vec![AlertKind::VerticalScan]);
 }
 
 #[test]
@@ -995,7 +1122,8 @@ fn subshells_alive_and_reaped_group_into_one_alert() {
     let ids: std::collections::BTreeSet<&str> =
         alerts.iter().filter(|a| a.kind == AlertKind::OutboundScan).map(|a| a.alert_id.as_str()).collect();
     assert_eq!(ids.len(), 1, "{alerts:?}");
-    let last = alerts.last().expect("alerts");
+    let later = drain(&mut e, 10.0);
+    let last = final_of(&later, ids.first().expect("id"));
     let pb = last.source.process.as_ref().expect("process");
     assert_eq!(pb.exe.as_deref(), Some("/usr/bin/bash"));
     assert_eq!(pb.ppid, Some(19_999));
@@ -1021,7 +1149,7 @@ fn exited_scanner_without_procfs_is_reported_with_kernel_identity() {
     let pb = a.source.process.as_ref().expect("process block");
     assert!(pb.exited);
     assert_eq!((pb.pid, pb.tgid, pb.uid, pb.comm.as_str(), pb.exe.as_deref()), (4711, 4711, 65534, "python3", None));
-    assert!(a.reason.contains("python3 (pid 4711, uid 65534)"), "{}", a.reason);
+    assert!(a.reason.contains("python3 (tgid 4711, pid 4711, uid 65534)"), "{}", a.reason);
 }
 
 #[test]

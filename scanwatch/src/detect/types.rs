@@ -102,9 +102,12 @@ pub struct EngineStats {
     pub inbound_entities: usize,
     pub outbound_entities: usize,
     pub fingerprint_clusters: usize,
-    pub alert_episodes: usize,
+    /// Incidents open now.
+    pub open_incidents: usize,
+    /// Incidents closed (with a final line) so far.
+    pub incidents_closed: u64,
     pub alerts_emitted: u64,
-    /// Dropped as duplicates of an open episode (no escalation).
+    /// Findings folded into an open incident without a line of their own.
     pub alerts_deduplicated: u64,
     /// Dropped by the global rate limit (reported by `notice` alerts).
     pub alerts_suppressed: u64,

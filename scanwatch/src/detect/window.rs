@@ -36,12 +36,30 @@ pub mod m {
     pub const BADSUM: usize = 12;
     /// Distinct (host, port) pairs first seen in this bucket (outbound).
     pub const NEW_PAIRS: usize = 13;
-    pub const M: usize = 14;
+    /// Start of the per-counter slots: kernel counter `scanwatch_common::cnt::X` of the window
+    /// is at `cnt(X)` (outbound fills the same slots for the probe shapes it sees), so an
+    /// alert's evidence counts are those of its own window, never of the entity's lifetime.
+    pub const CNT0: usize = 14;
+    /// The window's value of kernel counter `i` (`scanwatch_common::cnt::*`).
+    pub const fn cnt(i: usize) -> usize {
+        CNT0 + i
+    }
+    /// Outbound: raw / packet sockets opened.
+    pub const RAW_SOCKET: usize = CNT0 + scanwatch_common::cnt::N;
+    /// Outbound: connect() attempts.
+    pub const CONNECT: usize = RAW_SOCKET + 1;
+    pub const M: usize = CONNECT + 1;
 }
 
 /// A vector of metric values.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Metrics(pub [f32; m::M]);
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics([0.0; m::M])
+    }
+}
 
 impl Metrics {
     pub fn get(&self, i: usize) -> f64 {

@@ -132,6 +132,9 @@ pub fn render(a: &Alert) -> Value {
         "blocked": a.blocked,
         "update": a.update,
         "fingerprint": a.fingerprint,
+        "protocol": a.shape.protocol,
+        "shape": a.shape.shape,
+        "incident": a.incident,
     });
     if let Value::Object(ann) = serde_json::to_value(&a.annotations).unwrap_or(Value::Null) {
         for (k, v) in ann {

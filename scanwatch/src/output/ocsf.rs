@@ -136,6 +136,9 @@ pub fn render(a: &Alert) -> Value {
             "allowlisted": a.allowlisted,
             "fingerprint": a.fingerprint,
             "annotations": a.annotations,
+            "protocol": a.shape.protocol,
+            "shape": a.shape.shape,
+            "incident": a.incident,
         },
     });
     if let Some(t) = time {

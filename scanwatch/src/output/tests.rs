@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::alert::{AlertKind, AlertSource, Annotations, Counts, Evidence, HostInfo, Targets, Technique};
+use crate::alert::{AlertKind, AlertSource, Annotations, Counts, Evidence, HostInfo, Incident, Shape, Targets, Technique};
 use crate::vocab::{Direction, ProcessInfo, Severity};
 
 pub(crate) fn inbound() -> Alert {
@@ -16,8 +16,9 @@ pub(crate) fn inbound() -> Alert {
         direction: Direction::Inbound,
         source: AlertSource { ip: Some("203.0.113.9".parse().expect("ip")), process: None, related: vec![] },
         targets: Targets { host_count: 1, port_count: 300, sample_ports: vec![22, 80], sample_hosts: vec!["10.0.0.5".into()] },
+        shape: Shape::new("tcp", "syn"),
         window: "10s".into(),
-        counts: Counts { probes: 310, failures: 300, fail_ratio: Some(0.97), detail },
+        counts: Counts::new(310, 300, 9, detail),
         fingerprint: None,
         technique: Technique::active_scanning(),
         host: HostInfo { name: "web-01".into(), role: "server".into() },
@@ -26,6 +27,7 @@ pub(crate) fn inbound() -> Alert {
         reason: "300 ports in 10s".into(),
         update: false,
         alert_id: "00aa".into(),
+        incident: Incident::default(),
         annotations: Annotations { asn: Some(64500), org: Some("Example Net".into()), evidence: Some("/var/lib/scanwatch/evidence/x.pcap".into()), ..Default::default() },
     }
 }

@@ -1,6 +1,6 @@
 //! The sink trait: per-sink configuration errors, bounded retries and counted drops.
 use super::*;
-use crate::alert::{AlertKind, AlertSource, Counts, HostInfo, Targets, Technique};
+use crate::alert::{AlertKind, AlertSource, Counts, HostInfo, Incident, Shape, Targets, Technique};
 use crate::output::Format;
 use crate::vocab::{Direction, Severity};
 
@@ -13,6 +13,7 @@ fn alert(id: &str) -> Alert {
         direction: Direction::Inbound,
         source: AlertSource { ip: Some("192.0.2.1".parse().expect("ip")), process: None, related: vec![] },
         targets: Targets::default(),
+        shape: Shape::new("tcp", "syn"),
         window: "10s".into(),
         counts: Counts::default(),
         fingerprint: None,
@@ -23,6 +24,7 @@ fn alert(id: &str) -> Alert {
         reason: "r".into(),
         update: false,
         alert_id: id.into(),
+        incident: Incident::default(),
         annotations: Default::default(),
     }
 }

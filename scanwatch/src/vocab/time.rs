@@ -42,11 +42,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Format a duration compactly with the largest exact unit (`"10s"`, `"15m"`, `"24h"`, `"500ms"`).
+/// The canonical spelling of a duration: whole seconds under ten minutes (`"10s"`, `"60s"`),
+/// else the largest exact unit (`"15m"`, `"24h"`), or milliseconds (`"1500ms"`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         return "0s".into();
+    }
+    // Under ten minutes, whole seconds (`10s`, `60s`, `300s`): the spelling of the default
+    // configuration's short windows, so an alert's `window` reads as the config wrote it.
+    if ms.is_multiple_of(1_000) && ms < 600_000 {
+        return format!("{}s", ms / 1_000);
     }
     for (unit, len) in [("h", 3_600_000u128), ("m", 60_000), ("s", 1_000)] {
         if ms.is_multiple_of(len) {
@@ -122,6 +128,10 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(format_duration(Duration::from_secs(10)), "10s");
+        assert_eq!(format_duration(Duration::from_secs(60)), "60s");
+        assert_eq!(format_duration(Duration::from_secs(300)), "300s");
+        assert_eq!(format_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
         assert_eq!(format_duration(Duration::from_secs(900)), "15m");
         assert_eq!(format_duration(Duration::from_secs(86_400)), "24h");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
