@@ -9,6 +9,7 @@ pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod depth;
 pub mod detect;
 pub mod enrich;
 pub mod loader;

@@ -70,6 +70,8 @@ pub struct Config {
     pub roles: BTreeMap<String, RoleProfile>,
     /// `[sinks.NAME]`, each validated by its own sink type; empty means stdout.
     pub sinks: Vec<crate::sinks::SinkSpec>,
+    /// `[depth]`: first payloads, TLS fingerprints, the actor timeline.
+    pub depth: DepthConfig,
 }
 
 /// XDP attach mode (`agent.xdp_mode`, `run --xdp-mode`).
@@ -311,9 +313,11 @@ macro_rules! overlay_fields {
     };
 }
 
+mod depth;
 mod raw;
 mod validate;
 #[cfg(test)]
 mod tests;
 
 use raw::RawConfig;
+pub use depth::{DepthConfig, PatternKind, PatternSet, MAX_ACTORS_LIMIT};

@@ -25,6 +25,7 @@ pub(super) struct RawConfig {
     pub(super) roles: Option<BTreeMap<String, RawRole>>,
     /// `[sinks.NAME]` tables, parsed by the sink types themselves (`crate::sinks`).
     pub(super) sinks: Option<BTreeMap<String, toml::Table>>,
+    pub(super) depth: Option<super::depth::RawDepth>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,6 +211,7 @@ impl RawConfig {
                 "allowlist" => raw.allowlist = Some(de_section(k, v)?),
                 "alerts" => raw.alerts = Some(de_section(k, v)?),
                 "response" => raw.response = Some(de_section(k, v)?),
+                "depth" => raw.depth = Some(de_section(k, v)?),
                 "sinks" => {
                     let Some(sinks) = v.as_table() else {
                         return Err(ConfigError::invalid("sinks", "expected a table of sinks ([sinks.NAME])"));
@@ -285,6 +287,9 @@ impl RawConfig {
         sub(&mut self.response, o.response, |s, o| {
             overlay_fields!(s, o; block_min_severity, block_ttl, max_blocked)
         });
+        if let Some(d) = o.depth {
+            self.depth.get_or_insert_with(Default::default).overlay(d);
+        }
         if let Some(sinks) = o.sinks {
             // Sinks merge by name; a named sink's table replaces the earlier one whole.
             self.sinks.get_or_insert_with(BTreeMap::new).extend(sinks);

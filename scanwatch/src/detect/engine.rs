@@ -29,6 +29,8 @@ pub struct Engine {
     pub(super) fingerprints: FingerprintIndex,
     pub(super) distributed: Distributed,
     pub(super) lifecycle: Lifecycle,
+    /// Per-actor timeline (discovery → enumeration → exploitation), see `timeline.rs`.
+    pub(super) timeline: super::timeline_state::Timeline,
     /// `wall - now` in seconds.
     pub(super) wall_offset: f64,
     pub(super) evicted: u64,
@@ -55,6 +57,7 @@ impl Engine {
             fingerprints: FingerprintIndex::default(),
             distributed: Distributed::default(),
             lifecycle: Lifecycle::new(&cfg.alerts),
+            timeline: Default::default(),
             wall_offset: 0.0,
             evicted: 0,
             short_idx,
@@ -182,6 +185,7 @@ impl Engine {
 
     /// Submit a finding through the lifecycle.
     pub(super) fn submit(&mut self, now: Duration, entity: &str, magnitude: f64, alert: Alert, out: &mut Vec<Alert>) {
+        self.timeline_note_finding(now, &alert);
         if let Verdict::Emit(a) = self.lifecycle.submit(now, entity, magnitude, alert) {
             out.push(*a);
         }

@@ -202,6 +202,7 @@ impl Lifecycle {
             ),
             update: false,
             alert_id: stable_id(&["notice", "rate_limit"]),
+            depth: None,
         };
         self.suppressed_total = 0;
         self.suppressed_ids.clear();

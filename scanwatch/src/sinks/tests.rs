@@ -23,6 +23,7 @@ fn alert(id: &str) -> Alert {
         reason: "r".into(),
         update: false,
         alert_id: id.into(),
+        depth: None,
     }
 }
 
