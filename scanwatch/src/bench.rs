@@ -181,6 +181,7 @@ pub fn run(repeat: u32) -> anyhow::Result<Report> {
     let m = measure_pair(&mut ebpf, BASE, PROG_XDP, &syn_known, repeat)?;
     push(&mut rows, "SYN known, no socket lookup", "repeat", m);
     loader::write_config(&mut ebpf, &full)?;
+    depth_rows(&mut ebpf, &mut rows, repeat)?;
 
     // A new source on every repetition: the rotating entry rewrites the source address (and
     // port) in place before each run; its baseline does the same rewrite and nothing else.
@@ -206,4 +207,45 @@ pub fn run(repeat: u32) -> anyhow::Result<Report> {
     push(&mut rows, "flood mix, first-contact tier off", "one-per-run", m);
     loader::write_config(&mut ebpf, &full)?;
     Ok(Report { repeat, rows })
+}
+
+/// Protocol depth: connections to a real listener on loopback, each made pending by its SYN's
+/// socket lookup; then each connection's first data segment (copied into a `PayloadEvent`), and
+/// a later data segment of the same connection (the fast path plus the pending-bit test).
+fn depth_rows(ebpf: &mut Ebpf, rows: &mut Vec<Row>, repeat: u32) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let dport = listener.local_addr()?.port();
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let n = 2000u16;
+    // Admit the source (its first packet is held), then one SYN per connection.
+    for sport in 20000..20000 + n {
+        run_once(prog(ebpf, PROG_XDP)?, &PacketSpec::linux_syn(lo, lo, sport, dport).build(), 1)?;
+    }
+    let request = b"GET /index.html HTTP/1.1\r\nHost: bench\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n".to_vec();
+    let data = |sport: u16| {
+        let mut p = PacketSpec::tcp(lo, lo, sport, dport, ACK | PSH);
+        if let L4::Tcp { payload, .. } = &mut p.l4 {
+            *payload = request.clone();
+        }
+        p.build()
+    };
+    let firsts: Vec<Vec<u8>> = (20001..20000 + n).map(data).collect();
+    let (events, dropped) = (stat(ebpf, stat::EVENTS)?, stat(ebpf, stat::EVENTS_DROPPED)?);
+    let m = measure_each(ebpf, &firsts)?;
+    let emitted = stat(ebpf, stat::EVENTS)? - events;
+    let lost = stat(ebpf, stat::EVENTS_DROPPED)? - dropped;
+    anyhow::ensure!(
+        emitted + lost >= u64::from(n - 1) * 99 / 100 && lost == 0,
+        "first-payload benchmark: {emitted} payload events emitted, {lost} dropped, of {} connections",
+        n - 1
+    );
+    rows.push(Row { name: "first payload (event, 88 B sample)", method: "one-per-run", ns: m.1, baseline_ns: m.0, ratio: m.1 / m.0 });
+    // The same connections' later data: pending state cleared, so the fast path.
+    let m = measure_each(ebpf, &firsts)?;
+    anyhow::ensure!(stat(ebpf, stat::EVENTS)? == events + emitted, "later data segments emitted events");
+    rows.push(Row { name: "later data, same connections", method: "one-per-run", ns: m.1, baseline_ns: m.0, ratio: m.1 / m.0 });
+    let m = measure_pair(ebpf, BASE, PROG_XDP, &firsts[0], repeat)?;
+    rows.push(Row { name: "later data, same connection", method: "repeat", ns: m.1, baseline_ns: m.0, ratio: m.1 / m.0 });
+    drop(listener);
+    Ok(())
 }

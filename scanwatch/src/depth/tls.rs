@@ -532,3 +532,28 @@ pub(crate) mod tests {
         assert_eq!(parse_client_hello(&two).expect("parse").ja4(), "t13d1516h2_8daaf6152771_e5627efa2ab1");
     }
 }
+
+#[cfg(test)]
+mod real_hellos {
+    use super::*;
+
+    /// ClientHellos written by Python's `ssl` (OpenSSL) into the seed corpus
+    /// (`fuzz/corpus/tls_client_hello/python_*`): they parse, and JA4's `a` part says what was offered.
+    #[test]
+    fn openssl_client_hellos_from_the_corpus() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/tls_client_hello");
+        let read = |n: &str| std::fs::read(dir.join(n)).unwrap_or_else(|e| panic!("{n}: {e}"));
+        let h = parse_client_hello(&read("python_sni_h2")).expect("parse");
+        assert_eq!(h.sni.as_deref(), Some("example.com"));
+        assert_eq!(h.alpn_strings(), ["h2", "http/1.1"]);
+        assert!(h.ja4().starts_with("t13d") && h.ja4()[6..].starts_with("") && h.ja4().contains("h2_"), "{}", h.ja4());
+        let n = parse_client_hello(&read("python_nosni")).expect("parse");
+        assert!(n.ja4().starts_with("t13i"), "{}", n.ja4());
+        assert_ne!(h.ja4(), n.ja4());
+        // The cipher hash does not depend on SNI or ALPN; the extension hash does not either.
+        assert_eq!(h.ja4()[10..], n.ja4()[10..]);
+        assert!(matches!(parse_client_hello(&read("python_truncated_256")), Err(TlsError::Truncated { .. })));
+        assert_eq!(parse_client_hello(&read("python_split_records")).expect("split").ja4(), h.ja4());
+        assert_eq!(parse_client_hello(&read("not_client_hello")), Err(TlsError::NotClientHello(2)));
+    }
+}
