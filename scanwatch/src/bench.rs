@@ -246,6 +246,13 @@ fn depth_rows(ebpf: &mut Ebpf, rows: &mut Vec<Row>, repeat: u32) -> anyhow::Resu
     rows.push(Row { name: "later data, same connections", method: "one-per-run", ns: m.1, baseline_ns: m.0, ratio: m.1 / m.0 });
     let m = measure_pair(ebpf, BASE, PROG_XDP, &firsts[0], repeat)?;
     rows.push(Row { name: "later data, same connection", method: "repeat", ns: m.1, baseline_ns: m.0, ratio: m.1 / m.0 });
+    // The same data packets with protocol depth compiled out at load time (`depth.enabled =
+    // false`): what the pending-bit test costs the fast path.
+    let mut off = loader::load_object(&LoadOptions { first_payload: false, ..LoadOptions::default() }, crate::ebpf_bench_object())?;
+    let m = measure_pair(&mut off, BASE, PROG_XDP, &firsts[0], repeat)?;
+    rows.push(Row { name: "later data, depth off (load time)", method: "repeat", ns: m.1, baseline_ns: m.0, ratio: m.1 / m.0 });
+    let m = measure_each(&mut off, &firsts)?;
+    rows.push(Row { name: "data, depth off (load time)", method: "one-per-run", ns: m.1, baseline_ns: m.0, ratio: m.1 / m.0 });
     drop(listener);
     Ok(())
 }

@@ -45,6 +45,9 @@ fn set_bit(h: u32, on: bool) {
 /// A SYN to an open port: the connection awaits its first payload.
 #[inline(always)]
 pub(super) fn note_syn(l3: &L3, sport: u16, dport: u16) {
+    if !first_payload_on() {
+        return;
+    }
     let h = conn_hash(&l3.src.w, &l3.dst.w, sport, dport);
     if CONN_FIRST.insert(&h, &0, 0).is_ok() {
         set_bit(h, true);
@@ -66,7 +69,7 @@ pub(super) struct Seg {
 /// when it was the connection's first payload or close.
 #[inline(never)]
 pub(super) fn segment(ctx: &XdpContext, stats: &mut Stats, l3: &L3, s: &Seg) -> bool {
-    if !pending(&l3.src.w, &l3.dst.w, s.sport, s.dport) {
+    if !first_payload_on() || !pending(&l3.src.w, &l3.dst.w, s.sport, s.dport) {
         return false;
     }
     let h = conn_hash(&l3.src.w, &l3.dst.w, s.sport, s.dport);

@@ -67,6 +67,9 @@ pub(super) fn fast_established(ctx: &XdpContext, off: usize, ethertype: u16, sta
         return FAST_NO;
     }
     if l4_len > doff {
+        if !first_payload_on() {
+            return FAST_DATA;
+        }
         // A connection awaiting its first payload (one bit test) takes the full path once.
         let (src, dst) = if v6 {
             let (s, d) = (ip + 8, ip + 24);

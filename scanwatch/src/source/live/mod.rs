@@ -68,6 +68,7 @@ pub fn load_options(cfg: &Config, enforce_blocklist: bool) -> LoadOptions {
         own_tgid: std::process::id(),
         honeyports_tcp: hp.tcp,
         honeyports_udp: hp.udp,
+        first_payload: cfg.depth.enabled,
     }
 }
 
