@@ -22,6 +22,7 @@ pub const MAP_KNOWN: &str = "KNOWN_SOURCES";
 pub const MAP_SUSPECT: &str = "SUSPECT_SOURCES";
 pub const MAP_CONN_FIRST: &str = "CONN_FIRST";
 pub const MAP_PENDING_CONNS: &str = "PENDING_CONNS";
+pub const MAP_TCP_PORTS: &str = "TCP_PORTS";
 
 pub const PROG_XDP: &str = "scanwatch_xdp";
 pub const PROG_TP_CONNECT: &str = "tp_enter_connect";
@@ -32,6 +33,7 @@ pub const PROG_TP_SENDMMSG: &str = "tp_enter_sendmmsg";
 pub const PROG_TP_SOCKET: &str = "tp_enter_socket";
 pub const PROG_TP_SOCK_STATE: &str = "tp_inet_sock_set_state";
 pub const PROG_KP_CONNECT: &str = "kp_connect";
+pub const PROG_TP_SOCK_PORTS: &str = "tp_sock_ports";
 
 /// Default map sizes; the loader may override `max_entries` from config before load.
 pub const DEFAULT_MAX_SOURCES: u32 = 16_384;
@@ -141,6 +143,9 @@ counters! {
     /// ARP who-has requests (on-link host discovery, e.g. `nmap -sn` on a LAN); gratuitous ARP
     /// and duplicate-address probes are not counted.
     ARP = 21 => "arp_who_has",
+    /// TCP probes with a custom flag set carrying neither SYN, ACK nor RST (nmap --scanflags
+    /// URGPSH, ...): no TCP stack sends these, NULL/FIN/Xmas excepted (counted apart).
+    CUSTOM_FLAGS = 22 => "custom_flags",
 }
 
 /// Key of per-source state: the remote address, IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
@@ -464,7 +469,14 @@ pub mod cfgflag {
     /// Hold a source's first scan-shaped packet in the first-contact table and create its
     /// `SrcState` only from the second one (spoofed one-packet sources never cost an insert).
     pub const FIRST_CONTACT: u32 = 4;
+    /// Skip the socket lookup for TCP ports on which no socket was ever seen (`TCP_PORTS`). Set
+    /// by the agent only once the map is filled and its tracepoint attached.
+    pub const PORT_FILTER: u32 = 8;
 }
+
+/// `TCP_PORTS`: one byte per local TCP port, non-zero when a TCP socket may use it (listening,
+/// or the local port of an outgoing connection). 64 KiB, one entry, memory-mappable.
+pub const TCP_PORT_BYTES: usize = 65_536;
 
 /// Outbound configuration (tracepoint programs).
 #[repr(C)]
@@ -810,16 +822,17 @@ pub mod tp {
     pub const STATE_SKADDR: Field = f("sock", "inet_sock_set_state", "skaddr", 8, 8);
     pub const STATE_OLD: Field = f("sock", "inet_sock_set_state", "oldstate", 16, 4);
     pub const STATE_NEW: Field = f("sock", "inet_sock_set_state", "newstate", 20, 4);
+    pub const STATE_SPORT: Field = f("sock", "inet_sock_set_state", "sport", 24, 2);
     pub const STATE_DPORT: Field = f("sock", "inet_sock_set_state", "dport", 26, 2);
     pub const STATE_FAMILY: Field = f("sock", "inet_sock_set_state", "family", 28, 2);
     pub const STATE_PROTOCOL: Field = f("sock", "inet_sock_set_state", "protocol", 30, 2);
     pub const STATE_DADDR: Field = f("sock", "inet_sock_set_state", "daddr", 36, 4);
     pub const STATE_DADDR_V6: Field = f("sock", "inet_sock_set_state", "daddr_v6", 56, 16);
 
-    pub const ALL: [Field; 20] = [
+    pub const ALL: [Field; 21] = [
         CONNECT_FD, CONNECT_ADDR, CONNECT_RET, SOCKET_FAMILY, SOCKET_TYPE, SOCKET_PROTOCOL,
         SENDTO_BUFF, SENDTO_LEN, SENDTO_ADDR, SENDMSG_MSG, SENDMMSG_MSG, SENDMMSG_VLEN, STATE_SKADDR, STATE_OLD,
-        STATE_NEW, STATE_DPORT, STATE_FAMILY, STATE_PROTOCOL, STATE_DADDR, STATE_DADDR_V6,
+        STATE_NEW, STATE_SPORT, STATE_DPORT, STATE_FAMILY, STATE_PROTOCOL, STATE_DADDR, STATE_DADDR_V6,
     ];
 }
 

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use scanwatch_common::{
-    FcSlot, Fingerprint, FpKey, FpValue, Probe, FIRST_CONTACT_SLOTS, KNOWN_WORDS, SUSPECT_WORDS, ProcConfig, ProcState, SrcKey, SrcState, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
+    FcSlot, TCP_PORT_BYTES, Fingerprint, FpKey, FpValue, Probe, FIRST_CONTACT_SLOTS, KNOWN_WORDS, SUSPECT_WORDS, ProcConfig, ProcState, SrcKey, SrcState, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
     DEFAULT_MAX_PROCS, DEFAULT_MAX_SOURCES, DEFAULT_RINGBUF_BYTES, BLOCKLIST_ENTRIES, RAW_SOCKS_ENTRIES, CONNECTING_ENTRIES, HONEYPORT_WORDS,
 };
 
@@ -136,3 +136,14 @@ pub static CONN_FIRST: LruHashMap<u32, u32> = LruHashMap::with_max_entries(scanw
 /// (a stale bit — evicted entry, collision — costs one `CONN_FIRST` miss and is cleared then).
 #[map]
 pub static PENDING_CONNS: Array<u64> = Array::with_max_entries(scanwatch_common::PENDING_WORDS, 0);
+
+/// Local TCP ports that may have a socket: one byte per port (index 0 holds all 65,536), set
+/// by the agent from /proc/net/tcp{,6} at start and by `tp_sock_ports` whenever a socket starts
+/// listening or connecting. A SYN or orphan segment to a port whose byte is 0 cannot match any
+/// socket, so the XDP program skips the socket lookup for it (`cfgflag::PORT_FILTER`). Bytes,
+/// not bits: the kernel and the agent set them without read-modify-write races. Never cleared
+/// while the agent runs (a stale byte costs one lookup). 64 KiB; memory-mappable so the agent
+/// sets single bytes.
+#[map]
+pub static TCP_PORTS: Array<[u8; TCP_PORT_BYTES]> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+

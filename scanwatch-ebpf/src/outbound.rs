@@ -558,3 +558,33 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
     }
     0
 }
+
+const TCP_LISTEN: i32 = 10;
+
+/// sock:inet_sock_set_state — keeps `TCP_PORTS` (the XDP program's listening-port filter) a
+/// superset of the local ports in use: a socket entering LISTEN, SYN_SENT (when its port is
+/// already bound) or ESTABLISHED marks its local port. An active open gets its port only after
+/// SYN_SENT, so its SYN-ACK or RST can arrive before the mark: the XDP program never uses the
+/// filter for SYN-ACK and RST segments. Attached with the inbound program whenever the filter is on, independent of the
+/// outbound hooks.
+#[tracepoint]
+pub fn tp_sock_ports(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets from sock/inet_sock_set_state/format (checked at load).
+    let (new, sport, proto) = unsafe {
+        (
+            ctx.read_at::<i32>(tp::STATE_NEW.offset).unwrap_or(0),
+            ctx.read_at::<u16>(tp::STATE_SPORT.offset).unwrap_or(0),
+            ctx.read_at::<u16>(tp::STATE_PROTOCOL.offset).unwrap_or(0),
+        )
+    };
+    if proto != 6 || sport == 0 || (new != TCP_LISTEN && new != TCP_SYN_SENT && new != TCP_ESTABLISHED) {
+        return 0;
+    }
+    if let Some(ports) = crate::maps::TCP_PORTS.get_ptr_mut(0) {
+        // SAFETY: the single array value, valid for this run; a u16 index is in bounds of the
+        // 65,536 bytes; a plain byte store cannot race another CPU's store into a wrong state.
+        unsafe { *(ports as *mut u8).add(sport as usize) = 1 };
+    }
+    0
+}
+

@@ -183,6 +183,25 @@ pub fn run(repeat: u32) -> anyhow::Result<Report> {
     loader::write_config(&mut ebpf, &full)?;
     depth_rows(&mut ebpf, &mut rows, repeat)?;
 
+    // The listening-port filter (as the agent runs by default): probes of a known source to a
+    // port no socket uses skip the lookup; a port in use is still looked up.
+    let unused = std::net::TcpListener::bind("0.0.0.0:0")?.local_addr()?.port();
+    let in_use = listener.local_addr()?.port();
+    let syn_unused = PacketSpec::nmap_syn(known, dst, unused).build();
+    let syn_in_use = PacketSpec::nmap_syn(known, dst, in_use).build();
+    let ack_unused = PacketSpec::tcp(known, dst, 40000, unused, ACK).build();
+    let mut filtered = full;
+    let _ports = crate::source::live::ports::fill(&mut ebpf, &mut filtered).map_err(|e| anyhow::anyhow!("port filter: {e}"))?;
+    for (name, pkt) in [
+        ("SYN known, closed port, port filter", &syn_unused),
+        ("SYN known, port in use, port filter", &syn_in_use),
+        ("bare ACK scan probe, port filter", &ack_unused),
+    ] {
+        let m = measure_pair(&mut ebpf, BASE, PROG_XDP, pkt, repeat)?;
+        push(&mut rows, name, "repeat", m);
+    }
+    loader::write_config(&mut ebpf, &full)?;
+
     // A new source on every repetition: the rotating entry rewrites the source address (and
     // port) in place before each run; its baseline does the same rewrite and nothing else.
     let held = stat(&ebpf, stat::FIRST_CONTACT)?;

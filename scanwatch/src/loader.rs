@@ -298,6 +298,15 @@ fn try_method(ebpf: &mut Ebpf, m: &Method) -> Result<(), String> {
     }
 }
 
+/// Load and attach one tracepoint program (no fallback chain: used for helpers of the inbound
+/// program, such as the listening-port filter).
+pub fn attach_tracepoint(ebpf: &mut Ebpf, prog: &'static str, category: &'static str, name: &'static str) -> Result<(), String> {
+    if !tracefs_mounted() {
+        return Err("tracefs is not mounted".into());
+    }
+    try_method(ebpf, &Method::Tracepoint { prog, category, name })
+}
+
 /// Attach every outbound hook, walking each hook's fallback chain. Returns (hook, method) pairs.
 pub fn attach_outbound(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, String)>, LoaderError> {
     if !tracefs_mounted() {

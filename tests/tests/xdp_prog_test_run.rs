@@ -255,6 +255,9 @@ fn stealth_flag_shapes_are_counted_by_type() {
         (FIN | ACK, cnt::MAIMON),
         (ACK, cnt::ACK),
         (SYN | FIN, cnt::SYNFIN),
+        // nmap --scanflags URGPSH / PSH: neither SYN, ACK nor RST.
+        (URG | PSH, cnt::CUSTOM_FLAGS),
+        (PSH, cnt::CUSTOM_FLAGS),
     ] {
         let before = p.count(src, c);
         p.run_all([PacketSpec::tcp(src, d, 40000, port, flags).build()]);
@@ -622,4 +625,57 @@ fn arp_who_has_sweeps_count_host_fan_out() {
     bad[14 + 4] = 8; // hardware address length 8: not Ethernet/IPv4 ARP
     assert_eq!(p.run(&bad), 2);
     assert_eq!(p.stats()[stat::MAL_ARP as usize], before + 1);
+}
+
+/// The listening-port filter: a probe to a TCP port no socket uses skips the socket lookup; a
+/// port in use when the filter starts (/proc), a listener opened afterwards and the local port of
+/// a later outgoing connection (both marked by the real `sock:inet_sock_set_state` tracepoint)
+/// are still looked up, so no outcome is wrong; a listener closed later is looked up and found
+/// gone.
+#[test]
+fn port_filter_skips_lookups_only_where_no_socket_can_be() {
+    let mut p = Prog::new();
+    let before = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let before_port = before.local_addr().expect("addr").port();
+    let mut xdp = XdpConfig::default_config();
+    let mut ports = scanwatch::source::live::ports::enable(&mut p.ebpf, &mut xdp).expect("filter on");
+    assert!(xdp.flags & cfgflag::PORT_FILTER != 0);
+    assert!(ports.is_marked(before_port), "a listener from before the start is marked from /proc");
+    // Opened during the "scan": marked by the tracepoint when it starts listening.
+    let during = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let during_port = during.local_addr().expect("addr").port();
+    assert!(ports.is_marked(during_port), "the tracepoint marks a new listener");
+    let closed = closed_port();
+    let src = v4("127.0.0.21");
+    let lo = v4("127.0.0.1");
+    p.admit(src);
+    p.run_all([
+        PacketSpec::nmap_syn(src, lo, before_port).build(),
+        PacketSpec::nmap_syn(src, lo, during_port).build(),
+        PacketSpec::nmap_syn(src, lo, closed).build(),
+    ]);
+    assert_eq!(p.count(src, cnt::SYN_OPEN), 2, "both listeners found");
+    assert_eq!(p.count(src, cnt::SYN_CLOSED), 1);
+    // The filter really skips: a live listener whose port is unmarked reads as closed.
+    ports.unmark(during_port);
+    p.run_all([PacketSpec::nmap_syn(src, lo, during_port).build()]);
+    assert_eq!(p.count(src, cnt::SYN_CLOSED), 2, "unmarked port: no lookup");
+    ports.mark(during_port);
+    // A listener closed during the scan: its port stays marked, the lookup finds it gone.
+    drop(during);
+    p.run_all([PacketSpec::nmap_syn(src, lo, during_port).build()]);
+    assert_eq!(p.count(src, cnt::SYN_CLOSED), 3, "closed listener looked up and found gone");
+    // An outgoing connection made after the start: its local port is marked (SYN_SENT), so a
+    // FIN/ACK of that live connection is looked up and not taken for a Maimon probe.
+    let client = std::net::TcpStream::connect(("127.0.0.1", before_port)).expect("connect");
+    let local = client.local_addr().expect("addr").port();
+    assert!(ports.is_marked(local), "the tracepoint marks an outgoing connection's port");
+    let peer = v4("127.0.0.1");
+    p.admit(peer);
+    p.run_all([PacketSpec::tcp(peer, lo, before_port, local, FIN | ACK).build()]);
+    assert_eq!(p.count(peer, cnt::MAIMON), 0, "a live connection's FIN/ACK is no probe");
+    // The same FIN/ACK to an unused port is an orphan without any lookup.
+    p.admit(v4("127.0.0.22"));
+    p.run_all([PacketSpec::tcp(v4("127.0.0.22"), lo, 40000, closed_port(), FIN | ACK).build()]);
+    assert_eq!(p.count(v4("127.0.0.22"), cnt::MAIMON), 1);
 }

@@ -11,7 +11,7 @@ use scanwatch_common::{
 
 use crate::{
     maps::{
-        Obs, HONEYPORTS,
+        Obs, HONEYPORTS, TCP_PORTS,
     },
     parse::{be16_at, be32_at},
 };
@@ -71,6 +71,21 @@ pub(super) fn socket_exists(ctx: &XdpContext, l3: &L3, sport: u16, dport: u16, t
             bpf_sk_release(sk as *mut _);
             true
         }
+    }
+}
+
+/// No TCP socket can use local port `port` (the listening-port filter is on and no socket was
+/// ever seen on it): the socket lookup would find nothing, so it is skipped.
+#[inline(always)]
+pub(super) fn tcp_port_unused(cfg: &XdpConfig, port: u16) -> bool {
+    if cfg.flags & cfgflag::PORT_FILTER == 0 {
+        return false;
+    }
+    match TCP_PORTS.get_ptr(0) {
+        // SAFETY: the single array value, valid for this run; a u16 index is in bounds of its
+        // 65,536 bytes.
+        Some(p) => unsafe { *(p as *const u8).add(port as usize) == 0 },
+        None => false,
     }
 }
 
@@ -146,6 +161,8 @@ pub(super) fn classify_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &X
         cnt::FIN
     } else if f == FIN | PSH | URG {
         cnt::XMAS
+    } else if f & (SYN | ACK | RST) == 0 {
+        cnt::CUSTOM_FLAGS
     } else {
         cnt::N
     };
@@ -173,7 +190,10 @@ pub(super) fn classify_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &X
     } else {
         cnt::N
     };
-    if orphan != cnt::N && !socket_exists(ctx, l3, sport, dport, true) {
+    // SYN-ACK and RST answer our own connects, whose local port may not be marked yet (it is
+    // bound after SYN_SENT): only the lookup can tell for them.
+    let filterable = orphan == cnt::MAIMON || orphan == cnt::ACK;
+    if orphan != cnt::N && ((filterable && tcp_port_unused(cfg, dport)) || !socket_exists(ctx, l3, sport, dport, true)) {
         obs.count(orphan);
         mark_suspect(&l3.src);
         if orphan == cnt::MAIMON || orphan == cnt::ACK {
@@ -209,7 +229,7 @@ pub(super) fn deferred_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &X
         }
     }
     if obs.deferred & DEFER_LOOKUP != 0 {
-        let open = socket_exists(ctx, l3, obs.cur.sport, obs.cur.dport, true);
+        let open = !tcp_port_unused(cfg, obs.cur.dport) && socket_exists(ctx, l3, obs.cur.sport, obs.cur.dport, true);
         if syn {
             obs.count(if open { cnt::SYN_OPEN } else { cnt::SYN_CLOSED });
             if open && f & ACK == 0 {

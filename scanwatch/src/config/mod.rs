@@ -111,6 +111,8 @@ pub struct XdpSettings {
     /// Power of two and a multiple of the page size (validated).
     pub ringbuf_bytes: u32,
     pub lookup_sockets: bool,
+    /// Skip the socket lookup for TCP ports no socket uses (`xdp.port_filter`).
+    pub port_filter: bool,
     pub verify_checksums: bool,
     /// Hold a source's first scan-shaped packet in the first-contact table (no per-source state
     /// for one-packet sources: spoofed floods stay cheap).

@@ -59,6 +59,7 @@ pub(super) struct RawXdp {
     pub(super) max_procs: Option<u32>,
     pub(super) ringbuf_bytes: Option<u32>,
     pub(super) lookup_sockets: Option<bool>,
+    pub(super) port_filter: Option<bool>,
     pub(super) verify_checksums: Option<bool>,
     pub(super) first_contact: Option<bool>,
     pub(super) enforce_blocklist: Option<bool>,
@@ -258,7 +259,7 @@ impl RawConfig {
         });
         sub(&mut self.xdp, o.xdp, |s, o| {
             overlay_fields!(s, o; short_window, port_threshold, host_threshold, max_sources,
-                max_fingerprints, max_procs, ringbuf_bytes, lookup_sockets, verify_checksums,
+                max_fingerprints, max_procs, ringbuf_bytes, lookup_sockets, port_filter, verify_checksums,
                 first_contact, enforce_blocklist)
         });
         sub(&mut self.honeyports, o.honeyports, |s, o| overlay_fields!(s, o; tcp, udp));

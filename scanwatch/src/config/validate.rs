@@ -96,6 +96,7 @@ impl RawConfig {
             max_procs: bounded(xdp.max_procs, scanwatch_common::LIMIT_MAX_PROCS, "xdp.max_procs")?,
             ringbuf_bytes,
             lookup_sockets: req(xdp.lookup_sockets, "xdp.lookup_sockets")?,
+            port_filter: req(xdp.port_filter, "xdp.port_filter")?,
             verify_checksums: req(xdp.verify_checksums, "xdp.verify_checksums")?,
             first_contact: req(xdp.first_contact, "xdp.first_contact")?,
             enforce_blocklist: xdp.enforce_blocklist.unwrap_or(false),

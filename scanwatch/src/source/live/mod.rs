@@ -22,6 +22,7 @@ use crate::vocab::{ip_to_key, monotonic};
 pub mod filters;
 pub mod first_contact;
 pub mod maps;
+pub mod ports;
 pub mod records;
 pub mod sweep;
 pub mod tracepoints;
@@ -100,6 +101,8 @@ pub struct LiveSource {
     last_sweep_ns: u64,
     last_dropped: u64,
     decode_errors: records::DecodeErrors,
+    /// The listening-port filter's map, kept mapped while the program runs.
+    _tcp_ports: Option<ports::TcpPorts>,
     /// What attached where (`eth0:native`, ...), for the ready line.
     pub attached: Vec<String>,
     pub outbound: bool,
@@ -113,6 +116,21 @@ impl LiveSource {
         if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
             log::debug!("no eBPF log map: {e}");
         }
+        let mut xdp_cfg = lopts.xdp;
+        let tcp_ports = if cfg.xdp.lookup_sockets && cfg.xdp.port_filter {
+            match ports::enable(&mut ebpf, &mut xdp_cfg) {
+                Ok(p) => {
+                    eprintln!("scanwatch: listening-port filter on ({} TCP ports in use)", p.count());
+                    Some(p)
+                }
+                Err(e) => {
+                    eprintln!("scanwatch: listening-port filter off (every probe is looked up): {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mut ifaces = cfg.agent.interfaces.clone();
         if ifaces.is_empty() {
             ifaces.push(
@@ -159,6 +177,7 @@ impl LiveSource {
             last_sweep_ns: 0,
             last_dropped: 0,
             decode_errors: records::DecodeErrors::default(),
+            _tcp_ports: tcp_ports,
             attached,
             outbound: cfg.agent.outbound,
         })
