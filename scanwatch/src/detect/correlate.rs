@@ -109,6 +109,7 @@ impl Engine {
                 update: false,
                 alert_id: String::new(),
                 depth: None,
+                annotations: Default::default(),
             };
             self.submit(now, &format!("fp:{hash}"), n as f64, alert, out);
         }
@@ -249,6 +250,7 @@ impl Engine {
             update: false,
             alert_id: String::new(),
             depth: None,
+            annotations: Default::default(),
         };
         let magnitude = (ports.len() + hosts.len()) as f64;
         self.submit(now, "distributed", magnitude, alert, out);

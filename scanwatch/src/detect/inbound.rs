@@ -436,6 +436,7 @@ impl Engine {
             update: false,
             alert_id: String::new(),
             depth: None,
+            annotations: Default::default(),
         })
     }
 

@@ -245,6 +245,7 @@ impl Engine {
             update: false,
             alert_id: String::new(),
             depth: None,
+            annotations: Default::default(),
         };
         let magnitude = h.ports + h.hosts;
         self.submit(now, key, magnitude, alert, out);

@@ -234,6 +234,7 @@ impl Engine {
             update: false,
             alert_id: String::new(),
             depth: Some(DepthBlock { phases, ja4: a.ja4.clone(), sni: a.sni.clone(), alpn: a.alpn.clone() }),
+            annotations: Default::default(),
         }
     }
 
