@@ -20,6 +20,8 @@ pub const MAP_BLOCKLIST: &str = "BLOCKLIST";
 pub const MAP_FIRST_CONTACT: &str = "FIRST_CONTACT";
 pub const MAP_KNOWN: &str = "KNOWN_SOURCES";
 pub const MAP_SUSPECT: &str = "SUSPECT_SOURCES";
+pub const MAP_CONN_FIRST: &str = "CONN_FIRST";
+pub const MAP_PENDING_CONNS: &str = "PENDING_CONNS";
 pub const MAP_TCP_PORTS: &str = "TCP_PORTS";
 
 pub const PROG_XDP: &str = "scanwatch_xdp";
@@ -563,6 +565,9 @@ pub enum EventKind {
     Threshold = 2,
     /// A source's SYN carried a fingerprint not seen from it before (`InboundEvent`).
     NewFingerprint = 3,
+    /// The first client payload of an inbound connection to an open port, or its close
+    /// without data (`PayloadEvent`).
+    Payload = 4,
     /// connect() entry (`ProcEvent`).
     ProcConnect = 10,
     /// sendto/sendmsg/sendmmsg on a UDP, raw or packet socket (`ProcEvent`).
@@ -576,10 +581,11 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::Honeyport,
         EventKind::Threshold,
         EventKind::NewFingerprint,
+        EventKind::Payload,
         EventKind::ProcConnect,
         EventKind::ProcSendto,
         EventKind::ProcSocket,
@@ -846,3 +852,51 @@ pub mod tp {
         STATE_NEW, STATE_SPORT, STATE_DPORT, STATE_FAMILY, STATE_PROTOCOL, STATE_DADDR, STATE_DADDR_V6,
     ];
 }
+
+// ---------------------------------------------------------------------------------------------
+// Protocol depth: the first client payload of inbound connections to open ports.
+// ---------------------------------------------------------------------------------------------
+/// Bytes of payload in one `PayloadEvent`.
+pub const PAYLOAD_SAMPLE: usize = 256;
+/// A TLS handshake record (first byte 0x16) is sent in up to this many consecutive events
+/// (chunk 0..): a ClientHello is usually 200-600 bytes, and JA4 needs all of it.
+pub const PAYLOAD_TLS_CHUNKS: u32 = 4;
+/// Connections awaiting their first payload (LRU; key: `conn_hash`, value: unused).
+pub const CONN_FIRST_ENTRIES: u32 = 16384;
+/// Words of the "awaiting first payload" filter: 4,096 × 64 = 262,144 bits = 32 KiB.
+pub const PENDING_WORDS: u32 = 1 << 12;
+
+/// Hash of a connection's 4-tuple as XDP sees it inbound (addresses in `SrcKey` word form).
+#[inline(always)]
+pub const fn conn_hash(src: &[u64; 2], dst: &[u64; 2], sport: u16, dport: u16) -> u32 {
+    mix32(addr_fold32(src) ^ addr_fold32(dst).rotate_left(16) ^ (((sport as u32) << 16) | dport as u32))
+}
+
+/// Word index and bit mask of a connection hash in the pending filter.
+#[inline(always)]
+pub const fn pending_bit(h: u32) -> (u32, u64) {
+    ((h >> 6) & (PENDING_WORDS - 1), 1u64 << (h & 63))
+}
+
+/// `EventKind::Payload`: one chunk of a connection's first client payload, or its close without
+/// data (`closed` = 1, no data).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PayloadEvent {
+    pub hdr: EventHeader,
+    pub src: SrcKey,
+    pub dst: SrcKey,
+    pub sport: u16,
+    pub dport: u16,
+    /// The payload's length in its segment.
+    pub payload_len: u32,
+    /// Valid bytes in `data`.
+    pub sample_len: u16,
+    /// Chunk index: `data` holds payload bytes from `chunk * PAYLOAD_SAMPLE`.
+    pub chunk: u8,
+    /// 1: the client closed (FIN, or RST with ACK) without sending data.
+    pub closed: u8,
+    pub _pad: u32,
+    pub data: [u8; PAYLOAD_SAMPLE],
+}
+const _: () = assert!(size_of::<PayloadEvent>() == 320);

@@ -125,6 +125,19 @@ pub static KNOWN_SOURCES: Array<u64> = Array::with_max_entries(KNOWN_WORDS, 0);
 #[map]
 pub static SUSPECT_SOURCES: Array<u64> = Array::with_max_entries(SUSPECT_WORDS, 0);
 
+/// Inbound connections to an open port awaiting their first client payload (key: `conn_hash`
+/// of the 4-tuple; value unused). Inserted by the SYN's socket lookup (admitted sources only),
+/// removed by the first data segment, FIN or RST. LRU: SYNs that never complete a handshake are
+/// evicted by newer ones. 16,384 entries ≈ 1 MiB with LRU overhead.
+#[map]
+pub static CONN_FIRST: LruHashMap<u32, u32> = LruHashMap::with_max_entries(scanwatch_common::CONN_FIRST_ENTRIES, 0);
+
+/// "May await its first payload" filter over `conn_hash` (one bit per hash, 32 KiB): the
+/// established-data fast path tests one bit; only a set bit sends the segment to the full path
+/// (a stale bit — evicted entry, collision — costs one `CONN_FIRST` miss and is cleared then).
+#[map]
+pub static PENDING_CONNS: Array<u64> = Array::with_max_entries(scanwatch_common::PENDING_WORDS, 0);
+
 /// Local TCP ports that may have a socket: one byte per port (index 0 holds all 65,536), set
 /// by the agent from /proc/net/tcp{,6} at start and by `tp_sock_ports` whenever a socket starts
 /// listening or connecting. A SYN or orphan segment to a port whose byte is 0 cannot match any

@@ -43,10 +43,16 @@ pub enum AlertKind {
     OutboundScan,
     /// Engine notice: summary of alerts suppressed by the rate limit.
     Notice,
+    /// A source probing this host's open services: nmap version probes, NSE scripts, scanner
+    /// user agents, banner grabs (see `depth`).
+    Enumeration,
+    /// A source that scanned or enumerated earlier (possibly weeks ago) now sends
+    /// exploit-shaped requests; `depth.phases` lists the timeline.
+    Transition,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 11] = [
+    pub const ALL: [AlertKind; 13] = [
         AlertKind::HorizontalScan,
         AlertKind::VerticalScan,
         AlertKind::BlockScan,
@@ -58,6 +64,8 @@ impl AlertKind {
         AlertKind::Evasion,
         AlertKind::OutboundScan,
         AlertKind::Notice,
+        AlertKind::Enumeration,
+        AlertKind::Transition,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +81,8 @@ impl AlertKind {
             AlertKind::Evasion => "evasion",
             AlertKind::OutboundScan => "outbound_scan",
             AlertKind::Notice => "notice",
+            AlertKind::Enumeration => "enumeration",
+            AlertKind::Transition => "transition",
         }
     }
 }
@@ -305,6 +315,29 @@ impl Technique {
     }
 }
 
+/// One phase of an actor's timeline (`enumeration` / `transition` alerts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseBlock {
+    /// `discovery`, `enumeration` or `exploitation`.
+    pub phase: String,
+    /// RFC 3339 UTC times of the phase's first and last event.
+    pub first: String,
+    pub last: String,
+    pub count: u64,
+    /// What was seen (`vertical_scan`, `nmap:GetRequest`, `path_traversal:../`, ...), first ones.
+    pub evidence: Vec<String>,
+}
+
+/// Protocol depth of an actor: its timeline and TLS client fingerprints.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DepthBlock {
+    pub phases: Vec<PhaseBlock>,
+    /// JA4 TLS client fingerprints seen from the actor.
+    pub ja4: Vec<String>,
+    pub sni: Vec<String>,
+    pub alpn: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostInfo {
     pub name: String,
@@ -343,6 +376,9 @@ pub struct Alert {
     pub alert_id: String,
     #[serde(flatten)]
     pub incident: Incident,
+    /// Timeline and TLS fingerprints (`enumeration`, `transition`); omitted otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<DepthBlock>,
     /// What the stages after detection added (evidence file, ASN, dry-run verdict); each key is
     /// omitted while unset.
     #[serde(flatten, default)]
@@ -459,6 +495,7 @@ mod tests {
             update: false,
             alert_id: stable_id(&["a", "b"]),
             incident: Incident::default(),
+            depth: None,
             annotations: Default::default(),
         };
         let v: serde_json::Value =

@@ -197,6 +197,7 @@ pub fn run(repeat: u32) -> anyhow::Result<Report> {
     let m = measure_pair(&mut ebpf, BASE, PROG_XDP, &syn_known, repeat)?;
     push(&mut rows, "SYN known, no socket lookup", "repeat", m);
     loader::write_config(&mut ebpf, &full)?;
+    depth_rows(&mut ebpf, &mut rows, repeat)?;
 
     // The listening-port filter (as the agent runs by default): probes of a known source to a
     // port no socket uses skip the lookup; a port in use is still looked up.
@@ -247,4 +248,52 @@ pub fn run(repeat: u32) -> anyhow::Result<Report> {
     push(&mut rows, "flood mix, first-contact tier off", "one-per-run", m);
     loader::write_config(&mut ebpf, &full)?;
     Ok(Report { repeat, rows })
+}
+
+/// Protocol depth: connections to a real listener on loopback, each made pending by its SYN's
+/// socket lookup; then each connection's first data segment (copied into a `PayloadEvent`), and
+/// a later data segment of the same connection (the fast path plus the pending-bit test).
+fn depth_rows(ebpf: &mut Ebpf, rows: &mut Vec<Row>, repeat: u32) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let dport = listener.local_addr()?.port();
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let n = 2000u16;
+    // Admit the source (its first packet is held), then one SYN per connection.
+    for sport in 20000..20000 + n {
+        run_once(prog(ebpf, PROG_XDP)?, &PacketSpec::linux_syn(lo, lo, sport, dport).build(), 1)?;
+    }
+    let request = b"GET /index.html HTTP/1.1\r\nHost: bench\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n".to_vec();
+    let data = |sport: u16| {
+        let mut p = PacketSpec::tcp(lo, lo, sport, dport, ACK | PSH);
+        if let L4::Tcp { payload, .. } = &mut p.l4 {
+            *payload = request.clone();
+        }
+        p.build()
+    };
+    let firsts: Vec<Vec<u8>> = (20001..20000 + n).map(data).collect();
+    let (events, dropped) = (stat(ebpf, stat::EVENTS)?, stat(ebpf, stat::EVENTS_DROPPED)?);
+    let m = measure_each(ebpf, &firsts)?;
+    let emitted = stat(ebpf, stat::EVENTS)? - events;
+    let lost = stat(ebpf, stat::EVENTS_DROPPED)? - dropped;
+    anyhow::ensure!(
+        emitted + lost >= u64::from(n - 1) * 99 / 100 && lost == 0,
+        "first-payload benchmark: {emitted} payload events emitted, {lost} dropped, of {} connections",
+        n - 1
+    );
+    rows.push(Row { name: "first payload (event, 88 B sample)", method: "one-per-run", ns: m.1, baseline_ns: m.0, ratio: m.1 / m.0 });
+    // The same connections' later data: pending state cleared, so the fast path.
+    let m = measure_each(ebpf, &firsts)?;
+    anyhow::ensure!(stat(ebpf, stat::EVENTS)? == events + emitted, "later data segments emitted events");
+    rows.push(Row { name: "later data, same connections", method: "one-per-run", ns: m.1, baseline_ns: m.0, ratio: m.1 / m.0 });
+    let m = measure_pair(ebpf, BASE, PROG_XDP, &firsts[0], repeat)?;
+    rows.push(Row { name: "later data, same connection", method: "repeat", ns: m.1, baseline_ns: m.0, ratio: m.1 / m.0 });
+    // The same data packets with protocol depth compiled out at load time (`depth.enabled =
+    // false`): what the pending-bit test costs the fast path.
+    let mut off = loader::load_object(&LoadOptions { first_payload: false, ..LoadOptions::default() }, crate::ebpf_bench_object())?;
+    let m = measure_pair(&mut off, BASE, PROG_XDP, &firsts[0], repeat)?;
+    rows.push(Row { name: "later data, depth off (load time)", method: "repeat", ns: m.1, baseline_ns: m.0, ratio: m.1 / m.0 });
+    let m = measure_each(&mut off, &firsts)?;
+    rows.push(Row { name: "data, depth off (load time)", method: "one-per-run", ns: m.1, baseline_ns: m.0, ratio: m.1 / m.0 });
+    drop(listener);
+    Ok(())
 }

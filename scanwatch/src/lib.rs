@@ -11,6 +11,7 @@ pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod depth;
 pub mod control;
 pub mod detect;
 pub mod enrich;

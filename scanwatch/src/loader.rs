@@ -52,6 +52,8 @@ pub struct LoadOptions {
     pub own_tgid: u32,
     pub honeyports_tcp: Vec<u16>,
     pub honeyports_udp: Vec<u16>,
+    /// Sample first client payloads of connections to open ports (`depth.enabled`).
+    pub first_payload: bool,
 }
 
 impl Default for LoadOptions {
@@ -66,6 +68,7 @@ impl Default for LoadOptions {
             own_tgid: std::process::id(),
             honeyports_tcp: Vec::new(),
             honeyports_udp: Vec::new(),
+            first_payload: true,
         }
     }
 }
@@ -92,6 +95,7 @@ pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf, LoaderErro
         .map_max_entries(MAP_EVENTS, opts.ringbuf_bytes)
         // must exist: a renamed or mangled global would silently leave enforcement off.
         .override_global("ENFORCE_BLOCKLIST", &enforce, true)
+        .override_global("FIRST_PAYLOAD", &u32::from(opts.first_payload), true)
         .load(object)?;
     write_config(&mut ebpf, &opts.xdp)?;
     {

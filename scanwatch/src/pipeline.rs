@@ -38,11 +38,39 @@ pub struct Pipeline<O: Observer> {
     pub asn: Option<AsnDb>,
     pub evidence: Option<EvidenceCapture>,
     pub activity: Activity,
+    /// Where the engine's actor store is persisted (`depth.store_path`), if anywhere.
+    actor_store: Option<std::path::PathBuf>,
 }
 
 impl<O: Observer> Pipeline<O> {
     pub fn new(engine: O, sinks: SinkSet, responder: Option<Responder>) -> Self {
-        Pipeline { engine, procs: None, responder, sinks, asn: None, evidence: None, activity: Activity::default() }
+        Pipeline {
+            engine,
+            procs: None,
+            responder,
+            sinks,
+            asn: None,
+            evidence: None,
+            activity: Activity::default(),
+            actor_store: None,
+        }
+    }
+
+    /// Persist the observer's actor store at `path` every `depth.save_interval` and on
+    /// [`Pipeline::save_actors`].
+    pub fn with_actor_store(mut self, path: Option<std::path::PathBuf>) -> Self {
+        self.actor_store = path;
+        self
+    }
+
+    /// Write the actor store now (`force`) or when due. A failed write is reported, not fatal.
+    pub fn save_actors(&mut self, now: std::time::Duration, force: bool) {
+        let Some(path) = &self.actor_store else { return };
+        if let Some(store) = self.engine.actors_due(now, force) {
+            if let Err(e) = crate::depth::store::save(path, &store) {
+                eprintln!("scanwatch: depth.store_path: {e}");
+            }
+        }
     }
 
     /// One observation through enrichment, detection, response and the sinks.
@@ -61,6 +89,9 @@ impl<O: Observer> Pipeline<O> {
             ref obs => {
                 if let (Some(r), Observation::Tick) = (self.responder.as_mut(), obs) {
                     r.expire(s.at);
+                }
+                if matches!(obs, Observation::Tick) {
+                    self.save_actors(s.at, false);
                 }
                 self.engine.observe(&s)
             }
@@ -133,6 +164,15 @@ pub async fn run_reloadable(cfg: Config, duration: Option<Duration>, reload: Opt
             Err(e) => anyhow::bail!("agent.baseline: {}: {e}", path.display()),
         }
     }
+    if let (true, Some(path)) = (cfg.depth.enabled, &cfg.depth.store_path) {
+        match crate::depth::store::load(path, cfg.depth.max_actors) {
+            Ok(store) => {
+                eprintln!("scanwatch: actor store {}: {} actors", path.display(), store.actors.len());
+                engine.load_actors(monotonic(), store);
+            }
+            Err(e) => anyhow::bail!("depth.store_path: {e}"),
+        }
+    }
     let sinks = SinkSet::build(&cfg.sinks)?;
     run_live_with(&cfg, duration, engine, sinks, reload).await.map(|_| ())
 }
@@ -199,7 +239,8 @@ pub async fn run_live_with<O: Observer>(
         }
         None => None,
     };
-    let mut pipeline = Pipeline::new(engine, sinks, responder);
+    let store_path = cfg.depth.enabled.then(|| cfg.depth.store_path.clone()).flatten();
+    let mut pipeline = Pipeline::new(engine, sinks, responder).with_actor_store(store_path);
     pipeline.asn = asn;
     pipeline.evidence = evidence;
     if let Some(d) = &cfg.evidence.dir {
@@ -264,6 +305,7 @@ pub async fn run_live_with<O: Observer>(
         e.stop_all();
     }
     pipeline.finish(monotonic());
+    pipeline.save_actors(monotonic(), true);
     pipeline.sinks.flush();
     let mut summary = source.counters();
     summary.insert("alerts_written".into(), pipeline.sinks.written().into());

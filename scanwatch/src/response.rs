@@ -62,6 +62,8 @@ pub fn qualifies(a: &Alert, cfg: &ResponseConfig) -> Option<IpAddr> {
         | AlertKind::StealthScan
         | AlertKind::SlowScan
         | AlertKind::HoneyportHit => true,
+        // Seen on completed handshakes: the source address is not spoofed.
+        AlertKind::Enumeration | AlertKind::Transition => true,
         AlertKind::Evasion => {
             SELF_EVASION.iter().any(|k| a.counts.detail.get(&Evidence::counter(*k)).copied().unwrap_or(0) > 0)
         }
@@ -374,6 +376,7 @@ mod tests {
             update: false,
             alert_id: String::new(),
             incident: Incident::default(),
+            depth: None,
             annotations: Default::default(),
         }
     }

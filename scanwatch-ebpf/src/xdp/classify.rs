@@ -117,6 +117,11 @@ pub(super) fn classify_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &X
     let f = flags & 0x3f;
     obs.flags = flags;
 
+    // A pending connection's first data segment or close (protocol depth).
+    if f & SYN == 0 && (payload > 0 || f & (FIN | RST) != 0) {
+        let s = super::depth::Seg { sport, dport, flags: f, off: t + doff, payload };
+        super::depth::segment(ctx, stats, l3, &s);
+    }
     // Fast path: established-flow data segments never touch per-source state.
     if f & (SYN | RST | FIN) == 0 && f & ACK != 0 && payload > 0 {
         stats[stat::ESTABLISHED_FAST as usize] += 1;
@@ -227,6 +232,9 @@ pub(super) fn deferred_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &X
         let open = !tcp_port_unused(cfg, obs.cur.dport) && socket_exists(ctx, l3, obs.cur.sport, obs.cur.dport, true);
         if syn {
             obs.count(if open { cnt::SYN_OPEN } else { cnt::SYN_CLOSED });
+            if open && f & ACK == 0 {
+                super::depth::note_syn(l3, obs.cur.sport, obs.cur.dport);
+            }
         }
         if !open {
             obs.count(cnt::FAILED);

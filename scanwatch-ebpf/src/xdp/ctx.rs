@@ -20,6 +20,17 @@ use crate::{
 #[unsafe(no_mangle)]
 pub(super) static ENFORCE_BLOCKLIST: u32 = 0;
 
+/// Load-time setting (the loader rewrites it; `depth.enabled`): sample first client payloads.
+/// Read-only data, so the verifier prunes the protocol-depth code when it is 0.
+#[unsafe(no_mangle)]
+pub(super) static FIRST_PAYLOAD: u32 = 1;
+
+#[inline(always)]
+pub(super) fn first_payload_on() -> bool {
+    // SAFETY: read of a load-time constant the loader may have rewritten.
+    unsafe { core::ptr::read_volatile(&FIRST_PAYLOAD) != 0 }
+}
+
 pub(super) const ETH_P_IP: u16 = 0x0800;
 pub(super) const ETH_P_IPV6: u16 = 0x86dd;
 pub(super) const ETH_P_ARP: u16 = 0x0806;

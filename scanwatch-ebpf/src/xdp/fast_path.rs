@@ -67,6 +67,27 @@ pub(super) fn fast_established(ctx: &XdpContext, off: usize, ethertype: u16, sta
         return FAST_NO;
     }
     if l4_len > doff {
+        if !first_payload_on() {
+            return FAST_DATA;
+        }
+        // A connection awaiting its first payload (one bit test) takes the full path once.
+        let (src, dst) = if v6 {
+            let (s, d) = (ip + 8, ip + 24);
+            (
+                [h(s) | h(s + 2) << 16 | h(s + 4) << 32 | h(s + 6) << 48, h(s + 8) | h(s + 10) << 16 | h(s + 12) << 32 | h(s + 14) << 48],
+                [h(d) | h(d + 2) << 16 | h(d + 4) << 32 | h(d + 6) << 48, h(d + 8) | h(d + 10) << 16 | h(d + 12) << 32 | h(d + 14) << 48],
+            )
+        } else {
+            (
+                [0, 0xffff_0000 | (h(ip + 12) | h(ip + 14) << 16) << 32],
+                [0, 0xffff_0000 | (h(ip + 16) | h(ip + 18) << 16) << 32],
+            )
+        };
+        let sport = ((b(tcp) << 8) | b(tcp + 1)) as u16;
+        let dport = ((b(tcp + 2) << 8) | b(tcp + 3)) as u16;
+        if super::depth::pending(&src, &dst, sport, dport) {
+            return FAST_NO;
+        }
         return FAST_DATA;
     }
     if f != ACK {

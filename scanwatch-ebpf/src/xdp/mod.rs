@@ -22,6 +22,7 @@ use crate::{
 mod admission;
 mod classify;
 mod ctx;
+mod depth;
 mod events;
 mod fast_path;
 mod fingerprint;

@@ -70,6 +70,8 @@ pub struct Config {
     pub roles: BTreeMap<String, RoleProfile>,
     /// `[sinks.NAME]`, each validated by its own sink type; empty means stdout.
     pub sinks: Vec<crate::sinks::SinkSpec>,
+    /// `[depth]`: first payloads, TLS fingerprints, the actor timeline.
+    pub depth: DepthConfig,
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
     pub evidence: EvidenceConfig,
@@ -362,6 +364,7 @@ macro_rules! overlay_fields {
     };
 }
 
+mod depth;
 mod ops;
 mod raw;
 mod validate;
@@ -371,3 +374,4 @@ pub use ops::{ControlConfig, EnrichConfig, EvidenceConfig, MetricsConfig};
 mod tests;
 
 use raw::RawConfig;
+pub use depth::{DepthConfig, PatternKind, PatternSet, MAX_ACTORS_LIMIT};

@@ -25,6 +25,7 @@ pub(super) struct RawConfig {
     pub(super) roles: Option<BTreeMap<String, RawRole>>,
     /// `[sinks.NAME]` tables, parsed by the sink types themselves (`crate::sinks`).
     pub(super) sinks: Option<BTreeMap<String, toml::Table>>,
+    pub(super) depth: Option<super::depth::RawDepth>,
     pub(super) metrics: Option<super::ops::RawMetrics>,
     pub(super) control: Option<super::ops::RawControl>,
     pub(super) evidence: Option<super::ops::RawEvidence>,
@@ -247,6 +248,7 @@ impl RawConfig {
                 "allowlist" => raw.allowlist = Some(de_section(k, v)?),
                 "alerts" => raw.alerts = Some(de_section(k, v)?),
                 "response" => raw.response = Some(de_section(k, v)?),
+                "depth" => raw.depth = Some(de_section(k, v)?),
                 "metrics" => raw.metrics = Some(de_section(k, v)?),
                 "control" => raw.control = Some(de_section(k, v)?),
                 "evidence" => raw.evidence = Some(de_section(k, v)?),
@@ -338,6 +340,9 @@ impl RawConfig {
             }
             overlay_fields!(s, o; block_min_severity, block_ttl, max_blocked, dry_run)
         });
+        if let Some(d) = o.depth {
+            self.depth.get_or_insert_with(Default::default).overlay(d);
+        }
         sub(&mut self.metrics, o.metrics, |s, o| overlay_fields!(s, o; listen));
         sub(&mut self.control, o.control, |s, o| overlay_fields!(s, o; socket));
         sub(&mut self.evidence, o.evidence, |s, o| {

@@ -17,6 +17,7 @@ impl RawConfig {
         let al = self.alerts.unwrap_or_default();
         let resp = self.response.unwrap_or_default();
         let raw_roles = self.roles.unwrap_or_default();
+        let depth = self.depth.unwrap_or_default().validate()?;
 
         let honeyports = honeyports(hp, "honeyports", None)?;
         let mut warnings = Vec::new();
@@ -248,7 +249,7 @@ impl RawConfig {
                 .map_err(|e| ConfigError::invalid(format!("sinks.{name}.{}", e.key), e.reason))?;
             sinks.push(spec);
         }
-        Ok(Config { agent, xdp, honeyports, detect, allowlist, alerts, response, roles, sinks, metrics, control, evidence, enrich, warnings })
+        Ok(Config { agent, xdp, honeyports, detect, allowlist, alerts, response, roles, sinks, metrics, control, evidence, enrich, warnings, depth })
     }
 }
 

@@ -98,6 +98,7 @@ impl Engine {
                 update: false,
                 alert_id: String::new(),
                 incident: Incident::default(),
+                depth: None,
                 annotations: Default::default(),
             };
             alert.reason = reason::decoy(&alert, c.same_ttl);
@@ -231,6 +232,7 @@ impl Engine {
             update: false,
             alert_id: String::new(),
             incident: Incident::default(),
+            depth: None,
             annotations: Default::default(),
         };
         alert.reason = reason::distributed(&alert);

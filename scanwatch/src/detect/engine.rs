@@ -29,6 +29,8 @@ pub struct Engine {
     pub(super) fingerprints: FingerprintIndex,
     pub(super) distributed: Distributed,
     pub(super) lifecycle: Lifecycle,
+    /// Per-actor timeline (discovery → enumeration → exploitation), see `timeline.rs`.
+    pub(super) timeline: super::timeline_state::Timeline,
     /// `wall - now` in seconds.
     pub(super) wall_offset: f64,
     pub(super) evicted: u64,
@@ -55,6 +57,7 @@ impl Engine {
             fingerprints: FingerprintIndex::default(),
             distributed: Distributed::default(),
             lifecycle: Lifecycle::new(&cfg.alerts, &hostname, instance_nonce()),
+            timeline: Default::default(),
             wall_offset: 0.0,
             evicted: 0,
             short_idx,
@@ -218,6 +221,7 @@ impl Engine {
     /// Submit a finding of `actor` through the incident lifecycle; `hold` is the least quiet time
     /// that closes its incident (a slow scan's window; zero for `alerts.close_after` alone).
     pub(super) fn submit(&mut self, now: Duration, actor: &str, hold: Duration, alert: Alert, out: &mut Vec<Alert>) {
+        self.timeline_note_finding(now, &alert);
         if let Verdict::Emit(a) = self.lifecycle.submit(now, actor, hold, alert) {
             out.push(*a);
         }

@@ -446,6 +446,7 @@ impl Engine {
             update: false,
             alert_id: String::new(),
             incident: Incident::default(),
+            depth: None,
             annotations: Default::default(),
         })
     }

@@ -382,6 +382,7 @@ impl Lifecycle {
             update: false,
             alert_id: stable_id(&[&self.host, &format!("{:016x}", self.instance), "notice", &time]),
             incident: Incident { start: time.clone(), last_seen: time, update_kind: UpdateKind::Final, seq: 1 },
+            depth: None,
             annotations: Default::default(),
         };
         self.suppressed_total = 0;

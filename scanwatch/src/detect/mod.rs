@@ -35,6 +35,8 @@ mod outbound;
 mod outbound_state;
 mod reason;
 mod shape;
+mod timeline;
+mod timeline_state;
 mod trw;
 mod types;
 mod window;
@@ -49,9 +51,10 @@ pub use engine::Engine;
 pub use features::TimingClass;
 pub use lifecycle::Verdict;
 pub use observe::{Observation, Observer, ProcessAction, Stamped};
+pub use timeline_state::TimelineStats;
 pub use trw::{Trw, TrwDecision, TrwParams};
 pub use types::{
     EngineStats, FingerprintInfo, HeldProbe, InboundEventKind, InboundObservation, OutboundAction, OutboundObservation,
-    SourceSnapshot,
+    PayloadObservation, SourceSnapshot,
 };
 pub use crate::vocab::ProcessInfo;

@@ -5,7 +5,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::{
-    BaselineLearner, Engine, HeldProbe, InboundObservation, OutboundAction, OutboundObservation, SourceSnapshot,
+    BaselineLearner, Engine, HeldProbe, InboundObservation, OutboundAction, OutboundObservation, PayloadObservation,
+    SourceSnapshot,
 };
 use crate::alert::Alert;
 
@@ -22,6 +23,8 @@ pub enum Observation {
     Outbound(OutboundObservation),
     /// One-probe sources held in the first-contact table.
     Held(Vec<HeldProbe>),
+    /// The first client payload of an inbound connection (or a close without data).
+    Payload(PayloadObservation),
     /// Time passed (periodic evaluation, expiry, rate-limit summaries).
     Tick,
 }
@@ -56,6 +59,7 @@ impl Stamped {
         match &self.obs {
             Observation::Source(s) => Some(s.ip),
             Observation::Inbound(e) => Some(e.ip),
+            Observation::Payload(p) => Some(p.src),
             _ => None,
         }
     }
@@ -74,6 +78,15 @@ pub trait Observer {
     fn finish(&mut self, _now: Duration) -> Vec<Alert> {
         Vec::new()
     }
+    /// A first client payload (observers that learn nothing from payloads ignore it).
+    fn observe_payload(&mut self, _now: Duration, _p: &PayloadObservation) -> Vec<Alert> {
+        Vec::new()
+    }
+    /// The actor store to persist, when due (`force`: now, e.g. at shutdown); None when nothing
+    /// changed or the observer keeps no actors.
+    fn actors_due(&mut self, _now: Duration, _force: bool) -> Option<crate::depth::actors::ActorStore> {
+        None
+    }
 
     /// Dispatch one stamped observation.
     fn observe(&mut self, s: &Stamped) -> Vec<Alert> {
@@ -82,6 +95,7 @@ pub trait Observer {
             Observation::Inbound(x) => self.observe_inbound_event(s.at, x),
             Observation::Outbound(x) => self.observe_outbound(s.at, x),
             Observation::Held(x) => self.observe_held(s.at, x),
+            Observation::Payload(x) => self.observe_payload(s.at, x),
             Observation::Tick => self.tick(s.at),
             Observation::ProcessAction(_) => Vec::new(),
         }
@@ -106,6 +120,12 @@ impl Observer for Engine {
     }
     fn finish(&mut self, now: Duration) -> Vec<Alert> {
         Engine::close_all(self, now)
+    }
+    fn observe_payload(&mut self, now: Duration, p: &PayloadObservation) -> Vec<Alert> {
+        Engine::observe_payload(self, now, p)
+    }
+    fn actors_due(&mut self, now: Duration, force: bool) -> Option<crate::depth::actors::ActorStore> {
+        Engine::actors_due(self, now, force)
     }
 }
 

@@ -252,6 +252,7 @@ impl Engine {
             update: false,
             alert_id: String::new(),
             incident: Incident::default(),
+            depth: None,
             annotations: Default::default(),
         };
         alert.reason = reason::fanout(&alert, is_slow, &notes);

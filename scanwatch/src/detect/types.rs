@@ -90,6 +90,22 @@ pub enum OutboundAction {
     UdpSend { dst: IpAddr, dport: u16 },
 }
 
+/// The first client payload of an inbound connection to one of this host's services (or the
+/// fact that the client closed without sending any).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PayloadObservation {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    /// The captured prefix of the payload (bounded by the source).
+    pub sample: Vec<u8>,
+    /// The payload's full length in its segment (the sample may be shorter).
+    pub payload_len: u32,
+    /// False: the client closed the connection without sending data (banner grab).
+    pub client_sent_data: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundObservation {
     pub process: ProcessInfo,

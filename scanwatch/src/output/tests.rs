@@ -28,6 +28,7 @@ pub(crate) fn inbound() -> Alert {
         update: false,
         alert_id: "00aa".into(),
         incident: Incident::default(),
+        depth: None,
         annotations: Annotations { asn: Some(64500), org: Some("Example Net".into()), evidence: Some("/var/lib/scanwatch/evidence/x.pcap".into()), ..Default::default() },
     }
 }

@@ -25,6 +25,7 @@ fn alert(id: &str) -> Alert {
         update: false,
         alert_id: id.into(),
         incident: Incident::default(),
+        depth: None,
         annotations: Default::default(),
     }
 }

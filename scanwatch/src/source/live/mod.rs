@@ -69,6 +69,7 @@ pub fn load_options(cfg: &Config, enforce_blocklist: bool) -> LoadOptions {
         own_tgid: std::process::id(),
         honeyports_tcp: hp.tcp,
         honeyports_udp: hp.udp,
+        first_payload: cfg.depth.enabled,
     }
 }
 
@@ -256,6 +257,7 @@ impl LiveSource {
         summary.insert("evictions".into(), totals[stat::NEW_SOURCES as usize].saturating_sub(live).into());
         summary.insert("records_short".into(), self.decode_errors.short.into());
         summary.insert("records_unknown_kind".into(), self.decode_errors.unknown_kind.into());
+        summary.insert("payload_orphan_chunks".into(), self.decode_errors.payload_orphan_chunks.into());
         summary
     }
 }

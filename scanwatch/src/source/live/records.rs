@@ -3,11 +3,12 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use scanwatch_common::{outcome, thr, EventHeader, EventKind, InboundEvent, ProcEvent, SrcKey};
+use scanwatch_common::{outcome, thr, EventHeader, EventKind, InboundEvent, PayloadEvent, ProcEvent, SrcKey, PAYLOAD_SAMPLE};
 
 use super::sweep::fingerprint_info;
 use crate::detect::{
-    InboundEventKind, InboundObservation, Observation, OutboundAction, ProcessAction, SourceSnapshot, Stamped,
+    InboundEventKind, InboundObservation, Observation, OutboundAction, PayloadObservation, ProcessAction, SourceSnapshot,
+    Stamped,
 };
 use crate::vocab::key_to_ip;
 
@@ -18,6 +19,8 @@ pub struct DecodeErrors {
     pub short: u64,
     /// A kind no program writes.
     pub unknown_kind: u64,
+    /// A payload continuation chunk whose first chunk was not in the same batch.
+    pub payload_orphan_chunks: u64,
 }
 
 fn read_record<T: Copy>(data: &[u8]) -> Option<T> {
@@ -72,6 +75,41 @@ pub fn decode(
             }
             let obs = InboundObservation { ip: key_to_ip(&e.src), dst: key_to_ip(&e.dst), kind: k };
             out.push(Stamped::new(now, Observation::Inbound(obs)));
+        }
+        EventKind::Payload => {
+            let Some(e) = read_record::<PayloadEvent>(data) else {
+                errors.short += 1;
+                return;
+            };
+            let n = usize::from(e.sample_len).min(PAYLOAD_SAMPLE);
+            let (src, dst) = (key_to_ip(&e.src), key_to_ip(&e.dst));
+            if e.chunk > 0 {
+                // Continuation of a TLS record: append to its first chunk, emitted just before.
+                let at = usize::from(e.chunk) * PAYLOAD_SAMPLE;
+                let prev = out.iter_mut().rev().find_map(|s| match &mut s.obs {
+                    Observation::Payload(p)
+                        if p.src == src && p.dst == dst && p.sport == e.sport && p.dport == e.dport && p.sample.len() == at =>
+                    {
+                        Some(p)
+                    }
+                    _ => None,
+                });
+                match prev {
+                    Some(p) => p.sample.extend_from_slice(&e.data[..n]),
+                    None => errors.payload_orphan_chunks += 1,
+                }
+                return;
+            }
+            let obs = PayloadObservation {
+                src,
+                dst,
+                sport: e.sport,
+                dport: e.dport,
+                sample: e.data[..n].to_vec(),
+                payload_len: e.payload_len,
+                client_sent_data: e.closed == 0,
+            };
+            out.push(Stamped::new(now, Observation::Payload(obs)));
         }
         EventKind::ProcConnect
         | EventKind::ProcSendto
@@ -131,7 +169,7 @@ mod tests {
         // A header announcing an inbound event, without the event.
         let hdr = EventHeader { kind: EventKind::Honeyport as u32, _pad: 0, ts_ns: 0 };
         decode(&bytes(&hdr), Duration::ZERO, |_| None, &mut errs, &mut out);
-        assert_eq!(errs, DecodeErrors { short: 2, unknown_kind: 1 });
+        assert_eq!(errs, DecodeErrors { short: 2, unknown_kind: 1, payload_orphan_chunks: 0 });
         assert!(out.is_empty());
     }
 
@@ -169,5 +207,44 @@ mod tests {
             other => panic!("expected an inbound event, got {other:?}"),
         }
         assert_eq!(out[1].at, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn payload_chunks_join_into_one_observation() {
+        let mut e = PayloadEvent {
+            hdr: EventHeader { kind: EventKind::Payload as u32, _pad: 0, ts_ns: 0 },
+            src: crate::vocab::ip_to_key("198.51.100.7".parse().expect("ip")),
+            dst: crate::vocab::ip_to_key("192.0.2.1".parse().expect("ip")),
+            sport: 40000,
+            dport: 443,
+            payload_len: 300,
+            sample_len: 256,
+            chunk: 0,
+            closed: 0,
+            _pad: 0,
+            data: [0x16; PAYLOAD_SAMPLE],
+        };
+        let (mut errs, mut out) = (DecodeErrors::default(), Vec::new());
+        decode(&bytes(&e), Duration::ZERO, |_| None, &mut errs, &mut out);
+        e.chunk = 1;
+        e.sample_len = 44;
+        e.data = [7; PAYLOAD_SAMPLE];
+        decode(&bytes(&e), Duration::ZERO, |_| None, &mut errs, &mut out);
+        e.sport = 1;
+        decode(&bytes(&e), Duration::ZERO, |_| None, &mut errs, &mut out);
+        assert_eq!(out.len(), 1);
+        let Observation::Payload(p) = &out[0].obs else { panic!("not a payload: {:?}", out[0]) };
+        assert_eq!(p.sample.len(), 300);
+        assert_eq!((p.sample[255], p.sample[256]), (0x16, 7));
+        assert!(p.client_sent_data);
+        assert_eq!(errs.payload_orphan_chunks, 1);
+        let mut closed = e;
+        closed.chunk = 0;
+        closed.closed = 1;
+        closed.sample_len = 0;
+        closed.payload_len = 0;
+        decode(&bytes(&closed), Duration::ZERO, |_| None, &mut errs, &mut out);
+        let Observation::Payload(p) = &out[1].obs else { panic!("not a payload") };
+        assert!(!p.client_sent_data && p.sample.is_empty());
     }
 }
