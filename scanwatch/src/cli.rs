@@ -63,6 +63,8 @@ enum Cmd {
         #[arg(long, short)]
         output: PathBuf,
     },
+    /// Fleet correlator over NATS JetStream (README "Fleet"); `fleet bench` measures it.
+    Fleet(crate::fleet::cli::FleetArgs),
     /// Per-packet cost of the XDP program via BPF_PROG_TEST_RUN against an empty-program baseline.
     Bench {
         /// Runs per packet shape (kernel repeat count).
@@ -163,6 +165,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(crate::baseline::learn(cfg, ifaces, Duration::from_secs(duration), &output))?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Fleet(a) => crate::fleet::cli::run(a),
         Cmd::Bench { repeat, json } => {
             let report = crate::bench::run(repeat)?;
             println!("{}", report.table());

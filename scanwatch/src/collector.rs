@@ -191,6 +191,7 @@ pub async fn run<W: Write>(cfg: Config, opts: RunOptions, out: W) -> anyhow::Res
     let hostname = cfg.agent.hostname.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
     });
+    let fleet = crate::fleet::publish::start(&cfg, &hostname).await?;
     let mut engine = Engine::new(&cfg, hostname);
     engine.set_wall_clock(monotonic(), std::time::SystemTime::now());
     if let Some(path) = &cfg.agent.baseline {
@@ -199,7 +200,10 @@ pub async fn run<W: Write>(cfg: Config, opts: RunOptions, out: W) -> anyhow::Res
             Err(e) => anyhow::bail!("agent.baseline: {}: {e}", path.display()),
         }
     }
-    run_with(&cfg, opts, &mut engine, out).await
+    let Some(fleet) = fleet else { return run_with(&cfg, opts, &mut engine, out).await };
+    let res = run_with(&cfg, opts, &mut crate::fleet::publish::Tee::new(&mut engine, &fleet), out).await;
+    fleet.finish().await;
+    res
 }
 
 /// The run loop over any observer.

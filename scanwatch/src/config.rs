@@ -70,6 +70,8 @@ pub struct Config {
     pub allowlist: AllowlistConfig,
     pub alerts: AlertConfig,
     pub response: ResponseConfig,
+    /// `[fleet]` (NATS publishing and the correlator).
+    pub fleet: crate::fleet::config::FleetConfig,
     /// All roles (built-in ones from the defaults plus user additions), by name.
     pub roles: BTreeMap<String, RoleProfile>,
 }
@@ -452,6 +454,7 @@ struct RawConfig {
     allowlist: Option<RawAllowlist>,
     alerts: Option<RawAlerts>,
     response: Option<RawResponse>,
+    fleet: Option<crate::fleet::config::RawFleet>,
     roles: Option<BTreeMap<String, RawRole>>,
 }
 
@@ -634,6 +637,7 @@ impl RawConfig {
                 "allowlist" => raw.allowlist = Some(de_section(k, v)?),
                 "alerts" => raw.alerts = Some(de_section(k, v)?),
                 "response" => raw.response = Some(de_section(k, v)?),
+                "fleet" => raw.fleet = Some(de_section(k, v)?),
                 "roles" => {
                     let Some(roles) = v.as_table() else {
                         return Err(ConfigError::invalid("roles", "expected a table of roles"));
@@ -696,6 +700,7 @@ impl RawConfig {
         sub(&mut self.response, o.response, |s, o| {
             overlay_fields!(s, o; block_min_severity, block_ttl, max_blocked)
         });
+        sub(&mut self.fleet, o.fleet, |s, o| s.overlay(o));
         if let Some(roles) = o.roles {
             let mine = self.roles.get_or_insert_with(BTreeMap::new);
             for (name, r) in roles {
@@ -716,6 +721,7 @@ impl RawConfig {
         let al = self.alerts.unwrap_or_default();
         let resp = self.response.unwrap_or_default();
         let raw_roles = self.roles.unwrap_or_default();
+        let raw_fleet = self.fleet.unwrap_or_default();
 
         // Roles first: agent.role is checked against them.
         let mut roles = BTreeMap::new();
@@ -924,7 +930,8 @@ impl RawConfig {
             max_blocked,
         };
 
-        Ok(Config { agent, xdp, honeyports, detect, allowlist, alerts, response, roles })
+        let fleet = crate::fleet::config::validate(raw_fleet, detect.windows.len())?;
+        Ok(Config { agent, xdp, honeyports, detect, allowlist, alerts, response, fleet, roles })
     }
 }
 
