@@ -149,25 +149,13 @@ pub async fn run<W: Write>(cfg: Config, opts: Options, mut out: W) -> anyhow::Re
     let client = super::nats::connect(&fc, &format!("correlator {id}"), true).await?;
     let js = jetstream::new(client);
     let stream = ensure_stream(&js, &cfg).await?;
-    let kv = match js.get_key_value(LEASE_BUCKET).await {
-        Ok(kv) => kv,
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: LEASE_BUCKET.into(),
-                history: 1,
-                max_age: fc.lease,
-                storage: stream::StorageType::Memory,
-                ..Default::default()
-            })
-            .await
-            .context("fleet: cannot create the lease bucket")?,
-    };
+    let kv = lease_bucket(&js, fc.lease).await?;
     let stats = Arc::new(Stats::default());
     let (alert_tx, mut alert_rx) = mpsc::unbounded_channel::<String>();
     let units: Vec<(Family, u32)> =
         opts.families.iter().flat_map(|f| (0..fc.shards).map(move |s| (*f, s))).collect();
     eprintln!(
-        "scanwatch: fleet: correlator {id} of group {} ready ({} units: {} shards x {:?}; stream {})",
+        "scanwatch: ready (fleet correlator {id} of group {}: {} units, {} shards x {:?}; stream {})",
         fc.group,
         units.len(),
         fc.shards,
@@ -181,6 +169,7 @@ pub async fn run<W: Write>(cfg: Config, opts: Options, mut out: W) -> anyhow::Re
     let inst_key = format!("{}.inst.{id}", fc.group);
     let offset = id.bytes().fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(usize::from(b)));
     let started = Instant::now();
+    let mut released: Vec<(Family, u32)> = Vec::new();
     loop {
         if let (Some(c), Some(n)) = (&opts.stop_after_records, opts.stop_at) {
             if c.load(Ordering::Relaxed) >= n {
@@ -226,15 +215,37 @@ pub async fn run<W: Write>(cfg: Config, opts: Options, mut out: W) -> anyhow::Re
                         let _ = unit.task.await;
                     }
                 }
-                // Give back the excess so that newer instances get their share.
-                while owned.len() > fair {
-                    let Some(u) = owned.keys().max().copied() else { break };
-                    if let Some(unit) = owned.remove(&u) {
-                        unit.stop.store(true, Ordering::Relaxed);
-                        let _ = unit.task.await;
-                        let _ = kv.delete(unit_key(&fc.group, u.0, u.1)).await;
-                        stats.units_released.fetch_add(1, Ordering::Relaxed);
+                // A unit whose task ended on an error (NATS went away mid-batch) starts again
+                // from its durable consumer: replay to the acknowledged position, then the rest.
+                for (u, unit) in owned.iter_mut() {
+                    if unit.task.is_finished() {
+                        unit.stop = Arc::new(AtomicBool::new(false));
+                        unit.task = tokio::spawn(unit_task(
+                            cfg.clone(),
+                            js.clone(),
+                            stream.clone(),
+                            *u,
+                            unit.stop.clone(),
+                            stats.clone(),
+                            alert_tx.clone(),
+                            opts.stop_after_records.clone(),
+                        ));
                     }
+                }
+                // Give back the excess so that newer instances get their share.
+                let mut excess: Vec<(Family, u32)> = owned.keys().copied().collect();
+                excess.sort();
+                let excess: Vec<Unit> = excess.split_off(fair.min(excess.len())).into_iter().filter_map(|u| owned.remove(&u).map(|x| (u, x))).map(|(u, x)| {
+                    x.stop.store(true, Ordering::Relaxed);
+                    released.push(u);
+                    x
+                }).collect();
+                for x in excess {
+                    let _ = x.task.await;
+                }
+                for u in released.drain(..) {
+                    let _ = kv.delete(unit_key(&fc.group, u.0, u.1)).await;
+                    stats.units_released.fetch_add(1, Ordering::Relaxed);
                 }
                 // Take free units up to the fair share.
                 for i in 0..units.len() {
@@ -264,8 +275,12 @@ pub async fn run<W: Write>(cfg: Config, opts: Options, mut out: W) -> anyhow::Re
             }
         }
     }
-    for (u, unit) in owned.drain() {
+    // Stop every unit at once (each finishes its current pull), then give the leases back so
+    // other instances take over at once instead of after the lease time.
+    for unit in owned.values() {
         unit.stop.store(true, Ordering::Relaxed);
+    }
+    for (u, unit) in owned.drain() {
         let _ = unit.task.await;
         let _ = kv.delete(unit_key(&fc.group, u.0, u.1)).await;
     }
@@ -280,6 +295,28 @@ pub async fn run<W: Write>(cfg: Config, opts: Options, mut out: W) -> anyhow::Re
         eprintln!("scanwatch: fleet: correlator {id} stopped; counters {}", stats.to_json());
     }
     Ok(stats)
+}
+
+/// The lease bucket. Its stream is created here rather than with `create_key_value`, whose
+/// account-info query does not parse the replies of nats-server 2.9 (Debian's).
+async fn lease_bucket(js: &jetstream::Context, lease: Duration) -> anyhow::Result<kv::Store> {
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{LEASE_BUCKET}"),
+        subjects: vec![format!("$KV.{LEASE_BUCKET}.>")],
+        max_messages_per_subject: 1,
+        max_age: lease,
+        duplicate_window: lease,
+        // File: leases survive a server restart (and expire by age as usual).
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("fleet: cannot create the lease bucket {LEASE_BUCKET}: {e}"))?;
+    js.get_key_value(LEASE_BUCKET).await.context("fleet: cannot open the lease bucket")
 }
 
 async fn live_instances(kv: &kv::Store, group: &str) -> usize {
