@@ -1013,6 +1013,11 @@ impl Lab {
 }
 
 impl LabHost {
+    /// A TCP service on `target_ip:port` (see [`Lab::serve_tcp`]).
+    pub fn serve_tcp(&self, port: u16) -> Server {
+        Server::start(SocketAddr::new(IpAddr::V4(self.target_ip), port))
+    }
+
     /// Tears the host down now (also done by Drop; idempotent, never panics).
     pub fn teardown(&self) {
         if self.torn_down.swap(true, Ordering::SeqCst) {

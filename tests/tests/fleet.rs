@@ -344,7 +344,7 @@ fn sweep_over_four_hosts_is_one_fleet_horizontal_scan_benign_clients_nothing_spr
         })
         .collect();
     // A service on every host.
-    let services: Vec<_> = targets.iter().map(|t| lab.serve_tcp_on(std::net::SocketAddr::from((*t, 8080)))).collect();
+    let services: Vec<_> = std::iter::once(lab.serve_tcp(8080)).chain(extra.iter().map(|h| h.serve_tcp(8080))).collect();
 
     // --- benign: a second lab address connects to the service on every host, 5 times each ----
     let benign = Ipv4Addr::new(10, 78, lab.id as u8, 3);
