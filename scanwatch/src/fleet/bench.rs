@@ -3,9 +3,10 @@
 //! in-memory cost of the same work (decode + fleet view + engine, no NATS) as the baseline.
 //!
 //! The generated fleet: `agents` agents, `sources` remote sources spread over the source shards,
-//! each message one agent's batch of `per_message` records for one shard (a quarter held
-//! probes, the rest cumulative per-source summaries with growing counters), event time advancing
-//! so that the whole run spans `span` of agent time. Only the source family is generated (the
+//! each agent watching `window` sources per shard; each message is one agent's batch of
+//! `per_message` records for one shard (successive sweeps of its window: cumulative per-source
+//! summaries with growing counters, the first sweep partly held probes), event time advancing so
+//! that the whole run spans `span` of agent time. Only the source family is generated (the
 //! site family carries the same records on a single shard per site).
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,10 +29,15 @@ pub struct BenchOptions {
     pub agents: u32,
     pub sources: u32,
     pub per_message: u32,
+    /// Sources each agent watches per shard.
+    pub window: u32,
     pub span: Duration,
 }
 
-/// Generated messages: (subject, payload, records).
+/// Generated messages: (subject, payload, records). Agent `a` watches, on every shard, a window
+/// of `window` sources of that shard's pool; one message is one agent's batch for one shard:
+/// `per_message / window` successive sweeps of its window (cumulative counters growing), a
+/// quarter of the window first seen as held probes.
 fn generate(cfg: &Config, o: &BenchOptions) -> Vec<(String, Vec<u8>, u32)> {
     let fc = &cfg.fleet;
     let subjects = Subjects { prefix: fc.subject_prefix.clone() };
@@ -40,49 +46,53 @@ fn generate(cfg: &Config, o: &BenchOptions) -> Vec<(String, Vec<u8>, u32)> {
         let ip = IpAddr::V4(Ipv4Addr::from(0x6440_0000u32 + i * 7 + 1));
         by_shard[shard_of(ip, fc.shards) as usize].push(ip);
     }
+    let window = o.window.clamp(1, o.per_message) as usize;
     let n_msgs = o.records.div_ceil(u64::from(o.per_message));
     let t0 = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().saturating_sub(o.span).as_nanos() as u64;
     let step = o.span.as_nanos() as u64 / n_msgs.max(1);
-    let mut cursor = vec![0usize; by_shard.len()];
     let mut out = Vec::with_capacity(n_msgs as usize);
     let mut left = o.records;
     for m in 0..n_msgs {
         let shard = (m % u64::from(fc.shards)) as usize;
-        let agent = format!("bench-{:05}", (m / u64::from(fc.shards)) % u64::from(o.agents));
+        let a = (m / u64::from(fc.shards)) % u64::from(o.agents);
+        let round = (m / (u64::from(fc.shards) * u64::from(o.agents))) as u32;
+        let agent = format!("bench-{a:05}");
         let mut e = Encoder::new(&agent, "bench");
         let n = left.min(u64::from(o.per_message)) as u32;
         left -= u64::from(n);
         let t = t0 + m * step;
-        let round = (m / (u64::from(fc.shards) * u64::from(o.agents))) as u32 + 1;
         let pool = &by_shard[shard];
-        for r in 0..n {
-            let src = pool[cursor[shard] % pool.len().max(1)];
-            cursor[shard] += 1;
-            if r % 4 == 0 {
-                e.held(&Held { time_ns: t, src, dst: None, dport: Some(1024 + (r % 512) as u16), proto: 6, failed: r % 8 == 0, fp_hash: 0 });
-            } else {
-                let mut counts = [0u32; cnt::N];
-                counts[cnt::PACKETS] = round * 3;
-                counts[cnt::SYN] = round * 3;
-                counts[cnt::SYN_OPEN] = round * 2;
-                counts[cnt::SYN_CLOSED] = round;
-                counts[cnt::FAILED] = round;
-                let mut ports = [0u16; MAX_PORTS];
-                ports[0] = 443;
-                ports[1] = 80;
-                e.summary(&Summary {
-                    time_ns: t,
-                    src,
-                    first_seen_ns: t0,
-                    counts,
-                    distinct_ports: 2.0,
-                    distinct_hosts: 1.0,
-                    n_ports: 2,
-                    ports,
-                    n_fp: 0,
-                    fps: [Fp::default(); MAX_FPS],
-                });
+        let base = (a as usize * 53) % pool.len().max(1);
+        for r in 0..n as usize {
+            let k = r % window;
+            let sweep = (r / window) as u32 + round * (o.per_message / window as u32) + 1;
+            let src = pool[(base + k) % pool.len().max(1)];
+            let t = t + (r / window) as u64 * 1_000_000;
+            if round == 0 && r < window && k % 4 == 0 {
+                e.held(&Held { time_ns: t, src, dst: None, dport: Some(443), proto: 6, failed: false, fp_hash: 0 });
+                continue;
             }
+            let mut counts = [0u32; cnt::N];
+            counts[cnt::PACKETS] = sweep * 3;
+            counts[cnt::SYN] = sweep * 3;
+            counts[cnt::SYN_OPEN] = sweep * 2;
+            counts[cnt::SYN_CLOSED] = sweep;
+            counts[cnt::FAILED] = sweep;
+            let mut ports = [0u16; MAX_PORTS];
+            ports[0] = 443;
+            ports[1] = 80;
+            e.summary(&Summary {
+                time_ns: t,
+                src,
+                first_seen_ns: t0,
+                counts,
+                distinct_ports: 2.0,
+                distinct_hosts: 1.0,
+                n_ports: 2,
+                ports,
+                n_fp: 0,
+                fps: [Fp::default(); MAX_FPS],
+            });
         }
         let subject = subjects.records(Family::Src, shard as u32, "bench", &agent);
         out.push((subject, e.finish(), n));
@@ -106,8 +116,8 @@ fn in_memory(cfg: &Config, msgs: &[(String, Vec<u8>, u32)]) -> anyhow::Result<(u
         n += b.records.len() as u64;
         let k = shard % views.len();
         views[k].ingest(&b);
-        // The correlator flushes once per pulled batch (up to 256 messages of a shard).
-        if i % (256 * views.len()) == 256 * views.len() - 1 {
+        // The correlator flushes once per pulled batch (up to 16 messages of a shard).
+        if i % (16 * views.len()) == 16 * views.len() - 1 {
             for v in &mut views {
                 let _ = v.flush();
             }
@@ -120,12 +130,12 @@ fn in_memory(cfg: &Config, msgs: &[(String, Vec<u8>, u32)]) -> anyhow::Result<(u
 }
 
 /// Run `instances` correlators (one thread and one current-thread runtime each, like separate
-/// processes) of a fresh group until they have processed `total` records.
+/// processes) of a fresh group until they have processed `total` records. The time measured runs
+/// from the first acknowledged batch to the last (start-up and lease claiming excluded).
 fn correlators(cfg: &Config, group: &str, instances: usize, total: u64) -> anyhow::Result<(Duration, Vec<u64>)> {
     let done = Arc::new(AtomicU64::new(0));
     let mut c = cfg.clone();
     c.fleet.group = group.to_string();
-    let t = Instant::now();
     let mut handles = Vec::new();
     for i in 0..instances {
         let c = c.clone();
@@ -145,15 +155,29 @@ fn correlators(cfg: &Config, group: &str, instances: usize, total: u64) -> anyho
             Ok(stats.records.load(Ordering::Relaxed))
         }));
     }
+    let (mut first, mut last) = (None, None);
+    let (mut first_n, deadline) = (0u64, Instant::now() + Duration::from_secs(600));
+    while last.is_none() && Instant::now() < deadline && !handles.iter().all(|h| h.is_finished()) {
+        let n = done.load(Ordering::Relaxed);
+        if n > 0 && first.is_none() {
+            first = Some(Instant::now());
+            first_n = n;
+        }
+        if n >= total {
+            last = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let mut per = Vec::new();
     for h in handles {
         per.push(h.join().map_err(|_| anyhow::anyhow!("correlator thread panicked"))??);
     }
-    let elapsed = t.elapsed();
-    if per.iter().sum::<u64>() < total {
-        anyhow::bail!("{group}: correlators processed {} of {total} records before the time limit", per.iter().sum::<u64>());
-    }
-    Ok((elapsed, per))
+    let (Some(first), Some(last)) = (first, last) else {
+        anyhow::bail!("{group}: correlators processed {} of {total} records before stopping", per.iter().sum::<u64>());
+    };
+    // Records of the first batch were processed before `first`: leave them out of the rate.
+    let elapsed = last.duration_since(first).max(Duration::from_millis(1));
+    Ok((elapsed.mul_f64(total as f64 / (total - first_n).max(1) as f64), per))
 }
 
 pub fn run(mut cfg: Config, o: &BenchOptions) -> anyhow::Result<serde_json::Value> {
@@ -164,7 +188,7 @@ pub fn run(mut cfg: Config, o: &BenchOptions) -> anyhow::Result<serde_json::Valu
     cfg.fleet.stream = "SWBENCH".into();
     cfg.fleet.retention = Duration::from_secs(3600);
     // No replay of history at take-over: each measured group starts from the stream's start.
-    cfg.fleet.lease = Duration::from_secs(3);
+    cfg.fleet.lease = Duration::from_secs(6);
     eprintln!("fleet bench: generating {} records ({} agents, {} sources, {} records/message)", o.records, o.agents, o.sources, o.per_message);
     let msgs = generate(&cfg, o);
     let bytes: usize = msgs.iter().map(|m| m.1.len()).sum();

@@ -41,12 +41,15 @@ enum FleetCmd {
     Bench {
         #[arg(long, default_value_t = 10_000_000)]
         records: u64,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 200)]
         agents: u32,
-        #[arg(long, default_value_t = 50_000)]
+        #[arg(long, default_value_t = 20_000)]
         sources: u32,
         #[arg(long, default_value_t = 2000)]
         per_message: u32,
+        /// Sources each agent watches per shard.
+        #[arg(long, default_value_t = 200)]
+        window: u32,
         /// Agent time the generated records span, in seconds.
         #[arg(long, default_value_t = 120)]
         span: u64,
@@ -64,12 +67,13 @@ pub fn run(a: FleetArgs) -> anyhow::Result<ExitCode> {
         cfg.fleet.servers = a.servers.clone();
     }
     match a.cmd {
-        Some(FleetCmd::Bench { records, agents, sources, per_message, span, json }) => {
+        Some(FleetCmd::Bench { records, agents, sources, per_message, window, span, json }) => {
             let o = super::bench::BenchOptions {
                 records,
                 agents: agents.max(1),
                 sources: sources.max(1),
                 per_message: per_message.clamp(1, 20_000),
+                window: window.max(1),
                 span: Duration::from_secs(span.max(1)),
             };
             let report = super::bench::run(cfg, &o)?;

@@ -31,8 +31,9 @@ use super::view::{FleetAlert, FleetView};
 use super::{Family, Subjects};
 use crate::config::Config;
 
-/// Messages pulled per request.
-const FETCH: usize = 256;
+/// Messages pulled per request: bounds the work between two awaits (the lease renewal shares
+/// the thread), and the records acknowledged at once.
+const FETCH: usize = 16;
 /// How long a pull waits for messages before the unit runs its idle work.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
 /// KV bucket of the leases.
@@ -180,6 +181,8 @@ pub async fn run<W: Write>(cfg: Config, opts: Options, mut out: W) -> anyhow::Re
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+            // Benchmarks: notice the record target soon.
+            _ = async { if opts.stop_at.is_some() { tokio::time::sleep(Duration::from_millis(20)).await } else { std::future::pending().await } } => continue,
             a = alert_rx.recv() => {
                 if let Some(line) = a {
                     if !opts.quiet {
@@ -316,6 +319,15 @@ async fn lease_bucket(js: &jetstream::Context, lease: Duration) -> anyhow::Resul
     })
     .await
     .map_err(|e| anyhow::anyhow!("fleet: cannot create the lease bucket {LEASE_BUCKET}: {e}"))?;
+    // The bucket's max age is the lease: follow fleet.lease when it changed.
+    let mut st = js.get_stream(format!("KV_{LEASE_BUCKET}")).await.context("fleet: lease bucket")?;
+    let info = st.info().await.context("fleet: lease bucket info")?.clone();
+    if info.config.max_age != lease {
+        let mut c = info.config;
+        c.max_age = lease;
+        c.duplicate_window = lease;
+        js.update_stream(c).await.map_err(|e| anyhow::anyhow!("fleet: cannot set the lease bucket's max age: {e}"))?;
+    }
     js.get_key_value(LEASE_BUCKET).await.context("fleet: cannot open the lease bucket")
 }
 
@@ -389,14 +401,15 @@ async fn unit_loop(
     }
     let fleet_subject = subjects.fleet_alerts();
     let mut last_input = (Instant::now(), view.now());
+    let mut busy = true;
     while !stop.load(Ordering::Relaxed) {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(FETCH)
-            .expires(FETCH_WAIT)
-            .messages()
-            .await
-            .map_err(|e| anyhow::anyhow!("pull from {name}: {e}"))?;
+        // While messages are waiting, take what is there at once; when idle, wait for more.
+        let batch = if busy {
+            consumer.fetch().max_messages(FETCH).messages().await
+        } else {
+            consumer.batch().max_messages(FETCH).expires(FETCH_WAIT).messages().await
+        };
+        let mut batch = batch.map_err(|e| anyhow::anyhow!("pull from {name}: {e}"))?;
         let mut last = None;
         let mut n_records = 0u64;
         while let Some(m) = batch.next().await {
@@ -411,6 +424,7 @@ async fn unit_loop(
             n_records += ingest(&subjects, &m.subject, &m.payload, &mut view, stats);
             last = Some(m);
         }
+        busy = last.is_some();
         if last.is_some() {
             last_input = (Instant::now(), view.now());
         } else if last_input.1 > Duration::ZERO {

@@ -19,7 +19,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use scanwatch_common::cnt;
 
-use super::record::{Batch, Held, Record, Summary};
+use super::record::{fp_hash_from_hex, Batch, Held, Record, Summary};
 use super::Family;
 use crate::alert::{Alert, AlertKind};
 use crate::config::{canonical_ip, Config};
@@ -59,25 +59,30 @@ impl FleetAlert {
     }
 }
 
+/// One agent's view of one source (compact: a fleet has many of these).
 #[derive(Debug, Clone)]
 struct AgentState {
-    agent: u32,
     /// `first_seen_ns` of the agent's kernel entry the counters below belong to (0: held only).
     epoch: u64,
     /// Counters already added to the fleet totals for this epoch.
-    prev: [u64; cnt::N],
+    prev: [u32; cnt::N],
     /// Held probes already counted: (port or 0, proto).
-    held: Vec<(u16, u8)>,
+    held: [(u16, u8); HELD_KEYS],
+    n_held: u8,
     /// Distinct destinations this agent contributes.
-    hosts: f64,
-    ports_est: f64,
+    hosts: f32,
+    ports_est: f32,
 }
+
+/// Held probes remembered per (source, agent) for de-duplication.
+const HELD_KEYS: usize = 4;
 
 #[derive(Debug, Clone)]
 struct FleetSource {
     first_seen: Duration,
     last_seen: Duration,
-    agents: Vec<AgentState>,
+    /// Agents with state for this source (ids; bounded by MAX_AGENTS_PER_SOURCE).
+    agents: Vec<u32>,
     overflow_agents: u64,
     total: [u64; cnt::N],
     ports: Vec<u16>,
@@ -89,6 +94,61 @@ struct FleetSource {
     /// The single held probe when that is all the fleet knows about the source.
     only_held: Option<HeldProbe>,
 }
+
+/// A fast keyed hash for the view's maps (source addresses are attacker-chosen: the seed is
+/// random per view, so colliding addresses cannot be precomputed).
+#[derive(Clone)]
+pub struct SeededHasher(u64);
+
+impl std::hash::Hasher for SeededHasher {
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_u32(&mut self, x: u32) {
+        self.write_u64(u64::from(x));
+    }
+    fn write_u8(&mut self, x: u8) {
+        self.write_u64(u64::from(x));
+    }
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+}
+
+#[derive(Clone)]
+pub struct Seeded(u64);
+
+impl Default for Seeded {
+    fn default() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0x5eed);
+        Seeded(h.finish())
+    }
+}
+
+impl std::hash::BuildHasher for Seeded {
+    type Hasher = SeededHasher;
+    fn build_hasher(&self) -> SeededHasher {
+        SeededHasher(self.0)
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, Seeded>;
 
 /// Counters of a view (and the correlator's rejections).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -110,7 +170,9 @@ pub struct ViewStats {
 pub struct FleetView {
     engine: Engine,
     family: Family,
-    sources: HashMap<IpAddr, FleetSource>,
+    sources: FastMap<IpAddr, FleetSource>,
+    /// (source, agent) → that agent's state for the source.
+    pairs: FastMap<(IpAddr, u32), AgentState>,
     dirty: Vec<IpAddr>,
     agent_ids: HashMap<String, u32>,
     agent_names: Vec<String>,
@@ -136,7 +198,8 @@ impl FleetView {
         FleetView {
             engine,
             family,
-            sources: HashMap::new(),
+            sources: FastMap::default(),
+            pairs: FastMap::default(),
             dirty: Vec::new(),
             agent_ids: HashMap::new(),
             agent_names: Vec::new(),
@@ -196,9 +259,13 @@ impl FleetView {
         true
     }
 
-    fn source(&mut self, ip: IpAddr, t: Duration) -> &mut FleetSource {
+    /// The source's entry (created, evicting the oldest eighth when full) and the agent's state
+    /// for it (None when the source already has MAX_AGENTS_PER_SOURCE agents).
+    fn entry(&mut self, ip: IpAddr, agent: u32, t: Duration) -> (&mut FleetSource, Option<&mut AgentState>) {
         if !self.sources.contains_key(&ip) && self.sources.len() >= self.max_sources {
             self.stats.sources_evicted += evict_oldest(&mut self.sources, self.max_sources);
+            let sources = &self.sources;
+            self.pairs.retain(|(ip, _), _| sources.contains_key(ip));
         }
         let s = self.sources.entry(ip).or_insert_with(|| FleetSource {
             first_seen: t,
@@ -221,26 +288,44 @@ impl FleetView {
             s.dirty = true;
             self.dirty.push(ip);
         }
-        s
+        let a = match self.pairs.entry((ip, agent)) {
+            std::collections::hash_map::Entry::Occupied(o) => Some(o.into_mut()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                if s.agents.len() >= MAX_AGENTS_PER_SOURCE {
+                    s.overflow_agents += 1;
+                    None
+                } else {
+                    s.agents.push(agent);
+                    Some(v.insert(AgentState {
+                        epoch: 0,
+                        prev: [0; cnt::N],
+                        held: [(0, 0); HELD_KEYS],
+                        n_held: 0,
+                        hosts: 0.0,
+                        ports_est: 0.0,
+                    }))
+                }
+            }
+        };
+        (s, a)
     }
 
     fn held(&mut self, agent: u32, h: &Held, t: Duration) {
         self.stats.held += 1;
         let ip = canonical_ip(h.src);
-        let s = self.source(ip, t);
+        let (s, a) = self.entry(ip, agent, t);
+        let Some(a) = a else { return };
         let key = (h.dport.unwrap_or(0), h.proto);
-        let Some(a) = agent_state(s, agent) else {
-            s.overflow_agents += 1;
-            return;
-        };
-        if a.held.contains(&key) {
+        let n = usize::from(a.n_held).min(HELD_KEYS);
+        if a.held[..n].contains(&key) {
             self.stats.duplicate_held += 1;
             return;
         }
-        if a.held.len() < 64 {
-            a.held.push(key);
+        if n < HELD_KEYS {
+            a.held[n] = key;
         }
-        let mut c = [0u64; cnt::N];
+        a.n_held = a.n_held.saturating_add(1);
+        let mut c = [0u32; cnt::N];
         c[cnt::PACKETS] = 1;
         match (h.proto, h.dport) {
             (6, Some(_)) => {
@@ -265,17 +350,16 @@ impl FleetView {
         // Held-only agents contribute their distinct held destinations (at least this host).
         let old_hosts = a.hosts;
         if a.epoch == 0 {
-            a.hosts = a.held.len().max(1) as f64;
+            a.hosts = f32::from(a.n_held.max(1));
         }
         let new_hosts = a.hosts;
         for (p, v) in a.prev.iter_mut().zip(c.iter()) {
-            *p += v;
+            *p = p.saturating_add(*v);
         }
-        let first_agent_probe = s.agents.len() == 1 && s.total.iter().all(|v| *v == 0);
         for (tot, v) in s.total.iter_mut().zip(c.iter()) {
-            *tot += v;
+            *tot += u64::from(*v);
         }
-        s.hosts_est += new_hosts - old_hosts;
+        s.hosts_est += f64::from(new_hosts - old_hosts);
         if let Some(p) = h.dport {
             insert_sorted(&mut s.ports, p, MAX_PORTS);
         }
@@ -283,43 +367,36 @@ impl FleetView {
             insert_sorted(&mut s.dsts, canonical_ip(d), MAX_DSTS);
         }
         s.ports_est = s.ports_est.max(s.ports.len() as f64);
-        s.only_held = first_agent_probe.then_some(HeldProbe { ip, dport: h.dport, dst: h.dst, failed: h.failed });
+        let only = s.agents.len() == 1 && s.total[cnt::PACKETS] == 1 && a.epoch == 0;
+        s.only_held = only.then_some(HeldProbe { ip, dport: h.dport, dst: h.dst, failed: h.failed });
     }
 
     fn summary(&mut self, agent: u32, m: &Summary<'_>, t: Duration) {
         self.stats.summaries += 1;
         let ip = canonical_ip(m.src);
-        let s = self.source(ip, t);
+        let (s, a) = self.entry(ip, agent, t);
         s.only_held = None;
-        let Some(a) = agent_state(s, agent) else {
-            s.overflow_agents += 1;
-            return;
-        };
-        let counts: [u64; cnt::N] = std::array::from_fn(|i| u64::from(m.counts[i]));
+        let Some(a) = a else { return };
+        let counts = &m.counts;
         let same_entry = a.epoch == 0 || a.epoch == m.first_seen_ns;
         let went_back = counts.iter().zip(a.prev.iter()).any(|(c, p)| c < p);
-        let delta: [u64; cnt::N] = if same_entry && !(went_back && a.epoch != 0) {
-            std::array::from_fn(|i| counts[i].saturating_sub(a.prev[i]))
-        } else {
-            counts
-        };
-        a.epoch = m.first_seen_ns.max(1);
-        a.prev = if same_entry { std::array::from_fn(|i| a.prev[i].max(counts[i])) } else { counts };
-        let old_hosts = a.hosts;
-        a.hosts = a.hosts.max(f64::from(m.distinct_hosts)).max(1.0);
-        a.ports_est = a.ports_est.max(f64::from(m.distinct_ports));
-        let (new_hosts, agent_ports) = (a.hosts, a.ports_est);
-        for (tot, v) in s.total.iter_mut().zip(delta.iter()) {
-            *tot = tot.saturating_add(*v);
+        let fresh = !same_entry || (went_back && a.epoch != 0);
+        for i in 0..cnt::N {
+            let d = if fresh { counts[i] } else { counts[i].saturating_sub(a.prev[i]) };
+            s.total[i] = s.total[i].saturating_add(u64::from(d));
+            a.prev[i] = if fresh { counts[i] } else { a.prev[i].max(counts[i]) };
         }
-        s.hosts_est += new_hosts - old_hosts;
+        a.epoch = m.first_seen_ns.max(1);
+        let old_hosts = a.hosts;
+        a.hosts = a.hosts.max(m.distinct_hosts).max(1.0);
+        a.ports_est = a.ports_est.max(m.distinct_ports);
+        s.hosts_est += f64::from(a.hosts - old_hosts);
         for p in m.ports() {
             insert_sorted(&mut s.ports, *p, MAX_PORTS);
         }
-        s.ports_est = s.ports_est.max(agent_ports).max(s.ports.len() as f64);
+        s.ports_est = s.ports_est.max(f64::from(a.ports_est)).max(s.ports.len() as f64);
         for f in m.fps() {
-            let hash = format!("{:08x}", f.hash);
-            if s.fps.iter().any(|x| x.hash == hash) {
+            if s.fps.iter().any(|x| fp_hash_from_hex(&x.hash) == f.hash) {
                 continue;
             }
             if s.fps.len() >= MAX_FPS {
@@ -327,7 +404,7 @@ impl FleetView {
             }
             s.fps.push(FingerprintInfo {
                 text: f.text.to_string(),
-                hash,
+                hash: format!("{:08x}", f.hash),
                 tool_hint: scanwatch_common::tool::name(u32::from(f.tool)).to_string(),
                 initial_ttl: f.initial_ttl,
             });
@@ -371,7 +448,11 @@ impl FleetView {
             let idle = self.idle;
             let before = self.sources.len();
             self.sources.retain(|_, s| now.saturating_sub(s.last_seen) < idle);
-            self.stats.sources_evicted += (before - self.sources.len()) as u64;
+            if self.sources.len() < before {
+                self.stats.sources_evicted += (before - self.sources.len()) as u64;
+                let sources = &self.sources;
+                self.pairs.retain(|(ip, _), _| sources.contains_key(ip));
+            }
         }
         self.stats.sources = self.sources.len();
         let out: Vec<FleetAlert> =
@@ -396,7 +477,7 @@ impl FleetView {
         let ips = alert.source.ip.iter().chain(alert.source.related.iter());
         for ip in ips.filter_map(|s| s.parse::<IpAddr>().ok()) {
             if let Some(s) = self.sources.get(&canonical_ip(ip)) {
-                ids.extend(s.agents.iter().map(|a| a.agent));
+                ids.extend(s.agents.iter().copied());
                 overflow += s.overflow_agents;
             }
         }
@@ -409,17 +490,6 @@ impl FleetView {
     }
 }
 
-fn agent_state(s: &mut FleetSource, agent: u32) -> Option<&mut AgentState> {
-    if let Some(i) = s.agents.iter().position(|a| a.agent == agent) {
-        return s.agents.get_mut(i);
-    }
-    if s.agents.len() >= MAX_AGENTS_PER_SOURCE {
-        return None;
-    }
-    s.agents.push(AgentState { agent, epoch: 0, prev: [0; cnt::N], held: Vec::new(), hosts: 0.0, ports_est: 0.0 });
-    s.agents.last_mut()
-}
-
 fn insert_sorted<T: Ord + Copy>(v: &mut Vec<T>, x: T, cap: usize) {
     if let Err(i) = v.binary_search(&x) {
         if v.len() < cap {
@@ -428,7 +498,7 @@ fn insert_sorted<T: Ord + Copy>(v: &mut Vec<T>, x: T, cap: usize) {
     }
 }
 
-fn evict_oldest(m: &mut HashMap<IpAddr, FleetSource>, cap: usize) -> u64 {
+fn evict_oldest(m: &mut FastMap<IpAddr, FleetSource>, cap: usize) -> u64 {
     let mut ages: Vec<(Duration, IpAddr)> = m.iter().map(|(k, v)| (v.last_seen, *k)).collect();
     let n = (cap / 8).max(1).min(ages.len());
     if n == 0 {
