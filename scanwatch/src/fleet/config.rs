@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::record::name_ok;
-use crate::config::{parse_duration, ConfigError};
+use crate::config::ConfigError;
+use crate::vocab::parse_duration;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -202,13 +202,23 @@ pub async fn run<W: Write>(cfg: Config, opts: Options, mut out: W) -> anyhow::Re
                 }
                 let fair = units.len().div_ceil(live);
                 // Renew what we hold; forget what we lost (another instance took it).
+                // All renewals in flight at once: one round trip, not one per unit.
                 let mut lost = Vec::new();
-                for (u, unit) in owned.iter_mut() {
-                    match kv.update(unit_key(&fc.group, u.0, u.1), id.clone().into(), unit.revision).await {
-                        Ok(r) => unit.revision = r,
+                let renewals = futures_util::future::join_all(owned.iter().map(|(u, unit)| {
+                    let (kv, key, id, rev, u) = (&kv, unit_key(&fc.group, u.0, u.1), id.clone(), unit.revision, *u);
+                    async move { (u, kv.update(key, id.into(), rev).await) }
+                }))
+                .await;
+                for (u, r) in renewals {
+                    match r {
+                        Ok(r) => {
+                            if let Some(unit) = owned.get_mut(&u) {
+                                unit.revision = r;
+                            }
+                        }
                         Err(e) => {
                             eprintln!("scanwatch: fleet: correlator {id}: lost lease of {} shard {}: {e}", u.0.token(), u.1);
-                            lost.push(*u);
+                            lost.push(u);
                         }
                     }
                 }
@@ -423,6 +433,9 @@ async fn unit_loop(
             stats.messages.fetch_add(1, Ordering::Relaxed);
             n_records += ingest(&subjects, &m.subject, &m.payload, &mut view, stats);
             last = Some(m);
+            // One message is up to ~1 MiB of records: let the lease renewal and the other units
+            // run between messages.
+            tokio::task::yield_now().await;
         }
         busy = last.is_some();
         if last.is_some() {

@@ -16,9 +16,8 @@ use super::config::FleetConfig;
 use super::record::{fp_hash_from_hex, tool_index, Encoder, Fp, Held, Summary, MAX_FPS, MAX_PORTS};
 use super::{shard_of, site_shard, Family, Subjects};
 use crate::alert::Alert;
-use crate::collector::Observer;
 use crate::config::Config;
-use crate::detect::{HeldProbe, InboundObservation, OutboundObservation, SourceSnapshot};
+use crate::detect::{HeldProbe, InboundObservation, Observer, OutboundObservation, SourceSnapshot};
 
 /// A batch is sent once it reaches this size, even before the interval.
 const BATCH_BYTES: usize = 256 * 1024;
@@ -343,19 +342,24 @@ async fn publisher(
 }
 
 /// Forwards every observation to the engine and its records and alerts to the fleet publisher:
-/// the run loop feeds this in place of the engine, unchanged.
-pub struct Tee<'a, O: Observer> {
-    inner: &'a mut O,
-    fleet: &'a Handle,
+/// the live loop runs this in place of the engine, unchanged.
+pub struct Tee<O: Observer> {
+    inner: O,
+    fleet: Handle,
 }
 
-impl<'a, O: Observer> Tee<'a, O> {
-    pub fn new(inner: &'a mut O, fleet: &'a Handle) -> Self {
+impl<O: Observer> Tee<O> {
+    pub fn new(inner: O, fleet: Handle) -> Self {
         Tee { inner, fleet }
+    }
+
+    /// Flush the publisher and print its counters.
+    pub async fn finish(self) {
+        self.fleet.finish().await;
     }
 }
 
-impl<O: Observer> Observer for Tee<'_, O> {
+impl<O: Observer> Observer for Tee<O> {
     fn observe_source(&mut self, now: Duration, s: &SourceSnapshot) -> Vec<Alert> {
         self.fleet.source(s);
         let a = self.inner.observe_source(now, s);

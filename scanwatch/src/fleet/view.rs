@@ -22,7 +22,8 @@ use scanwatch_common::cnt;
 use super::record::{fp_hash_from_hex, Batch, Held, Record, Summary};
 use super::Family;
 use crate::alert::{Alert, AlertKind};
-use crate::config::{canonical_ip, Config};
+use crate::config::Config;
+use crate::vocab::canonical_ip;
 use crate::detect::{Engine, FingerprintInfo, HeldProbe, SourceSnapshot};
 
 /// Agents remembered per source (further agents' records still count in the totals).
@@ -475,7 +476,7 @@ impl FleetView {
         let mut ids: HashSet<u32> = HashSet::new();
         let mut overflow = 0u64;
         let ips = alert.source.ip.iter().chain(alert.source.related.iter());
-        for ip in ips.filter_map(|s| s.parse::<IpAddr>().ok()) {
+        for ip in ips.copied() {
             if let Some(s) = self.sources.get(&canonical_ip(ip)) {
                 ids.extend(s.agents.iter().copied());
                 overflow += s.overflow_agents;
@@ -600,7 +601,7 @@ mod tests {
         assert_eq!(kinds(&alerts), vec![AlertKind::HorizontalScan], "{alerts:#?}");
         assert!(alerts.iter().all(|a| a.alert.alert_id == alerts[0].alert.alert_id), "one actor");
         let a = alerts.last().expect("alerts");
-        assert_eq!(a.alert.source.ip.as_deref(), Some("198.51.100.9"));
+        assert_eq!(a.alert.source.ip, Some(ip("198.51.100.9")));
         assert!(a.alert.targets.host_count >= 64, "{:?}", a.alert.targets);
         assert_eq!(a.agent_count as u64, a.alert.targets.host_count, "every host is one agent");
         assert_eq!(a.agents.len(), AGENTS_OUT);
