@@ -68,7 +68,7 @@ fn generate(cfg: &Config, o: &BenchOptions) -> Vec<(String, Vec<u8>, u32)> {
             let sweep = (r / window) as u32 + round * (o.per_message / window as u32) + 1;
             let src = pool[(base + k) % pool.len().max(1)];
             let t = t + (r / window) as u64 * 1_000_000;
-            if round == 0 && r < window && k % 4 == 0 {
+            if round == 0 && r < window && k.is_multiple_of(4) {
                 e.held(&Held { time_ns: t, src, dst: None, dport: Some(443), proto: 6, failed: false, fp_hash: 0 });
                 continue;
             }

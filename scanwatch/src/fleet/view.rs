@@ -382,10 +382,10 @@ impl FleetView {
         let same_entry = a.epoch == 0 || a.epoch == m.first_seen_ns;
         let went_back = counts.iter().zip(a.prev.iter()).any(|(c, p)| c < p);
         let fresh = !same_entry || (went_back && a.epoch != 0);
-        for i in 0..cnt::N {
-            let d = if fresh { counts[i] } else { counts[i].saturating_sub(a.prev[i]) };
-            s.total[i] = s.total[i].saturating_add(u64::from(d));
-            a.prev[i] = if fresh { counts[i] } else { a.prev[i].max(counts[i]) };
+        for ((c, p), tot) in counts.iter().zip(a.prev.iter_mut()).zip(s.total.iter_mut()) {
+            let d = if fresh { *c } else { c.saturating_sub(*p) };
+            *tot = tot.saturating_add(u64::from(d));
+            *p = if fresh { *c } else { (*p).max(*c) };
         }
         a.epoch = m.first_seen_ns.max(1);
         let old_hosts = a.hosts;
