@@ -154,6 +154,22 @@ pub struct SrcKey {
 }
 const _: () = assert!(size_of::<SrcKey>() == 16);
 
+/// BLOCKLIST value: why the source is blocked and what the XDP program dropped from it since.
+/// The counters are plain increments (no atomics on the bpf target): two CPUs dropping the same
+/// source at once may lose a count, so they are a lower bound.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BlockEntry {
+    /// Small code of the finding kind that caused the block (0 = added by an operator).
+    pub reason: u32,
+    pub _pad: u32,
+    /// Packets dropped.
+    pub packets: u64,
+    /// Bytes of those packets.
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<BlockEntry>() == 24);
+
 /// TCP flag bits (byte 13 of the TCP header).
 pub mod tcpflag {
     pub const FIN: u8 = 0x01;
@@ -662,6 +678,7 @@ mod user {
     use super::*;
     // SAFETY: all of these are plain-old-data `#[repr(C)]` structs with explicit padding.
     unsafe impl aya::Pod for SrcKey {}
+    unsafe impl aya::Pod for BlockEntry {}
     unsafe impl aya::Pod for SrcState {}
     unsafe impl aya::Pod for FcSlot {}
     unsafe impl aya::Pod for FpKey {}

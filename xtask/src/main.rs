@@ -7,6 +7,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+
+mod deb;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -30,6 +32,16 @@ enum Cmd {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build the release binary and package it as a .deb (binary, systemd unit, default
+    /// configuration under /etc/scanwatch/) in target/deb/. Needs only cargo and dpkg-deb.
+    Deb {
+        /// Package an already built binary instead of building one.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Output directory (default: <target dir>/deb).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Setup, build, then the XDP benchmark (writes target/bench.json).
     Bench {
@@ -120,6 +132,18 @@ fn real_main() -> Result<()> {
             let _ = server.wait();
             let _ = std::fs::remove_dir_all(&store);
             res
+        Cmd::Deb { binary, out } => {
+            let bin = match binary {
+                Some(b) => b,
+                None => {
+                    build(&root)?;
+                    target_dir(&root).join("release/scanwatch")
+                }
+            };
+            let out = out.unwrap_or_else(|| target_dir(&root).join("deb"));
+            let deb = deb::build(&root, &bin, &out)?;
+            println!("{}", deb.display());
+            Ok(())
         }
         Cmd::Bench { repeat } => {
             setup()?;
@@ -153,6 +177,9 @@ fn nats_server(port: u16, store: &Path) -> Result<std::process::Child> {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(child)
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `<root>/target`).
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
 }
 
 fn workspace_root() -> PathBuf {
@@ -186,6 +213,7 @@ const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "zli
 const LAB_PKGS: &[&str] = &[
     "nmap", "masscan", "zmap", "hping3", "tcpdump", "iproute2", "iputils-ping", "python3", "curl", "util-linux",
     "procps", "strace", "nats-server",
+    "procps", "strace", "rsyslog", "tshark",
 ];
 
 fn setup() -> Result<()> {

@@ -435,6 +435,7 @@ impl Engine {
             reason,
             update: false,
             alert_id: String::new(),
+            annotations: Default::default(),
         })
     }
 

@@ -244,6 +244,7 @@ impl Engine {
             reason,
             update: false,
             alert_id: String::new(),
+            annotations: Default::default(),
         };
         let magnitude = h.ports + h.hosts;
         self.submit(now, key, magnitude, alert, out);
