@@ -124,7 +124,7 @@ fn real_main() -> Result<()> {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
             let store = std::env::temp_dir().join(format!("scanwatch-bench-nats-{}", std::process::id()));
             let mut server = nats_server(port, &store)?;
-            let res = run(Command::new(scanwatch_bin(&root))
+            let res = run(Command::new(target_dir(&root).join("release/scanwatch"))
                 .args(["fleet", "bench", "--records", &records.to_string(), "--server", &format!("nats://127.0.0.1:{port}"), "--json"])
                 .arg(root.join("target/bench-fleet.json")));
             // Stopped by PID (our child), store removed.
@@ -132,6 +132,7 @@ fn real_main() -> Result<()> {
             let _ = server.wait();
             let _ = std::fs::remove_dir_all(&store);
             res
+        }
         Cmd::Deb { binary, out } => {
             let bin = match binary {
                 Some(b) => b,
@@ -154,11 +155,6 @@ fn real_main() -> Result<()> {
                 .arg(&out))
         }
     }
-}
-
-/// The release binary (honours CARGO_TARGET_DIR).
-fn scanwatch_bin(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from).join("release/scanwatch")
 }
 
 /// Start nats-server with JetStream; the caller stops it by PID.
