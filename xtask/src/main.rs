@@ -173,6 +173,8 @@ fn nats_server(port: u16, store: &Path) -> Result<std::process::Child> {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(child)
+}
+
 /// Cargo's target directory (`CARGO_TARGET_DIR`, else `<root>/target`).
 fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
