@@ -41,6 +41,8 @@ enum Cmd {
         #[arg(long, short)]
         output: PathBuf,
     },
+    /// Fleet correlator over NATS JetStream (README "Fleet"); `fleet bench` measures it.
+    Fleet(crate::fleet::cli::FleetArgs),
     /// The running agent's hooks, counters, response state and top sources / processes (over its
     /// root-only control socket).
     Status(crate::control::client::StatusArgs),
@@ -251,6 +253,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
             Ok(if summary.reader.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Cmd::Fleet(a) => crate::fleet::cli::run(a),
         Cmd::Bench { repeat, json } => {
             let report = crate::bench::run(repeat)?;
             println!("{}", report.table());

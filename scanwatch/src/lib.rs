@@ -15,6 +15,7 @@ pub mod depth;
 pub mod control;
 pub mod detect;
 pub mod enrich;
+pub mod fleet;
 pub mod evidence;
 pub mod loader;
 pub mod metrics;

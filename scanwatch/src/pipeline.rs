@@ -153,6 +153,7 @@ pub async fn run(cfg: Config, duration: Option<Duration>) -> anyhow::Result<()> 
 
 /// [`run`], re-reading the configuration with `reload` on SIGHUP.
 pub async fn run_reloadable(cfg: Config, duration: Option<Duration>, reload: Option<Reloader>) -> anyhow::Result<()> {
+    let fleet = crate::fleet::publish::start(&cfg, &hostname(&cfg)).await?;
     let mut engine = Engine::new(&cfg, hostname(&cfg));
     engine.set_wall_clock(monotonic(), std::time::SystemTime::now());
     if let Some(path) = &cfg.agent.baseline {
@@ -174,7 +175,10 @@ pub async fn run_reloadable(cfg: Config, duration: Option<Duration>, reload: Opt
         }
     }
     let sinks = SinkSet::build(&cfg.sinks)?;
-    run_live_with(&cfg, duration, engine, sinks, reload).await.map(|_| ())
+    let Some(fleet) = fleet else { return run_live_with(&cfg, duration, engine, sinks, reload).await.map(|_| ()) };
+    let tee = run_live_with(&cfg, duration, crate::fleet::publish::Tee::new(engine, fleet), sinks, reload).await?;
+    tee.finish().await;
+    Ok(())
 }
 
 /// The live loop over any observer; returns it when done.

@@ -960,6 +960,83 @@ impl Lab {
     }
 }
 
+/// A further target host of a [`Lab`] (fleet tests): its own veth pair between the lab's attacker
+/// namespace and the root namespace, and its own target prefix (the `10.77.M.0/24` of another
+/// claimed slot `M`, IPv4 only), so one scanner source reaches several hosts, each watched by its
+/// own agent on `root_veth`. Replies to the attacker leave through the lab's own veth (one
+/// return route per attacker address). Torn down on drop, and by the stale-lab cleanup (slot
+/// state file) if the test process dies.
+#[derive(Debug)]
+pub struct LabHost {
+    pub slot: u32,
+    /// Root-namespace end (`swr<M>`): attach this host's agent here.
+    pub root_veth: String,
+    /// Attacker-side end (`swa<M>`), inside the lab's attacker namespace.
+    pub atk_veth: String,
+    /// "10.77.M.0/24": every address is local to the root namespace.
+    pub target_net: String,
+    /// 10.77.M.10
+    pub target_ip: Ipv4Addr,
+    torn_down: AtomicBool,
+}
+
+impl Lab {
+    /// Adds another target host reachable from this lab's attacker namespace.
+    pub fn add_host(&self) -> LabHost {
+        let slot = {
+            let _g = FileLock::acquire();
+            Self::claim_slot()
+        };
+        let host = LabHost {
+            slot,
+            root_veth: format!("{ROOT_VETH_PREFIX}{slot}"),
+            atk_veth: format!("{ATK_VETH_PREFIX}{slot}"),
+            target_net: slot_prefixes(slot).0,
+            target_ip: Ipv4Addr::new(10, 77, slot as u8, 10),
+            torn_down: AtomicBool::new(false),
+        };
+        // A panic below drops `host`, which tears down what was made.
+        let (rv, av, ns) = (host.root_veth.as_str(), host.atk_veth.as_str(), self.netns.as_str());
+        must(&["ip", "link", "add", rv, "type", "veth", "peer", "name", av]);
+        must(&["ip", "link", "set", av, "netns", ns]);
+        must(&["ip", "link", "set", rv, "addrgenmode", "none"]);
+        write_sysctl(&format!("/proc/sys/net/ipv4/conf/{rv}/rp_filter"), "0");
+        write_sysctl(&format!("/proc/sys/net/ipv4/conf/{rv}/forwarding"), "0");
+        write_sysctl(&format!("/proc/sys/net/ipv6/conf/{rv}/forwarding"), "0");
+        must(&["ip", "link", "set", rv, "up"]);
+        must(&["ip", "route", "add", "table", "local", "local", &host.target_net, "dev", rv]);
+        must(&["ip", "-n", ns, "link", "set", av, "addrgenmode", "none"]);
+        must(&["ip", "netns", "exec", ns, "sh", "-c", &format!("echo 0 > /proc/sys/net/ipv4/conf/{av}/rp_filter")]);
+        must(&["ip", "-n", ns, "link", "set", av, "up"]);
+        let src = self.attacker_ip.to_string();
+        must(&["ip", "-n", ns, "route", "add", &host.target_net, "dev", av, "src", &src]);
+        host
+    }
+}
+
+impl LabHost {
+    /// A TCP service on `target_ip:port` (see [`Lab::serve_tcp`]).
+    pub fn serve_tcp(&self, port: u16) -> Server {
+        Server::start(SocketAddr::new(IpAddr::V4(self.target_ip), port))
+    }
+
+    /// Tears the host down now (also done by Drop; idempotent, never panics).
+    pub fn teardown(&self) {
+        if self.torn_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let _g = FileLock::acquire_nopanic();
+        teardown_slot(self.slot);
+        let _ = fs::remove_file(state_file(self.slot));
+    }
+}
+
+impl Drop for LabHost {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
 impl FileLock {
     /// Best-effort lock for teardown paths (Drop must never panic).
     fn acquire_nopanic() -> Option<FileLock> {

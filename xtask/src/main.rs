@@ -63,6 +63,21 @@ enum Cmd {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// A local nats-server with JetStream for a fleet demo, in the foreground (Ctrl-C stops it):
+    /// agents and `scanwatch fleet` with `fleet.servers = ["nats://127.0.0.1:4222"]`.
+    Nats {
+        #[arg(long, default_value_t = 4222)]
+        port: u16,
+        /// JetStream store directory (default: target/nats).
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Setup, build, then the fleet correlator benchmark against a private nats-server on a free
+    /// port (writes target/bench-fleet.json).
+    BenchFleet {
+        #[arg(long, default_value_t = 10_000_000)]
+        records: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -107,6 +122,32 @@ fn real_main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Nats { port, store } => {
+            apt_install(&["nats-server"])?;
+            let store = store.unwrap_or_else(|| root.join("target/nats"));
+            eprintln!("xtask: nats-server with JetStream on nats://127.0.0.1:{port}, store {} (Ctrl-C stops it)", store.display());
+            use std::os::unix::process::CommandExt;
+            Err(Command::new("nats-server")
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(&store)
+                .exec())
+            .context("exec nats-server")
+        }
+        Cmd::BenchFleet { records } => {
+            setup()?;
+            build(&root)?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let store = std::env::temp_dir().join(format!("scanwatch-bench-nats-{}", std::process::id()));
+            let mut server = nats_server(port, &store)?;
+            let res = run(Command::new(target_dir(&root).join("release/scanwatch"))
+                .args(["fleet", "bench", "--records", &records.to_string(), "--server", &format!("nats://127.0.0.1:{port}"), "--json"])
+                .arg(root.join("target/bench-fleet.json")));
+            // Stopped by PID (our child), store removed.
+            let _ = server.kill();
+            let _ = server.wait();
+            let _ = std::fs::remove_dir_all(&store);
+            res
+        }
         Cmd::Deb { binary, out } => {
             let bin = match binary {
                 Some(b) => b,
@@ -134,6 +175,24 @@ fn real_main() -> Result<()> {
                 .arg(&out))
         }
     }
+}
+
+/// Start nats-server with JetStream; the caller stops it by PID.
+fn nats_server(port: u16, store: &Path) -> Result<std::process::Child> {
+    std::fs::create_dir_all(store).with_context(|| format!("creating {}", store.display()))?;
+    let child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store)
+        .spawn()
+        .context("starting nats-server (Debian package nats-server)")?;
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if t.elapsed().as_secs() > 15 {
+            bail!("nats-server not listening on 127.0.0.1:{port} after 15 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(child)
 }
 
 /// Cargo's target directory (`CARGO_TARGET_DIR`, else `<root>/target`).
@@ -171,6 +230,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "zlib1g-dev", "libzstd-dev"];
 const LAB_PKGS: &[&str] = &[
     "nmap", "masscan", "zmap", "hping3", "tcpdump", "iproute2", "iputils-ping", "python3", "curl", "util-linux",
+    "procps", "strace", "nats-server",
     "procps", "strace", "rsyslog", "tshark",
 ];
 

@@ -72,6 +72,8 @@ pub struct Config {
     pub sinks: Vec<crate::sinks::SinkSpec>,
     /// `[depth]`: first payloads, TLS fingerprints, the actor timeline.
     pub depth: DepthConfig,
+    /// `[fleet]` (NATS publishing and the correlator; `crate::fleet::config`).
+    pub fleet: crate::fleet::config::FleetConfig,
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
     pub evidence: EvidenceConfig,

@@ -26,6 +26,7 @@ pub(super) struct RawConfig {
     /// `[sinks.NAME]` tables, parsed by the sink types themselves (`crate::sinks`).
     pub(super) sinks: Option<BTreeMap<String, toml::Table>>,
     pub(super) depth: Option<super::depth::RawDepth>,
+    pub(super) fleet: Option<crate::fleet::config::RawFleet>,
     pub(super) metrics: Option<super::ops::RawMetrics>,
     pub(super) control: Option<super::ops::RawControl>,
     pub(super) evidence: Option<super::ops::RawEvidence>,
@@ -249,6 +250,7 @@ impl RawConfig {
                 "alerts" => raw.alerts = Some(de_section(k, v)?),
                 "response" => raw.response = Some(de_section(k, v)?),
                 "depth" => raw.depth = Some(de_section(k, v)?),
+                "fleet" => raw.fleet = Some(de_section(k, v)?),
                 "metrics" => raw.metrics = Some(de_section(k, v)?),
                 "control" => raw.control = Some(de_section(k, v)?),
                 "evidence" => raw.evidence = Some(de_section(k, v)?),
@@ -343,6 +345,7 @@ impl RawConfig {
         if let Some(d) = o.depth {
             self.depth.get_or_insert_with(Default::default).overlay(d);
         }
+        sub(&mut self.fleet, o.fleet, |s, o| s.overlay(o));
         sub(&mut self.metrics, o.metrics, |s, o| overlay_fields!(s, o; listen));
         sub(&mut self.control, o.control, |s, o| overlay_fields!(s, o; socket));
         sub(&mut self.evidence, o.evidence, |s, o| {

@@ -249,7 +249,11 @@ impl RawConfig {
                 .map_err(|e| ConfigError::invalid(format!("sinks.{name}.{}", e.key), e.reason))?;
             sinks.push(spec);
         }
-        Ok(Config { agent, xdp, honeyports, detect, allowlist, alerts, response, roles, sinks, metrics, control, evidence, enrich, warnings, depth })
+        let fleet = crate::fleet::config::validate(self.fleet.unwrap_or_default(), detect.windows.len())?;
+        Ok(Config {
+            agent, xdp, honeyports, detect, allowlist, alerts, response, roles, sinks, metrics, control, evidence, enrich,
+            warnings, depth, fleet,
+        })
     }
 }
 
