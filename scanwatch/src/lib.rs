@@ -10,6 +10,7 @@ pub mod config;
 pub mod detect;
 pub mod enrich;
 pub mod first_contact;
+pub mod hunt;
 pub mod loader;
 pub mod packet;
 pub mod response;
