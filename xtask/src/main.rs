@@ -7,6 +7,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+
+mod bench_hunt;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -35,6 +37,12 @@ enum Cmd {
     Bench {
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
+    },
+    /// Build, generate a Zeek conn.log (default 5,000,000 records), run `scanwatch hunt` and the
+    /// classic pandas T1046 hunt on it; print wall time, records/s, peak RSS and the ratios.
+    BenchHunt {
+        #[arg(long, default_value_t = 5_000_000)]
+        records: u64,
     },
 }
 
@@ -80,6 +88,7 @@ fn real_main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::BenchHunt { records } => bench_hunt::bench_hunt(&root, records),
         Cmd::Bench { repeat } => {
             setup()?;
             build(&root)?;

@@ -36,6 +36,8 @@ pub struct TimelineOptions {
     pub max_sources: usize,
     /// Keep the states of evicted sources for the feature table.
     pub keep_rows: bool,
+    /// First-contact table entries.
+    pub pair_slots: usize,
 }
 
 impl TimelineOptions {
@@ -47,6 +49,7 @@ impl TimelineOptions {
             max_buffered: 1 << 18,
             max_sources: cfg.xdp.max_sources as usize,
             keep_rows: false,
+            pair_slots: PAIR_SLOTS,
         }
     }
 }
@@ -109,7 +112,7 @@ impl Timeline {
         Timeline {
             engine,
             sources: SourceTable::new(opts.max_sources),
-            pairs: PairTable::new(PAIR_SLOTS),
+            pairs: PairTable::new(opts.pair_slots),
             honey_tcp,
             honey_udp,
             tick_us: (opts.tick.as_micros() as i64).max(sweep_us),
