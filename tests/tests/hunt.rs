@@ -128,14 +128,16 @@ fn day() -> Vec<Conn> {
         for _ in 0..3 {
             let up = ext(g.rng.below(500));
             let shape = if g.rng.below(20) == 0 { Shape::UdpS0 } else { Shape::UdpOk };
-            g.add(t + g.rng.unit() * 30.0, RESOLVER, &up, 53, shape);
+            let at = t + g.rng.unit() * 30.0;
+            g.add(at, RESOLVER, &up, 53, shape);
         }
         t += 30.0;
     }
     for h in 0..24 {
         for k in 0..40 {
             let up = ext(1000 + h * 40 + k);
-            g.add(T0 + f64::from(h as u32) * HOUR + 1800.0 + g.rng.unit() * 5.0, RESOLVER, &up, 53, Shape::UdpOk);
+            let at = T0 + f64::from(h as u32) * HOUR + 1800.0 + g.rng.unit() * 5.0;
+            g.add(at, RESOLVER, &up, 53, Shape::UdpOk);
         }
     }
     // Web proxy: two upstream connections every 10 s to a pool of 600 sites on 443/80 (3 % fail),
@@ -150,14 +152,16 @@ fn day() -> Vec<Conn> {
                 2 => Shape::Rej,
                 _ => Shape::Ok,
             };
-            g.add(t + g.rng.unit() * 10.0, PROXY, &site, port, shape);
+            let at = t + g.rng.unit() * 10.0;
+            g.add(at, PROXY, &site, port, shape);
         }
         t += 10.0;
     }
     for h in 0..24u32 {
         for k in 0..30u64 {
             let site = ext(8000 + u64::from(h) * 30 + k);
-            g.add(T0 + f64::from(h) * HOUR + 900.0 + g.rng.unit() * 10.0, PROXY, &site, 443, Shape::Ok);
+            let at = T0 + f64::from(h) * HOUR + 900.0 + g.rng.unit() * 10.0;
+            g.add(at, PROXY, &site, 443, Shape::Ok);
         }
     }
     // Monitoring poller: every 15 minutes, 100 hosts on ssh, node-exporter and SNMP within 20 s;
@@ -203,7 +207,8 @@ fn day() -> Vec<Conn> {
     let mut site = 0u64;
     while t < T0 + 24.0 * HOUR {
         let s = servers[g.rng.below(5) as usize].clone();
-        g.add(t, SLOW, &s, [443, 445, 389][g.rng.below(3) as usize], Shape::Ok);
+        let port = [443, 445, 389][g.rng.below(3) as usize];
+        g.add(t, SLOW, &s, port, Shape::Ok);
         if g.rng.below(40) == 0 && site < 30 {
             g.add(t + 1.0, SLOW, &ext(20_000 + site), 443, Shape::Ok);
             site += 1;

@@ -230,7 +230,7 @@ pub enum LineError {
     Missing { field: &'static str },
     #[error("invalid JSON: {0}")]
     Json(String),
-    #[error("a TSV line after JSON lines with no #fields header of its own")]
+    #[error("no #fields header in effect for this line")]
     NoHeader,
 }
 
