@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 const T0: f64 = 1_717_200_000.0; // 2024-06-01T00:00:00Z
 const DAY: f64 = 86_400.0;
 
-const PANDAS_HUNT: &str = r#"
+const PANDAS_HUNT: &str = r##"
 # The classic T1046 hunt: load the conn.log, group by source, distinct destinations and ports,
 # share of connections that never completed, flag wide fan-out with a high failure ratio.
 import sys
@@ -43,7 +43,7 @@ flagged = g[((g["hosts"] >= 40) | (g["ports"] >= 80)) & (g["failed_ratio"] >= 0.
 print(f"pandas: {len(df)} records, {len(g)} sources, {len(flagged)} flagged", file=sys.stderr)
 for ip, r in flagged.sort_values("ports", ascending=False).iterrows():
     print(f"{ip}\t{int(r.conns)}\t{int(r.hosts)}\t{int(r.ports)}\t{r.failed_ratio:.3f}")
-"#;
+"##;
 
 struct Rng(u64);
 
@@ -288,7 +288,8 @@ pub fn generate(path: &Path, target_records: u64) -> Result<u64> {
                 // Pings.
                 let c = 0x0a01_0000 + g.rng.below(u64::from(clients)) as u32 + 1;
                 let shape = if g.rng.below(10) == 0 { Shape::PingLost } else { Shape::Ping };
-                g.add(ts, v4(c), v4(0x0a02_0000 + g.rng.below(200) as u32 + 1), 0, shape)?;
+                let dst = v4(0x0a02_0000 + g.rng.below(200) as u32 + 1);
+                g.add(ts, v4(c), dst, 0, shape)?;
             }
         }
         // Two slow scans from workstations: one port every ~4 minutes, 10:00-20:00.

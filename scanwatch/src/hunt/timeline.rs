@@ -321,3 +321,61 @@ pub fn unix_us(t: SystemTime) -> i64 {
         Err(e) => -(e.duration().as_micros() as i64),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hunt::zeek::{parse_addr, ConnState, History};
+
+    fn rec(ts_s: i64, src: &str, port: u16, state: ConnState) -> Record {
+        Record {
+            ts_us: ts_s * 1_000_000,
+            orig_h: parse_addr(src.as_bytes()).expect("addr"),
+            resp_h: parse_addr(b"10.9.9.9").expect("addr"),
+            orig_p: 40000,
+            resp_p: port,
+            proto: Proto::Tcp,
+            state,
+            history: History::parse(b"S"),
+            orig_pkts: Some(1),
+            resp_pkts: Some(0),
+        }
+    }
+
+    #[test]
+    fn reorder_window_places_stragglers_and_counts_late_records() {
+        let cfg = Config::default_embedded();
+        let mut o = TimelineOptions::from_config(&cfg);
+        o.reorder = Duration::from_secs(60);
+        o.pair_slots = 1024;
+        let mut t = Timeline::new(&cfg, "t".into(), o);
+        t.push(rec(1_000, "10.0.0.1", 1, ConnState::S0));
+        t.push(rec(990, "10.0.0.1", 2, ConnState::S0)); // 10 s older: inside the window
+        assert_eq!(t.buffered, 2);
+        t.push(rec(1_100, "10.0.0.1", 3, ConnState::S0)); // applies everything up to 1,040
+        assert_eq!(t.buffered, 1);
+        assert_eq!(t.clock_us, 1_001_000_000, "the engine clock is the end of the last applied bucket");
+        t.push(rec(995, "10.0.0.1", 4, ConnState::S0)); // its bucket was applied: late
+        assert_eq!(t.stats.late, 1);
+        t.finish();
+        assert_eq!(t.stats.records, 4);
+        assert_eq!(t.buffered, 0);
+        let s = t.drain_sources();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].f.first_failed, 4, "every first contact counted, late or not");
+    }
+
+    #[test]
+    fn buffer_bound_forces_the_oldest_bucket_out() {
+        let cfg = Config::default_embedded();
+        let mut o = TimelineOptions::from_config(&cfg);
+        o.max_buffered = 10;
+        o.pair_slots = 1024;
+        let mut t = Timeline::new(&cfg, "t".into(), o);
+        for i in 0..30 {
+            t.push(rec(1_000 + i / 3, "10.0.0.2", i as u16, ConnState::Rej));
+        }
+        assert!(t.buffered <= 10, "{}", t.buffered);
+        assert!(t.stats.forced >= 20);
+    }
+}
