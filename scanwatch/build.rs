@@ -12,7 +12,8 @@ fn main() -> anyhow::Result<()> {
     let manifest = std::env::var("CARGO_MANIFEST_DIR")?;
     let root = format!("{manifest}/../scanwatch-ebpf");
     aya_build::build_ebpf(
-        [Package { name: "scanwatch-ebpf", root_dir: &root, ..Default::default() }],
+        // `bench` adds the second binary, `scanwatch-bench` (the production object is unchanged).
+        [Package { name: "scanwatch-ebpf", root_dir: &root, features: &["bench"], ..Default::default() }],
         Toolchain::Custom("rust-web"),
     )
     .map_err(|e| {

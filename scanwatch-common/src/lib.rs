@@ -16,12 +16,11 @@ pub const MAP_STATS: &str = "STATS";
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_HONEYPORTS: &str = "HONEYPORTS";
 pub const MAP_PROCS: &str = "PROCS";
-pub const MAP_RAW_SOCKS: &str = "RAW_SOCKS";
-pub const MAP_CONNECTING: &str = "CONNECTING";
 pub const MAP_BLOCKLIST: &str = "BLOCKLIST";
 pub const MAP_FIRST_CONTACT: &str = "FIRST_CONTACT";
 pub const MAP_KNOWN: &str = "KNOWN_SOURCES";
 pub const MAP_SUSPECT: &str = "SUSPECT_SOURCES";
+pub const MAP_TCP_PORTS: &str = "TCP_PORTS";
 
 pub const PROG_XDP: &str = "scanwatch_xdp";
 pub const PROG_TP_CONNECT: &str = "tp_enter_connect";
@@ -30,15 +29,31 @@ pub const PROG_TP_SENDTO: &str = "tp_enter_sendto";
 pub const PROG_TP_SENDMSG: &str = "tp_enter_sendmsg";
 pub const PROG_TP_SENDMMSG: &str = "tp_enter_sendmmsg";
 pub const PROG_TP_SOCKET: &str = "tp_enter_socket";
-pub const PROG_TP_SOCKET_EXIT: &str = "tp_exit_socket";
 pub const PROG_TP_SOCK_STATE: &str = "tp_inet_sock_set_state";
 pub const PROG_KP_CONNECT: &str = "kp_connect";
+pub const PROG_TP_SOCK_PORTS: &str = "tp_sock_ports";
 
 /// Default map sizes; the loader may override `max_entries` from config before load.
 pub const DEFAULT_MAX_SOURCES: u32 = 16_384;
 pub const DEFAULT_MAX_FINGERPRINTS: u32 = 8_192;
 pub const DEFAULT_MAX_PROCS: u32 = 4_096;
 pub const DEFAULT_RINGBUF_BYTES: u32 = 1 << 20;
+/// Upper bounds on the configurable sizes (`xdp.max_sources` ...), checked by the config: past
+/// these the maps cost more memory than a host agent should take (SOURCES at 1 Mi entries is
+/// ~0.9 GiB).
+pub const LIMIT_MAX_SOURCES: u32 = 1 << 20;
+pub const LIMIT_MAX_FINGERPRINTS: u32 = 1 << 20;
+pub const LIMIT_MAX_PROCS: u32 = 1 << 18;
+pub const LIMIT_RINGBUF_BYTES: u32 = 1 << 28;
+/// BLOCKLIST entries: the agent only blocks confirmed scanners and expires entries
+/// (`response.max_blocked` may not exceed it).
+pub const BLOCKLIST_ENTRIES: u32 = 4_096;
+/// RAW_SOCKS entries: processes holding raw/packet sockets at once.
+pub const RAW_SOCKS_ENTRIES: u32 = 1_024;
+/// CONNECTING entries: TCP connects in flight whose outcome is still to be attributed.
+pub const CONNECTING_ENTRIES: u32 = 16_384;
+/// HONEYPORTS words: a bitmap of every port of TCP and UDP (2 × 65,536 bits).
+pub const HONEYPORT_WORDS: u32 = 2_048;
 /// First-contact table slots (direct-mapped by source hash; a power of two): 32,768 × 32 B
 /// = 1 MiB, sized to stay within a server core's L2 cache (2 MiB measured 10 ns/packet slower
 /// under a random-source flood here). A colliding new source overwrites the slot; nothing is
@@ -69,50 +84,63 @@ pub const FP_PER_SOURCE: usize = 4;
 /// TCP option kinds remembered in order.
 pub const FP_MAX_OPTS: usize = 12;
 
+/// Declares a counter module: each counter's index and its name on one line, `N` (the array
+/// length, with spare slots), and `NAMES` built from the same lines (spare slots are ""). A
+/// duplicated index fails to compile.
+macro_rules! counters {
+    ($name:ident: $ty:ty, len $n:expr; $( $(#[$doc:meta])* $c:ident = $i:expr => $s:literal, )*) => {
+        pub mod $name {
+            $( $(#[$doc])* pub const $c: $ty = $i; )*
+            pub const N: $ty = $n;
+            pub const NAMES: [&str; $n as usize] = {
+                let mut a = [""; $n as usize];
+                $( assert!(a[$i as usize].is_empty(), "duplicate counter index"); a[$i as usize] = $s; )*
+                a
+            };
+        }
+    };
+}
+
+
 // ---------------------------------------------------------------------------------------------
 // Per-source counters (index into `SrcState::counts`).
 // ---------------------------------------------------------------------------------------------
-pub mod cnt {
+counters! {
+    cnt: usize, len 24;
     /// Packets that updated this source's state (SYNs, probes, ...).
-    pub const PACKETS: usize = 0;
+    PACKETS = 0 => "packets",
     /// Pure SYN (no ACK) TCP segments.
-    pub const SYN: usize = 1;
+    SYN = 1 => "syn",
     /// SYNs to a port with no listening socket (failure signal).
-    pub const SYN_CLOSED: usize = 2;
+    SYN_CLOSED = 2 => "syn_closed",
     /// SYNs to a port with a listener.
-    pub const SYN_OPEN: usize = 3;
-    pub const NULL: usize = 4;
-    pub const FIN: usize = 5;
-    pub const XMAS: usize = 6;
-    pub const MAIMON: usize = 7;
+    SYN_OPEN = 3 => "syn_open",
+    NULL = 4 => "null",
+    FIN = 5 => "fin",
+    XMAS = 6 => "xmas",
+    MAIMON = 7 => "maimon",
     /// Bare ACK with no payload and no matching socket (ACK scan / firewall mapping).
-    pub const ACK: usize = 8;
-    pub const SYNFIN: usize = 9;
-    pub const FRAG_FIRST: usize = 10;
-    pub const FRAG_LATER: usize = 11;
+    ACK = 8 => "ack",
+    SYNFIN = 9 => "synfin",
+    FRAG_FIRST = 10 => "frag_first",
+    FRAG_LATER = 11 => "frag_later",
     /// Source port 53 or 88 towards a different destination port.
-    pub const SRCPORT_TRICK: usize = 12;
+    SRCPORT_TRICK = 12 => "srcport_trick",
     /// SYN whose TCP checksum is wrong (nmap --badsum).
-    pub const BADSUM: usize = 13;
+    BADSUM = 13 => "badsum",
     /// SYN-ACK for which no local socket exists (zombie / backscatter).
-    pub const UNSOLICITED_SYNACK: usize = 14;
+    UNSOLICITED_SYNACK = 14 => "unsolicited_synack",
     /// RST for which no local socket exists.
-    pub const UNSOLICITED_RST: usize = 15;
-    pub const UDP: usize = 16;
-    pub const UDP_CLOSED: usize = 17;
-    pub const ICMP_ECHO: usize = 18;
-    pub const HONEYPORT: usize = 19;
+    UNSOLICITED_RST = 15 => "unsolicited_rst",
+    UDP = 16 => "udp",
+    UDP_CLOSED = 17 => "udp_closed",
+    ICMP_ECHO = 18 => "icmp_echo",
+    HONEYPORT = 19 => "honeyport",
     /// Probes to closed ports of any kind (SYN_CLOSED + UDP_CLOSED + stealth to closed).
-    pub const FAILED: usize = 20;
+    FAILED = 20 => "failed",
     /// ARP who-has requests (on-link host discovery, e.g. `nmap -sn` on a LAN); gratuitous ARP
     /// and duplicate-address probes are not counted.
-    pub const ARP: usize = 21;
-    pub const N: usize = 24;
-    pub const NAMES: [&str; N] = [
-        "packets", "syn", "syn_closed", "syn_open", "null", "fin", "xmas", "maimon", "ack",
-        "synfin", "frag_first", "frag_later", "srcport_trick", "badsum", "unsolicited_synack",
-        "unsolicited_rst", "udp", "udp_closed", "icmp_echo", "honeyport", "failed", "arp_who_has", "", "",
-    ];
+    ARP = 21 => "arp_who_has",
 }
 
 /// Key of per-source state: the remote address, IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
@@ -436,7 +464,14 @@ pub mod cfgflag {
     /// Hold a source's first scan-shaped packet in the first-contact table and create its
     /// `SrcState` only from the second one (spoofed one-packet sources never cost an insert).
     pub const FIRST_CONTACT: u32 = 4;
+    /// Skip the socket lookup for TCP ports on which no socket was ever seen (`TCP_PORTS`). Set
+    /// by the agent only once the map is filled and its tracepoint attached.
+    pub const PORT_FILTER: u32 = 8;
 }
+
+/// `TCP_PORTS`: one byte per local TCP port, non-zero when a TCP socket may use it (listening,
+/// or the local port of an outgoing connection). 64 KiB, one entry, memory-mappable.
+pub const TCP_PORT_BYTES: usize = 65_536;
 
 /// Outbound configuration (tracepoint programs).
 #[repr(C)]
@@ -450,71 +485,93 @@ pub struct ProcConfig {
 // ---------------------------------------------------------------------------------------------
 // Global per-CPU counters (index into STATS).
 // ---------------------------------------------------------------------------------------------
-pub mod stat {
-    pub const PACKETS: u32 = 0;
-    pub const IPV4: u32 = 1;
-    pub const IPV6: u32 = 2;
+counters! {
+    stat: u32, len 40;
+    PACKETS = 0 => "packets",
+    IPV4 = 1 => "ipv4",
+    IPV6 = 2 => "ipv6",
     /// TCP segments that took the full path (the fast path counts `ESTABLISHED_FAST` and
     /// `ACK_FAST` instead).
-    pub const TCP: u32 = 3;
-    pub const UDP: u32 = 4;
-    pub const ICMP: u32 = 5;
-    pub const SYN: u32 = 6;
-    pub const OTHER_L3: u32 = 7;
-    pub const MAL_ETH: u32 = 8;
-    pub const MAL_VLAN: u32 = 9;
-    pub const MAL_IPV4: u32 = 10;
-    pub const MAL_IPV4_IHL: u32 = 11;
-    pub const MAL_IPV6: u32 = 12;
-    pub const MAL_IPV6_EXT: u32 = 13;
-    pub const MAL_TCP: u32 = 14;
-    pub const MAL_TCP_DOFF: u32 = 15;
-    pub const MAL_TCP_OPTS: u32 = 16;
-    pub const MAL_UDP: u32 = 17;
-    pub const MAL_ICMP: u32 = 18;
-    pub const EVENTS: u32 = 19;
-    pub const EVENTS_DROPPED: u32 = 20;
-    pub const NEW_SOURCES: u32 = 21;
-    pub const SOURCE_INSERT_FAILED: u32 = 22;
-    pub const NEW_FINGERPRINTS: u32 = 23;
-    pub const BLOCKED: u32 = 24;
-    pub const PROC_EVENTS: u32 = 25;
-    pub const PROC_EVENTS_DROPPED: u32 = 26;
-    pub const ESTABLISHED_FAST: u32 = 27;
-    pub const HONEYPORT: u32 = 28;
-    pub const ARP: u32 = 29;
-    pub const MAL_ARP: u32 = 30;
+    TCP = 3 => "tcp",
+    UDP = 4 => "udp",
+    ICMP = 5 => "icmp",
+    SYN = 6 => "syn",
+    OTHER_L3 = 7 => "other_l3",
+    MAL_ETH = 8 => "malformed_eth",
+    MAL_VLAN = 9 => "malformed_vlan",
+    MAL_IPV4 = 10 => "malformed_ipv4",
+    MAL_IPV4_IHL = 11 => "malformed_ipv4_ihl",
+    MAL_IPV6 = 12 => "malformed_ipv6",
+    MAL_IPV6_EXT = 13 => "malformed_ipv6_ext",
+    MAL_TCP = 14 => "malformed_tcp",
+    MAL_TCP_DOFF = 15 => "malformed_tcp_doff",
+    MAL_TCP_OPTS = 16 => "malformed_tcp_opts",
+    MAL_UDP = 17 => "malformed_udp",
+    MAL_ICMP = 18 => "malformed_icmp",
+    EVENTS = 19 => "events",
+    EVENTS_DROPPED = 20 => "events_dropped",
+    NEW_SOURCES = 21 => "new_sources",
+    SOURCE_INSERT_FAILED = 22 => "source_insert_failed",
+    NEW_FINGERPRINTS = 23 => "new_fingerprints",
+    BLOCKED = 24 => "blocked",
+    PROC_EVENTS = 25 => "proc_events",
+    PROC_EVENTS_DROPPED = 26 => "proc_events_dropped",
+    ESTABLISHED_FAST = 27 => "established_fast",
+    HONEYPORT = 28 => "honeyport",
+    ARP = 29 => "arp",
+    MAL_ARP = 30 => "malformed_arp",
     /// Scan-shaped packets from sources without state, held in the first-contact table.
-    pub const FIRST_CONTACT: u32 = 31;
+    FIRST_CONTACT = 31 => "first_contact",
     /// Bare ACKs (no payload) of sources not suspected of ACK scanning that skipped the socket
     /// lookup (one in `ACK_SAMPLE` is looked up anyway).
-    pub const ACK_FAST: u32 = 32;
+    ACK_FAST = 32 => "bare_ack_fast",
     /// Bare ACKs of unsuspected sources seen by the fast path (drives the 1-in-`ACK_SAMPLE`).
-    pub const ACK_SEEN: u32 = 33;
-    pub const N: u32 = 40;
-    pub const NAMES: [&str; N as usize] = [
-        "packets", "ipv4", "ipv6", "tcp", "udp", "icmp", "syn", "other_l3",
-        "malformed_eth", "malformed_vlan", "malformed_ipv4", "malformed_ipv4_ihl",
-        "malformed_ipv6", "malformed_ipv6_ext", "malformed_tcp", "malformed_tcp_doff",
-        "malformed_tcp_opts", "malformed_udp", "malformed_icmp", "events", "events_dropped",
-        "new_sources", "source_insert_failed", "new_fingerprints", "blocked", "proc_events",
-        "proc_events_dropped", "established_fast", "honeyport", "arp", "malformed_arp", "first_contact", "bare_ack_fast",
-        "bare_ack_seen", "", "", "", "", "", "",
-    ];
+    ACK_SEEN = 33 => "bare_ack_seen",
 }
 
 // ---------------------------------------------------------------------------------------------
 // Ring-buffer records: every record starts with `EventHeader`, userspace dispatches on `kind`.
 // ---------------------------------------------------------------------------------------------
-pub mod kind {
-    pub const HONEYPORT: u32 = 1;
-    pub const THRESHOLD: u32 = 2;
-    pub const NEW_FINGERPRINT: u32 = 3;
-    pub const PROC_CONNECT: u32 = 10;
-    pub const PROC_SENDTO: u32 = 11;
-    pub const PROC_SOCKET: u32 = 12;
-    pub const PROC_OUTCOME: u32 = 13;
-    pub const PROC_CONNECT_RESULT: u32 = 14;
+/// Ring-buffer record kinds, one numbering for every program. Reserved ranges: 1–9 inbound (XDP),
+/// 10–19 process hooks, 20–31 future kernel sources; 0 is never written (an all-zero record is
+/// garbage).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A honeyport was touched (`InboundEvent`).
+    Honeyport = 1,
+    /// A source's short-window distinct ports/hosts crossed the threshold (`InboundEvent`).
+    Threshold = 2,
+    /// A source's SYN carried a fingerprint not seen from it before (`InboundEvent`).
+    NewFingerprint = 3,
+    /// connect() entry (`ProcEvent`).
+    ProcConnect = 10,
+    /// sendto/sendmsg/sendmmsg on a UDP, raw or packet socket (`ProcEvent`).
+    ProcSendto = 11,
+    /// A raw or packet socket was created (`ProcEvent`).
+    ProcSocket = 12,
+    /// SYN_SENT → ESTABLISHED / CLOSE (`ProcEvent`).
+    ProcOutcome = 13,
+    /// connect() returned an immediate error (`ProcEvent`).
+    ProcConnectResult = 14,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 8] = [
+        EventKind::Honeyport,
+        EventKind::Threshold,
+        EventKind::NewFingerprint,
+        EventKind::ProcConnect,
+        EventKind::ProcSendto,
+        EventKind::ProcSocket,
+        EventKind::ProcOutcome,
+        EventKind::ProcConnectResult,
+    ];
+
+    /// The kind of a record header's `kind` field, if it is one.
+    pub fn from_u32(v: u32) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| *k as u32 == v)
+    }
 }
 
 #[repr(C)]
@@ -579,12 +636,6 @@ pub mod outcome {
     pub const FAILED: i32 = 2;
 }
 
-/// Largest ring-buffer record.
-pub const MAX_EVENT_SIZE: usize = if size_of::<InboundEvent>() > size_of::<ProcEvent>() {
-    size_of::<InboundEvent>()
-} else {
-    size_of::<ProcEvent>()
-};
 
 // ---------------------------------------------------------------------------------------------
 // Per-process state (outbound), LRU keyed by tgid.
@@ -721,4 +772,57 @@ mod tests {
         a[15] = 1;
         assert_ne!(addr_fold(&a), addr_fold(&b));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tracepoint layouts the outbound programs read.
+// ---------------------------------------------------------------------------------------------
+
+/// Every tracepoint field a program reads, with the offset and size it reads it at. The programs
+/// take their offsets from here; before attaching, the agent checks each one against the running
+/// kernel's `events/<category>/<event>/format` file and refuses a moved or missing field by name.
+/// Known to match kernels 4.17 (syscall tracepoints with 8-byte argument slots) through 6.18;
+/// `sock:inet_sock_set_state` has had this layout since 4.16.
+pub mod tp {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Field {
+        pub category: &'static str,
+        pub event: &'static str,
+        pub name: &'static str,
+        pub offset: usize,
+        /// Bytes the program reads (at most the field's size).
+        pub size: usize,
+    }
+
+    const fn f(category: &'static str, event: &'static str, name: &'static str, offset: usize, size: usize) -> Field {
+        Field { category, event, name, offset, size }
+    }
+
+    pub const CONNECT_FD: Field = f("syscalls", "sys_enter_connect", "fd", 16, 8);
+    pub const CONNECT_ADDR: Field = f("syscalls", "sys_enter_connect", "uservaddr", 24, 8);
+    pub const CONNECT_RET: Field = f("syscalls", "sys_exit_connect", "ret", 16, 8);
+    pub const SOCKET_FAMILY: Field = f("syscalls", "sys_enter_socket", "family", 16, 8);
+    pub const SOCKET_TYPE: Field = f("syscalls", "sys_enter_socket", "type", 24, 8);
+    pub const SOCKET_PROTOCOL: Field = f("syscalls", "sys_enter_socket", "protocol", 32, 8);
+    pub const SENDTO_BUFF: Field = f("syscalls", "sys_enter_sendto", "buff", 24, 8);
+    pub const SENDTO_LEN: Field = f("syscalls", "sys_enter_sendto", "len", 32, 8);
+    pub const SENDTO_ADDR: Field = f("syscalls", "sys_enter_sendto", "addr", 48, 8);
+    pub const SENDMSG_MSG: Field = f("syscalls", "sys_enter_sendmsg", "msg", 24, 8);
+    pub const SENDMMSG_MSG: Field = f("syscalls", "sys_enter_sendmmsg", "mmsg", 24, 8);
+    pub const SENDMMSG_VLEN: Field = f("syscalls", "sys_enter_sendmmsg", "vlen", 32, 8);
+    pub const STATE_SKADDR: Field = f("sock", "inet_sock_set_state", "skaddr", 8, 8);
+    pub const STATE_OLD: Field = f("sock", "inet_sock_set_state", "oldstate", 16, 4);
+    pub const STATE_NEW: Field = f("sock", "inet_sock_set_state", "newstate", 20, 4);
+    pub const STATE_SPORT: Field = f("sock", "inet_sock_set_state", "sport", 24, 2);
+    pub const STATE_DPORT: Field = f("sock", "inet_sock_set_state", "dport", 26, 2);
+    pub const STATE_FAMILY: Field = f("sock", "inet_sock_set_state", "family", 28, 2);
+    pub const STATE_PROTOCOL: Field = f("sock", "inet_sock_set_state", "protocol", 30, 2);
+    pub const STATE_DADDR: Field = f("sock", "inet_sock_set_state", "daddr", 36, 4);
+    pub const STATE_DADDR_V6: Field = f("sock", "inet_sock_set_state", "daddr_v6", 56, 16);
+
+    pub const ALL: [Field; 21] = [
+        CONNECT_FD, CONNECT_ADDR, CONNECT_RET, SOCKET_FAMILY, SOCKET_TYPE, SOCKET_PROTOCOL,
+        SENDTO_BUFF, SENDTO_LEN, SENDTO_ADDR, SENDMSG_MSG, SENDMMSG_MSG, SENDMMSG_VLEN, STATE_SKADDR, STATE_OLD,
+        STATE_NEW, STATE_SPORT, STATE_DPORT, STATE_FAMILY, STATE_PROTOCOL, STATE_DADDR, STATE_DADDR_V6,
+    ];
 }

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use scanwatch_common::{
-    FcSlot, Fingerprint, FpKey, FpValue, Probe, FIRST_CONTACT_SLOTS, KNOWN_WORDS, SUSPECT_WORDS, ProcConfig, ProcState, SrcKey, SrcState, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
-    DEFAULT_MAX_PROCS, DEFAULT_MAX_SOURCES, DEFAULT_RINGBUF_BYTES,
+    FcSlot, TCP_PORT_BYTES, Fingerprint, FpKey, FpValue, Probe, FIRST_CONTACT_SLOTS, KNOWN_WORDS, SUSPECT_WORDS, ProcConfig, ProcState, SrcKey, SrcState, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
+    DEFAULT_MAX_PROCS, DEFAULT_MAX_SOURCES, DEFAULT_RINGBUF_BYTES, BLOCKLIST_ENTRIES, RAW_SOCKS_ENTRIES, CONNECTING_ENTRIES, HONEYPORT_WORDS,
 };
 
 /// Per remote source (key: IPv4-mapped/IPv6 address; value: `SrcState`, 864 bytes).
@@ -44,12 +44,12 @@ pub static PROC_CONFIG: Array<ProcConfig> = Array::with_max_entries(1, 0);
 /// bit = port % 64. 2,048 × u64 = 16 KiB covers every port of both protocols; an array lookup is
 /// inlined by the verifier, so the check costs a few instructions per probe.
 #[map]
-pub static HONEYPORTS: Array<u64> = Array::with_max_entries(2048, 0);
+pub static HONEYPORTS: Array<u64> = Array::with_max_entries(HONEYPORT_WORDS, 0);
 
 /// Opt-in response: sources to drop (value = reason). Bounded at 4,096 by design: the agent
 /// only blocks confirmed scanners and expires entries.
 #[map]
-pub static BLOCKLIST: HashMap<SrcKey, u32> = HashMap::with_max_entries(4096, 0);
+pub static BLOCKLIST: HashMap<SrcKey, u32> = HashMap::with_max_entries(BLOCKLIST_ENTRIES, 0);
 
 /// Zeroed `SrcState` used to insert new sources (864 bytes do not fit the 512-byte BPF stack).
 #[map]
@@ -62,13 +62,13 @@ pub static PROCS: LruHashMap<u32, ProcState> = LruHashMap::with_max_entries(DEFA
 /// Processes that opened raw (AF_INET/AF_INET6 SOCK_RAW) or packet (AF_PACKET) sockets:
 /// tgid → number of such sockets. Their sendto/sendmsg payloads are parsed as probes.
 #[map]
-pub static RAW_SOCKS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(1024, 0);
+pub static RAW_SOCKS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(RAW_SOCKS_ENTRIES, 0);
 
 /// Connecting TCP sockets: kernel socket address → tgid that called connect(), so the outcome
 /// (SYN_SENT → ESTABLISHED / CLOSE, seen in softirq context) is attributed to the process.
 /// 16,384 in-flight connects.
 #[map]
-pub static CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
+pub static CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(CONNECTING_ENTRIES, 0);
 
 /// What the XDP program learned about one packet. Classification fills it; one
 /// `update_source` call applies it (a single call site keeps the verifier's work linear).
@@ -123,3 +123,14 @@ pub static KNOWN_SOURCES: Array<u64> = Array::with_max_entries(KNOWN_WORDS, 0);
 /// 65,536 bits = 8 KiB.
 #[map]
 pub static SUSPECT_SOURCES: Array<u64> = Array::with_max_entries(SUSPECT_WORDS, 0);
+
+/// Local TCP ports that may have a socket: one byte per port (index 0 holds all 65,536), set
+/// by the agent from /proc/net/tcp{,6} at start and by `tp_sock_ports` whenever a socket starts
+/// listening or connecting. A SYN or orphan segment to a port whose byte is 0 cannot match any
+/// socket, so the XDP program skips the socket lookup for it (`cfgflag::PORT_FILTER`). Bytes,
+/// not bits: the kernel and the agent set them without read-modify-write races. Never cleared
+/// while the agent runs (a stale byte costs one lookup). 64 KiB; memory-mappable so the agent
+/// sets single bytes.
+#[map]
+pub static TCP_PORTS: Array<[u8; TCP_PORT_BYTES]> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+

@@ -11,7 +11,7 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::{ProbeContext, TracePointContext},
 };
-use scanwatch_common::{kind, outcome, stat, EventHeader, ProcEvent, ProcState, SrcKey};
+use scanwatch_common::{outcome, tp, EventKind, stat, EventHeader, ProcEvent, ProcState, SrcKey};
 
 use crate::{
     maps::{CONNECTING, EVENTS, PROCS, PROC_CONFIG, RAW_SOCKS, STATS},
@@ -27,11 +27,6 @@ const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 const EINPROGRESS: i64 = 115;
 
-/// Syscall tracepoint argument offsets (common header 8 bytes + syscall nr 8 bytes).
-const ARG0: usize = 16;
-const ARG1: usize = 24;
-const ARG2: usize = 32;
-const ARG4: usize = 48;
 
 /// Tasks inside connect() to an inet address: pid_tgid → 1. The exit hook reports immediate
 /// failures only for these (connects to AF_UNIX paths such as /dev/log are not network probes).
@@ -159,7 +154,7 @@ fn on_connect(addr: u64, fd: i32, user: bool) -> u32 {
     let Some((family, dst, dport)) = read_sockaddr(addr, user) else { return 0 };
     let _ = CONNECT_INFLIGHT.insert(&bpf_get_current_pid_tgid(), &1, 0);
     proc_update(tgid, |p| p.attempts += 1);
-    emit(kind::PROC_CONNECT, tgid, pid, |e| {
+    emit(EventKind::ProcConnect as u32, tgid, pid, |e| {
         e.family = family as u32;
         e.dst = SrcKey { addr: dst };
         e.dport = dport;
@@ -171,7 +166,7 @@ fn on_connect(addr: u64, fd: i32, user: bool) -> u32 {
 #[tracepoint]
 pub fn tp_enter_connect(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from syscalls/sys_enter_connect/format.
-    let (fd, addr) = unsafe { (ctx.read_at::<i64>(ARG0).unwrap_or(-1), ctx.read_at::<u64>(ARG1).unwrap_or(0)) };
+    let (fd, addr) = unsafe { (ctx.read_at::<i64>(tp::CONNECT_FD.offset).unwrap_or(-1), ctx.read_at::<u64>(tp::CONNECT_ADDR.offset).unwrap_or(0)) };
     on_connect(addr, fd as i32, true)
 }
 
@@ -187,9 +182,9 @@ pub fn tp_exit_connect(ctx: TracePointContext) -> u32 {
     }
     let _ = CONNECT_INFLIGHT.remove(&id);
     // SAFETY: offset from syscalls/sys_exit_connect/format.
-    let ret = unsafe { ctx.read_at::<i64>(ARG0).unwrap_or(0) };
+    let ret = unsafe { ctx.read_at::<i64>(tp::CONNECT_RET.offset).unwrap_or(0) };
     if ret < 0 && ret != -EINPROGRESS {
-        emit(kind::PROC_CONNECT_RESULT, tgid, pid, |e| e.value = ret as i32);
+        emit(EventKind::ProcConnectResult as u32, tgid, pid, |e| e.value = ret as i32);
     }
     0
 }
@@ -208,9 +203,9 @@ pub fn tp_enter_socket(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from syscalls/sys_enter_socket/format.
     let (family, ty, proto) = unsafe {
         (
-            ctx.read_at::<u64>(ARG0).unwrap_or(0) as u16,
-            ctx.read_at::<u64>(ARG1).unwrap_or(0) as u32,
-            ctx.read_at::<u64>(ARG2).unwrap_or(0) as u32,
+            ctx.read_at::<u64>(tp::SOCKET_FAMILY.offset).unwrap_or(0) as u16,
+            ctx.read_at::<u64>(tp::SOCKET_TYPE.offset).unwrap_or(0) as u32,
+            ctx.read_at::<u64>(tp::SOCKET_PROTOCOL.offset).unwrap_or(0) as u32,
         )
     };
     let raw = ((family == AF_INET || family == AF_INET6) && ty & 0xf == SOCK_RAW) || family == AF_PACKET;
@@ -230,7 +225,7 @@ pub fn tp_enter_socket(ctx: TracePointContext) -> u32 {
     };
     proc_update(tgid, |p| p.raw_sockets += 1);
     if n <= 8 {
-        emit(kind::PROC_SOCKET, tgid, pid, |e| {
+        emit(EventKind::ProcSocket as u32, tgid, pid, |e| {
             e.family = family as u32;
             e.sock_type = ty & 0xf;
             e.proto = proto as u8;
@@ -348,7 +343,7 @@ fn parse_probe(buf: &[u8; 96], len: u64, strict: bool, sa: Option<(u16, [u8; 16]
 #[inline(always)]
 fn emit_probe(tgid: u32, pid: u32, p: &Probe, count: u32) {
     proc_update(tgid, |s| s.raw_probes += count);
-    emit(kind::PROC_SENDTO, tgid, pid, |e| {
+    emit(EventKind::ProcSendto as u32, tgid, pid, |e| {
         e.family = p.family as u32;
         e.sock_type = SOCK_RAW;
         e.dst = SrcKey { addr: p.dst };
@@ -422,9 +417,9 @@ pub fn tp_enter_sendto(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from syscalls/sys_enter_sendto/format.
     let (buf, len, addr) = unsafe {
         (
-            ctx.read_at::<u64>(ARG1).unwrap_or(0),
-            ctx.read_at::<u64>(ARG2).unwrap_or(0),
-            ctx.read_at::<u64>(ARG4).unwrap_or(0),
+            ctx.read_at::<u64>(tp::SENDTO_BUFF.offset).unwrap_or(0),
+            ctx.read_at::<u64>(tp::SENDTO_LEN.offset).unwrap_or(0),
+            ctx.read_at::<u64>(tp::SENDTO_ADDR.offset).unwrap_or(0),
         )
     };
     if is_raw_proc() {
@@ -440,7 +435,7 @@ pub fn tp_enter_sendto(ctx: TracePointContext) -> u32 {
         let Some((tgid, pid)) = current() else { return 0 };
         if let Some((family, dst, dport)) = sa {
             proc_update(tgid, |p| p.attempts += 1);
-            emit(kind::PROC_SENDTO, tgid, pid, |e| {
+            emit(EventKind::ProcSendto as u32, tgid, pid, |e| {
                 e.family = family as u32;
                 e.sock_type = 2; // SOCK_DGRAM
                 e.dst = SrcKey { addr: dst };
@@ -487,7 +482,7 @@ fn on_msg(msg_ptr: u64, count: u32) {
 #[tracepoint]
 pub fn tp_enter_sendmsg(ctx: TracePointContext) -> u32 {
     // SAFETY: offset from syscalls/sys_enter_sendmsg/format.
-    let msg = unsafe { ctx.read_at::<u64>(ARG1).unwrap_or(0) };
+    let msg = unsafe { ctx.read_at::<u64>(tp::SENDMSG_MSG.offset).unwrap_or(0) };
     on_msg(msg, 1);
     0
 }
@@ -496,7 +491,7 @@ pub fn tp_enter_sendmsg(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tp_enter_sendmmsg(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from syscalls/sys_enter_sendmmsg/format; `struct mmsghdr` starts with msghdr.
-    let (msg, vlen) = unsafe { (ctx.read_at::<u64>(ARG1).unwrap_or(0), ctx.read_at::<u64>(ARG2).unwrap_or(0)) };
+    let (msg, vlen) = unsafe { (ctx.read_at::<u64>(tp::SENDMMSG_MSG.offset).unwrap_or(0), ctx.read_at::<u64>(tp::SENDMMSG_VLEN.offset).unwrap_or(0)) };
     on_msg(msg, vlen as u32);
     0
 }
@@ -508,10 +503,10 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from sock/inet_sock_set_state/format.
     let (sk, old, new, proto) = unsafe {
         (
-            ctx.read_at::<u64>(8).unwrap_or(0),
-            ctx.read_at::<i32>(16).unwrap_or(0),
-            ctx.read_at::<i32>(20).unwrap_or(0),
-            ctx.read_at::<u16>(30).unwrap_or(0),
+            ctx.read_at::<u64>(tp::STATE_SKADDR.offset).unwrap_or(0),
+            ctx.read_at::<i32>(tp::STATE_OLD.offset).unwrap_or(0),
+            ctx.read_at::<i32>(tp::STATE_NEW.offset).unwrap_or(0),
+            ctx.read_at::<u16>(tp::STATE_PROTOCOL.offset).unwrap_or(0),
         )
     };
     if proto != 6 {
@@ -532,10 +527,10 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from the tracepoint format.
     let (family, dport, d4, d6) = unsafe {
         (
-            ctx.read_at::<u16>(28).unwrap_or(0),
-            ctx.read_at::<u16>(26).unwrap_or(0),
-            ctx.read_at::<[u8; 4]>(36).unwrap_or([0; 4]),
-            ctx.read_at::<[u8; 16]>(56).unwrap_or([0; 16]),
+            ctx.read_at::<u16>(tp::STATE_FAMILY.offset).unwrap_or(0),
+            ctx.read_at::<u16>(tp::STATE_DPORT.offset).unwrap_or(0),
+            ctx.read_at::<[u8; 4]>(tp::STATE_DADDR.offset).unwrap_or([0; 4]),
+            ctx.read_at::<[u8; 16]>(tp::STATE_DADDR_V6.offset).unwrap_or([0; 16]),
         )
     };
     let ok = new == TCP_ESTABLISHED;
@@ -544,7 +539,7 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
         Some(mut e) => {
             // Softirq context: the identity is the connecting task's, not `current`.
             let ev = ProcEvent {
-                hdr: EventHeader { kind: kind::PROC_OUTCOME, _pad: 0, ts_ns: now_ns() },
+                hdr: EventHeader { kind: EventKind::ProcOutcome as u32, _pad: 0, ts_ns: now_ns() },
                 tgid,
                 pid: tgid,
                 family: family as u32,
@@ -563,3 +558,33 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
     }
     0
 }
+
+const TCP_LISTEN: i32 = 10;
+
+/// sock:inet_sock_set_state — keeps `TCP_PORTS` (the XDP program's listening-port filter) a
+/// superset of the local ports in use: a socket entering LISTEN, SYN_SENT (when its port is
+/// already bound) or ESTABLISHED marks its local port. An active open gets its port only after
+/// SYN_SENT, so its SYN-ACK or RST can arrive before the mark: the XDP program never uses the
+/// filter for SYN-ACK and RST segments. Attached with the inbound program whenever the filter is on, independent of the
+/// outbound hooks.
+#[tracepoint]
+pub fn tp_sock_ports(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets from sock/inet_sock_set_state/format (checked at load).
+    let (new, sport, proto) = unsafe {
+        (
+            ctx.read_at::<i32>(tp::STATE_NEW.offset).unwrap_or(0),
+            ctx.read_at::<u16>(tp::STATE_SPORT.offset).unwrap_or(0),
+            ctx.read_at::<u16>(tp::STATE_PROTOCOL.offset).unwrap_or(0),
+        )
+    };
+    if proto != 6 || sport == 0 || (new != TCP_LISTEN && new != TCP_SYN_SENT && new != TCP_ESTABLISHED) {
+        return 0;
+    }
+    if let Some(ports) = crate::maps::TCP_PORTS.get_ptr_mut(0) {
+        // SAFETY: the single array value, valid for this run; a u16 index is in bounds of the
+        // 65,536 bytes; a plain byte store cannot race another CPU's store into a wrong state.
+        unsafe { *(ports as *mut u8).add(sport as usize) = 1 };
+    }
+    0
+}
+

@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use scanwatch::{
     config::Config,
     detect::{Engine, HeldProbe, SourceSnapshot},
-    first_contact::{held_probe, Listeners},
+    source::live::first_contact::{held_probe, Listeners},
 };
 use scanwatch_common::{cnt, probe, FcSlot, FIRST_CONTACT_SLOTS};
 
@@ -48,7 +48,7 @@ fn held(n: u32) -> Vec<HeldProbe> {
 fn slots() -> Vec<FcSlot> {
     (0..FIRST_CONTACT_SLOTS)
         .map(|i| {
-            let key = scanwatch::collector::ip_to_key(ip(i));
+            let key = scanwatch::vocab::ip_to_key(ip(i));
             // SAFETY: same size, any bit pattern is valid.
             let addr: [u64; 2] = unsafe { std::mem::transmute(key.addr) };
             let mut s = FcSlot { addr, dport: (i % 60_000) as u16 + 1, kind: probe::PORT, proto: 6, nb: 1, ..FcSlot::default() };

@@ -7,64 +7,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::canonical_ip;
-
-/// Alert severity, ordered from `Info` (lowest) to `Critical`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    pub const ALL: [Severity; 5] =
-        [Severity::Info, Severity::Low, Severity::Medium, Severity::High, Severity::Critical];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-
-    /// One level up (saturating).
-    pub fn raise(self) -> Severity {
-        Severity::ALL[(self as usize + 1).min(4)]
-    }
-
-    /// One level down (saturating).
-    pub fn lower(self) -> Severity {
-        Severity::ALL[(self as usize).saturating_sub(1)]
-    }
-}
-
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Severity {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Severity, String> {
-        Severity::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| format!("unknown severity {s:?} (use info, low, medium, high, critical)"))
-    }
-}
+pub use crate::vocab::{Direction, Severity};
+pub use crate::vocab::is_internal;
+use crate::vocab::rfc3339;
+#[cfg(test)]
+use crate::vocab::rfc3339_from_unix;
 
 /// What was detected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -95,6 +46,20 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    pub const ALL: [AlertKind; 11] = [
+        AlertKind::HorizontalScan,
+        AlertKind::VerticalScan,
+        AlertKind::BlockScan,
+        AlertKind::StealthScan,
+        AlertKind::SlowScan,
+        AlertKind::HoneyportHit,
+        AlertKind::DecoyCluster,
+        AlertKind::DistributedScan,
+        AlertKind::Evasion,
+        AlertKind::OutboundScan,
+        AlertKind::Notice,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::HorizontalScan => "horizontal_scan",
@@ -118,31 +83,17 @@ impl fmt::Display for AlertKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Inbound,
-    Outbound,
-}
-
-/// One ancestor of the process (`ancestry`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ancestor {
-    pub pid: u32,
-    pub exe: String,
-}
-
 /// The local process behind an outbound alert (the engine's enriched process, serialized as is).
-pub type ProcessBlock = crate::detect::ProcessInfo;
+pub type ProcessBlock = crate::vocab::ProcessInfo;
 
 /// Who did it: a remote address (inbound) or a local process (outbound).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertSource {
-    pub ip: Option<String>,
+    pub ip: Option<IpAddr>,
     pub process: Option<ProcessBlock>,
     /// Further sources for multi-source kinds (decoy_cluster, distributed_scan); omitted if empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub related: Vec<String>,
+    pub related: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -153,8 +104,69 @@ pub struct Targets {
     pub sample_hosts: Vec<String>,
 }
 
-/// Probe counts in the alert's window. Stealth/evasion counters (non-zero only) are flattened
-/// into the same object by name (`"null": 3, "badsum": 1`, ...).
+/// What a count in `counts` is evidence of. Rendered as its name (`"xmas"`, `"sources"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Evidence {
+    /// A per-source kernel counter (index into `scanwatch_common::cnt`), named as there.
+    Counter(u8),
+    /// Sources taking part in a multi-source finding (decoy cluster, distributed scan).
+    Sources,
+    /// Outbound: crafted packets sent on raw/packet sockets.
+    RawProbe,
+    /// Outbound: raw/packet sockets opened.
+    RawSocket,
+    /// A rate-limit notice: findings of this kind suppressed.
+    Suppressed(AlertKind),
+}
+
+impl Evidence {
+    /// The kernel counter `idx` (`scanwatch_common::cnt::*`).
+    pub fn counter(idx: usize) -> Evidence {
+        Evidence::Counter(idx as u8)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Evidence::Counter(i) => scanwatch_common::cnt::NAMES.get(usize::from(*i)).copied().unwrap_or("?"),
+            Evidence::Sources => "sources",
+            Evidence::RawProbe => "raw_probe",
+            Evidence::RawSocket => "raw_socket",
+            Evidence::Suppressed(k) => k.as_str(),
+        }
+    }
+
+    /// The evidence named `s` (the inverse of [`Evidence::name`]; kernel counters first).
+    pub fn from_name(s: &str) -> Option<Evidence> {
+        if s.is_empty() {
+            return None;
+        }
+        if let Some(i) = scanwatch_common::cnt::NAMES.iter().position(|n| *n == s) {
+            return Some(Evidence::counter(i));
+        }
+        match s {
+            "sources" => Some(Evidence::Sources),
+            "raw_probe" => Some(Evidence::RawProbe),
+            "raw_socket" => Some(Evidence::RawSocket),
+            _ => AlertKind::ALL.into_iter().find(|k| k.as_str() == s).map(Evidence::Suppressed),
+        }
+    }
+}
+
+impl Serialize for Evidence {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Evidence {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Evidence::from_name(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown evidence {s:?}")))
+    }
+}
+
+/// Probe counts in the alert's window. Evidence counters (non-zero only) are flattened into the
+/// same object by name (`"null": 3, "badsum": 1`, ...).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Counts {
     pub probes: u64,
@@ -162,7 +174,14 @@ pub struct Counts {
     /// failures / (failures + successes); null when no outcome is known.
     pub fail_ratio: Option<f64>,
     #[serde(flatten)]
-    pub detail: BTreeMap<String, u64>,
+    pub detail: BTreeMap<Evidence, u64>,
+}
+
+impl Counts {
+    /// The evidence count named `name`, if present.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        Evidence::from_name(name).and_then(|e| self.detail.get(&e).copied())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,72 +263,6 @@ impl Alert {
     }
 }
 
-/// Is the address internal (RFC 1918, ULA, loopback, link-local, CGNAT, unspecified)?
-pub fn is_internal(ip: &IpAddr) -> bool {
-    match canonical_ip(*ip) {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10 CGNAT
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (s[0] & 0xfe00) == 0xfc00 // fc00::/7 ULA
-                || (s[0] & 0xffc0) == 0xfe80 // fe80::/10 link-local
-        }
-    }
-}
-
-/// RFC 3339 UTC time (`2024-05-01T12:34:56.789Z`) of a wall clock reading.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs_f64(),
-        Err(e) => -e.duration().as_secs_f64(),
-    };
-    rfc3339_from_unix(secs)
-}
-
-/// RFC 3339 UTC time of a unix timestamp in seconds (millisecond precision).
-pub fn rfc3339_from_unix(secs: f64) -> String {
-    let total_ms = if secs.is_finite() { (secs * 1000.0).round() as i64 } else { 0 };
-    let ms = total_ms.rem_euclid(1000);
-    let total_s = total_ms.div_euclid(1000);
-    let days = total_s.div_euclid(86_400);
-    let sod = total_s.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
-}
-
-/// Unix seconds of `now` given an offset `wall - now` (see `Engine::set_wall_clock`).
-pub fn unix_secs(now: Duration, offset_secs: f64) -> f64 {
-    now.as_secs_f64() + offset_secs
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 /// Stable short identifier (FNV-1a 64) for an entity+kind.
 pub fn stable_id(parts: &[&str]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -324,6 +277,8 @@ pub fn stable_id(parts: &[&str]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
     use super::*;
 
     #[test]
@@ -365,14 +320,14 @@ mod tests {
     #[test]
     fn json_shape() {
         let mut detail = BTreeMap::new();
-        detail.insert("xmas".to_string(), 3);
+        detail.insert(Evidence::counter(scanwatch_common::cnt::XMAS), 3);
         let a = Alert {
             time: rfc3339_from_unix(0.0),
             kind: AlertKind::VerticalScan,
             severity: Severity::Medium,
             confidence: 0.9,
             direction: Direction::Inbound,
-            source: AlertSource { ip: Some("8.8.8.8".into()), process: None, related: vec![] },
+            source: AlertSource { ip: Some("8.8.8.8".parse().expect("ip")), process: None, related: vec![] },
             targets: Targets::default(),
             window: "10s".into(),
             counts: Counts { probes: 10, failures: 9, fail_ratio: Some(0.9), detail },

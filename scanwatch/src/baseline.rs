@@ -1,23 +1,20 @@
-//! `scanwatch baseline`: run the collector for a while feeding the baseline learner, then save.
+//! `scanwatch baseline`: run the live pipeline for a while feeding the baseline learner, then save.
 use std::{path::Path, time::Duration};
 
 use crate::{
-    collector::{self, monotonic, Observer, RunOptions},
     config::Config,
-    detect::BaselineLearner,
-    loader::XdpModeChoice,
+    detect::{BaselineLearner, Observer},
+    pipeline,
+    sinks::SinkSet,
+    vocab::monotonic,
 };
 
-pub async fn learn(cfg: Config, interfaces: Vec<String>, duration: Duration, output: &Path) -> anyhow::Result<()> {
-    let mut learner = BaselineLearner::new(&cfg);
-    let opts = RunOptions {
-        interfaces,
-        xdp_mode: XdpModeChoice::Auto,
-        outbound: cfg.agent.outbound,
-        duration: Some(duration),
-        enforce_blocklist: false,
-    };
-    collector::run_with(&cfg, opts, &mut learner, std::io::sink()).await?;
+pub async fn learn(cfg: Config, duration: Duration, output: &Path) -> anyhow::Result<()> {
+    let mut cfg = cfg;
+    // Learning never blocks anything.
+    cfg.xdp.enforce_blocklist = false;
+    let learner = BaselineLearner::new(&cfg);
+    let mut learner = pipeline::run_live(&cfg, Some(duration), learner, SinkSet::none()).await?;
     Observer::tick(&mut learner, monotonic());
     let b = learner.finish();
     b.save(output).map_err(|e| anyhow::anyhow!("writing {}: {e}", output.display()))?;

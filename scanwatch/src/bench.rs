@@ -110,7 +110,7 @@ const BASE: &str = "xdp_pass_baseline";
 const PROG_XDP: &str = scanwatch_common::PROG_XDP;
 
 pub fn run(repeat: u32) -> anyhow::Result<Report> {
-    let mut ebpf = loader::load(&LoadOptions { honeyports_tcp: vec![4444, 31337], ..LoadOptions::default() })?;
+    let mut ebpf = loader::load_object(&LoadOptions { honeyports_tcp: vec![4444, 31337], ..LoadOptions::default() }, crate::ebpf_bench_object())?;
     let v4 = |a: u8, b: u8, c: u8, d: u8| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
     let dst = v4(10, 99, 0, 1);
     let known = v4(10, 98, 0, 7);
@@ -180,6 +180,25 @@ pub fn run(repeat: u32) -> anyhow::Result<Report> {
     loader::write_config(&mut ebpf, &XdpConfig { flags: full.flags & !cfgflag::LOOKUP_SOCKETS, ..full })?;
     let m = measure_pair(&mut ebpf, BASE, PROG_XDP, &syn_known, repeat)?;
     push(&mut rows, "SYN known, no socket lookup", "repeat", m);
+    loader::write_config(&mut ebpf, &full)?;
+
+    // The listening-port filter (as the agent runs by default): probes of a known source to a
+    // port no socket uses skip the lookup; a port in use is still looked up.
+    let unused = std::net::TcpListener::bind("0.0.0.0:0")?.local_addr()?.port();
+    let in_use = listener.local_addr()?.port();
+    let syn_unused = PacketSpec::nmap_syn(known, dst, unused).build();
+    let syn_in_use = PacketSpec::nmap_syn(known, dst, in_use).build();
+    let ack_unused = PacketSpec::tcp(known, dst, 40000, unused, ACK).build();
+    let mut filtered = full;
+    let _ports = crate::source::live::ports::fill(&mut ebpf, &mut filtered).map_err(|e| anyhow::anyhow!("port filter: {e}"))?;
+    for (name, pkt) in [
+        ("SYN known, closed port, port filter", &syn_unused),
+        ("SYN known, port in use, port filter", &syn_in_use),
+        ("bare ACK scan probe, port filter", &ack_unused),
+    ] {
+        let m = measure_pair(&mut ebpf, BASE, PROG_XDP, pkt, repeat)?;
+        push(&mut rows, name, "repeat", m);
+    }
     loader::write_config(&mut ebpf, &full)?;
 
     // A new source on every repetition: the rotating entry rewrites the source address (and

@@ -32,6 +32,12 @@ pub fn print_report(out: &mut impl Write) -> anyhow::Result<()> {
     writeln!(out, "kernel: {}", std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim())?;
     writeln!(out, "BTF (/sys/kernel/btf/vmlinux): {}", yes(Path::new("/sys/kernel/btf/vmlinux").exists()))?;
     writeln!(out, "tracefs mounted: {}", yes(loader::tracefs_mounted()))?;
+    if let Some(root) = loader::tracefs_root() {
+        match crate::source::live::tracepoints::check_all(root) {
+            Ok(n) => writeln!(out, "tracepoint layouts: match ({n} tracepoints, {} fields)", scanwatch_common::tp::ALL.len())?,
+            Err(e) => writeln!(out, "tracepoint layouts: MISMATCH: {e}")?,
+        }
+    }
     writeln!(out, "bpffs mounted (/sys/fs/bpf): {}", yes(is_bpffs("/sys/fs/bpf")))?;
     writeln!(out, "kprobes (kprobe PMU): {}", yes(loader::kprobes_available()))?;
     let probe = |t: ProgramType| aya::sys::is_program_supported(t).map(yes).unwrap_or("unknown");

@@ -1,9 +1,9 @@
 //! Command line: thin dispatch to subcommands.
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use crate::{collector, config::Config, loader::XdpModeChoice};
+use crate::config::{Config, XdpModeSetting};
 
 #[derive(Parser)]
 #[command(name = "scanwatch", version, about = "eBPF/XDP network-scan detector with process attribution")]
@@ -12,36 +12,16 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Mode {
-    Auto,
-    Native,
-    Skb,
-}
-
 #[derive(Subcommand)]
 enum Cmd {
-    /// Load and attach the programs; print alerts as JSON lines on stdout until Ctrl-C.
+    /// Load and attach the programs; write findings to the configured sinks (stdout by
+    /// default) until Ctrl-C / SIGTERM.
     Run {
-        /// TOML config (default: the embedded one; `scanwatch config default` prints it).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Interface to watch (repeatable). Default: config `agent.interfaces`, else the
-        /// default-route interface.
-        #[arg(long = "interface", short = 'i')]
-        interfaces: Vec<String>,
-        /// Host role (overrides `agent.role`).
-        #[arg(long)]
-        role: Option<String>,
-        /// XDP attach mode (overrides `agent.xdp_mode`): auto = native, falling back to generic.
-        #[arg(long, value_enum)]
-        xdp_mode: Option<Mode>,
-        /// Do not attach the outbound (process) hooks.
-        #[arg(long)]
-        no_outbound: bool,
-        /// Stop after this many seconds.
-        #[arg(long)]
-        duration: Option<u64>,
+        #[command(flatten)]
+        agent: AgentFlags,
+        /// Stop after this long (`30s`, `5m`; a bare number is seconds).
+        #[arg(long, value_parser = duration_arg)]
+        duration: Option<Duration>,
     },
     /// Print which kernel features exist and which hook each program would use. Changes nothing.
     Check,
@@ -52,13 +32,11 @@ enum Cmd {
     },
     /// Learn what normal looks like on this host for a while, then save it (used by `run` for novelty).
     Baseline {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        #[arg(long = "interface", short = 'i')]
-        interfaces: Vec<String>,
-        /// Learning time in seconds.
-        #[arg(long, default_value_t = 3600)]
-        duration: u64,
+        #[command(flatten)]
+        agent: AgentFlags,
+        /// Learning time (`1h`, `30m`; a bare number is seconds).
+        #[arg(long, default_value = "1h", value_parser = duration_arg)]
+        duration: Duration,
         /// Where to write the baseline (JSON).
         #[arg(long, short)]
         output: PathBuf,
@@ -79,9 +57,10 @@ enum Cmd {
         /// conn.log files; `-` reads standard input.
         #[arg(required = true)]
         files: Vec<String>,
+        /// TOML config merged over the embedded defaults (roles, allowlists, baseline, windows).
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Host role (overrides `agent.role`).
+        /// Host role (`agent.role`).
         #[arg(long)]
         role: Option<String>,
         /// Print the per-source feature table on stdout instead of alerts.
@@ -100,8 +79,8 @@ enum Cmd {
         until: Option<String>,
         /// How long a record may trail the newest timestamp and still be placed in order
         /// (conn.log lines are written when connections end), e.g. `5m`.
-        #[arg(long)]
-        reorder: Option<String>,
+        #[arg(long, value_parser = duration_arg)]
+        reorder: Option<Duration>,
         /// Most sources held at once (default: `xdp.max_sources`); the least recently seen are evicted.
         #[arg(long)]
         max_sources: Option<usize>,
@@ -116,11 +95,71 @@ enum ConfigCmd {
     Check { file: PathBuf },
 }
 
-fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
-    Ok(match path {
-        Some(p) => Config::load(p)?,
-        None => Config::default_embedded(),
-    })
+/// The agent's configuration flags: the command line is the last configuration layer, over the
+/// embedded defaults and the file; each flag sets the configuration key its help names.
+#[derive(Args, Default)]
+struct AgentFlags {
+    /// TOML config merged over the embedded defaults (`scanwatch config default` prints them).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Interface to watch, repeatable (`agent.interfaces`; default: the default-route interface).
+    #[arg(long = "interface", short = 'i')]
+    interfaces: Vec<String>,
+    /// Host role (`agent.role`).
+    #[arg(long)]
+    role: Option<String>,
+    /// XDP attach mode (`agent.xdp_mode`): auto = native, falling back to generic.
+    #[arg(long, value_enum)]
+    xdp_mode: Option<XdpModeSetting>,
+    /// Do not attach the outbound (process) hooks (`agent.outbound = false`).
+    #[arg(long)]
+    no_outbound: bool,
+}
+
+impl AgentFlags {
+    /// The flags as a configuration layer.
+    fn overrides(&self) -> toml::Table {
+        let mut agent = toml::Table::new();
+        if !self.interfaces.is_empty() {
+            agent.insert(
+                "interfaces".into(),
+                toml::Value::Array(self.interfaces.iter().cloned().map(toml::Value::String).collect()),
+            );
+        }
+        if let Some(r) = &self.role {
+            agent.insert("role".into(), toml::Value::String(r.clone()));
+        }
+        if let Some(m) = self.xdp_mode {
+            let name = match m {
+                XdpModeSetting::Auto => "auto",
+                XdpModeSetting::Native => "native",
+                XdpModeSetting::Skb => "skb",
+            };
+            agent.insert("xdp_mode".into(), toml::Value::String(name.into()));
+        }
+        if self.no_outbound {
+            agent.insert("outbound".into(), toml::Value::Boolean(false));
+        }
+        let mut t = toml::Table::new();
+        if !agent.is_empty() {
+            t.insert("agent".into(), toml::Value::Table(agent));
+        }
+        t
+    }
+
+    fn load(&self) -> anyhow::Result<Config> {
+        Ok(Config::load_layers(self.config.as_deref(), &self.overrides())?)
+    }
+}
+
+/// A duration with a unit (`500ms`, `3s`, `15m`, `2h`, `7d`); a bare number is seconds.
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.trim().parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    crate::vocab::parse_duration(s)
 }
 
 pub fn main() -> ExitCode {
@@ -143,34 +182,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        Cmd::Run { config, interfaces, role, xdp_mode, no_outbound, duration } => {
-            let mut cfg = load_config(config.as_ref())?;
-            if let Some(r) = role {
-                if !cfg.roles.contains_key(&r) {
-                    let known: Vec<&str> = cfg.roles.keys().map(String::as_str).collect();
-                    anyhow::bail!("--role: unknown role {r:?} (known: {})", known.join(", "));
-                }
-                cfg.agent.role = r;
-            }
-            let ifaces = if interfaces.is_empty() { cfg.agent.interfaces.clone() } else { interfaces };
-            let mode = match xdp_mode {
-                Some(Mode::Native) => XdpModeChoice::Native,
-                Some(Mode::Skb) => XdpModeChoice::Skb,
-                Some(Mode::Auto) => XdpModeChoice::Auto,
-                None => match cfg.agent.xdp_mode {
-                    crate::config::XdpModeSetting::Auto => XdpModeChoice::Auto,
-                    crate::config::XdpModeSetting::Native => XdpModeChoice::Native,
-                    crate::config::XdpModeSetting::Skb => XdpModeChoice::Skb,
-                },
-            };
-            let opts = collector::RunOptions {
-                interfaces: ifaces,
-                xdp_mode: mode,
-                outbound: cfg.agent.outbound && !no_outbound,
-                duration: duration.map(Duration::from_secs),
-                enforce_blocklist: cfg.xdp.enforce_blocklist,
-            };
-            runtime()?.block_on(collector::run(cfg, opts, std::io::stdout().lock()))?;
+        Cmd::Run { agent, duration } => {
+            let cfg = agent.load()?;
+            runtime()?.block_on(crate::pipeline::run(cfg, duration))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check => {
@@ -191,33 +205,22 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Cmd::Baseline { config, interfaces, duration, output } => {
-            let cfg = load_config(config.as_ref())?;
-            let ifaces = if interfaces.is_empty() { cfg.agent.interfaces.clone() } else { interfaces };
-            runtime()?.block_on(crate::baseline::learn(cfg, ifaces, Duration::from_secs(duration), &output))?;
+        Cmd::Baseline { agent, duration, output } => {
+            let cfg = agent.load()?;
+            runtime()?.block_on(crate::baseline::learn(cfg, duration, &output))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Hunt { files, config, role, table, table_format, alerts, since, until, reorder, max_sources } => {
             use std::io::IsTerminal;
-            let mut cfg = load_config(config.as_ref())?;
-            if let Some(r) = role {
-                if !cfg.roles.contains_key(&r) {
-                    let known: Vec<&str> = cfg.roles.keys().map(String::as_str).collect();
-                    anyhow::bail!("--role: unknown role {r:?} (known: {})", known.join(", "));
-                }
-                cfg.agent.role = r;
-            }
+            let flags = AgentFlags { config, role, ..AgentFlags::default() };
+            let cfg = flags.load()?;
             let opts = crate::hunt::HuntOptions {
                 inputs: files.iter().map(|f| crate::hunt::input::Input::from_arg(f)).collect(),
                 table: table.then_some(table_format),
                 alerts_file: alerts,
                 since_us: since.as_deref().map(crate::hunt::parse_time_arg).transpose().map_err(|e| e.context("--since"))?,
                 until_us: until.as_deref().map(crate::hunt::parse_time_arg).transpose().map_err(|e| e.context("--until"))?,
-                reorder: reorder
-                    .as_deref()
-                    .map(crate::config::parse_duration)
-                    .transpose()
-                    .map_err(|e| anyhow::anyhow!("--reorder: {e}"))?,
+                reorder,
                 max_sources,
                 progress: std::io::stderr().is_terminal(),
             };

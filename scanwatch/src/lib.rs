@@ -1,23 +1,34 @@
-//! scanwatch agent library: loader, collector, detection, alerts.
+//! scanwatch agent library. Stages, top to bottom (imports flow down only):
+//! `cli` → commands (`pipeline`, `baseline`, `bench`, `check`) → `source/*` → `enrich` →
+//! `detect` (pure engine) → `response` → `sinks` → `output` → `alert` → `config` → `vocab`.
 
 pub mod alert;
+pub mod vocab;
 pub mod baseline;
 pub mod bench;
 pub mod check;
 pub mod cli;
-pub mod collector;
 pub mod config;
 pub mod detect;
 pub mod enrich;
-pub mod first_contact;
 pub mod hunt;
 pub mod loader;
 pub mod packet;
+pub mod output;
+pub mod pipeline;
 pub mod response;
 pub mod sinks;
 pub mod sketch;
+pub mod source;
 
-/// The compiled eBPF object (built by build.rs), 8-byte aligned for the ELF parser.
+/// The compiled eBPF object (built by build.rs), 8-byte aligned for the ELF parser: only the
+/// programs the agent runs.
 pub fn ebpf_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/scanwatch"))
+}
+
+/// The benchmark's object: the same XDP program plus the bench-only entry points (empty
+/// baselines, the rotating-source entry), built with the eBPF crate's `bench` feature.
+pub fn ebpf_bench_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/scanwatch-bench"))
 }

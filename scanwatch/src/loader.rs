@@ -2,6 +2,8 @@
 //! fallback chain per hook. Every choice is reported so the operator knows what is running.
 use std::path::Path;
 
+use crate::config::XdpModeSetting;
+
 use aya::{
     maps::Array,
     programs::{KProbe, TracePoint, Xdp, XdpMode},
@@ -63,8 +65,14 @@ impl Default for LoadOptions {
     }
 }
 
-/// Load the object (programs are loaded lazily by `attach_*` or `load_program`).
+/// Load the production object (programs are loaded lazily by `attach_*` or `load_program`).
 pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoaderError> {
+    load_object(opts, crate::ebpf_object())
+}
+
+/// Load an object built from the same sources (the production object, or the benchmark's,
+/// which adds only the bench entry points).
+pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf, LoaderError> {
     // RLIMIT_MEMLOCK: kernels ≥ 5.11 account BPF memory to the memcg; raising it is best-effort.
     let rl = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: plain syscall with a valid struct.
@@ -77,8 +85,9 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf, LoaderError> {
         .map_max_entries(MAP_FINGERPRINTS, opts.max_fingerprints)
         .map_max_entries(MAP_PROCS, opts.max_procs)
         .map_max_entries(MAP_EVENTS, opts.ringbuf_bytes)
-        .override_global("ENFORCE_BLOCKLIST", &enforce, false)
-        .load(crate::ebpf_object())?;
+        // must exist: a renamed or mangled global would silently leave enforcement off.
+        .override_global("ENFORCE_BLOCKLIST", &enforce, true)
+        .load(object)?;
     write_config(&mut ebpf, &opts.xdp)?;
     {
         let map = ebpf.map_mut("PROC_CONFIG").ok_or(LoaderError::MissingMap("PROC_CONFIG"))?;
@@ -111,14 +120,6 @@ pub fn write_config(ebpf: &mut Ebpf, cfg: &XdpConfig) -> Result<(), LoaderError>
     arr.set(0, *cfg, 0).map_err(|source| LoaderError::Map { name: MAP_CONFIG, source })
 }
 
-/// Requested XDP mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XdpModeChoice {
-    Auto,
-    Native,
-    Skb,
-}
-
 /// Load the XDP program (idempotent).
 pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoaderError> {
     let prog: &mut Xdp = ebpf
@@ -135,12 +136,12 @@ pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoaderError> {
 /// Attach XDP to `iface`: native (driver) mode first, generic (SKB) mode as the fallback.
 /// Returns the mode that attached ("native" / "generic") and, after a fallback, why the
 /// preferred mode failed.
-pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, choice: XdpModeChoice) -> Result<(&'static str, Option<String>), LoaderError> {
+pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, choice: XdpModeSetting) -> Result<(&'static str, Option<String>), LoaderError> {
     let prog = xdp_program(ebpf)?;
     let order: &[(XdpMode, &'static str)] = match choice {
-        XdpModeChoice::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
-        XdpModeChoice::Native => &[(XdpMode::Driver, "native")],
-        XdpModeChoice::Skb => &[(XdpMode::Skb, "generic")],
+        XdpModeSetting::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+        XdpModeSetting::Native => &[(XdpMode::Driver, "native")],
+        XdpModeSetting::Skb => &[(XdpMode::Skb, "generic")],
     };
     let mut detail = String::new();
     for (mode, name) in order {
@@ -228,7 +229,12 @@ pub fn kprobes_available() -> bool {
 }
 
 pub fn tracefs_mounted() -> bool {
-    Path::new("/sys/kernel/tracing/events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists()
+    tracefs_root().is_some()
+}
+
+/// Where tracefs is mounted (`/sys/kernel/tracing`, or the older debugfs location).
+pub fn tracefs_root() -> Option<&'static Path> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"].into_iter().map(Path::new).find(|p| p.join("events").exists())
 }
 
 /// Whether a method could be used on this kernel, without attaching anything.
@@ -286,6 +292,15 @@ fn try_method(ebpf: &mut Ebpf, m: &Method) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Load and attach one tracepoint program (no fallback chain: used for helpers of the inbound
+/// program, such as the listening-port filter).
+pub fn attach_tracepoint(ebpf: &mut Ebpf, prog: &'static str, category: &'static str, name: &'static str) -> Result<(), String> {
+    if !tracefs_mounted() {
+        return Err("tracefs is not mounted".into());
+    }
+    try_method(ebpf, &Method::Tracepoint { prog, category, name })
 }
 
 /// Attach every outbound hook, walking each hook's fallback chain. Returns (hook, method) pairs.

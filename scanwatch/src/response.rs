@@ -9,17 +9,23 @@
 //! do either.
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use scanwatch_common::SrcKey;
+use scanwatch_common::cnt;
 
 use crate::{
-    alert::{Alert, AlertKind, Direction},
-    collector::ip_to_key,
+    alert::{Alert, AlertKind, Evidence},
     config::ResponseConfig,
+    vocab::Direction,
 };
 
 /// Evidence in an `evasion` alert that the source itself sent the probes (not backscatter).
-const SELF_EVASION: [&str; 4] = ["frag_first", "frag_later", "srcport_trick", "badsum"];
+const SELF_EVASION: [usize; 4] = [cnt::FRAG_FIRST, cnt::FRAG_LATER, cnt::SRCPORT_TRICK, cnt::BADSUM];
+
+/// Where blocks are enforced (the XDP program's BLOCKLIST map in the live agent).
+pub trait BlockTable {
+    /// Start dropping `ip`'s packets; `reason` is a small code of the finding kind.
+    fn insert(&mut self, ip: IpAddr, reason: u32) -> Result<(), String>;
+    fn remove(&mut self, ip: IpAddr) -> Result<(), String>;
+}
 
 /// The source to block for this alert, if it qualifies.
 pub fn qualifies(a: &Alert, cfg: &ResponseConfig) -> Option<IpAddr> {
@@ -33,13 +39,15 @@ pub fn qualifies(a: &Alert, cfg: &ResponseConfig) -> Option<IpAddr> {
         | AlertKind::StealthScan
         | AlertKind::SlowScan
         | AlertKind::HoneyportHit => true,
-        AlertKind::Evasion => SELF_EVASION.iter().any(|k| a.counts.detail.get(*k).copied().unwrap_or(0) > 0),
+        AlertKind::Evasion => {
+            SELF_EVASION.iter().any(|k| a.counts.detail.get(&Evidence::counter(*k)).copied().unwrap_or(0) > 0)
+        }
         AlertKind::DecoyCluster | AlertKind::DistributedScan | AlertKind::OutboundScan | AlertKind::Notice => false,
     };
     if !kind_ok {
         return None;
     }
-    a.source.ip.as_deref()?.parse().ok()
+    a.source.ip
 }
 
 /// Block-list value: the alert kind that caused the block (the kernel only tests presence).
@@ -48,7 +56,7 @@ fn reason_code(k: AlertKind) -> u32 {
 }
 
 pub struct Responder {
-    map: BpfHashMap<MapData, SrcKey, u32>,
+    map: Box<dyn BlockTable + Send>,
     cfg: ResponseConfig,
     /// Blocked source → monotonic time its block ends.
     until: HashMap<IpAddr, Duration>,
@@ -57,7 +65,7 @@ pub struct Responder {
 }
 
 impl Responder {
-    pub fn new(map: BpfHashMap<MapData, SrcKey, u32>, cfg: ResponseConfig) -> Self {
+    pub fn new(map: Box<dyn BlockTable + Send>, cfg: ResponseConfig) -> Self {
         Responder { map, cfg, until: HashMap::new(), refused: 0 }
     }
 
@@ -75,7 +83,7 @@ impl Responder {
             } else if self.until.len() >= self.cfg.max_blocked as usize {
                 self.refuse(&ip, "response.max_blocked reached");
             } else {
-                match self.map.insert(ip_to_key(ip), reason_code(a.kind), 0) {
+                match self.map.insert(ip, reason_code(a.kind)) {
                     Ok(()) => {
                         eprintln!(
                             "scanwatch: blocking {ip} for {:?} ({} alert, severity {})",
@@ -90,7 +98,7 @@ impl Responder {
             }
         }
         if a.direction == Direction::Inbound && !a.allowlisted {
-            if let Some(ip) = a.source.ip.as_deref().and_then(|s| s.parse::<IpAddr>().ok()) {
+            if let Some(ip) = a.source.ip {
                 a.blocked = self.until.contains_key(&ip);
             }
         }
@@ -108,7 +116,7 @@ impl Responder {
         let done: Vec<IpAddr> = self.until.iter().filter(|(_, t)| **t <= now).map(|(ip, _)| *ip).collect();
         for ip in &done {
             self.until.remove(ip);
-            if let Err(e) = self.map.remove(&ip_to_key(*ip)) {
+            if let Err(e) = self.map.remove(*ip) {
                 eprintln!("scanwatch: WARNING cannot unblock {ip}: {e}");
             } else {
                 eprintln!("scanwatch: unblocked {ip}");
@@ -123,7 +131,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::alert::{AlertSource, Counts, HostInfo, Severity, Targets, Technique};
+    use crate::alert::{AlertSource, Counts, HostInfo, Targets, Technique};
+    use crate::vocab::Severity;
 
     fn alert(kind: AlertKind, severity: Severity, detail: &[(&str, u64)]) -> Alert {
         Alert {
@@ -132,14 +141,17 @@ mod tests {
             severity,
             confidence: 0.9,
             direction: Direction::Inbound,
-            source: AlertSource { ip: Some("198.51.100.7".into()), process: None, related: Vec::new() },
+            source: AlertSource { ip: Some("198.51.100.7".parse().expect("ip")), process: None, related: Vec::new() },
             targets: Targets::default(),
             window: "10s".into(),
             counts: Counts {
                 probes: 100,
                 failures: 100,
                 fail_ratio: Some(1.0),
-                detail: detail.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+                detail: detail
+                    .iter()
+                    .map(|(k, v)| (Evidence::from_name(k).expect("evidence name"), *v))
+                    .collect::<BTreeMap<_, _>>(),
             },
             fingerprint: None,
             technique: Technique::for_source(Direction::Inbound, None),

@@ -9,13 +9,13 @@ use aya::{
     Ebpf,
 };
 use scanwatch::{
-    collector::ip_to_key,
+    vocab::ip_to_key,
     loader::{self, LoadOptions},
     packet::{PacketSpec, L4, ACK, FIN, PSH, RST, SYN, URG},
     sketch::hll_estimate,
 };
 use aya::maps::Array;
-use scanwatch_common::{addr_hash, cfgflag, cnt, kind, stat, tool, FcSlot, InboundEvent, SrcKey, SrcState, XdpConfig};
+use scanwatch_common::{addr_hash, cfgflag, cnt, stat, EventKind, tool, FcSlot, InboundEvent, SrcKey, SrcState, XdpConfig};
 
 fn v4(s: &str) -> IpAddr {
     IpAddr::V4(s.parse::<Ipv4Addr>().expect("v4"))
@@ -189,7 +189,7 @@ fn first_contact_tier_holds_one_packet_sources_and_replays_on_admission() {
     p.events();
     p.run_all([PacketSpec::linux_syn(h, d, 40001, 4444).build()]);
     assert_eq!(p.count(h, cnt::HONEYPORT), 1);
-    assert!(p.events().iter().any(|e| e.hdr.kind == kind::HONEYPORT && e.src == ip_to_key(h)));
+    assert!(p.events().iter().any(|e| e.hdr.kind == EventKind::Honeyport as u32 && e.src == ip_to_key(h)));
 
     // With the tier switched off, the first packet creates state (every packet counts).
     let full = XdpConfig::default_config();
@@ -227,7 +227,7 @@ fn distinct_ports_hosts_sample_and_threshold_event() {
     assert_eq!(&s.sample_ports[..4], &[1, 2, 3, 4]);
     assert!(s.win_ports >= 250 && s.win_ports <= 300, "window distinct ports {}", s.win_ports);
     let ev = p.events();
-    let thr: Vec<_> = ev.iter().filter(|e| e.hdr.kind == kind::THRESHOLD).collect();
+    let thr: Vec<_> = ev.iter().filter(|e| e.hdr.kind == EventKind::Threshold as u32).collect();
     assert_eq!(thr.len(), 1, "exactly one threshold event per window");
     assert_eq!(thr[0].detail & scanwatch_common::thr::PORTS, scanwatch_common::thr::PORTS);
     assert_eq!(thr[0].win_ports, XdpConfig::default_config().port_threshold);
@@ -238,7 +238,7 @@ fn distinct_ports_hosts_sample_and_threshold_event() {
     let hosts = hll_estimate(&s2.host_hll);
     assert!((hosts - 200.0).abs() / 200.0 < 0.10, "distinct hosts {hosts}");
     assert!(hll_estimate(&s2.port_hll).round() as u32 == 1);
-    assert!(p.events().iter().any(|e| e.hdr.kind == kind::THRESHOLD && e.detail & scanwatch_common::thr::HOSTS != 0));
+    assert!(p.events().iter().any(|e| e.hdr.kind == EventKind::Threshold as u32 && e.detail & scanwatch_common::thr::HOSTS != 0));
 }
 
 #[test]
@@ -316,7 +316,7 @@ fn fragments_srcport_tricks_badsum_udp_icmp_honeyport() {
     p.events();
     p.run_all([PacketSpec::linux_syn(v4("10.6.0.9"), d, 40001, 31337).build()]);
     let ev = p.events();
-    assert!(ev.iter().any(|e| e.hdr.kind == kind::HONEYPORT && e.dport == 31337), "honeyport event");
+    assert!(ev.iter().any(|e| e.hdr.kind == EventKind::Honeyport as u32 && e.dport == 31337), "honeyport event");
     assert_eq!(p.count(v4("10.6.0.9"), cnt::HONEYPORT), 1);
 }
 
@@ -351,7 +351,7 @@ fn fingerprints_and_tool_hints() {
     p.run_all([z.build(), m.build(), h.build(), linux.build()]);
     // A source's first SYN is held in the first-contact table; its fingerprint is taken and
     // registered from the second SYN on (a spoofed flood source never sends one).
-    assert!(p.events().iter().all(|e| e.hdr.kind != kind::NEW_FINGERPRINT));
+    assert!(p.events().iter().all(|e| e.hdr.kind != EventKind::NewFingerprint as u32));
     p.run_all([PacketSpec::nmap_syn(v4("10.7.0.1"), d, 22).build(), z.build(), m.build(), h.build(), linux.build()]);
     for (ip, hint) in [
         ("10.7.0.1", tool::NMAP),
@@ -365,7 +365,7 @@ fn fingerprints_and_tool_hints() {
         assert_eq!(s.n_fp, 1);
     }
     let ev = p.events();
-    let fps: Vec<_> = ev.iter().filter(|e| e.hdr.kind == kind::NEW_FINGERPRINT).collect();
+    let fps: Vec<_> = ev.iter().filter(|e| e.hdr.kind == EventKind::NewFingerprint as u32).collect();
     assert_eq!(fps.len(), 5, "one new-fingerprint event per source");
     let mut lin = fps.iter().find(|e| e.src == ip_to_key(v4("10.7.0.6"))).expect("linux fp").fp;
     assert!(lin.parse_options(), "options decode");
@@ -377,7 +377,7 @@ fn fingerprints_and_tool_hints() {
     again.ttl = 50;
     again.ip_id = 999;
     p.run_all([again.build()]);
-    assert!(p.events().iter().all(|e| e.hdr.kind != kind::NEW_FINGERPRINT));
+    assert!(p.events().iter().all(|e| e.hdr.kind != EventKind::NewFingerprint as u32));
     // A second, different shape from the same source is kept as well.
     p.run_all([PacketSpec::linux_syn(v4("10.7.0.1"), d, 40000, 24).build()]);
     assert_eq!(p.source(v4("10.7.0.1")).expect("source").n_fp, 2);
@@ -456,23 +456,23 @@ fn one_probe_per_source_scan_reaches_the_distributed_detector() {
     let srcs: Vec<IpAddr> = (0..45u32).map(|i| IpAddr::V4(Ipv4Addr::from(0xcb00_7100 + i))).collect(); // 203.0.113.x
     p.run_all(srcs.iter().zip(&ports).map(|(s, port)| PacketSpec::nmap_syn(*s, d, *port).build()));
     assert_eq!(p.n_sources(), 0, "every source held, none admitted");
-    let view = scanwatch::first_contact::FirstContactView::new(p.ebpf.take_map("FIRST_CONTACT").expect("map"))
+    let view = scanwatch::source::live::first_contact::FirstContactView::new(p.ebpf.take_map("FIRST_CONTACT").expect("map"))
         .expect("mmap the first-contact table");
-    let mut reader = scanwatch::first_contact::HeldReader::default();
-    let held = reader.read(&view, scanwatch::first_contact::Listeners::read);
+    let mut reader = scanwatch::source::live::first_contact::HeldReader::default();
+    let held = reader.read(&view, scanwatch::source::live::first_contact::Listeners::read);
     assert_eq!(held.len(), 45, "every held probe read back: {held:?}");
     assert!(held.iter().all(|h| h.failed && srcs.contains(&h.ip)), "{held:?}");
-    assert!(reader.read(&view, scanwatch::first_contact::Listeners::read).is_empty(), "each handed out once");
+    assert!(reader.read(&view, scanwatch::source::live::first_contact::Listeners::read).is_empty(), "each handed out once");
     let cfg = scanwatch::config::Config::default_embedded();
     let mut engine = scanwatch::detect::Engine::new(&cfg, "test".into());
-    let now = scanwatch::collector::monotonic();
+    let now = scanwatch::vocab::monotonic();
     let mut alerts = engine.observe_held(now, &held);
     alerts.extend(engine.tick(now + std::time::Duration::from_secs(6)));
     let dist = alerts
         .iter()
         .find(|a| a.kind == scanwatch::alert::AlertKind::DistributedScan)
         .unwrap_or_else(|| panic!("distributed_scan expected: {alerts:#?}"));
-    assert_eq!(dist.counts.detail.get("sources"), Some(&45));
+    assert_eq!(dist.counts.get("sources"), Some(45));
     assert_eq!(dist.targets.port_count, 45);
 }
 
@@ -504,7 +504,7 @@ fn bare_acks_are_sampled_until_a_source_is_suspected() {
     // The agent's periodic clear: the scanner is sampled again (and suspected again when caught).
     let mut suspect: Array<MapData, u64> =
         Array::try_from(p.ebpf.take_map("SUSPECT_SOURCES").expect("map")).expect("array");
-    scanwatch::collector::clear_suspects(&mut suspect).expect("clear");
+    scanwatch::source::live::filters::clear_suspects(&mut suspect).expect("clear");
     p.run_all((0..sample).map(|_| PacketSpec::tcp(x, d, 40000, closed_port(), ACK).build()));
     assert_eq!(p.count(x, cnt::ACK), 41, "one sampled lookup in {sample}");
     p.run_all([PacketSpec::tcp(x, d, 40000, closed_port(), ACK).build()]);
@@ -531,13 +531,13 @@ fn known_source_filter_rebuild_drops_evicted_sources() {
     let sources: BpfHashMap<MapData, SrcKey, SrcState> =
         BpfHashMap::try_from(p.ebpf.take_map("SOURCES").expect("SOURCES")).expect("hash");
     let mut known: Array<MapData, u64> = Array::try_from(p.ebpf.take_map("KNOWN_SOURCES").expect("map")).expect("array");
-    let set = scanwatch::collector::rebuild_known_filter(&sources, &mut known).expect("rebuild");
+    let set = scanwatch::source::live::filters::rebuild_known_filter(&sources, &mut known).expect("rebuild");
     assert!(set <= live && set + 2 >= live, "one bit per live source ({set} bits, {live} live)");
     let after: u32 = known.iter().map(|w| w.expect("word").count_ones()).sum();
     assert_eq!(after, set);
     // A live source keeps being counted on its first packet after the rebuild.
     let (k, _) = sources.iter().next().expect("a live source").expect("entry");
-    let ip = scanwatch::collector::key_to_ip(&k);
+    let ip = scanwatch::vocab::key_to_ip(&k);
     let syn_before = sources.get(&k, 0).expect("state").counts[cnt::SYN];
     p.run_all([PacketSpec::nmap_syn(ip, d, 81).build()]);
     assert_eq!(sources.get(&k, 0).expect("state").counts[cnt::SYN], syn_before + 1);
@@ -622,4 +622,57 @@ fn arp_who_has_sweeps_count_host_fan_out() {
     bad[14 + 4] = 8; // hardware address length 8: not Ethernet/IPv4 ARP
     assert_eq!(p.run(&bad), 2);
     assert_eq!(p.stats()[stat::MAL_ARP as usize], before + 1);
+}
+
+/// The listening-port filter: a probe to a TCP port no socket uses skips the socket lookup; a
+/// port in use when the filter starts (/proc), a listener opened afterwards and the local port of
+/// a later outgoing connection (both marked by the real `sock:inet_sock_set_state` tracepoint)
+/// are still looked up, so no outcome is wrong; a listener closed later is looked up and found
+/// gone.
+#[test]
+fn port_filter_skips_lookups_only_where_no_socket_can_be() {
+    let mut p = Prog::new();
+    let before = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let before_port = before.local_addr().expect("addr").port();
+    let mut xdp = XdpConfig::default_config();
+    let mut ports = scanwatch::source::live::ports::enable(&mut p.ebpf, &mut xdp).expect("filter on");
+    assert!(xdp.flags & cfgflag::PORT_FILTER != 0);
+    assert!(ports.is_marked(before_port), "a listener from before the start is marked from /proc");
+    // Opened during the "scan": marked by the tracepoint when it starts listening.
+    let during = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let during_port = during.local_addr().expect("addr").port();
+    assert!(ports.is_marked(during_port), "the tracepoint marks a new listener");
+    let closed = closed_port();
+    let src = v4("127.0.0.21");
+    let lo = v4("127.0.0.1");
+    p.admit(src);
+    p.run_all([
+        PacketSpec::nmap_syn(src, lo, before_port).build(),
+        PacketSpec::nmap_syn(src, lo, during_port).build(),
+        PacketSpec::nmap_syn(src, lo, closed).build(),
+    ]);
+    assert_eq!(p.count(src, cnt::SYN_OPEN), 2, "both listeners found");
+    assert_eq!(p.count(src, cnt::SYN_CLOSED), 1);
+    // The filter really skips: a live listener whose port is unmarked reads as closed.
+    ports.unmark(during_port);
+    p.run_all([PacketSpec::nmap_syn(src, lo, during_port).build()]);
+    assert_eq!(p.count(src, cnt::SYN_CLOSED), 2, "unmarked port: no lookup");
+    ports.mark(during_port);
+    // A listener closed during the scan: its port stays marked, the lookup finds it gone.
+    drop(during);
+    p.run_all([PacketSpec::nmap_syn(src, lo, during_port).build()]);
+    assert_eq!(p.count(src, cnt::SYN_CLOSED), 3, "closed listener looked up and found gone");
+    // An outgoing connection made after the start: its local port is marked (SYN_SENT), so a
+    // FIN/ACK of that live connection is looked up and not taken for a Maimon probe.
+    let client = std::net::TcpStream::connect(("127.0.0.1", before_port)).expect("connect");
+    let local = client.local_addr().expect("addr").port();
+    assert!(ports.is_marked(local), "the tracepoint marks an outgoing connection's port");
+    let peer = v4("127.0.0.1");
+    p.admit(peer);
+    p.run_all([PacketSpec::tcp(peer, lo, before_port, local, FIN | ACK).build()]);
+    assert_eq!(p.count(peer, cnt::MAIMON), 0, "a live connection's FIN/ACK is no probe");
+    // The same FIN/ACK to an unused port is an orphan without any lookup.
+    p.admit(v4("127.0.0.22"));
+    p.run_all([PacketSpec::tcp(v4("127.0.0.22"), lo, 40000, closed_port(), FIN | ACK).build()]);
+    assert_eq!(p.count(v4("127.0.0.22"), cnt::MAIMON), 1);
 }

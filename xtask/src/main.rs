@@ -78,7 +78,7 @@ fn real_main() -> Result<()> {
             let status = Command::new("cargo")
                 .current_dir(&root)
                 .env("SCANWATCH_BIN", root.join("target/release/scanwatch"))
-                .args(["test", "--release", "--workspace", "--exclude", "scanwatch-ebpf"])
+                .args(["test", "--release", "--workspace", "--exclude", "scanwatch-ebpf", "--features", "scanwatch-tests/privileged,scanwatch/privileged-tests"])
                 .args(&args)
                 .status()
                 .context("running cargo test")?;

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::window::{m, Metrics};
 use super::{Engine, InboundObservation, OutboundAction, OutboundObservation, SourceSnapshot};
-use crate::config::{canonical_ip, format_duration, Config};
+use crate::config::Config;
+use crate::vocab::{canonical_ip, format_duration};
 
 /// Entries kept per baseline (bounded file size).
 pub const MAX_BASELINE_ENTRIES: usize = 8192;
@@ -74,6 +75,16 @@ pub enum BaselineError {
 }
 
 impl Baseline {
+    /// What the baseline changes, in one phrase (the agent says it at start).
+    pub fn describe(&self) -> String {
+        format!(
+            "learned over {:.0} s; known fan-out of {} sources and {} executables raises their thresholds",
+            self.learned_seconds,
+            self.sources.len(),
+            self.executables.len()
+        )
+    }
+
     /// Read a baseline written by [`Baseline::save`].
     pub fn load(path: &Path) -> Result<Baseline, BaselineError> {
         let text = std::fs::read_to_string(path)

@@ -2,178 +2,18 @@
 //! destination-centric distributed scans (many sources under threshold covering many ports,
 //! including one-probe sources still held in the kernel's first-contact table).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::inbound::SAMPLE_OUT;
-use super::{Engine, HeldProbe};
+use super::correlate_state::*;
+use super::engine::Engine;
+use super::types::{DecoyMembership, HeldProbe, SAMPLE_OUT};
 use crate::alert::{
+    Evidence,
     is_internal, Alert, AlertKind, AlertSource, Counts, Direction, Severity, Targets, Technique,
 };
-use crate::config::{canonical_ip, format_duration};
-
-const MAX_HASHES: usize = 4096;
-const MAX_MEMBERS: usize = 64;
-/// Ports per member kept for overlap computations.
-const MEMBER_PORTS: usize = 32;
-/// Sources listed in `source.related`.
-const RELATED_OUT: usize = 32;
-
-#[derive(Debug, Clone)]
-struct Member {
-    ip: IpAddr,
-    last_seen: Duration,
-    ports: Vec<u16>,
-    failing: bool,
-    ttl: u8,
-}
-
-/// Fingerprint hash -> recent sources with that fingerprint (bounded).
-#[derive(Debug, Default)]
-pub(super) struct FingerprintIndex {
-    by_hash: HashMap<String, Vec<Member>>,
-}
-
-/// A decoy cluster found for one fingerprint.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct DecoyCluster {
-    pub members: Vec<IpAddr>,
-    pub common_ports: Vec<u16>,
-    pub same_ttl: bool,
-}
-
-fn jaccard(a: &[u16], b: &[u16]) -> f64 {
-    let sa: BTreeSet<&u16> = a.iter().collect();
-    let sb: BTreeSet<&u16> = b.iter().collect();
-    let inter = sa.intersection(&sb).count();
-    let union = sa.union(&sb).count();
-    if union == 0 {
-        0.0
-    } else {
-        inter as f64 / union as f64
-    }
-}
-
-impl FingerprintIndex {
-    pub fn len(&self) -> usize {
-        self.by_hash.len()
-    }
-
-    pub fn note(&mut self, now: Duration, hash: &str, ip: IpAddr, ports: &[u16], failing: bool, ttl: u8) {
-        if !self.by_hash.contains_key(hash) && self.by_hash.len() >= MAX_HASHES {
-            // Drop the stalest hash.
-            if let Some(k) = self
-                .by_hash
-                .iter()
-                .min_by_key(|(_, v)| v.iter().map(|m| m.last_seen).max().unwrap_or_default())
-                .map(|(k, _)| k.clone())
-            {
-                self.by_hash.remove(&k);
-            }
-        }
-        let members = self.by_hash.entry(hash.to_string()).or_default();
-        let ports: Vec<u16> = ports.iter().take(MEMBER_PORTS).copied().collect();
-        if let Some(m) = members.iter_mut().find(|m| m.ip == ip) {
-            m.last_seen = now;
-            m.ports = ports;
-            m.failing = failing;
-            m.ttl = ttl;
-            return;
-        }
-        if members.len() >= MAX_MEMBERS {
-            if let Some(pos) = members.iter().enumerate().min_by_key(|(_, m)| m.last_seen).map(|(i, _)| i) {
-                members.swap_remove(pos);
-            }
-        }
-        members.push(Member { ip, last_seen: now, ports, failing, ttl });
-    }
-
-    pub fn expire(&mut self, now: Duration, window: Duration) {
-        for v in self.by_hash.values_mut() {
-            v.retain(|m| now.saturating_sub(m.last_seen) < window);
-        }
-        self.by_hash.retain(|_, v| !v.is_empty());
-    }
-
-    /// Sources seen with `hash` within `window` (whatever their ports or outcomes so far).
-    pub fn active_members(&self, now: Duration, hash: &str, window: Duration) -> usize {
-        self.by_hash
-            .get(hash)
-            .map_or(0, |v| v.iter().filter(|m| now.saturating_sub(m.last_seen) < window).count())
-    }
-
-    /// Sources sharing `hash`, active within `window`, failing, with at least `min_ports` ports
-    /// and pairwise port overlap `min_overlap` with a common member.
-    pub fn cluster(
-        &self,
-        now: Duration,
-        hash: &str,
-        window: Duration,
-        min_sources: usize,
-        min_ports: usize,
-        min_overlap: f64,
-    ) -> Option<DecoyCluster> {
-        let members: Vec<&Member> = self
-            .by_hash
-            .get(hash)?
-            .iter()
-            .filter(|m| now.saturating_sub(m.last_seen) < window && m.failing && m.ports.len() >= min_ports)
-            .collect();
-        if members.len() < min_sources {
-            return None;
-        }
-        let mut best: Vec<&Member> = Vec::new();
-        for a in &members {
-            let group: Vec<&Member> =
-                members.iter().filter(|b| jaccard(&a.ports, &b.ports) >= min_overlap).copied().collect();
-            if group.len() > best.len() {
-                best = group;
-            }
-        }
-        if best.len() < min_sources {
-            return None;
-        }
-        let mut common: BTreeSet<u16> = best[0].ports.iter().copied().collect();
-        for m in &best[1..] {
-            let s: BTreeSet<u16> = m.ports.iter().copied().collect();
-            common = common.intersection(&s).copied().collect();
-        }
-        let ttl0 = best[0].ttl;
-        let mut ips: Vec<IpAddr> = best.iter().map(|m| m.ip).collect();
-        ips.sort();
-        Some(DecoyCluster {
-            members: ips,
-            common_ports: common.into_iter().collect(),
-            same_ttl: best.iter().all(|m| m.ttl == ttl0),
-        })
-    }
-}
-
-/// See [`Engine::decoy_membership`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum DecoyMembership {
-    Alone,
-    Pending,
-    Member,
-}
-
-/// State of the destination-centric distributed-scan detector.
-#[derive(Debug, Default)]
-pub(super) struct Distributed {
-    last_eval: Option<Duration>,
-    /// One-probe sources still held in the kernel's first-contact table (they have no per-source
-    /// state, so no entity): address → (probe, when the agent first saw it).
-    held: HashMap<IpAddr, (HeldProbe, Duration)>,
-    /// Held probes not recorded because `HELD_CAP` was reached (a random-source flood).
-    pub(super) held_dropped: u64,
-}
-
-/// Most held one-probe sources remembered for the distributed detector.
-const HELD_CAP: usize = 8192;
-
-/// Evaluate the distributed detector at most this often.
-const DISTRIBUTED_EVERY: Duration = Duration::from_secs(5);
+use crate::vocab::{canonical_ip, format_duration};
 
 impl Engine {
     /// Remember one-probe sources held in the kernel's first-contact table (see
@@ -243,9 +83,9 @@ impl Engine {
                 confidence: (0.5 + 0.1 * n as f64).min(0.95),
                 direction: Direction::Inbound,
                 source: AlertSource {
-                    ip: c.members.first().map(IpAddr::to_string),
+                    ip: c.members.first().copied(),
                     process: None,
-                    related: c.members.iter().skip(1).take(RELATED_OUT).map(IpAddr::to_string).collect(),
+                    related: c.members.iter().skip(1).take(RELATED_OUT).copied().collect(),
                 },
                 targets: Targets {
                     host_count: 1,
@@ -258,7 +98,7 @@ impl Engine {
                     probes: 0,
                     failures: 0,
                     fail_ratio: None,
-                    detail: BTreeMap::from([("sources".to_string(), n as u64)]),
+                    detail: BTreeMap::from([(Evidence::Sources, n as u64)]),
                 },
                 fingerprint: fp,
                 technique: Technique::for_source(Direction::Inbound, c.members.first()),
@@ -381,9 +221,9 @@ impl Engine {
             confidence: (0.4 + 0.05 * n as f64).min(0.9),
             direction: Direction::Inbound,
             source: AlertSource {
-                ip: members.first().map(|(_, ip)| ip.to_string()),
+                ip: members.first().map(|(_, ip)| *ip),
                 process: None,
-                related: members.iter().skip(1).take(RELATED_OUT).map(|(_, ip)| ip.to_string()).collect(),
+                related: members.iter().skip(1).take(RELATED_OUT).map(|(_, ip)| *ip).collect(),
             },
             targets: Targets {
                 host_count: hosts.len().max(1) as u64,
@@ -397,7 +237,7 @@ impl Engine {
                 failures,
                 fail_ratio: (failures + successes > 0)
                     .then(|| (failures as f64 / (failures + successes) as f64 * 1000.0).round() / 1000.0),
-                detail: BTreeMap::from([("sources".to_string(), n as u64)]),
+                detail: BTreeMap::from([(Evidence::Sources, n as u64)]),
             },
             fingerprint: None,
             technique: if internal { Technique::network_service_discovery() } else { Technique::active_scanning() },

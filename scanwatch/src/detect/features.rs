@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::vocab::Severity;
+
 
 /// Shape of an entity's activity over time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,4 +264,29 @@ pub fn fanout_score(
     let ht = (f64::from(host_thr) * mult).max(bhosts);
     let (ps, hs) = (wports / pt, hosts / ht);
     FanoutScore { ps, hs, score: ps.max(hs), within_baseline }
+}
+
+/// Allowlisted activity is reported at low/info.
+pub(super) fn allowlisted_severity(s: Severity) -> Severity {
+    if s <= Severity::Low {
+        Severity::Info
+    } else {
+        Severity::Low
+    }
+}
+
+/// Confidence from the fan-out score and supporting evidence.
+pub(super) fn confidence(score: f64, fail_ratio: Option<f64>, trw_scanner: bool, tool: bool) -> f64 {
+    let mut c = 1.0 - 0.5f64.powf(score.max(0.0));
+    if trw_scanner {
+        c = 1.0 - (1.0 - c) * 0.5;
+    }
+    if tool {
+        c = 1.0 - (1.0 - c) * 0.6;
+    }
+    c *= match fail_ratio {
+        None => 0.7,
+        Some(r) => 0.6 + 0.4 * r,
+    };
+    (c.clamp(0.05, 0.99) * 1000.0).round() / 1000.0
 }

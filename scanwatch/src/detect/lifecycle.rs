@@ -15,10 +15,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use crate::alert::{
+    Evidence,
     stable_id, Alert, AlertKind, AlertSource, Counts, Direction, HostInfo, Severity, Targets,
     Technique,
 };
-use crate::config::{format_duration, AlertConfig};
+use crate::config::AlertConfig;
+use crate::vocab::format_duration;
 
 /// Bound on remembered (entity, kind) episodes.
 const MAX_EPISODES: usize = 65_536;
@@ -174,7 +176,7 @@ impl Lifecycle {
         } else {
             Direction::Inbound
         };
-        let detail = self.suppressed_kinds.iter().map(|(k, c)| (k.to_string(), *c)).collect();
+        let detail = self.suppressed_kinds.iter().map(|(k, c)| (Evidence::Suppressed(*k), *c)).collect();
         let alert = Alert {
             time,
             kind: AlertKind::Notice,

@@ -8,179 +8,22 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::features::{
-    bounded_insert, class_diversity, fanout_score, FanoutScore, Hll, PortHistogram, Timing, TimingClass,
+    class_diversity, fanout_score, FanoutScore, TimingClass,
 };
-use super::inbound::{allowlisted_severity, confidence, SAMPLE_OUT};
-use super::trw::{Trw, TrwParams};
-use super::window::{m, Metrics, MultiWindow};
-use super::{make_room, Engine, OutboundAction, OutboundObservation, ProcessInfo};
+use super::features::{allowlisted_severity, confidence};
+use super::outbound_state::*;
+use super::window::{m, Metrics};
+use super::engine::Engine;
+use super::types::{make_room, OutboundObservation, SAMPLE_OUT};
+use crate::vocab::ProcessInfo;
 use crate::alert::{
+    Evidence,
     Alert, AlertKind, AlertSource, Counts, Direction, ProcessBlock, Severity, Targets,
     Technique,
 };
-use crate::config::{canonical_ip, format_duration, RoleProfile};
+use crate::vocab::format_duration;
 
-const SAMPLE_CAP: usize = 64;
 
-use scanwatch_common::tcpflag::{ACK, FIN, PSH, RST, SYN, URG};
-
-/// Name of a stealth probe shape, if the flags are one.
-fn stealth_name(flags: u8) -> Option<&'static str> {
-    let f = flags & 0x3f;
-    match f {
-        0 => Some("null"),
-        x if x == FIN => Some("fin"),
-        x if x == FIN | PSH | URG => Some("xmas"),
-        x if x == FIN | ACK => Some("maimon"),
-        x if x == ACK => Some("ack"),
-        x if x & (SYN | FIN) == SYN | FIN => Some("synfin"),
-        x if x & RST != 0 => None,
-        _ => None,
-    }
-}
-
-#[derive(Debug, Clone)]
-pub(super) struct OutboundEntity {
-    pub process: ProcessInfo,
-    pub last_seen: Duration,
-    pub dirty: bool,
-    pub windows: MultiWindow,
-    pub trw: Trw,
-    pub timing: Timing,
-    ports: Hll,
-    hosts: Hll,
-    pairs: Hll,
-    ports_est: f64,
-    hosts_est: f64,
-    pairs_est: f64,
-    pub sample_ports: Vec<u16>,
-    pub sample_hosts: Vec<IpAddr>,
-    pub histogram: PortHistogram,
-    /// Lifetime counters by name (connect, raw_probe, udp, raw_socket, stealth shapes, ...).
-    pub lifetime: BTreeMap<&'static str, u64>,
-    pub last_fast_trigger: Option<Duration>,
-}
-
-impl OutboundEntity {
-    fn new(process: ProcessInfo, windows: &[Duration]) -> OutboundEntity {
-        OutboundEntity {
-            process,
-            last_seen: Duration::ZERO,
-            dirty: false,
-            windows: MultiWindow::new(windows),
-            trw: Trw::default(),
-            timing: Timing::default(),
-            ports: Hll::default(),
-            hosts: Hll::default(),
-            pairs: Hll::default(),
-            ports_est: 0.0,
-            hosts_est: 0.0,
-            pairs_est: 0.0,
-            sample_ports: Vec::new(),
-            sample_hosts: Vec::new(),
-            histogram: PortHistogram::default(),
-            lifetime: BTreeMap::new(),
-            last_fast_trigger: None,
-        }
-    }
-
-    fn bump(&mut self, name: &'static str) {
-        *self.lifetime.entry(name).or_default() += 1;
-    }
-
-    /// Record a destination; returns (new ports, new hosts, new pairs) increments.
-    fn touch(&mut self, dst: IpAddr, dport: u16, count_host: bool) -> (f64, f64, f64) {
-        let dst = canonical_ip(dst);
-        let folded = fold_ip(&dst);
-        self.ports.insert(u32::from(dport));
-        if count_host {
-            self.hosts.insert(folded);
-            self.pairs.insert(folded ^ u32::from(dport).wrapping_mul(0x9e37_79b9));
-        }
-        self.histogram.add(dport);
-        bounded_insert(&mut self.sample_ports, dport, SAMPLE_CAP);
-        bounded_insert(&mut self.sample_hosts, dst, SAMPLE_CAP);
-        let (p, h, q) = (self.ports.estimate(), self.hosts.estimate(), self.pairs.estimate());
-        let out = (
-            (p - self.ports_est).max(0.0),
-            (h - self.hosts_est).max(0.0),
-            (q - self.pairs_est).max(0.0),
-        );
-        self.ports_est = self.ports_est.max(p);
-        self.hosts_est = self.hosts_est.max(h);
-        self.pairs_est = self.pairs_est.max(q);
-        out
-    }
-
-    /// Apply one action; returns the metric delta.
-    fn apply(&mut self, now: Duration, a: &OutboundAction, role: &RoleProfile, trw: &TrwParams) -> Metrics {
-        let mut d = Metrics::default();
-        let expected = |port: u16| {
-            role.outbound_fanout_expected
-                && (role.expected_service_ports.is_empty() || role.expected_service_ports.contains(&port))
-        };
-        let probe = |e: &mut OutboundEntity, dst: IpAddr, dport: u16, d: &mut Metrics| {
-            let (p, h, q) = e.touch(dst, dport, !expected(dport));
-            d.set(m::PROBES, 1.0);
-            d.set(m::NEW_PORTS, p);
-            d.set(m::NEW_HOSTS, h);
-            d.set(m::NEW_PAIRS, q);
-            if dport < 1024 {
-                d.set(m::NEW_PRIV_PORTS, p);
-            }
-            e.timing.observe(now);
-        };
-        match a {
-            OutboundAction::Connect { dst, dport } => {
-                self.bump("connect");
-                probe(self, *dst, *dport, &mut d);
-            }
-            OutboundAction::UdpSend { dst, dport } => {
-                self.bump("udp");
-                probe(self, *dst, *dport, &mut d);
-            }
-            OutboundAction::RawProbe { dst, dport, proto, tcp_flags } => {
-                self.bump("raw_probe");
-                probe(self, *dst, *dport, &mut d);
-                d.set(m::RAW, 1.0);
-                if *proto == 6 {
-                    if let Some(name) = stealth_name(*tcp_flags) {
-                        self.bump(name);
-                        if matches!(name, "fin" | "ack") {
-                            d.set(m::WEAK_STEALTH, 1.0);
-                        } else {
-                            d.set(m::STEALTH, 1.0);
-                        }
-                    }
-                }
-            }
-            OutboundAction::Outcome { success, .. } => {
-                if *success {
-                    self.bump("established");
-                    d.set(m::SUCCESSES, 1.0);
-                    self.trw.observe(trw, 0, 1);
-                } else {
-                    self.bump("failed");
-                    d.set(m::FAILURES, 1.0);
-                    self.trw.observe(trw, 1, 0);
-                }
-            }
-            OutboundAction::RawSocket { .. } => self.bump("raw_socket"),
-        }
-        self.windows.add(now, &d);
-        self.last_seen = now;
-        self.dirty = true;
-        d
-    }
-}
-
-fn fold_ip(ip: &IpAddr) -> u32 {
-    let bytes = match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    };
-    scanwatch_common::addr_fold(&bytes)
-}
 
 /// Entity key of a process.
 pub(super) fn entity_key(p: &ProcessInfo) -> String {
@@ -365,10 +208,12 @@ impl Engine {
         }
         reason.push('.');
 
-        let mut detail: BTreeMap<String, u64> = BTreeMap::new();
+        let mut detail: BTreeMap<Evidence, u64> = BTreeMap::new();
         for (k, v) in &e.lifetime {
             if matches!(*k, "null" | "fin" | "xmas" | "maimon" | "ack" | "synfin" | "raw_probe" | "raw_socket" | "udp") {
-                detail.insert((*k).to_string(), *v);
+                if let Some(ev) = Evidence::from_name(k) {
+                    detail.insert(ev, *v);
+                }
             }
         }
         let alert = Alert {
@@ -402,22 +247,5 @@ impl Engine {
         };
         let magnitude = h.ports + h.hosts;
         self.submit(now, key, magnitude, alert, out);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stealth_shapes() {
-        assert_eq!(stealth_name(0), Some("null"));
-        assert_eq!(stealth_name(FIN), Some("fin"));
-        assert_eq!(stealth_name(FIN | PSH | URG), Some("xmas"));
-        assert_eq!(stealth_name(FIN | ACK), Some("maimon"));
-        assert_eq!(stealth_name(ACK), Some("ack"));
-        assert_eq!(stealth_name(SYN | FIN), Some("synfin"));
-        assert_eq!(stealth_name(SYN), None);
-        assert_eq!(stealth_name(SYN | ACK), None);
     }
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use scanwatch_common::cnt;
 
 use super::*;
-use crate::alert::{AlertKind, Direction, Severity};
+use crate::alert::{Alert, AlertKind};
+use crate::vocab::{Direction, Severity};
 use crate::config::Config;
 
 fn ip(s: &str) -> IpAddr {
@@ -126,7 +127,7 @@ fn nmap_top_1000_is_vertical_scan() {
     assert!(!first.update);
     assert_eq!(first.direction, Direction::Inbound);
     assert_eq!(first.technique.id, "T1595");
-    assert_eq!(first.source.ip.as_deref(), Some("203.0.113.7"));
+    assert_eq!(first.source.ip.map(|i| i.to_string()).as_deref(), Some("203.0.113.7"));
     assert_eq!(first.window, "10s");
     assert_eq!(first.fingerprint.as_ref().map(|f| f.tool_hint.as_str()), Some("nmap"));
     assert!(first.confidence > 0.7, "{}", first.confidence);
@@ -294,15 +295,15 @@ fn stealth_and_evasion() {
     s.hosts = 1.0;
     let a = e.observe_source(t(1.0), &s.snap());
     let st = a.iter().find(|x| x.kind == AlertKind::StealthScan).expect("stealth");
-    assert_eq!(st.counts.detail.get("xmas"), Some(&5));
+    assert_eq!(st.counts.get("xmas"), Some(5));
     assert_eq!(st.counts.probes, 5);
 
     s.counts[cnt::BADSUM] = 2;
     s.counts[cnt::FRAG_FIRST] = 4;
     let b = e.observe_source(t(2.0), &s.snap());
     let ev = b.iter().find(|x| x.kind == AlertKind::Evasion).expect("evasion");
-    assert_eq!(ev.counts.detail.get("badsum"), Some(&2));
-    assert_eq!(ev.counts.detail.get("frag_first"), Some(&4));
+    assert_eq!(ev.counts.get("badsum"), Some(2));
+    assert_eq!(ev.counts.get("frag_first"), Some(4));
 
     // A few FIN / ACK from stale connections alone are not a stealth scan.
     let mut e = engine();
@@ -324,7 +325,7 @@ fn honeyport_hit_is_immediate_and_deduplicated() {
     };
     let a = e.observe_inbound_event(t(1.0), &ev);
     assert_eq!(kinds(&a), vec![AlertKind::HoneyportHit]);
-    assert_eq!(a[0].source.ip.as_deref(), Some("203.0.113.9"));
+    assert_eq!(a[0].source.ip.map(|i| i.to_string()).as_deref(), Some("203.0.113.9"));
     assert_eq!(a[0].targets.sample_ports, vec![31337]);
     assert_eq!(a[0].severity, Severity::Medium); // external
     assert!(e.observe_inbound_event(t(2.0), &ev).is_empty());
@@ -400,7 +401,7 @@ fn distributed_scan_of_one_probe_sources_held_in_first_contact() {
     let mut alerts = e.observe_held(t(20.0), &held);
     alerts.extend(e.tick(t(30.0)));
     let d = alerts.iter().find(|a| a.kind == AlertKind::DistributedScan).expect("distributed");
-    assert_eq!(d.counts.detail.get("sources"), Some(&45));
+    assert_eq!(d.counts.get("sources"), Some(45));
     assert_eq!(d.targets.port_count, 45);
     assert_eq!(d.counts.fail_ratio, Some(1.0));
     // Held probes expire with the distributed window: 30 ports now and 15 an hour later do not
@@ -430,8 +431,8 @@ fn proc_info(exe: &str, pid: u32, ppid: u32) -> ProcessInfo {
         ppid: Some(ppid),
         parent_exe: Some("/usr/bin/bash".into()),
         ancestry: vec![
-            crate::alert::Ancestor { pid: ppid, exe: "/usr/bin/bash".into() },
-            crate::alert::Ancestor { pid: 1, exe: "/sbin/init".into() },
+            crate::vocab::Ancestor { pid: ppid, exe: "/usr/bin/bash".into() },
+            crate::vocab::Ancestor { pid: 1, exe: "/sbin/init".into() },
         ],
         cgroup: Some("/user.slice".into()),
         container_id: None,
@@ -528,7 +529,7 @@ fn outbound_raw_syn_sweep_without_outcomes() {
     }
     let a = alerts.first().expect("outbound scan");
     assert!(a.reason.contains("horizontal") && a.reason.contains("raw"), "{}", a.reason);
-    assert_eq!(a.counts.detail.get("raw_probe").copied().map(|n| n > 0), Some(true));
+    assert_eq!(a.counts.get("raw_probe").map(|n| n > 0), Some(true));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -679,7 +680,7 @@ fn rate_limit_emits_summary_notice() {
     assert_eq!(n.kind, AlertKind::Notice);
     assert_eq!(n.severity, Severity::Info);
     assert!(n.reason.starts_with("8 further alerts suppressed"), "{}", n.reason);
-    assert_eq!(n.counts.detail.get("honeyport_hit"), Some(&8));
+    assert_eq!(n.counts.get("honeyport_hit"), Some(8));
     assert_eq!(e.stats().alerts_suppressed, 8);
     // Nothing new suppressed: no further notice.
     assert!(e.tick(t(100.0)).is_empty());
@@ -787,7 +788,7 @@ fn stealth_shaped_fanout_is_one_stealth_scan() {
         only_kind(&alerts, AlertKind::StealthScan);
         let a = &alerts[0];
         assert!(a.targets.port_count >= 100, "{a:?}");
-        assert_eq!(a.counts.detail.get(cnt::NAMES[shape]), Some(&100), "{a:?}");
+        assert_eq!(a.counts.get(cnt::NAMES[shape]), Some(100), "{a:?}");
         assert!(a.reason.contains("stealth"), "{}", a.reason);
     }
 }
@@ -866,7 +867,7 @@ fn ping_sweep_is_horizontal_scan_with_echo_counts() {
     let mut alerts = Vec::new();
     run(&mut e, t(1.0), &s, &mut alerts);
     only_kind(&alerts, AlertKind::HorizontalScan);
-    assert_eq!(alerts[0].counts.detail.get("icmp_echo"), Some(&256));
+    assert_eq!(alerts[0].counts.get("icmp_echo"), Some(256));
     assert!(alerts[0].counts.probes >= 256, "{:?}", alerts[0].counts);
 }
 
@@ -881,7 +882,7 @@ fn arp_sweep_is_horizontal_scan_with_arp_counts() {
     let mut alerts = Vec::new();
     run(&mut e, t(1.0), &s, &mut alerts);
     only_kind(&alerts, AlertKind::HorizontalScan);
-    assert_eq!(alerts[0].counts.detail.get("arp_who_has"), Some(&254));
+    assert_eq!(alerts[0].counts.get("arp_who_has"), Some(254));
 }
 
 #[test]
@@ -904,7 +905,7 @@ fn udp_scan_is_vertical_scan_with_udp_closed_counts() {
     let mut alerts = Vec::new();
     run(&mut e, t(1.0), &s, &mut alerts);
     only_kind(&alerts, AlertKind::VerticalScan);
-    assert_eq!(alerts[0].counts.detail.get("udp_closed"), Some(&50));
+    assert_eq!(alerts[0].counts.get("udp_closed"), Some(50));
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! `scanwatch hunt FILE... | -`: hunt Zeek conn.logs (TSV or JSON, gzip or not) for scanning
 //! with the live agent's detection engine, on the log's own timeline.
 //!
+//! A source of the one pipeline (`crate::pipeline`): records become stamped observations
+//! (`Observation::Source` snapshots, `Observation::Inbound` honeyport events, `Observation::Tick`)
+//! on the log's clock, the engine turns them into findings, the output stage renders them.
 //! Three threads: reader (I/O, gzip), parser (lines → records), and this one (reorder buffer,
 //! per-source state, engine, output). See [`zeek`] for the formats, [`features`] for what a
 //! record means for its source and [`timeline`] for how the engine is driven.
@@ -213,8 +216,8 @@ pub fn run(cfg: &Config, opts: &HuntOptions, out: &mut dyn Write, err: &mut dyn 
         writeln!(
             err,
             "scanwatch hunt: log time {} .. {}; {} sources ({} evicted), {} engine sweeps of changed sources, {} ticks",
-            crate::alert::rfc3339_from_unix(a as f64 / 1e6),
-            crate::alert::rfc3339_from_unix(b as f64 / 1e6),
+            crate::vocab::rfc3339_from_unix(a as f64 / 1e6),
+            crate::vocab::rfc3339_from_unix(b as f64 / 1e6),
             grouped(report.sources),
             grouped(report.sources_evicted),
             grouped(tl.stats.snapshots),
@@ -255,7 +258,9 @@ fn write_out(
         };
         if let Some(w) = sink {
             for a in &alerts {
-                serde_json::to_writer(&mut *w, a)?;
+                // The live agent's rendering (the output stage), one finding per line.
+                let line = crate::output::render_line(a, crate::output::Format::Alert)?;
+                w.write_all(line.as_bytes())?;
                 w.write_all(b"\n")?;
             }
         }

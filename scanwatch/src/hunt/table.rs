@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use super::features::SourceState;
 use super::zeek::{addr_to_ip, Proto};
-use crate::alert::rfc3339_from_unix;
+use crate::vocab::rfc3339_from_unix;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TableFormat {

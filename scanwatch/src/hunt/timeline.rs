@@ -19,7 +19,7 @@ use super::features::{classify, PairTable, ProbeKind, SourceState, SourceTable, 
 use super::zeek::{addr_to_ip, Proto, Record};
 use crate::alert::Alert;
 use crate::config::Config;
-use crate::detect::{Engine, InboundEventKind, InboundObservation};
+use crate::detect::{Engine, InboundEventKind, InboundObservation, Observation, Observer, Stamped};
 
 /// Tuning of the timeline.
 #[derive(Debug, Clone)]
@@ -229,8 +229,13 @@ impl Timeline {
         }
     }
 
+    /// One stamped observation into the engine (the pipeline's typed input).
+    fn observe(&mut self, now_us: i64, obs: Observation) -> Vec<Alert> {
+        self.engine.observe(&Stamped::new(to_now(now_us), obs))
+    }
+
     fn tick_at(&mut self, now_us: i64) {
-        let a = self.engine.tick(to_now(now_us));
+        let a = self.observe(now_us, Observation::Tick);
         self.stats.ticks += 1;
         self.emit(a);
         let next = (now_us.div_euclid(self.tick_us) + 1) * self.tick_us;
@@ -239,12 +244,11 @@ impl Timeline {
 
     fn sweep(&mut self, now_us: i64) {
         let snaps = self.sources.take_dirty();
-        let now = to_now(now_us);
-        for s in &snaps {
-            let a = self.engine.observe_source(now, s);
+        self.stats.snapshots += snaps.len() as u64;
+        for s in snaps {
+            let a = self.observe(now_us, Observation::Source(s));
             self.emit(a);
         }
-        self.stats.snapshots += snaps.len() as u64;
     }
 
     fn apply(&mut self, r: &Record, now_us: i64) {
@@ -272,13 +276,12 @@ impl Timeline {
         if !evicted.is_empty() {
             // Their last changes reach the engine before they go, as the agent sweeps a
             // source it reads before the kernel recycles its slot.
-            let now = to_now(now_us);
             for s in evicted.iter_mut() {
                 if s.dirty {
-                    let a = self.engine.observe_source(now, &s.snapshot());
+                    let a = self.observe(now_us, Observation::Source(s.snapshot()));
                     self.stats.snapshots += 1;
-                    let ip = addr_to_ip(&s.addr).to_string();
-                    for al in a.iter().filter(|al| al.source.ip.as_deref() == Some(ip.as_str())) {
+                    let ip = addr_to_ip(&s.addr);
+                    for al in a.iter().filter(|al| al.source.ip == Some(ip)) {
                         s.note_alert(al.kind, al.severity);
                     }
                     self.emit(a);
@@ -298,7 +301,7 @@ impl Timeline {
                 kind: InboundEventKind::Honeyport { dport: r.resp_p, proto: r.proto.number() },
             };
             // The kernel raises the event with the packet; the counters follow at the sweep.
-            let a = self.engine.observe_inbound_event(to_now(now_us), &ev);
+            let a = self.observe(now_us, Observation::Inbound(ev));
             self.emit(a);
         }
     }
@@ -306,7 +309,7 @@ impl Timeline {
     fn emit(&mut self, alerts: Vec<Alert>) {
         for a in alerts {
             *self.stats.alerts_by_kind.entry(a.kind.as_str().to_string()).or_default() += 1;
-            if let Some(ip) = a.source.ip.as_deref().and_then(|s| s.parse().ok()) {
+            if let Some(ip) = a.source.ip {
                 self.sources.note_alert(ip, a.kind, a.severity);
             }
             self.alerts.push(a);

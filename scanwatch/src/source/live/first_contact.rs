@@ -14,7 +14,7 @@ use std::{
 use aya::maps::{Map, MapData};
 use scanwatch_common::{cnt, probe, FcSlot, SrcKey, FC_BUMPS, FIRST_CONTACT_SLOTS};
 
-use crate::{collector::key_to_ip, detect::HeldProbe};
+use crate::{detect::HeldProbe, vocab::key_to_ip};
 
 const IPPROTO_TCP: u8 = 6;
 
@@ -160,7 +160,7 @@ mod tests {
     use super::*;
 
     fn slot(ip: [u8; 4], kind: u8, dport: u16, bumps: &[usize]) -> FcSlot {
-        let key = crate::collector::ip_to_key(IpAddr::from(ip));
+        let key = crate::vocab::ip_to_key(IpAddr::from(ip));
         // SAFETY: same size, any bit pattern valid.
         let addr: [u64; 2] = unsafe { std::mem::transmute(key.addr) };
         let mut s = FcSlot { addr, dport, kind, proto: IPPROTO_TCP, nb: bumps.len() as u8, ..FcSlot::default() };

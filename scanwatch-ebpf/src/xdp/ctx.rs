@@ -1,0 +1,142 @@
+//! Shared by every stage of the XDP program: the parsed L3 view, constants, settings, clocks,
+//! result bits, the per-packet observation's helpers.
+use aya_ebpf::helpers::{
+        bpf_ktime_get_ns,
+        generated::bpf_ktime_get_coarse_ns,
+    };
+use scanwatch_common::{
+    probe, stat, thr, XdpConfig,
+};
+
+use crate::{
+    maps::{
+        Obs, CONFIG,
+    },
+    parse::A16,
+};
+
+
+/// Load-time setting (the loader rewrites it): drop packets from BLOCKLIST sources.
+#[unsafe(no_mangle)]
+pub(super) static ENFORCE_BLOCKLIST: u32 = 0;
+
+pub(super) const ETH_P_IP: u16 = 0x0800;
+pub(super) const ETH_P_IPV6: u16 = 0x86dd;
+pub(super) const ETH_P_ARP: u16 = 0x0806;
+pub(super) const ETH_P_8021Q: u16 = 0x8100;
+pub(super) const ETH_P_8021AD: u16 = 0x88a8;
+pub(super) const IPPROTO_TCP: u8 = 6;
+pub(super) const IPPROTO_UDP: u8 = 17;
+pub(super) const IPPROTO_ICMP: u8 = 1;
+pub(super) const IPPROTO_ICMPV6: u8 = 58;
+
+
+pub(super) type Stats = [u64; stat::N as usize];
+
+/// What the L3 parser learned, handed to the L4 handlers.
+pub(super) struct L3 {
+    pub(super) src: A16,
+    pub(super) dst: A16,
+    /// Offset of the L4 header.
+    pub(super) l4: usize,
+    /// Bytes of L4 header + payload according to the IP header.
+    pub(super) l4_len: usize,
+    pub(super) proto: u8,
+    pub(super) ttl: u8,
+    pub(super) df: u8,
+    pub(super) ip_id: u16,
+    pub(super) v6: u8,
+    /// 0 = not a fragment, 1 = first fragment, 2 = later fragment.
+    pub(super) frag: u8,
+}
+
+
+pub(super) static DEFAULT_CONFIG: XdpConfig = XdpConfig::default_config();
+
+#[inline(always)]
+pub(super) fn config() -> &'static XdpConfig {
+    CONFIG.get(0).unwrap_or(&DEFAULT_CONFIG)
+}
+
+#[inline(always)]
+pub(super) fn now_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// CLOCK_MONOTONIC at tick resolution (a few ms): half the cost of `now_ns` on the per-packet
+/// path, ample for seconds-long windows and first/last-seen times.
+#[inline(always)]
+pub(super) fn coarse_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Result bits of `update_source` (low byte); n_fp in bits 8..16, window ports 16..32,
+/// window hosts 32..48. Negative: no state was updated.
+pub(super) const R_THR_PORTS: u64 = thr::PORTS as u64;
+pub(super) const R_THR_HOSTS: u64 = thr::HOSTS as u64;
+pub(super) const R_NEW_FP: u64 = 0x10;
+pub(super) const R_HONEY_FIRST: u64 = 0x20;
+/// The packet was held in the first-contact table.
+pub(super) const R_HELD: i64 = -2;
+/// No state could be had (insert failure, counted).
+pub(super) const R_NO_STATE: i64 = -1;
+
+/// `Obs::deferred` bits: work done only after the source is admitted.
+pub(super) const DEFER_LOOKUP: u8 = 1;
+pub(super) const DEFER_FP: u8 = 2;
+
+/// Fingerprint (and checksum) every SYN of a source's first `FP_EVERY_FIRST`, then one in
+/// `FP_EVERY`: a scanner's stack does not change between probes, and a second tool or decoy is
+/// still seen within a few dozen SYNs. Once a source sent a bad checksum, every SYN is checked.
+pub(super) const FP_EVERY_FIRST: u32 = 8;
+pub(super) const FP_EVERY: u32 = 16;
+
+impl Obs {
+    /// Reset for a new packet (the fingerprint is reset only when a SYN fills it).
+    #[inline(always)]
+    pub(super) fn reset(&mut self, proto: u8) {
+        // Field by field: a struct literal becomes a byte-loop memset on this target. `bumps`
+        // needs no clearing (`nb` says how many are valid).
+        // (Volatile, so LLVM does not merge them into a byte-loop memset.)
+        self.cur.dst_fold = 0;
+        self.cur.sport = 0;
+        self.cur.dport = 0;
+        let w = |p: &mut u8, v: u8| {
+            // SAFETY: plain store to a valid field.
+            unsafe { core::ptr::write_volatile(p, v) }
+        };
+        w(&mut self.cur.nb, 0);
+        w(&mut self.cur.kind, probe::NONE);
+        w(&mut self.cur.proto, proto);
+        w(&mut self.has_prior, 0);
+        w(&mut self.held, 0);
+        w(&mut self.honey, 0);
+        w(&mut self.has_fp, 0);
+        w(&mut self.deferred, 0);
+        w(&mut self.flags, 0);
+    }
+
+    #[inline(always)]
+    pub(super) fn count(&mut self, c: usize) {
+        let n = self.cur.nb as usize;
+        if n < self.cur.bumps.len() {
+            self.cur.bumps[n] = c as u8;
+            self.cur.nb += 1;
+        }
+    }
+}
+
+/// Zero `len` bytes (a multiple of 4, 4-byte aligned) with 32-bit volatile stores.
+#[inline(always)]
+pub(super) fn zero_words(p: *mut u8, len: usize) {
+    let p = p as *mut u32;
+    let mut i = 0;
+    while i < len / 4 {
+        // SAFETY: callers pass 4-byte aligned buffers of `len` bytes.
+        unsafe { core::ptr::write_volatile(p.add(i), 0) };
+        i += 1;
+    }
+}
+

@@ -1,0 +1,243 @@
+//! Per remote source state: cumulative kernel counters turned into per-window deltas, exact
+//! samples, the sequential test and timing, bounded per source.
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use scanwatch_common::cnt;
+
+use super::features::{bounded_insert, privileged_fraction, Timing};
+use super::trw::{Trw, TrwParams};
+use super::types::{FingerprintInfo, SourceSnapshot};
+use super::window::{m, Metrics, MultiWindow};
+use crate::alert::Evidence;
+use crate::vocab::canonical_ip;
+
+/// Exact ports / hosts remembered per source (samples; distinct counts use the sketches).
+pub(super) const KNOWN_PORTS_CAP: usize = 256;
+pub(super) const KNOWN_HOSTS_CAP: usize = 64;
+pub(super) const FP_CAP: usize = 4;
+
+
+/// Counters whose names are reported in `counts` (stealth and evasion).
+pub(super) const DETAIL_COUNTERS: [usize; 16] = [
+    cnt::NULL,
+    cnt::FIN,
+    cnt::XMAS,
+    cnt::MAIMON,
+    cnt::ACK,
+    cnt::SYNFIN,
+    cnt::FRAG_FIRST,
+    cnt::FRAG_LATER,
+    cnt::SRCPORT_TRICK,
+    cnt::BADSUM,
+    cnt::UNSOLICITED_SYNACK,
+    cnt::UNSOLICITED_RST,
+    cnt::HONEYPORT,
+    // Probe shapes of portless / UDP sweeps, so a ping sweep or UDP scan shows what it sent.
+    cnt::UDP_CLOSED,
+    cnt::ICMP_ECHO,
+    cnt::ARP,
+];
+
+/// Share of a window's probes carrying a technique mark (stealth flag shapes, evasion marks)
+/// from which a fan-out is shown as that technique instead of a plain horizontal/vertical scan.
+pub(super) const TECHNIQUE_SHARE: f64 = 0.5;
+
+/// Per-source state.
+#[derive(Debug, Clone)]
+pub(super) struct InboundEntity {
+    pub ip: IpAddr,
+    pub last_seen: Duration,
+    /// Observed since the last tick.
+    pub dirty: bool,
+    pub(super) kernel_first_seen: Option<u64>,
+    pub(super) prev_counts: [u64; cnt::N],
+    pub(super) prev_ports_est: f64,
+    pub(super) prev_hosts_est: f64,
+    /// Sorted, bounded.
+    pub known_ports: Vec<u16>,
+    pub known_hosts: Vec<IpAddr>,
+    pub windows: MultiWindow,
+    pub trw: Trw,
+    pub timing: Timing,
+    pub fingerprints: Vec<FingerprintInfo>,
+    pub blocked: bool,
+    /// Counters accumulated over the entity's life (across kernel entry re-creations).
+    pub lifetime: [u64; cnt::N],
+    /// Name of the allowlist network containing the source.
+    pub allow_net: Option<String>,
+    pub last_fast_trigger: Option<Duration>,
+    pub last_fanout_alert: Option<Duration>,
+    /// Last kernel threshold event: (time, window ports, window hosts).
+    pub(super) kernel_win: Option<(Duration, u32, u32)>,
+    /// Distinct honeyports touched (bounded).
+    pub(super) honeyports: Vec<u16>,
+}
+
+impl InboundEntity {
+    pub fn new(ip: IpAddr, windows: &[Duration], allow_net: Option<String>) -> InboundEntity {
+        InboundEntity {
+            ip,
+            last_seen: Duration::ZERO,
+            dirty: false,
+            kernel_first_seen: None,
+            prev_counts: [0; cnt::N],
+            prev_ports_est: 0.0,
+            prev_hosts_est: 0.0,
+            known_ports: Vec::new(),
+            known_hosts: Vec::new(),
+            windows: MultiWindow::new(windows),
+            trw: Trw::default(),
+            timing: Timing::default(),
+            fingerprints: Vec::new(),
+            blocked: false,
+            lifetime: [0; cnt::N],
+            allow_net,
+            last_fast_trigger: None,
+            last_fanout_alert: None,
+            kernel_win: None,
+            honeyports: Vec::new(),
+        }
+    }
+
+    /// Turn a cumulative snapshot into deltas and feed the windows. Returns the delta.
+    pub fn apply_snapshot(&mut self, now: Duration, s: &SourceSnapshot, trw: &TrwParams) -> Metrics {
+        let reset = match self.kernel_first_seen {
+            Some(f) => {
+                f != s.first_seen_ns
+                    || s.counts.iter().zip(self.prev_counts.iter()).any(|(a, b)| a < b)
+            }
+            None => true,
+        };
+        if reset {
+            self.prev_counts = [0; cnt::N];
+        }
+        let mut d = [0u64; cnt::N];
+        for (i, v) in d.iter_mut().enumerate() {
+            *v = s.counts[i].saturating_sub(self.prev_counts[i]);
+        }
+
+        // Distinct ports: estimate deltas; a re-created entry starts from zero, so subtract the
+        // ports of its exact sample that we already knew.
+        let ports_est = s.distinct_ports.max(s.sample_ports.len() as f64);
+        let new_ports = if reset {
+            // The sample is exact; extrapolate its share of novel ports to the rest.
+            let n = s.sample_ports.len() as f64;
+            let novel = s.sample_ports.iter().filter(|p| self.known_ports.binary_search(p).is_err()).count() as f64;
+            let frac = if n > 0.0 { novel / n } else { 1.0 };
+            novel + (ports_est - n).max(0.0) * frac
+        } else {
+            (ports_est - self.prev_ports_est).max(0.0)
+        };
+        self.prev_ports_est = if reset { ports_est } else { self.prev_ports_est.max(ports_est) };
+
+        let hosts_est = s.distinct_hosts.max(s.sample_hosts.len() as f64);
+        let new_hosts = if reset && !s.sample_hosts.is_empty() {
+            let known = s
+                .sample_hosts
+                .iter()
+                .filter(|h| self.known_hosts.binary_search(&canonical_ip(**h)).is_ok())
+                .count();
+            self.prev_hosts_est = hosts_est;
+            (hosts_est - known as f64).max(0.0)
+        } else if reset {
+            // Without a host sample a re-created entry counts as new hosts: this keeps slow scans
+            // visible across LRU evictions; benign clients are kept out by the failure gate.
+            self.prev_hosts_est = hosts_est;
+            hosts_est
+        } else {
+            let n = (hosts_est - self.prev_hosts_est).max(0.0);
+            self.prev_hosts_est = self.prev_hosts_est.max(hosts_est);
+            n
+        };
+        for p in &s.sample_ports {
+            bounded_insert(&mut self.known_ports, *p, KNOWN_PORTS_CAP);
+        }
+        for h in &s.sample_hosts {
+            bounded_insert(&mut self.known_hosts, canonical_ip(*h), KNOWN_HOSTS_CAP);
+        }
+
+        let mut mt = Metrics::default();
+        let stealth = d[cnt::NULL] + d[cnt::XMAS] + d[cnt::MAIMON] + d[cnt::SYNFIN];
+        let weak = d[cnt::FIN] + d[cnt::ACK];
+        // A first fragment carries the ports of a probe whose flags the kernel cannot see; an
+        // ICMP echo or an ARP who-has is the probe of a ping / ARP sweep.
+        let probes =
+            d[cnt::SYN] + stealth + weak + d[cnt::UDP] + d[cnt::FRAG_FIRST] + d[cnt::ICMP_ECHO] + d[cnt::ARP];
+        let failures = d[cnt::FAILED].max(d[cnt::SYN_CLOSED] + d[cnt::UDP_CLOSED]);
+        let successes = d[cnt::SYN_OPEN];
+        mt.set(m::PROBES, probes as f64);
+        mt.set(m::FAILURES, failures as f64);
+        mt.set(m::SUCCESSES, successes as f64);
+        mt.set(m::NEW_PORTS, new_ports);
+        mt.set(m::NEW_HOSTS, new_hosts);
+        mt.set(m::NEW_PRIV_PORTS, new_ports * privileged_fraction(&self.known_ports));
+        mt.set(m::STEALTH, stealth as f64);
+        mt.set(m::WEAK_STEALTH, weak as f64);
+        mt.set(
+            m::EVASION,
+            (d[cnt::FRAG_FIRST] + d[cnt::FRAG_LATER] + d[cnt::SRCPORT_TRICK] + d[cnt::BADSUM]) as f64,
+        );
+        mt.set(m::BADSUM, d[cnt::BADSUM] as f64);
+        // Crafted probes: one per probe that carries an evasion mark (a fragmented probe counts
+        // once, by its first fragment), so their share of PROBES tells an evasive scan.
+        mt.set(m::RAW, (d[cnt::FRAG_FIRST] + d[cnt::SRCPORT_TRICK] + d[cnt::BADSUM]).min(probes) as f64);
+        mt.set(m::UNSOLICITED, (d[cnt::UNSOLICITED_SYNACK] + d[cnt::UNSOLICITED_RST]) as f64);
+        mt.set(m::HONEYPORT, d[cnt::HONEYPORT] as f64);
+
+        if probes > 0 {
+            self.timing.observe(now);
+        }
+        self.trw.observe(trw, failures, successes);
+        self.windows.add(now, &mt);
+        for (l, v) in self.lifetime.iter_mut().zip(d.iter()) {
+            *l = l.saturating_add(*v);
+        }
+        for fp in &s.fingerprints {
+            self.add_fingerprint(fp);
+        }
+        self.kernel_first_seen = Some(s.first_seen_ns);
+        self.prev_counts = s.counts;
+        self.blocked = s.blocked;
+        self.last_seen = now;
+        self.dirty = true;
+        mt
+    }
+
+    pub(super) fn add_fingerprint(&mut self, fp: &FingerprintInfo) {
+        if let Some(slot) = self.fingerprints.iter_mut().find(|f| f.hash == fp.hash) {
+            *slot = fp.clone();
+            return;
+        }
+        if self.fingerprints.len() >= FP_CAP {
+            self.fingerprints.remove(0);
+        }
+        self.fingerprints.push(fp.clone());
+    }
+
+    /// The most telling fingerprint: a scanner tool if any, else the latest.
+    pub fn best_fingerprint(&self) -> Option<&FingerprintInfo> {
+        self.fingerprints
+            .iter()
+            .rev()
+            .find(|f| f.is_scanner_tool())
+            .or_else(|| self.fingerprints.last())
+    }
+
+    /// Lifetime failure ratio (None if no outcome known).
+    pub fn lifetime_fail_ratio(&self) -> Option<f64> {
+        let f = self.lifetime[cnt::FAILED].max(self.lifetime[cnt::SYN_CLOSED] + self.lifetime[cnt::UDP_CLOSED]);
+        let s = self.lifetime[cnt::SYN_OPEN];
+        (f + s > 0).then(|| f as f64 / (f + s) as f64)
+    }
+
+    pub(super) fn detail(&self) -> BTreeMap<Evidence, u64> {
+        DETAIL_COUNTERS
+            .iter()
+            .filter(|i| self.lifetime[**i] > 0)
+            .map(|i| (Evidence::counter(*i), self.lifetime[*i]))
+            .collect()
+    }
+}
+

@@ -1,0 +1,253 @@
+//! The live kernel source: loads and attaches the programs, then turns what the kernel reports
+//! into stamped observations — ring-buffer records, periodic sweeps of the per-source map, and
+//! reads of the first-contact table — and maintains the filters the XDP program reads.
+//!
+//! Files: `maps.rs` (typed map access), `records.rs` (ring-buffer decoding), `sweep.rs`
+//! (per-source snapshots), `first_contact.rs` (one-probe sources), `filters.rs` (filter upkeep),
+//! `tracepoints.rs` (tracepoint layouts checked against the running kernel).
+use std::net::IpAddr;
+use std::time::Duration;
+
+use aya::maps::RingBuf;
+use aya::Ebpf;
+use scanwatch_common::{stat, XdpConfig, MAP_EVENTS};
+use tokio::io::unix::AsyncFd;
+
+use crate::config::Config;
+use crate::detect::{Observation, Stamped};
+use crate::loader::{self, LoadOptions};
+use crate::response::BlockTable;
+use crate::vocab::{ip_to_key, monotonic};
+
+pub mod filters;
+pub mod first_contact;
+pub mod maps;
+pub mod ports;
+pub mod records;
+pub mod sweep;
+pub mod tracepoints;
+
+use first_contact::{FirstContactView, HeldReader, Listeners};
+use maps::KernelMaps;
+
+/// How often the first-contact table is read for one-probe sources.
+const HELD_SCAN: Duration = Duration::from_secs(5);
+
+/// How often the known-source filter is rebuilt from the live SOURCES keys.
+const KNOWN_REBUILD: Duration = Duration::from_secs(600);
+
+/// How often a full ring buffer is reported.
+const LOSS_REPORT: Duration = Duration::from_secs(60);
+
+/// Map sizes and settings derived from the config.
+pub fn load_options(cfg: &Config, enforce_blocklist: bool) -> LoadOptions {
+    let hp = cfg.effective_honeyports();
+    let x = &cfg.xdp;
+    let mut flags = 0;
+    if x.lookup_sockets {
+        flags |= scanwatch_common::cfgflag::LOOKUP_SOCKETS;
+    }
+    if x.verify_checksums {
+        flags |= scanwatch_common::cfgflag::VERIFY_CSUM;
+    }
+    if x.first_contact {
+        flags |= scanwatch_common::cfgflag::FIRST_CONTACT;
+    }
+    LoadOptions {
+        max_sources: x.max_sources,
+        max_fingerprints: x.max_fingerprints,
+        max_procs: x.max_procs,
+        ringbuf_bytes: x.ringbuf_bytes,
+        enforce_blocklist,
+        xdp: XdpConfig {
+            short_window_ns: x.short_window.as_nanos() as u64,
+            port_threshold: x.port_threshold,
+            host_threshold: x.host_threshold,
+            flags,
+            enforce_blocklist: u32::from(enforce_blocklist),
+        },
+        own_tgid: std::process::id(),
+        honeyports_tcp: hp.tcp,
+        honeyports_udp: hp.udp,
+    }
+}
+
+/// The kernel's inbound block list, as the response stage sees it.
+pub struct KernelBlockTable(maps::Blocklist);
+
+impl BlockTable for KernelBlockTable {
+    fn insert(&mut self, ip: IpAddr, reason: u32) -> Result<(), String> {
+        self.0.insert(ip_to_key(ip), reason, 0).map_err(|e| e.to_string())
+    }
+    fn remove(&mut self, ip: IpAddr) -> Result<(), String> {
+        self.0.remove(&ip_to_key(ip)).map_err(|e| e.to_string())
+    }
+}
+
+/// The running kernel programs and the agent's reading position in them.
+pub struct LiveSource {
+    // Dropping `ebpf` detaches every program and link.
+    _ebpf: Ebpf,
+    ring: AsyncFd<RingBuf<aya::maps::MapData>>,
+    maps: KernelMaps,
+    blocklist: Option<maps::Blocklist>,
+    fc_view: FirstContactView,
+    held_reader: HeldReader,
+    sweep: tokio::time::Interval,
+    held_scan: tokio::time::Interval,
+    known_rebuild: tokio::time::Interval,
+    loss_report: tokio::time::Interval,
+    last_sweep_ns: u64,
+    last_dropped: u64,
+    decode_errors: records::DecodeErrors,
+    /// The listening-port filter's map, kept mapped while the program runs.
+    _tcp_ports: Option<ports::TcpPorts>,
+    /// What attached where (`eth0:native`, ...), for the ready line.
+    pub attached: Vec<String>,
+    pub outbound: bool,
+}
+
+impl LiveSource {
+    /// Load, size and attach the programs as `cfg` says; report every choice on stderr.
+    pub fn open(cfg: &Config) -> anyhow::Result<LiveSource> {
+        let lopts = load_options(cfg, cfg.xdp.enforce_blocklist);
+        let mut ebpf = loader::load(&lopts)?;
+        if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
+            log::debug!("no eBPF log map: {e}");
+        }
+        let mut xdp_cfg = lopts.xdp;
+        let tcp_ports = if cfg.xdp.lookup_sockets && cfg.xdp.port_filter {
+            match ports::enable(&mut ebpf, &mut xdp_cfg) {
+                Ok(p) => {
+                    eprintln!("scanwatch: listening-port filter on ({} TCP ports in use)", p.count());
+                    Some(p)
+                }
+                Err(e) => {
+                    eprintln!("scanwatch: listening-port filter off (every probe is looked up): {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut ifaces = cfg.agent.interfaces.clone();
+        if ifaces.is_empty() {
+            ifaces.push(
+                loader::default_route_interface()
+                    .ok_or_else(|| anyhow::anyhow!("no default-route interface found; pass --interface"))?,
+            );
+        }
+        let mut attached = Vec::new();
+        for i in &ifaces {
+            let (mode, fallback) = loader::attach_xdp(&mut ebpf, i, cfg.agent.xdp_mode)?;
+            match fallback {
+                Some(why) => eprintln!("scanwatch: xdp attached to {i} in {mode} mode (fallback; {why})"),
+                None => eprintln!("scanwatch: xdp attached to {i} in {mode} mode"),
+            }
+            attached.push(format!("{i}:{mode}"));
+        }
+        if cfg.agent.outbound {
+            if let Some(root) = loader::tracefs_root() {
+                let n = tracepoints::check_all(root)?;
+                eprintln!("scanwatch: tracepoint layouts match this kernel ({n} tracepoints, {} fields)", scanwatch_common::tp::ALL.len());
+            }
+            for (hook, method) in loader::attach_outbound(&mut ebpf)? {
+                eprintln!("scanwatch: hook {hook} -> {method}");
+            }
+        }
+        let ring: RingBuf<aya::maps::MapData> = maps::take(&mut ebpf, MAP_EVENTS)?;
+        // SAFETY: `ring` owns its fd and stays inside the AsyncFd (registered once, closed on drop).
+        let ring = unsafe { AsyncFd::register(ring)? };
+        let maps = KernelMaps::take_all(&mut ebpf)?;
+        let blocklist = if lopts.enforce_blocklist { Some(maps::take_blocklist(&mut ebpf)?) } else { None };
+        let fc_view = FirstContactView::new(maps::take_first_contact(&mut ebpf)?)?;
+        let start = tokio::time::Instant::now();
+        Ok(LiveSource {
+            _ebpf: ebpf,
+            ring,
+            maps,
+            blocklist,
+            fc_view,
+            held_reader: HeldReader::default(),
+            sweep: tokio::time::interval(cfg.agent.sweep_interval),
+            held_scan: tokio::time::interval(HELD_SCAN),
+            known_rebuild: tokio::time::interval_at(start + KNOWN_REBUILD, KNOWN_REBUILD),
+            loss_report: tokio::time::interval_at(start + LOSS_REPORT, LOSS_REPORT),
+            last_sweep_ns: 0,
+            last_dropped: 0,
+            decode_errors: records::DecodeErrors::default(),
+            _tcp_ports: tcp_ports,
+            attached,
+            outbound: cfg.agent.outbound,
+        })
+    }
+
+    /// The kernel block list, for the response stage (present when enforcement is on).
+    pub fn take_block_table(&mut self) -> Option<KernelBlockTable> {
+        self.blocklist.take().map(KernelBlockTable)
+    }
+
+    /// Wait for the next thing the kernel has to say and append its observations to `out`.
+    /// Cancel-safe: every await comes before any work.
+    pub async fn next(&mut self, out: &mut Vec<Stamped>) -> anyhow::Result<()> {
+        tokio::select! {
+            guard = self.ring.readable_mut() => {
+                let mut guard = guard?;
+                let now = monotonic();
+                let (sources, fps) = (&self.maps.sources, &self.maps.fingerprints);
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    records::decode(&item, now, |k| sweep::lookup(sources, fps, k), &mut self.decode_errors, out);
+                }
+                guard.clear_ready();
+            }
+            _ = self.sweep.tick() => {
+                let now = monotonic();
+                for s in sweep::sweep(&self.maps.sources, &self.maps.fingerprints, self.last_sweep_ns) {
+                    out.push(Stamped::new(now, Observation::Source(s)));
+                }
+                self.last_sweep_ns = now.as_nanos() as u64;
+                out.push(Stamped::new(now, Observation::Tick));
+            }
+            _ = self.held_scan.tick() => {
+                let held = self.held_reader.read(&self.fc_view, Listeners::read);
+                out.push(Stamped::new(monotonic(), Observation::Held(held)));
+            }
+            _ = self.known_rebuild.tick() => {
+                if let Err(e) = filters::rebuild_known_filter(&self.maps.sources, &mut self.maps.known) {
+                    eprintln!("scanwatch: WARNING cannot rebuild the known-source filter: {e:#}");
+                }
+                if let Err(e) = filters::clear_suspects(&mut self.maps.suspect) {
+                    eprintln!("scanwatch: WARNING cannot clear the suspect-source filter: {e:#}");
+                }
+            }
+            _ = self.loss_report.tick() => {
+                let totals = self.maps.totals();
+                let dropped = totals[stat::EVENTS_DROPPED as usize] + totals[stat::PROC_EVENTS_DROPPED as usize];
+                if dropped > self.last_dropped {
+                    eprintln!("scanwatch: WARNING ring buffer full: {dropped} events dropped so far");
+                    self.last_dropped = dropped;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel's counters and the source's own, by name (the agent's exit line).
+    pub fn counters(&self) -> serde_json::Map<String, serde_json::Value> {
+        let totals = self.maps.totals();
+        let live = self.maps.sources.keys().filter(|k| k.is_ok()).count() as u64;
+        let mut summary = serde_json::Map::new();
+        for (i, name) in stat::NAMES.iter().enumerate() {
+            if !name.is_empty() {
+                summary.insert((*name).to_string(), totals[i].into());
+            }
+        }
+        summary.insert("live_sources".into(), live.into());
+        summary.insert("evictions".into(), totals[stat::NEW_SOURCES as usize].saturating_sub(live).into());
+        summary.insert("records_short".into(), self.decode_errors.short.into());
+        summary.insert("records_unknown_kind".into(), self.decode_errors.unknown_kind.into());
+        summary
+    }
+}
+

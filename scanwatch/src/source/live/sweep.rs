@@ -1,0 +1,98 @@
+//! Per-source state out of the kernel: the periodic sweep of SOURCES into the engine's
+//! snapshots, with each source's fingerprints decoded.
+use scanwatch_common::{cnt, tool, FpKey, SrcKey, SrcState};
+
+use super::maps::{Fingerprints, Sources};
+use crate::detect::{FingerprintInfo, SourceSnapshot};
+use crate::sketch::{distinct_ports, hll_estimate};
+use crate::vocab::key_to_ip;
+
+/// Stable text form of a fingerprint (p0f-like, one line) and its short hash.
+pub fn fingerprint_info(raw: &scanwatch_common::Fingerprint) -> FingerprintInfo {
+    let mut fp = *raw;
+    fp.parse_options();
+    let opts: Vec<&str> = fp.opts[..usize::from(fp.n_opts).min(fp.opts.len())]
+        .iter()
+        .map(|k| match k {
+            0 => "eol",
+            1 => "nop",
+            2 => "mss",
+            3 => "ws",
+            4 => "sok",
+            5 => "sack",
+            8 => "ts",
+            _ => "?",
+        })
+        .collect();
+    let ittl = scanwatch_common::initial_ttl(fp.ttl);
+    let text = format!(
+        "v{}:ttl={}/{}:df={}:win={}:mss={}:ws={}:opts={}:sack={}:ts={}:plen={}",
+        fp.ip_version,
+        fp.ttl,
+        ittl,
+        fp.df,
+        fp.window,
+        fp.mss,
+        if fp.n_opts > 0 && fp.opts.contains(&3) { fp.wscale.to_string() } else { "-".into() },
+        if opts.is_empty() { "none".to_string() } else { opts.join(",") },
+        fp.sack_ok,
+        fp.timestamps,
+        fp.payload_len
+    );
+    FingerprintInfo {
+        text,
+        hash: format!("{:08x}", fp.hash),
+        tool_hint: tool::name(fp.tool_hint).to_string(),
+        initial_ttl: ittl,
+    }
+}
+
+/// Turn a kernel source entry into the engine's snapshot.
+pub fn snapshot(key: &SrcKey, s: &SrcState, fps: &Fingerprints) -> SourceSnapshot {
+    let mut counts = [0u64; cnt::N];
+    for (c, v) in counts.iter_mut().zip(s.counts.iter()) {
+        *c = u64::from(*v);
+    }
+    let n = (s.n_fp as usize).min(s.fp_hashes.len());
+    let fingerprints = s.fp_hashes[..n]
+        .iter()
+        .filter_map(|h| fps.get(&FpKey { src: *key, hash: *h }, 0).ok())
+        .map(|v| fingerprint_info(&v.fp))
+        .collect();
+    SourceSnapshot {
+        ip: key_to_ip(key),
+        first_seen_ns: s.first_seen_ns,
+        last_seen_ns: s.last_seen_ns,
+        counts,
+        distinct_ports: distinct_ports(&s.port_hll, s.n_sample),
+        distinct_hosts: hll_estimate(&s.host_hll),
+        sample_ports: s.sample_ports[..(s.n_sample as usize).min(s.sample_ports.len())].to_vec(),
+        sample_hosts: Vec::new(),
+        fingerprints,
+        blocked: false,
+    }
+}
+
+/// Bound on how far `bpf_ktime_get_coarse_ns` trails CLOCK_MONOTONIC (one tick is 1–10 ms).
+const COARSE_CLOCK_SLACK_NS: u64 = 20_000_000;
+
+/// Snapshots of the sources active since `since_ns` (kernel monotonic time of the previous
+/// sweep). The kernel stamps per-source times with the coarse clock, up to one tick behind
+/// CLOCK_MONOTONIC: allow for it.
+pub fn sweep(sources: &Sources, fps: &Fingerprints, since_ns: u64) -> Vec<SourceSnapshot> {
+    let mut out = Vec::new();
+    for item in sources.iter() {
+        let Ok((key, s)) = item else { continue };
+        if s.last_seen_ns < since_ns.saturating_sub(COARSE_CLOCK_SLACK_NS) {
+            continue;
+        }
+        out.push(snapshot(&key, &s, fps));
+    }
+    out
+}
+
+/// The current snapshot of one source, if it has state.
+pub fn lookup(sources: &Sources, fps: &Fingerprints, key: &SrcKey) -> Option<SourceSnapshot> {
+    sources.get(key, 0).ok().map(|st| snapshot(key, &st, fps))
+}
+
