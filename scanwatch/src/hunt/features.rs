@@ -185,6 +185,38 @@ fn is_v4(a: &Addr) -> bool {
     a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
 }
 
+/// A record with its classification and first-contact flag. Computed on the parser thread (the
+/// first-contact table is keyed by minutes and tolerates the log's end-time order), so the
+/// engine thread only applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classified {
+    pub r: Record,
+    pub c: Class,
+    pub first: bool,
+}
+
+/// Classification plus the first-contact memory.
+#[derive(Debug)]
+pub struct Classifier {
+    pairs: PairTable,
+}
+
+impl Classifier {
+    pub fn new(pair_slots: usize) -> Classifier {
+        Classifier { pairs: PairTable::new(pair_slots) }
+    }
+
+    pub fn classify(&mut self, r: Record) -> Classified {
+        let c = classify(&r);
+        let first = c.probe != ProbeKind::None && {
+            let port = if c.probe == ProbeKind::Host { 0 } else { r.resp_p };
+            let minute = (r.ts_us.max(0) / 60_000_000).min(i64::from(u32::MAX)) as u32;
+            self.pairs.first_contact(&r.orig_h, &r.resp_h, port, r.proto.number(), minute)
+        };
+        Classified { r, c, first }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sketches
 // ---------------------------------------------------------------------------------------------
@@ -285,6 +317,9 @@ pub struct SourceState {
     pub sample_hosts: Vec<Addr>,
     /// Engine-visible change since the last sweep.
     pub dirty: bool,
+    /// The samples grew since the last snapshot (the engine's known ports/hosts are cumulative,
+    /// so unchanged samples are not sent again).
+    samples_changed: bool,
     pub f: SourceFeatures,
 }
 
@@ -299,6 +334,7 @@ impl SourceState {
             sample_ports: Vec::new(),
             sample_hosts: Vec::new(),
             dirty: false,
+            samples_changed: true,
             f: SourceFeatures { first_ts_us: ts_us, last_ts_us: ts_us, ..SourceFeatures::default() },
         }
     }
@@ -317,8 +353,10 @@ impl SourceState {
         self.hosts.estimate()
     }
 
-    /// The engine's view: what the agent would read from the kernel map.
-    pub fn snapshot(&self) -> SourceSnapshot {
+    /// The engine's view: what the agent would read from the kernel map. The samples are only
+    /// included when they grew since the last snapshot (the engine accumulates them).
+    pub fn snapshot(&mut self) -> SourceSnapshot {
+        let with_samples = std::mem::replace(&mut self.samples_changed, false);
         let mut counts = [0u64; cnt::N];
         for (c, v) in counts.iter_mut().zip(self.counts.iter()) {
             *c = u64::from(*v);
@@ -330,8 +368,8 @@ impl SourceState {
             counts,
             distinct_ports: self.distinct_ports(),
             distinct_hosts: self.distinct_hosts(),
-            sample_ports: self.sample_ports.clone(),
-            sample_hosts: self.sample_hosts.iter().map(addr_to_ip).collect(),
+            sample_ports: if with_samples { self.sample_ports.clone() } else { Vec::new() },
+            sample_hosts: if with_samples { self.sample_hosts.iter().map(addr_to_ip).collect() } else { Vec::new() },
             fingerprints: Vec::new(),
             blocked: false,
         }
@@ -377,12 +415,14 @@ impl SourceState {
             dirty |= self.ports.set(port_hll_slot(u32::from(r.resp_p)));
             if self.sample_ports.len() < SAMPLE_PORTS && !self.sample_ports.contains(&r.resp_p) {
                 self.sample_ports.push(r.resp_p);
+                self.samples_changed = true;
                 dirty = true;
             }
         }
         dirty |= self.hosts.set(hll_slot(dst_fold(&r.resp_h)));
         if self.sample_hosts.len() < SAMPLE_HOSTS && !self.sample_hosts.contains(&r.resp_h) {
             self.sample_hosts.push(r.resp_h);
+            self.samples_changed = true;
             dirty = true;
         }
         if first {

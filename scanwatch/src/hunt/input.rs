@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 
-use super::zeek::{ConnLogParser, Format, FormatError, LineError, ParseError, Parsed, Record};
+use super::features::{Classified, Classifier};
+use super::zeek::{ConnLogParser, Format, FormatError, LineError, ParseError, Parsed};
 
 /// Bytes per chunk handed from the reader to the parser.
 pub const CHUNK: usize = 1 << 20;
@@ -87,7 +88,8 @@ pub struct BadLine {
 #[derive(Debug)]
 pub enum Batch {
     Begin { file: usize },
-    Records { file: usize, records: Vec<Record>, bad: u64, reported: Vec<BadLine> },
+    /// Classified records inside the time range; `filtered` were outside it.
+    Records { file: usize, records: Vec<Classified>, bad: u64, filtered: u64, reported: Vec<BadLine> },
     /// The rest of the file is refused (not a conn.log).
     Refused { file: usize, reason: FormatError },
     End { file: usize, format: Format, lines: u64, error: Option<InputError> },
@@ -209,9 +211,29 @@ fn read_one(input: &Input, file: usize, tx: &SyncSender<Chunk>, progress: &Arc<A
     }
 }
 
-/// Parse chunks into record batches (parser thread). At most `max_reported` bad lines are kept
-/// with their numbers across the run; all are counted.
-pub fn parse_chunks(rx: &Receiver<Chunk>, tx: &SyncSender<Batch>, max_reported: usize) {
+/// `--since` / `--until` (microseconds since the epoch; `until` exclusive).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TimeRange {
+    pub since_us: Option<i64>,
+    pub until_us: Option<i64>,
+}
+
+impl TimeRange {
+    pub fn contains(&self, ts_us: i64) -> bool {
+        self.since_us.is_none_or(|t| ts_us >= t) && self.until_us.is_none_or(|t| ts_us < t)
+    }
+}
+
+/// Parse chunks into batches of classified records (parser thread): records outside `range` are
+/// counted and dropped, the rest classified (first contacts included). At most `max_reported`
+/// bad lines are kept with their numbers across the run; all are counted.
+pub fn parse_chunks(
+    rx: &Receiver<Chunk>,
+    tx: &SyncSender<Batch>,
+    max_reported: usize,
+    range: TimeRange,
+    classifier: &mut Classifier,
+) {
     let mut parser = ConnLogParser::new();
     let mut refused = false;
     let mut reported_total = 0usize;
@@ -229,6 +251,7 @@ pub fn parse_chunks(rx: &Receiver<Chunk>, tx: &SyncSender<Batch>, max_reported: 
                 let mut records = Vec::with_capacity(data.len() / 160 + 1);
                 let mut reported = Vec::new();
                 let mut bad = 0u64;
+                let mut filtered = 0u64;
                 let mut refusal = None;
                 let mut start = 0usize;
                 let n = data.len();
@@ -240,7 +263,13 @@ pub fn parse_chunks(rx: &Receiver<Chunk>, tx: &SyncSender<Batch>, max_reported: 
                     let line = &data[start..end];
                     start = end + 1;
                     match parser.parse_line(line) {
-                        Ok(Parsed::Record(r)) => records.push(r),
+                        Ok(Parsed::Record(r)) => {
+                            if range.contains(r.ts_us) {
+                                records.push(classifier.classify(r));
+                            } else {
+                                filtered += 1;
+                            }
+                        }
                         Ok(Parsed::Header | Parsed::Blank) => {}
                         Err(ParseError::Line(error)) => {
                             bad += 1;
@@ -255,7 +284,7 @@ pub fn parse_chunks(rx: &Receiver<Chunk>, tx: &SyncSender<Batch>, max_reported: 
                         }
                     }
                 }
-                if tx.send(Batch::Records { file, records, bad, reported }).is_err() {
+                if tx.send(Batch::Records { file, records, bad, filtered, reported }).is_err() {
                     return;
                 }
                 match refusal {

@@ -139,23 +139,25 @@ pub fn run(cfg: &Config, opts: &HuntOptions, out: &mut dyn Write, err: &mut dyn 
         let inputs = &opts.inputs;
         let prog = &progress;
         s.spawn(move || input::read_inputs(inputs, &ctx, prog));
-        s.spawn(move || input::parse_chunks(&crx, &btx, MAX_REPORTED_BAD_LINES));
+        let range = input::TimeRange { since_us: opts.since_us, until_us: opts.until_us };
+        let slots = topts.pair_slots;
+        s.spawn(move || {
+            let mut classifier = features::Classifier::new(slots);
+            input::parse_chunks(&crx, &btx, MAX_REPORTED_BAD_LINES, range, &mut classifier);
+        });
         let mut last_draw = Instant::now();
         for msg in brx {
             match msg {
                 Batch::Begin { .. } => {}
-                Batch::Records { file, records, bad, reported } => {
+                Batch::Records { file, records, bad, filtered, reported } => {
                     report.bad_lines += bad;
+                    report.filtered += filtered;
                     for b in reported {
                         bar.suspend(|| writeln!(err, "scanwatch hunt: {}:{}: {}", names[b.file], b.line, b.error))?;
                     }
                     let _ = file;
-                    for r in records {
-                        if opts.since_us.is_some_and(|t| r.ts_us < t) || opts.until_us.is_some_and(|t| r.ts_us >= t) {
-                            report.filtered += 1;
-                            continue;
-                        }
-                        tl.push(r);
+                    for x in records {
+                        tl.push_classified(x);
                     }
                     write_out(&mut tl, out, alerts_file.as_mut(), table.as_mut())?;
                     if last_draw.elapsed() > Duration::from_millis(100) {

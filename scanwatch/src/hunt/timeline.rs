@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::features::{classify, PairTable, ProbeKind, SourceState, SourceTable, PAIR_SLOTS};
+use super::features::{Classified, Classifier, ProbeKind, SourceState, SourceTable, PAIR_SLOTS};
 use super::zeek::{addr_to_ip, Proto, Record};
 use crate::alert::Alert;
 use crate::config::Config;
@@ -44,7 +44,7 @@ impl TimelineOptions {
     pub fn from_config(cfg: &Config) -> TimelineOptions {
         TimelineOptions {
             sweep: cfg.agent.sweep_interval.max(Duration::from_millis(1)),
-            tick: cfg.agent.sweep_interval.max(Duration::from_secs(5)),
+            tick: cfg.agent.sweep_interval.max(Duration::from_secs(10)),
             reorder: Duration::from_secs(300),
             max_buffered: 1 << 18,
             max_sources: cfg.xdp.max_sources as usize,
@@ -75,14 +75,15 @@ pub struct TimelineStats {
 pub struct Timeline {
     engine: Engine,
     sources: SourceTable,
-    pairs: PairTable,
+    /// Used by [`Timeline::push`] only (the hunt command classifies on the parser thread).
+    classifier: Option<Classifier>,
     honey_tcp: Vec<u16>,
     honey_udp: Vec<u16>,
     opts: TimelineOptions,
     sweep_us: i64,
     tick_us: i64,
     reorder_buckets: i64,
-    buckets: BTreeMap<i64, Vec<Record>>,
+    buckets: BTreeMap<i64, Vec<Classified>>,
     buffered: usize,
     newest_bucket: Option<i64>,
     applied_upto: Option<i64>,
@@ -112,7 +113,7 @@ impl Timeline {
         Timeline {
             engine,
             sources: SourceTable::new(opts.max_sources),
-            pairs: PairTable::new(opts.pair_slots),
+            classifier: None,
             honey_tcp,
             honey_udp,
             tick_us: (opts.tick.as_micros() as i64).max(sweep_us),
@@ -137,8 +138,16 @@ impl Timeline {
         self.engine.set_baseline(b);
     }
 
-    /// Add one record.
+    /// Add one record (classified here).
     pub fn push(&mut self, r: Record) {
+        let slots = self.opts.pair_slots;
+        let x = self.classifier.get_or_insert_with(|| Classifier::new(slots)).classify(r);
+        self.push_classified(x);
+    }
+
+    /// Add one record classified by a [`Classifier`] (records of one log through one classifier).
+    pub fn push_classified(&mut self, x: Classified) {
+        let r = &x.r;
         self.stats.records += 1;
         self.stats.first_ts_us = Some(self.stats.first_ts_us.map_or(r.ts_us, |t| t.min(r.ts_us)));
         self.stats.last_ts_us = Some(self.stats.last_ts_us.map_or(r.ts_us, |t| t.max(r.ts_us)));
@@ -146,10 +155,10 @@ impl Timeline {
         if self.applied_upto.is_some_and(|a| b <= a) {
             self.stats.late += 1;
             let now = self.clock_us;
-            self.apply(&r, now);
+            self.apply(&x, now);
             return;
         }
-        self.buckets.entry(b).or_default().push(r);
+        self.buckets.entry(b).or_default().push(x);
         self.buffered += 1;
         if self.newest_bucket.is_none_or(|n| b > n) {
             self.newest_bucket = Some(b);
@@ -251,22 +260,17 @@ impl Timeline {
         }
     }
 
-    fn apply(&mut self, r: &Record, now_us: i64) {
-        let c = classify(r);
+    fn apply(&mut self, x: &Classified, now_us: i64) {
+        let (r, c, first) = (&x.r, &x.c, x.first);
         let honeyport = c.probe == ProbeKind::Port
             && match r.proto {
                 Proto::Tcp => self.honey_tcp.binary_search(&r.resp_p).is_ok(),
                 Proto::Udp => self.honey_udp.binary_search(&r.resp_p).is_ok(),
                 _ => false,
             };
-        let first = c.probe != ProbeKind::None && {
-            let port = if c.probe == ProbeKind::Host { 0 } else { r.resp_p };
-            let minute = (r.ts_us.max(0) / 60_000_000).min(i64::from(u32::MAX)) as u32;
-            self.pairs.first_contact(&r.orig_h, &r.resp_h, port, r.proto.number(), minute)
-        };
         let mut evicted = std::mem::take(&mut self.evicted_scratch);
         let st = self.sources.entry(&r.orig_h, r.ts_us, &mut evicted);
-        let dirty = st.apply(r, &c, first, honeyport);
+        let dirty = st.apply(r, c, first, honeyport);
         if dirty {
             self.sources.mark_dirty(&r.orig_h);
         }
