@@ -192,7 +192,12 @@ fn is_v4(a: &Addr) -> bool {
 pub struct Classified {
     pub r: Record,
     pub c: Class,
+    /// First contact of (destination, port, protocol) within [`PAIR_TTL`].
     pub first: bool,
+    /// The destination is new for the source within [`PAIR_TTL`].
+    pub new_host: bool,
+    /// The (port, protocol) is new for the source within [`PAIR_TTL`].
+    pub new_port: bool,
 }
 
 /// Classification plus the first-contact memory.
@@ -208,12 +213,17 @@ impl Classifier {
 
     pub fn classify(&mut self, r: Record) -> Classified {
         let c = classify(&r);
-        let first = c.probe != ProbeKind::None && {
-            let port = if c.probe == ProbeKind::Host { 0 } else { r.resp_p };
-            let minute = (r.ts_us.max(0) / 60_000_000).min(i64::from(u32::MAX)) as u32;
-            self.pairs.first_contact(&r.orig_h, &r.resp_h, port, r.proto.number(), minute)
-        };
-        Classified { r, c, first }
+        if c.probe == ProbeKind::None {
+            return Classified { r, c, first: false, new_host: false, new_port: false };
+        }
+        let port = if c.probe == ProbeKind::Host { 0 } else { r.resp_p };
+        let minute = (r.ts_us.max(0) / 60_000_000).min(i64::from(u32::MAX)) as u32;
+        let proto = r.proto.number();
+        let first = self.pairs.first_contact(&r.orig_h, &r.resp_h, port, proto, minute);
+        // A repeat of a known (destination, port) is neither a new host nor a new port.
+        let new_host = first && self.pairs.new_host(&r.orig_h, &r.resp_h, minute);
+        let new_port = first && c.probe == ProbeKind::Port && self.pairs.new_port(&r.orig_h, port, proto, minute);
+        Classified { r, c, first, new_host, new_port }
     }
 }
 
@@ -315,6 +325,12 @@ pub struct SourceState {
     pub hosts: IncHll<HLL_REGS>,
     pub sample_ports: Vec<u16>,
     pub sample_hosts: Vec<Addr>,
+    /// Destinations / (port, protocol)s new within [`PAIR_TTL`] (exact up to table collisions):
+    /// the distinct counts the engine gets. The HyperLogLog sketches (kernel hashing) serve the
+    /// table; their estimates move in steps of several items per register at thousands of
+    /// destinations, which would read as bursts of new hosts.
+    pub novel_hosts: u32,
+    pub novel_ports: u32,
     /// Engine-visible change since the last sweep.
     pub dirty: bool,
     /// The samples grew since the last snapshot (the engine's known ports/hosts are cumulative,
@@ -333,6 +349,8 @@ impl SourceState {
             hosts: IncHll::default(),
             sample_ports: Vec::new(),
             sample_hosts: Vec::new(),
+            novel_hosts: 0,
+            novel_ports: 0,
             dirty: false,
             samples_changed: true,
             f: SourceFeatures { first_ts_us: ts_us, last_ts_us: ts_us, ..SourceFeatures::default() },
@@ -366,8 +384,8 @@ impl SourceState {
             first_seen_ns: self.incarnation,
             last_seen_ns: (self.f.last_ts_us.max(0) as u64).saturating_mul(1000),
             counts,
-            distinct_ports: self.distinct_ports(),
-            distinct_hosts: self.distinct_hosts(),
+            distinct_ports: f64::from(self.novel_ports).max(self.sample_ports.len() as f64),
+            distinct_hosts: f64::from(self.novel_hosts),
             sample_ports: if with_samples { self.sample_ports.clone() } else { Vec::new() },
             sample_hosts: if with_samples { self.sample_hosts.iter().map(addr_to_ip).collect() } else { Vec::new() },
             fingerprints: Vec::new(),
@@ -383,7 +401,8 @@ impl SourceState {
 
     /// Apply one classified record. `first` says whether it is the source's first contact with
     /// its (destination, port, protocol). Returns true when the engine must see a new snapshot.
-    pub fn apply(&mut self, r: &Record, c: &Class, first: bool, honeyport: bool) -> bool {
+    pub fn apply(&mut self, x: &Classified, honeyport: bool) -> bool {
+        let (r, c, first) = (&x.r, &x.c, x.first);
         let f = &mut self.f;
         f.conns += 1;
         f.last_ts_us = f.last_ts_us.max(r.ts_us);
@@ -411,15 +430,23 @@ impl SourceState {
             self.bump(cnt::HONEYPORT);
             dirty = true;
         }
+        if x.new_host {
+            self.novel_hosts = self.novel_hosts.saturating_add(1);
+            dirty = true;
+        }
+        if x.new_port {
+            self.novel_ports = self.novel_ports.saturating_add(1);
+            dirty = true;
+        }
         if c.probe == ProbeKind::Port {
-            dirty |= self.ports.set(port_hll_slot(u32::from(r.resp_p)));
+            self.ports.set(port_hll_slot(u32::from(r.resp_p)));
             if self.sample_ports.len() < SAMPLE_PORTS && !self.sample_ports.contains(&r.resp_p) {
                 self.sample_ports.push(r.resp_p);
                 self.samples_changed = true;
                 dirty = true;
             }
         }
-        dirty |= self.hosts.set(hll_slot(dst_fold(&r.resp_h)));
+        self.hosts.set(hll_slot(dst_fold(&r.resp_h)));
         if self.sample_hosts.len() < SAMPLE_HOSTS && !self.sample_hosts.contains(&r.resp_h) {
             self.sample_hosts.push(r.resp_h);
             self.samples_changed = true;
@@ -604,9 +631,24 @@ impl PairTable {
 
     /// Is this the first contact of the pair within [`PAIR_TTL`]? Refreshes the pair either way.
     pub fn first_contact(&mut self, src: &Addr, dst: &Addr, port: u16, proto: u8, minute: u32) -> bool {
+        self.first(0, src, dst, port, proto, minute)
+    }
+
+    /// Is `dst` new for `src` within [`PAIR_TTL`]?
+    pub fn new_host(&mut self, src: &Addr, dst: &Addr, minute: u32) -> bool {
+        self.first(1, src, dst, 0, 0, minute)
+    }
+
+    /// Is (`port`, `proto`) new for `src` within [`PAIR_TTL`]?
+    pub fn new_port(&mut self, src: &Addr, port: u16, proto: u8, minute: u32) -> bool {
+        self.first(2, src, &[0; 16], port, proto, minute)
+    }
+
+    fn first(&mut self, domain: u64, src: &Addr, dst: &Addr, port: u16, proto: u8, minute: u32) -> bool {
         let s = u128::from_be_bytes(*src);
         let d = u128::from_be_bytes(*dst);
-        let mut h = fold(s as u64 ^ (u64::from(port) << 8 | u64::from(proto)), 0x9e37_79b9_7f4a_7c15);
+        let key = domain << 24 | u64::from(port) << 8 | u64::from(proto);
+        let mut h = fold(s as u64 ^ key, 0x9e37_79b9_7f4a_7c15);
         h = fold(h ^ (s >> 64) as u64, 0xc2b2_ae3d_27d4_eb4f);
         h = fold(h ^ d as u64, 0x1656_67b1_9e37_79f9);
         h = fold(h ^ (d >> 64) as u64, 0x27d4_eb2f_1656_67c5);

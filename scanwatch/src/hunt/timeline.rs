@@ -261,7 +261,7 @@ impl Timeline {
     }
 
     fn apply(&mut self, x: &Classified, now_us: i64) {
-        let (r, c, first) = (&x.r, &x.c, x.first);
+        let (r, c) = (&x.r, &x.c);
         let honeyport = c.probe == ProbeKind::Port
             && match r.proto {
                 Proto::Tcp => self.honey_tcp.binary_search(&r.resp_p).is_ok(),
@@ -270,7 +270,7 @@ impl Timeline {
             };
         let mut evicted = std::mem::take(&mut self.evicted_scratch);
         let st = self.sources.entry(&r.orig_h, r.ts_us, &mut evicted);
-        let dirty = st.apply(r, c, first, honeyport);
+        let dirty = st.apply(x, honeyport);
         if dirty {
             self.sources.mark_dirty(&r.orig_h);
         }
