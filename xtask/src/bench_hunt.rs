@@ -294,7 +294,7 @@ pub fn generate(path: &Path, target_records: u64) -> Result<u64> {
             }
         }
         // Two slow scans from workstations: one port every ~4 minutes, 10:00-20:00.
-        if (10 * 3600..20 * 3600).contains(&sec) && sec % 240 == 0 {
+        if (10 * 3600..20 * 3600).contains(&sec) && sec.is_multiple_of(240) {
             let k = (sec - 10 * 3600) / 240;
             g.add(base + 0.3, v4(0x0a01_0000 + 1234), v4(0x0a02_0000 + 77), (k * 7 + 20) as u16, Shape::Rej)?;
             g.add(base + 0.6, v4(0x0a01_0000 + 321), v4(0x0a02_0000 + 100 + k % 100), 5985, Shape::S0)?;

@@ -571,8 +571,7 @@ impl SourceTable {
             self.next_incarnation = inc + 1;
             self.map.insert(key, Box::new(SourceState::new(*addr, ts_us, inc)));
         }
-        let s = self.map.entry(key).or_insert_with(|| Box::new(SourceState::new(*addr, ts_us, 0)));
-        &mut **s
+        self.map.entry(key).or_insert_with(|| Box::new(SourceState::new(*addr, ts_us, 0)))
     }
 
     /// Note that `addr`'s state changed in a way the engine must see at the next sweep.
@@ -698,7 +697,8 @@ mod tests {
     fn classification_table() {
         use ConnState as S;
         use Outcome::*;
-        let cases: &[(Proto, S, &str, Option<u32>, ProbeKind, usize, Outcome, bool)] = &[
+        type Case<'a> = (Proto, S, &'a str, Option<u32>, ProbeKind, usize, Outcome, bool);
+        let cases: &[Case<'_>] = &[
             (Proto::Tcp, S::S0, "S", Some(0), ProbeKind::Port, cnt::SYN, Failed, true),
             (Proto::Tcp, S::Rej, "Sr", Some(1), ProbeKind::Port, cnt::SYN, Failed, true),
             (Proto::Tcp, S::Rstos0, "SR", Some(0), ProbeKind::Port, cnt::SYN, Failed, true),

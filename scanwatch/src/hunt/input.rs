@@ -120,10 +120,7 @@ pub fn read_inputs(inputs: &[Input], tx: &SyncSender<Chunk>, progress: &Arc<Atom
         if tx.send(Chunk::Begin { file }).is_err() {
             return;
         }
-        let error = match read_one(input, file, tx, progress) {
-            Ok(()) => None,
-            Err(e) => Some(e),
-        };
+        let error = read_one(input, file, tx, progress).err();
         if tx.send(Chunk::End { file, error }).is_err() {
             return;
         }

@@ -90,7 +90,9 @@ pub struct Timeline {
     clock_us: i64,
     next_tick_us: Option<i64>,
     alerts: Vec<Alert>,
+    #[expect(clippy::vec_box, reason = "states move out of the source map as boxes (about 1 KiB each), never copied")]
     rows: Vec<Box<SourceState>>,
+    #[expect(clippy::vec_box, reason = "as rows")]
     evicted_scratch: Vec<Box<SourceState>>,
     pub stats: TimelineStats,
 }
