@@ -141,6 +141,9 @@ counters! {
     /// ARP who-has requests (on-link host discovery, e.g. `nmap -sn` on a LAN); gratuitous ARP
     /// and duplicate-address probes are not counted.
     ARP = 21 => "arp_who_has",
+    /// TCP probes with a custom flag set carrying neither SYN, ACK nor RST (nmap --scanflags
+    /// URGPSH, ...): no TCP stack sends these, NULL/FIN/Xmas excepted (counted apart).
+    CUSTOM_FLAGS = 22 => "custom_flags",
 }
 
 /// Key of per-source state: the remote address, IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
@@ -150,6 +153,22 @@ pub struct SrcKey {
     pub addr: [u8; 16],
 }
 const _: () = assert!(size_of::<SrcKey>() == 16);
+
+/// BLOCKLIST value: why the source is blocked and what the XDP program dropped from it since.
+/// The counters are plain increments (no atomics on the bpf target): two CPUs dropping the same
+/// source at once may lose a count, so they are a lower bound.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BlockEntry {
+    /// Small code of the finding kind that caused the block (0 = added by an operator).
+    pub reason: u32,
+    pub _pad: u32,
+    /// Packets dropped.
+    pub packets: u64,
+    /// Bytes of those packets.
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<BlockEntry>() == 24);
 
 /// TCP flag bits (byte 13 of the TCP header).
 pub mod tcpflag {
@@ -659,6 +678,7 @@ mod user {
     use super::*;
     // SAFETY: all of these are plain-old-data `#[repr(C)]` structs with explicit padding.
     unsafe impl aya::Pod for SrcKey {}
+    unsafe impl aya::Pod for BlockEntry {}
     unsafe impl aya::Pod for SrcState {}
     unsafe impl aya::Pod for FcSlot {}
     unsafe impl aya::Pod for FpKey {}

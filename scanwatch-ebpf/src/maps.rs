@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use scanwatch_common::{
-    FcSlot, TCP_PORT_BYTES, Fingerprint, FpKey, FpValue, Probe, FIRST_CONTACT_SLOTS, KNOWN_WORDS, SUSPECT_WORDS, ProcConfig, ProcState, SrcKey, SrcState, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
+    BlockEntry, FcSlot, TCP_PORT_BYTES, Fingerprint, FpKey, FpValue, Probe, FIRST_CONTACT_SLOTS, KNOWN_WORDS, SUSPECT_WORDS, ProcConfig, ProcState, SrcKey, SrcState, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
     DEFAULT_MAX_PROCS, DEFAULT_MAX_SOURCES, DEFAULT_RINGBUF_BYTES, BLOCKLIST_ENTRIES, RAW_SOCKS_ENTRIES, CONNECTING_ENTRIES, HONEYPORT_WORDS,
 };
 
@@ -46,10 +46,11 @@ pub static PROC_CONFIG: Array<ProcConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static HONEYPORTS: Array<u64> = Array::with_max_entries(HONEYPORT_WORDS, 0);
 
-/// Opt-in response: sources to drop (value = reason). Bounded at 4,096 by design: the agent
-/// only blocks confirmed scanners and expires entries.
+/// Opt-in response: sources to drop (value = reason + packets/bytes dropped). Bounded at 4,096
+/// by design: the agent only blocks confirmed scanners, expires entries and evicts the
+/// lowest-confidence / oldest one when `response.max_blocked` is reached.
 #[map]
-pub static BLOCKLIST: HashMap<SrcKey, u32> = HashMap::with_max_entries(BLOCKLIST_ENTRIES, 0);
+pub static BLOCKLIST: HashMap<SrcKey, BlockEntry> = HashMap::with_max_entries(BLOCKLIST_ENTRIES, 0);
 
 /// Zeroed `SrcState` used to insert new sources (864 bytes do not fit the 512-byte BPF stack).
 #[map]

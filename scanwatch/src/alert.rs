@@ -249,6 +249,30 @@ pub struct Alert {
     pub update: bool,
     /// Stable per entity+kind.
     pub alert_id: String,
+    /// What the stages after detection added (evidence file, ASN, dry-run verdict); each key is
+    /// omitted while unset.
+    #[serde(flatten, default)]
+    pub annotations: Annotations,
+}
+
+/// Keys the stages after detection add to a finding, flattened into the alert object.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Annotations {
+    /// The pcap file the source's packets are being written to (evidence capture).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
+    /// Autonomous system of the source address (offline ASN database).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
+    /// Organisation holding that autonomous system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    /// Dry-run response: the source would have been blocked (`response.dry_run = true`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub would_block: bool,
+    /// The `response.never_block` set holding the source (alerted, never blocked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub never_block: Option<String>,
 }
 
 impl Alert {
@@ -339,6 +363,7 @@ mod tests {
             reason: "r".into(),
             update: false,
             alert_id: stable_id(&["a", "b"]),
+            annotations: Default::default(),
         };
         let v: serde_json::Value =
             serde_json::from_str(&a.to_json_line().expect("json")).expect("parse");
@@ -348,7 +373,7 @@ mod tests {
             "reason", "update", "alert_id"] {
             assert!(keys.contains(&k), "missing {k}");
         }
-        assert_eq!(keys.len(), 17);
+        assert_eq!(keys.len(), 17, "unset annotations are omitted");
         assert_eq!(v["kind"], "vertical_scan");
         assert_eq!(v["severity"], "medium");
         assert_eq!(v["counts"]["xmas"], 3);

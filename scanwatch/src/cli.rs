@@ -41,6 +41,16 @@ enum Cmd {
         #[arg(long, short)]
         output: PathBuf,
     },
+    /// The running agent's hooks, counters, response state and top sources / processes (over its
+    /// root-only control socket).
+    Status(crate::control::client::StatusArgs),
+    /// The status, refreshed live in the terminal.
+    Top(crate::control::client::TopArgs),
+    /// The running agent's block list: list, add, del.
+    Block {
+        #[command(subcommand)]
+        cmd: crate::control::client::BlockCmd,
+    },
     /// Per-packet cost of the XDP program via BPF_PROG_TEST_RUN against an empty-program baseline.
     Bench {
         /// Runs per packet shape (kernel repeat count).
@@ -184,7 +194,21 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Run { agent, duration } => {
             let cfg = agent.load()?;
-            runtime()?.block_on(crate::pipeline::run(cfg, duration))?;
+            // SIGHUP re-reads the same layers: the embedded defaults, the file, the flags.
+            let reload: crate::pipeline::Reloader = Box::new(move || agent.load());
+            runtime()?.block_on(crate::pipeline::run_reloadable(cfg, duration, Some(reload)))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status(a) => {
+            crate::control::client::status(&a, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Top(a) => {
+            crate::control::client::top(&a, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Block { cmd } => {
+            crate::control::client::block(&cmd, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check => {

@@ -1,18 +1,23 @@
 //! scanwatch agent library. Stages, top to bottom (imports flow down only):
-//! `cli` → commands (`pipeline`, `baseline`, `bench`, `check`) → `source/*` → `enrich` →
-//! `detect` (pure engine) → `response` → `sinks` → `output` → `alert` → `config` → `vocab`.
+//! `cli` → commands (`pipeline`, `baseline`, `bench`, `check`) → `metrics`, `evidence`, `asn` →
+//! `control` (socket protocol, status, clients) → `source/*` → `enrich` → `detect` (pure engine)
+//! → `response` → `sinks` → `output` → `alert` → `config` → `vocab`.
 
 pub mod alert;
+pub mod asn;
 pub mod vocab;
 pub mod baseline;
 pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod detect;
 pub mod enrich;
+pub mod evidence;
 pub mod hunt;
 pub mod loader;
+pub mod metrics;
 pub mod packet;
 pub mod output;
 pub mod pipeline;

@@ -3,20 +3,31 @@
 //! ```text
 //! source (live kernel | pcap replay | Zeek conn.log | fleet)  →  Stamped observations
 //!   → enrich (process identity and lineage from /proc)        →  detect (pure engine) → findings
-//!   → response (opt-in XDP block, marks findings blocked)      →  sinks (output format per sink)
+//!   → enrich findings (ASN)  → response (opt-in XDP block / dry-run, evidence pcap)
+//!   → sinks (output format per sink)
 //! ```
 //!
 //! [`Pipeline::push`] takes one stamped observation through every stage; [`run`] drives it from
-//! the live kernel source until a signal or the deadline.
-use std::time::Duration;
+//! the live kernel source until a signal or the deadline, serving the control socket and the
+//! metrics endpoint from the same loop (the loop owns all state; requests queue to it), reloading
+//! the configuration on SIGHUP and detaching everything on SIGTERM / SIGINT.
+use std::time::{Duration, Instant};
 
+use crate::asn::AsnDb;
 use crate::config::Config;
+use crate::control::activity::Activity;
+use crate::control::server::Incoming;
+use crate::control::{Request, Response, ResponseStatus, Status};
 use crate::detect::{Engine, Observation, Observer, OutboundObservation, Stamped};
 use crate::enrich::ProcCache;
-use crate::response::Responder;
+use crate::evidence::EvidenceCapture;
+use crate::response::{NoTable, Responder};
 use crate::sinks::SinkSet;
 use crate::source::live::LiveSource;
 use crate::vocab::monotonic;
+
+/// Entries in each top list of the status.
+const TOP_N: usize = 20;
 
 /// Stages after the source, over any observer (the engine, or the baseline learner).
 pub struct Pipeline<O: Observer> {
@@ -24,11 +35,14 @@ pub struct Pipeline<O: Observer> {
     procs: Option<ProcCache>,
     responder: Option<Responder>,
     pub sinks: SinkSet,
+    pub asn: Option<AsnDb>,
+    pub evidence: Option<EvidenceCapture>,
+    pub activity: Activity,
 }
 
 impl<O: Observer> Pipeline<O> {
     pub fn new(engine: O, sinks: SinkSet, responder: Option<Responder>) -> Self {
-        Pipeline { engine, procs: None, responder, sinks }
+        Pipeline { engine, procs: None, responder, sinks, asn: None, evidence: None, activity: Activity::default() }
     }
 
     /// One observation through enrichment, detection, response and the sinks.
@@ -52,9 +66,16 @@ impl<O: Observer> Pipeline<O> {
             }
         };
         for mut a in alerts {
+            if let Some(db) = self.asn.as_mut() {
+                db.annotate(&mut a);
+            }
             if let Some(r) = self.responder.as_mut() {
                 r.apply(s.at, &mut a);
             }
+            if let Some(e) = self.evidence.as_mut() {
+                e.on_alert(&mut a);
+            }
+            self.activity.record(&a);
             self.sinks.write(&a);
         }
     }
@@ -63,15 +84,34 @@ impl<O: Observer> Pipeline<O> {
     pub fn blocked_count(&self) -> Option<usize> {
         self.responder.as_ref().map(Responder::blocked_count)
     }
+
+    pub fn responder(&self) -> Option<&Responder> {
+        self.responder.as_ref()
+    }
+
+    pub fn responder_mut(&mut self) -> Option<&mut Responder> {
+        self.responder.as_mut()
+    }
+}
+
+/// Re-reads the configuration the agent was started with (file + command line) on SIGHUP.
+pub type Reloader = Box<dyn Fn() -> anyhow::Result<Config> + Send>;
+
+fn hostname(cfg: &Config) -> String {
+    cfg.agent.hostname.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    })
 }
 
 /// Run the agent: the live kernel source through the detection engine until `duration` elapses
 /// or SIGINT/SIGTERM arrives.
 pub async fn run(cfg: Config, duration: Option<Duration>) -> anyhow::Result<()> {
-    let hostname = cfg.agent.hostname.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
-    });
-    let mut engine = Engine::new(&cfg, hostname);
+    run_reloadable(cfg, duration, None).await
+}
+
+/// [`run`], re-reading the configuration with `reload` on SIGHUP.
+pub async fn run_reloadable(cfg: Config, duration: Option<Duration>, reload: Option<Reloader>) -> anyhow::Result<()> {
+    let mut engine = Engine::new(&cfg, hostname(&cfg));
     engine.set_wall_clock(monotonic(), std::time::SystemTime::now());
     if let Some(path) = &cfg.agent.baseline {
         match crate::detect::Baseline::load(path) {
@@ -83,7 +123,7 @@ pub async fn run(cfg: Config, duration: Option<Duration>) -> anyhow::Result<()> 
         }
     }
     let sinks = SinkSet::build(&cfg.sinks)?;
-    run_live(&cfg, duration, engine, sinks).await.map(|_| ())
+    run_live_with(&cfg, duration, engine, sinks, reload).await.map(|_| ())
 }
 
 /// The live loop over any observer; returns it when done.
@@ -93,25 +133,114 @@ pub async fn run_live<O: Observer>(
     engine: O,
     sinks: SinkSet,
 ) -> anyhow::Result<O> {
+    run_live_with(cfg, duration, engine, sinks, None).await
+}
+
+fn open_asn(cfg: &Config) -> anyhow::Result<Option<AsnDb>> {
+    Ok(match &cfg.enrich.asn_db {
+        Some(p) => {
+            let db = AsnDb::open(p)?;
+            eprintln!("scanwatch: ASN database {} loaded: inbound findings get asn and org", p.display());
+            Some(db)
+        }
+        None => None,
+    })
+}
+
+/// The agent's loop state besides the pipeline.
+struct Agent {
+    cfg: Config,
+    started: Instant,
+    hostname: String,
+    enforcing: bool,
+    reload: Option<Reloader>,
+    reloads: u64,
+    reload_errors: u64,
+}
+
+/// The live loop with an optional SIGHUP reloader.
+pub async fn run_live_with<O: Observer>(
+    cfg: &Config,
+    duration: Option<Duration>,
+    engine: O,
+    sinks: SinkSet,
+    reload: Option<Reloader>,
+) -> anyhow::Result<O> {
+    let asn = open_asn(cfg)?;
+    let evidence = EvidenceCapture::new(&cfg.evidence)
+        .map_err(|e| anyhow::anyhow!("evidence.dir: {}: {e}", cfg.evidence.dir.as_deref().unwrap_or(std::path::Path::new("")).display()))?;
     let mut source = LiveSource::open(cfg)?;
-    let responder = source.take_block_table().map(|t| {
-        eprintln!(
-            "scanwatch: active response on: inbound scanners alerted at {} or above are dropped for {:?}",
-            cfg.response.block_min_severity.as_str(),
-            cfg.response.block_ttl
-        );
-        Responder::new(Box::new(t), cfg.response.clone())
-    });
+    let table = source.take_block_table();
+    let enforcing = table.is_some();
+    let responder = match table {
+        Some(t) => {
+            eprintln!(
+                "scanwatch: active response on{}: inbound scanners alerted at {} or above are dropped for {:?}",
+                if cfg.response.dry_run { " in dry-run (nothing is inserted)" } else { "" },
+                cfg.response.block_min_severity.as_str(),
+                cfg.response.block_ttl
+            );
+            Some(Responder::new(Box::new(t), cfg.response.clone()))
+        }
+        None if cfg.response.dry_run => {
+            eprintln!("scanwatch: response dry-run: reporting what would be blocked, inserting nothing");
+            Some(Responder::new(Box::new(NoTable), cfg.response.clone()))
+        }
+        None => None,
+    };
     let mut pipeline = Pipeline::new(engine, sinks, responder);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    pipeline.asn = asn;
+    pipeline.evidence = evidence;
+    if let Some(d) = &cfg.evidence.dir {
+        eprintln!("scanwatch: evidence capture on: {} per alert into {}", crate::vocab::format_duration(cfg.evidence.duration), d.display());
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Incoming>(64);
+    let mut _socket_guard = None;
+    if let Some(p) = &cfg.control.socket {
+        match crate::control::server::bind(p) {
+            Ok((l, guard)) => {
+                _socket_guard = Some(guard);
+                tokio::spawn(crate::control::server::serve(l, tx.clone()));
+                eprintln!("scanwatch: control socket {} (root only)", p.display());
+            }
+            Err(e) => eprintln!("scanwatch: WARNING control.socket {}: {e}; status and block commands unavailable", p.display()),
+        }
+    }
+    if let Some(addr) = cfg.metrics.listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                eprintln!("scanwatch: metrics on http://{}/metrics", l.local_addr().unwrap_or(addr));
+                tokio::spawn(crate::metrics::serve(l, tx.clone()));
+            }
+            Err(e) => eprintln!("scanwatch: WARNING metrics.listen {addr}: {e}; no metrics endpoint"),
+        }
+    }
+    drop(tx);
+    let mut agent = Agent {
+        cfg: cfg.clone(),
+        started: Instant::now(),
+        hostname: hostname(cfg),
+        enforcing,
+        reload,
+        reloads: 0,
+        reload_errors: 0,
+    };
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     let mut batch = Vec::new();
     eprintln!("scanwatch: ready (interfaces: {}; outbound: {})", source.attached.join(","), source.outbound);
-    loop {
+    let why = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+            _ = tokio::signal::ctrl_c() => break "SIGINT",
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sighup.recv() => agent.reload(&mut pipeline),
+            Some(inc) = rx.recv() => {
+                let resp = agent.handle(inc.req, &mut pipeline, &source);
+                let _ = inc.reply.send(resp);
+            }
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break "deadline",
             r = source.next(&mut batch) => {
                 r?;
                 for s in batch.drain(..) {
@@ -119,6 +248,9 @@ pub async fn run_live<O: Observer>(
                 }
             }
         }
+    };
+    if let Some(e) = pipeline.evidence.as_mut() {
+        e.stop_all();
     }
     pipeline.sinks.flush();
     let mut summary = source.counters();
@@ -128,6 +260,193 @@ pub async fn run_live<O: Observer>(
     if let Some(n) = pipeline.blocked_count() {
         summary.insert("blocked_sources".into(), n.into());
     }
-    eprintln!("scanwatch: stopped; counters {}", serde_json::Value::Object(summary));
+    if let Some(r) = pipeline.responder() {
+        summary.insert("response_evicted".into(), r.counters.evicted.into());
+        summary.insert("response_refused".into(), r.counters.refused.into());
+        summary.insert("response_would_block".into(), r.counters.would_block.into());
+    }
+    if let Some(e) = pipeline.evidence.as_mut() {
+        summary.insert("evidence_captures".into(), e.status().started.into());
+    }
+    summary.insert("reloads".into(), agent.reloads.into());
+    // The kernel programs and links are detached when `source` drops, right after this line.
+    eprintln!("scanwatch: stopped ({why}); counters {}", serde_json::Value::Object(summary));
+    drop(source);
     Ok(pipeline.engine)
+}
+
+impl Agent {
+    fn status<O: Observer>(&self, p: &mut Pipeline<O>, source: &LiveSource) -> Status {
+        let (cpu_seconds, rss_bytes) = crate::control::self_usage();
+        let now = monotonic();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            hostname: self.hostname.clone(),
+            uptime_secs: self.started.elapsed().as_secs_f64(),
+            xdp: source.attached.clone(),
+            hooks: source.hooks.iter().cloned().collect(),
+            kernel: source.counters().into_iter().filter_map(|(k, v)| Some((k, v.as_u64()?))).collect(),
+            alerts: p.activity.by_kind(),
+            sinks: p.sinks.stats(),
+            response: p.responder().map(|r| ResponseStatus {
+                enforcing: self.enforcing,
+                dry_run: r.dry_run(),
+                max_blocked: r.config().max_blocked,
+                counters: r.counters,
+                entries: r.list(now),
+            }),
+            evidence: p.evidence.as_mut().map(EvidenceCapture::status),
+            asn: p.asn.as_ref().map(|a| a.stats),
+            top_sources: p.activity.top_sources(TOP_N),
+            top_processes: p.activity.top_processes(TOP_N),
+            cpu_seconds,
+            rss_bytes,
+            reloads: self.reloads,
+            reload_errors: self.reload_errors,
+        }
+    }
+
+    fn handle<O: Observer>(&mut self, req: Request, p: &mut Pipeline<O>, source: &LiveSource) -> Response {
+        let now = monotonic();
+        match req {
+            Request::Status => Response { ok: true, status: Some(Box::new(self.status(p, source))), ..Default::default() },
+            Request::BlockList => match p.responder() {
+                Some(r) => Response { ok: true, blocks: Some(r.list(now)), dry_run: r.dry_run(), ..Default::default() },
+                None => Response::error("active response is off (set xdp.enforce_blocklist = true, or response.dry_run = true)"),
+            },
+            Request::BlockAdd { ip, ttl_secs } => {
+                let ttl = match ttl_secs {
+                    Some(t) if !(t.is_finite() && t > 0.0) => return Response::error(format!("ttl_secs {t} must be positive")),
+                    Some(t) => Some(Duration::from_secs_f64(t)),
+                    None => None,
+                };
+                match p.responder_mut() {
+                    Some(r) => match r.add_manual(now, ip, ttl) {
+                        Ok(()) => {
+                            eprintln!("scanwatch: operator blocked {ip}");
+                            Response::ok()
+                        }
+                        Err(e) => Response::error(e.to_string()),
+                    },
+                    None => Response::error("active response is off: set xdp.enforce_blocklist = true to block"),
+                }
+            }
+            Request::BlockDel { ip } => match p.responder_mut() {
+                Some(r) => match r.remove(ip) {
+                    Ok(()) => Response::ok(),
+                    Err(e) => Response::error(e.to_string()),
+                },
+                None => Response::error("active response is off"),
+            },
+        }
+    }
+
+    /// SIGHUP: re-read the configuration; apply what can change while running (sinks, response,
+    /// evidence, ASN database) without touching detection state; name the sections that need a
+    /// restart. A configuration that does not validate changes nothing.
+    fn reload<O: Observer>(&mut self, p: &mut Pipeline<O>) {
+        let Some(reload) = &self.reload else {
+            eprintln!("scanwatch: SIGHUP ignored: this agent has no configuration to re-read");
+            return;
+        };
+        let new = match reload() {
+            Ok(c) => c,
+            Err(e) => {
+                self.reload_errors += 1;
+                eprintln!("scanwatch: reload refused, the running configuration stays: {e:#}");
+                return;
+            }
+        };
+        let old = &self.cfg;
+        // Fallible parts first: nothing changes unless all of them succeed.
+        let sinks = if new.sinks != old.sinks {
+            match SinkSet::build(&new.sinks) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.reload_errors += 1;
+                    eprintln!("scanwatch: reload refused, the running configuration stays: {e}");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let asn = if new.enrich != old.enrich {
+            match open_asn(&new) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    self.reload_errors += 1;
+                    eprintln!("scanwatch: reload refused, the running configuration stays: {e:#}");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let mut applied = Vec::new();
+        if let Some(s) = sinks {
+            p.sinks.flush();
+            p.sinks = s;
+            applied.push("sinks");
+        }
+        if let Some(a) = asn {
+            p.asn = a;
+            applied.push("enrich");
+        }
+        if new.response != old.response {
+            match p.responder.as_mut() {
+                Some(r) => r.reconfigure(new.response.clone()),
+                None if new.response.dry_run => p.responder = Some(Responder::new(Box::new(NoTable), new.response.clone())),
+                None => {}
+            }
+            applied.push("response");
+        }
+        if new.evidence != old.evidence {
+            match (p.evidence.as_mut(), new.evidence.dir.is_some()) {
+                (Some(e), true) => e.reconfigure(&new.evidence),
+                (_, false) => p.evidence = None,
+                (None, true) => match EvidenceCapture::new(&new.evidence) {
+                    Ok(e) => p.evidence = e,
+                    Err(e) => eprintln!("scanwatch: WARNING evidence.dir: {e}; no capture"),
+                },
+            }
+            applied.push("evidence");
+        }
+        let mut restart = Vec::new();
+        for (name, changed) in [
+            ("agent", new.agent != old.agent),
+            ("xdp", new.xdp != old.xdp),
+            ("honeyports", new.honeyports != old.honeyports),
+            ("detect", new.detect != old.detect),
+            ("allowlist", new.allowlist != old.allowlist),
+            ("alerts", new.alerts != old.alerts),
+            ("roles", new.roles != old.roles),
+            ("metrics", new.metrics != old.metrics),
+            ("control", new.control != old.control),
+        ] {
+            if changed {
+                restart.push(name);
+            }
+        }
+        // Keep the running values of the sections that need a restart, so the next reload
+        // compares against what is really in force.
+        let mut kept = new;
+        kept.agent = old.agent.clone();
+        kept.xdp = old.xdp.clone();
+        kept.honeyports = old.honeyports.clone();
+        kept.detect = old.detect.clone();
+        kept.allowlist = old.allowlist.clone();
+        kept.alerts = old.alerts.clone();
+        kept.roles = old.roles.clone();
+        kept.metrics = old.metrics.clone();
+        kept.control = old.control.clone();
+        self.cfg = kept;
+        self.reloads += 1;
+        eprintln!(
+            "scanwatch: configuration reloaded (detection state kept): applied [{}]; need a restart to take effect [{}]",
+            applied.join(", "),
+            restart.join(", ")
+        );
+    }
 }

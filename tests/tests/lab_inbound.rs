@@ -169,6 +169,17 @@ fn nmap_xmas_scan_is_stealth_scan() {
 }
 
 #[test]
+fn nmap_custom_flags_scan_is_stealth_scan() {
+    // --scanflags URGPSH: neither SYN, ACK nor RST, which no TCP stack sends.
+    nmap_scenario(
+        "nmap --scanflags URGPSH",
+        &["-sS", "--scanflags", "URGPSH", "-p", "1-100", "-T4", "-n", "-Pn"],
+        "stealth_scan",
+        &stealth_check("custom_flags"),
+    );
+}
+
+#[test]
 fn nmap_ack_scan_is_stealth_scan() {
     nmap_scenario("nmap -sA", &["-sA", "-p", "1-100", "-T4", "-n", "-Pn"], "stealth_scan", &stealth_check("ack"));
 }

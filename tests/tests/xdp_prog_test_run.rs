@@ -255,6 +255,9 @@ fn stealth_flag_shapes_are_counted_by_type() {
         (FIN | ACK, cnt::MAIMON),
         (ACK, cnt::ACK),
         (SYN | FIN, cnt::SYNFIN),
+        // nmap --scanflags URGPSH / PSH: neither SYN, ACK nor RST.
+        (URG | PSH, cnt::CUSTOM_FLAGS),
+        (PSH, cnt::CUSTOM_FLAGS),
     ] {
         let before = p.count(src, c);
         p.run_all([PacketSpec::tcp(src, d, 40000, port, flags).build()]);

@@ -9,6 +9,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 mod bench_hunt;
+mod deb;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -32,6 +33,16 @@ enum Cmd {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build the release binary and package it as a .deb (binary, systemd unit, default
+    /// configuration under /etc/scanwatch/) in target/deb/. Needs only cargo and dpkg-deb.
+    Deb {
+        /// Package an already built binary instead of building one.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Output directory (default: <target dir>/deb).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Setup, build, then the XDP benchmark (writes target/bench.json).
     Bench {
@@ -89,6 +100,19 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Cmd::BenchHunt { records } => bench_hunt::bench_hunt(&root, records),
+        Cmd::Deb { binary, out } => {
+            let bin = match binary {
+                Some(b) => b,
+                None => {
+                    build(&root)?;
+                    target_dir(&root).join("release/scanwatch")
+                }
+            };
+            let out = out.unwrap_or_else(|| target_dir(&root).join("deb"));
+            let deb = deb::build(&root, &bin, &out)?;
+            println!("{}", deb.display());
+            Ok(())
+        }
         Cmd::Bench { repeat } => {
             setup()?;
             build(&root)?;
@@ -98,6 +122,11 @@ fn real_main() -> Result<()> {
                 .arg(&out))
         }
     }
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `<root>/target`).
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
 }
 
 fn workspace_root() -> PathBuf {
@@ -130,7 +159,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "zlib1g-dev", "libzstd-dev"];
 const LAB_PKGS: &[&str] = &[
     "nmap", "masscan", "zmap", "hping3", "tcpdump", "iproute2", "iputils-ping", "python3", "curl", "util-linux",
-    "procps", "strace",
+    "procps", "strace", "rsyslog", "tshark",
 ];
 
 fn setup() -> Result<()> {

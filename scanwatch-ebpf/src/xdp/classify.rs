@@ -156,6 +156,8 @@ pub(super) fn classify_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &X
         cnt::FIN
     } else if f == FIN | PSH | URG {
         cnt::XMAS
+    } else if f & (SYN | ACK | RST) == 0 {
+        cnt::CUSTOM_FLAGS
     } else {
         cnt::N
     };

@@ -113,8 +113,13 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     };
 
     if enforce {
-        // SAFETY: value is read only to test presence.
-        if unsafe { BLOCKLIST.get(l3.src.key()) }.is_some() {
+        if let Some(e) = BLOCKLIST.get_ptr_mut(l3.src.key()) {
+            // SAFETY: the map value lives while the program runs; a racing increment on another
+            // CPU may lose a count (the counters are a lower bound, see `BlockEntry`).
+            unsafe {
+                (*e).packets += 1;
+                (*e).bytes += (ctx.data_end() - ctx.data()) as u64;
+            }
             stats[stat::BLOCKED as usize] += 1;
             return Ok(xdp_action::XDP_DROP);
         }

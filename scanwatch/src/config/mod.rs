@@ -70,6 +70,10 @@ pub struct Config {
     pub roles: BTreeMap<String, RoleProfile>,
     /// `[sinks.NAME]`, each validated by its own sink type; empty means stdout.
     pub sinks: Vec<crate::sinks::SinkSpec>,
+    pub metrics: MetricsConfig,
+    pub control: ControlConfig,
+    pub evidence: EvidenceConfig,
+    pub enrich: EnrichConfig,
 }
 
 /// XDP attach mode (`agent.xdp_mode`, `run --xdp-mode`).
@@ -213,8 +217,20 @@ pub struct ResponseConfig {
     pub block_min_severity: Severity,
     /// How long a source stays blocked after its last qualifying alert.
     pub block_ttl: Duration,
-    /// Most sources blocked at once (the kernel map holds 4,096).
+    /// Most sources blocked at once (the kernel map holds 4,096); past it the lowest-confidence
+    /// (then oldest) automatic block gives way to a new one at least as confident.
     pub max_blocked: u32,
+    /// Report what would be blocked (`would_block` in the alert), never insert.
+    pub dry_run: bool,
+    /// Named CIDR sets (measurement projects, partners) alerted on but never blocked.
+    pub never_block: BTreeMap<String, Vec<Cidr>>,
+}
+
+impl ResponseConfig {
+    /// Name of the first never-block set containing `ip`.
+    pub fn never_block_set(&self, ip: &IpAddr) -> Option<&str> {
+        self.never_block.iter().find(|(_, c)| c.iter().any(|c| c.contains(ip))).map(|(n, _)| n.as_str())
+    }
 }
 
 /// A host role: how much fan-out is normal for this machine.
@@ -313,8 +329,11 @@ macro_rules! overlay_fields {
     };
 }
 
+mod ops;
 mod raw;
 mod validate;
+
+pub use ops::{ControlConfig, EnrichConfig, EvidenceConfig, MetricsConfig};
 #[cfg(test)]
 mod tests;
 

@@ -25,6 +25,10 @@ pub(super) struct RawConfig {
     pub(super) roles: Option<BTreeMap<String, RawRole>>,
     /// `[sinks.NAME]` tables, parsed by the sink types themselves (`crate::sinks`).
     pub(super) sinks: Option<BTreeMap<String, toml::Table>>,
+    pub(super) metrics: Option<super::ops::RawMetrics>,
+    pub(super) control: Option<super::ops::RawControl>,
+    pub(super) evidence: Option<super::ops::RawEvidence>,
+    pub(super) enrich: Option<super::ops::RawEnrich>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -33,6 +37,8 @@ pub(super) struct RawResponse {
     pub(super) block_min_severity: Option<String>,
     pub(super) block_ttl: Option<String>,
     pub(super) max_blocked: Option<u32>,
+    pub(super) dry_run: Option<bool>,
+    pub(super) never_block: Option<BTreeMap<String, Vec<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,6 +217,10 @@ impl RawConfig {
                 "allowlist" => raw.allowlist = Some(de_section(k, v)?),
                 "alerts" => raw.alerts = Some(de_section(k, v)?),
                 "response" => raw.response = Some(de_section(k, v)?),
+                "metrics" => raw.metrics = Some(de_section(k, v)?),
+                "control" => raw.control = Some(de_section(k, v)?),
+                "evidence" => raw.evidence = Some(de_section(k, v)?),
+                "enrich" => raw.enrich = Some(de_section(k, v)?),
                 "sinks" => {
                     let Some(sinks) = v.as_table() else {
                         return Err(ConfigError::invalid("sinks", "expected a table of sinks ([sinks.NAME])"));
@@ -284,8 +294,18 @@ impl RawConfig {
                 summary_interval, min_severity)
         });
         sub(&mut self.response, o.response, |s, o| {
-            overlay_fields!(s, o; block_min_severity, block_ttl, max_blocked)
+            // Never-block sets merge by name, like allowlist networks.
+            if let Some(nets) = o.never_block {
+                s.never_block.get_or_insert_with(BTreeMap::new).extend(nets);
+            }
+            overlay_fields!(s, o; block_min_severity, block_ttl, max_blocked, dry_run)
         });
+        sub(&mut self.metrics, o.metrics, |s, o| overlay_fields!(s, o; listen));
+        sub(&mut self.control, o.control, |s, o| overlay_fields!(s, o; socket));
+        sub(&mut self.evidence, o.evidence, |s, o| {
+            overlay_fields!(s, o; dir, duration, snaplen, max_file_bytes, max_files, max_active)
+        });
+        sub(&mut self.enrich, o.enrich, |s, o| overlay_fields!(s, o; asn_db));
         if let Some(sinks) = o.sinks {
             // Sinks merge by name; a named sink's table replaces the earlier one whole.
             self.sinks.get_or_insert_with(BTreeMap::new).extend(sinks);

@@ -234,7 +234,13 @@ impl RawConfig {
             block_min_severity: severity(&block_min_severity, "response.block_min_severity")?,
             block_ttl: positive(dur(resp.block_ttl, "response.block_ttl")?, "response.block_ttl")?,
             max_blocked,
+            dry_run: resp.dry_run.unwrap_or(false),
+            never_block: super::ops::never_block(resp.never_block)?,
         };
+        let metrics = super::ops::metrics(self.metrics)?;
+        let control = super::ops::control(self.control)?;
+        let evidence = super::ops::evidence(self.evidence)?;
+        let enrich = super::ops::enrich(self.enrich)?;
 
         let mut sinks = Vec::new();
         for (name, table) in self.sinks.unwrap_or_default() {
@@ -242,7 +248,7 @@ impl RawConfig {
                 .map_err(|e| ConfigError::invalid(format!("sinks.{name}.{}", e.key), e.reason))?;
             sinks.push(spec);
         }
-        Ok(Config { agent, xdp, honeyports, detect, allowlist, alerts, response, roles, sinks })
+        Ok(Config { agent, xdp, honeyports, detect, allowlist, alerts, response, roles, sinks, metrics, control, evidence, enrich })
     }
 }
 

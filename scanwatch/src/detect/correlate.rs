@@ -108,6 +108,7 @@ impl Engine {
                 reason,
                 update: false,
                 alert_id: String::new(),
+                annotations: Default::default(),
             };
             self.submit(now, &format!("fp:{hash}"), n as f64, alert, out);
         }
@@ -247,6 +248,7 @@ impl Engine {
             reason,
             update: false,
             alert_id: String::new(),
+            annotations: Default::default(),
         };
         let magnitude = (ports.len() + hosts.len()) as f64;
         self.submit(now, "distributed", magnitude, alert, out);

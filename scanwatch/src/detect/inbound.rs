@@ -235,7 +235,7 @@ impl Engine {
             let t = totals[i];
             let n = t.get(m::STEALTH) + t.get(m::WEAK_STEALTH);
             let reason = format!(
-                "{ip} sent {} stealth probes (NULL/Xmas/Maimon/SYN+FIN) and {} FIN/bare-ACK probes to {:.0} ports within {}.",
+                "{ip} sent {} stealth probes (NULL/Xmas/Maimon/SYN+FIN/custom flags) and {} FIN/bare-ACK probes to {:.0} ports within {}.",
                 t.get(m::STEALTH),
                 t.get(m::WEAK_STEALTH),
                 t.get(m::NEW_PORTS),
@@ -435,6 +435,7 @@ impl Engine {
             reason,
             update: false,
             alert_id: String::new(),
+            annotations: Default::default(),
         })
     }
 

@@ -20,13 +20,14 @@ pub(super) const FP_CAP: usize = 4;
 
 
 /// Counters whose names are reported in `counts` (stealth and evasion).
-pub(super) const DETAIL_COUNTERS: [usize; 16] = [
+pub(super) const DETAIL_COUNTERS: [usize; 17] = [
     cnt::NULL,
     cnt::FIN,
     cnt::XMAS,
     cnt::MAIMON,
     cnt::ACK,
     cnt::SYNFIN,
+    cnt::CUSTOM_FLAGS,
     cnt::FRAG_FIRST,
     cnt::FRAG_LATER,
     cnt::SRCPORT_TRICK,
@@ -159,7 +160,7 @@ impl InboundEntity {
         }
 
         let mut mt = Metrics::default();
-        let stealth = d[cnt::NULL] + d[cnt::XMAS] + d[cnt::MAIMON] + d[cnt::SYNFIN];
+        let stealth = d[cnt::NULL] + d[cnt::XMAS] + d[cnt::MAIMON] + d[cnt::SYNFIN] + d[cnt::CUSTOM_FLAGS];
         let weak = d[cnt::FIN] + d[cnt::ACK];
         // A first fragment carries the ports of a probe whose flags the kernel cannot see; an
         // ICMP echo or an ARP who-has is the probe of a ping / ARP sweep.
@@ -183,7 +184,10 @@ impl InboundEntity {
         // Crafted probes: one per probe that carries an evasion mark (a fragmented probe counts
         // once, by its first fragment), so their share of PROBES tells an evasive scan.
         mt.set(m::RAW, (d[cnt::FRAG_FIRST] + d[cnt::SRCPORT_TRICK] + d[cnt::BADSUM]).min(probes) as f64);
-        mt.set(m::UNSOLICITED, (d[cnt::UNSOLICITED_SYNACK] + d[cnt::UNSOLICITED_RST]) as f64);
+        // A source's RSTs up to its own SYNs tear down its own probes (masscan resets every
+        // SYN-ACK it gets); only the rest can be backscatter of someone spoofing this host.
+        let own_rst = d[cnt::UNSOLICITED_RST].min(d[cnt::SYN]);
+        mt.set(m::UNSOLICITED, (d[cnt::UNSOLICITED_SYNACK] + d[cnt::UNSOLICITED_RST] - own_rst) as f64);
         mt.set(m::HONEYPORT, d[cnt::HONEYPORT] as f64);
 
         if probes > 0 {

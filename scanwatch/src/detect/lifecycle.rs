@@ -202,6 +202,7 @@ impl Lifecycle {
             ),
             update: false,
             alert_id: stable_id(&["notice", "rate_limit"]),
+            annotations: Default::default(),
         };
         self.suppressed_total = 0;
         self.suppressed_ids.clear();

@@ -210,7 +210,7 @@ impl Engine {
 
         let mut detail: BTreeMap<Evidence, u64> = BTreeMap::new();
         for (k, v) in &e.lifetime {
-            if matches!(*k, "null" | "fin" | "xmas" | "maimon" | "ack" | "synfin" | "raw_probe" | "raw_socket" | "udp") {
+            if matches!(*k, "null" | "fin" | "xmas" | "maimon" | "ack" | "synfin" | "custom_flags" | "raw_probe" | "raw_socket" | "udp") {
                 if let Some(ev) = Evidence::from_name(k) {
                     detail.insert(ev, *v);
                 }
@@ -244,6 +244,7 @@ impl Engine {
             reason,
             update: false,
             alert_id: String::new(),
+            annotations: Default::default(),
         };
         let magnitude = h.ports + h.hosts;
         self.submit(now, key, magnitude, alert, out);

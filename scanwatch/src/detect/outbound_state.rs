@@ -25,6 +25,7 @@ pub(super) fn stealth_name(flags: u8) -> Option<&'static str> {
         x if x == ACK => Some("ack"),
         x if x & (SYN | FIN) == SYN | FIN => Some("synfin"),
         x if x & RST != 0 => None,
+        x if x & (SYN | ACK) == 0 => Some("custom_flags"),
         _ => None,
     }
 }
@@ -186,5 +187,7 @@ mod tests {
         assert_eq!(stealth_name(SYN | FIN), Some("synfin"));
         assert_eq!(stealth_name(SYN), None);
         assert_eq!(stealth_name(SYN | ACK), None);
+        assert_eq!(stealth_name(URG | PSH), Some("custom_flags"));
+        assert_eq!(stealth_name(PSH), Some("custom_flags"));
     }
 }

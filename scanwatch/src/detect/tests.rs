@@ -778,7 +778,9 @@ fn only_kind(alerts: &[Alert], k: AlertKind) {
 #[test]
 fn stealth_shaped_fanout_is_one_stealth_scan() {
     // nmap -sN / -sX / -sF / -sA over 100 ports: the fan-out is shown as stealth_scan only.
-    for (shape, failed) in [(cnt::NULL, true), (cnt::XMAS, true), (cnt::FIN, true), (cnt::ACK, false)] {
+    for (shape, failed) in
+        [(cnt::NULL, true), (cnt::XMAS, true), (cnt::FIN, true), (cnt::ACK, false), (cnt::CUSTOM_FLAGS, true)]
+    {
         let mut e = engine();
         let mut s = Src::new("203.0.113.80");
         s.fps.push(nmap_fp());
@@ -1020,4 +1022,24 @@ fn exited_scanner_without_procfs_is_reported_with_kernel_identity() {
     assert!(pb.exited);
     assert_eq!((pb.pid, pb.tgid, pb.uid, pb.comm.as_str(), pb.exe.as_deref()), (4711, 4711, 65534, "python3", None));
     assert!(a.reason.contains("python3 (pid 4711, uid 65534)"), "{}", a.reason);
+}
+
+#[test]
+fn a_scanners_own_resets_are_not_backscatter() {
+    // masscan: SYN to 200 ports, its stack resets each SYN-ACK (RSTs with no socket left here).
+    let mut e = engine();
+    let mut s = Src::new("203.0.113.90");
+    probes_of(&mut s, &[cnt::SYN], 200, true);
+    s.counts[cnt::UNSOLICITED_RST] += 20;
+    let mut alerts = Vec::new();
+    run(&mut e, t(1.0), &s, &mut alerts);
+    assert!(alerts.iter().all(|a| a.kind != AlertKind::Evasion), "{:?}", kinds(&alerts));
+    // Pure backscatter (RSTs and SYN-ACKs, no SYN of its own) is still evasion.
+    let mut b = Src::new("198.51.100.91");
+    b.counts[cnt::UNSOLICITED_RST] += 40;
+    b.counts[cnt::UNSOLICITED_SYNACK] += 40;
+    b.counts[cnt::PACKETS] += 80;
+    let mut alerts = Vec::new();
+    run(&mut e, t(2.0), &b, &mut alerts);
+    assert!(alerts.iter().any(|a| a.kind == AlertKind::Evasion), "{:?}", kinds(&alerts));
 }

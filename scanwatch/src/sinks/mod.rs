@@ -12,10 +12,16 @@ use std::sync::Arc;
 
 use crate::alert::Alert;
 
+pub mod file;
 pub mod stdout;
+pub mod syslog;
 
 /// Every sink type: its `type` name and its configuration parser.
-pub const REGISTRY: &[(&str, ParseFn)] = &[("stdout", stdout::StdoutConfig::parse)];
+pub const REGISTRY: &[(&str, ParseFn)] = &[
+    ("stdout", stdout::StdoutConfig::parse),
+    ("file", file::FileConfig::parse),
+    ("syslog", syslog::SyslogConfig::parse),
+];
 
 /// Parses a sink's own table (without the `type` key) into its validated configuration.
 pub type ParseFn = fn(&toml::Table) -> Result<Arc<dyn SinkConfig>, SinkConfigError>;
@@ -118,7 +124,7 @@ fn type_names() -> String {
 }
 
 /// Deliveries per sink.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SinkStats {
     pub written: u64,
     /// Attempts that failed (and were retried or dropped).

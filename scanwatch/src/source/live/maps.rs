@@ -4,7 +4,7 @@
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use aya::Ebpf;
 use scanwatch_common::{
-    stat, FpKey, FpValue, SrcKey, SrcState, MAP_BLOCKLIST, MAP_FINGERPRINTS, MAP_FIRST_CONTACT, MAP_KNOWN, MAP_SOURCES,
+    stat, BlockEntry, FpKey, FpValue, SrcKey, SrcState, MAP_BLOCKLIST, MAP_FINGERPRINTS, MAP_FIRST_CONTACT, MAP_KNOWN, MAP_SOURCES,
     MAP_STATS, MAP_SUSPECT,
 };
 
@@ -16,8 +16,8 @@ pub type Fingerprints = BpfHashMap<MapData, FpKey, FpValue>;
 pub type Stats = PerCpuArray<MapData, [u64; stat::N as usize]>;
 /// Bit filters (known sources, suspected ACK scanners).
 pub type Bits = Array<MapData, u64>;
-/// Inbound block list: source → reason code.
-pub type Blocklist = BpfHashMap<MapData, SrcKey, u32>;
+/// Inbound block list: source → reason code and what was dropped.
+pub type Blocklist = BpfHashMap<MapData, SrcKey, BlockEntry>;
 
 /// Take map `name` out of the loaded object and convert it to its typed handle.
 pub fn take<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>

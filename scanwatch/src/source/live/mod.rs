@@ -77,7 +77,11 @@ pub struct KernelBlockTable(maps::Blocklist);
 
 impl BlockTable for KernelBlockTable {
     fn insert(&mut self, ip: IpAddr, reason: u32) -> Result<(), String> {
-        self.0.insert(ip_to_key(ip), reason, 0).map_err(|e| e.to_string())
+        let entry = scanwatch_common::BlockEntry { reason, ..Default::default() };
+        self.0.insert(ip_to_key(ip), entry, 0).map_err(|e| e.to_string())
+    }
+    fn dropped(&self, ip: IpAddr) -> Option<(u64, u64)> {
+        self.0.get(&ip_to_key(ip), 0).ok().map(|e| (e.packets, e.bytes))
     }
     fn remove(&mut self, ip: IpAddr) -> Result<(), String> {
         self.0.remove(&ip_to_key(ip)).map_err(|e| e.to_string())
@@ -104,6 +108,8 @@ pub struct LiveSource {
     _tcp_ports: Option<ports::TcpPorts>,
     /// What attached where (`eth0:native`, ...), for the ready line.
     pub attached: Vec<String>,
+    /// Outbound hook → the method that attached (`tracepoint:syscalls:sys_enter_connect`, ...).
+    pub hooks: Vec<(String, String)>,
     pub outbound: bool,
 }
 
@@ -146,6 +152,7 @@ impl LiveSource {
             }
             attached.push(format!("{i}:{mode}"));
         }
+        let mut hooks = Vec::new();
         if cfg.agent.outbound {
             if let Some(root) = loader::tracefs_root() {
                 let n = tracepoints::check_all(root)?;
@@ -153,6 +160,7 @@ impl LiveSource {
             }
             for (hook, method) in loader::attach_outbound(&mut ebpf)? {
                 eprintln!("scanwatch: hook {hook} -> {method}");
+                hooks.push((hook.to_string(), method));
             }
         }
         let ring: RingBuf<aya::maps::MapData> = maps::take(&mut ebpf, MAP_EVENTS)?;
@@ -178,6 +186,7 @@ impl LiveSource {
             decode_errors: records::DecodeErrors::default(),
             _tcp_ports: tcp_ports,
             attached,
+            hooks,
             outbound: cfg.agent.outbound,
         })
     }
