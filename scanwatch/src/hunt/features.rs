@@ -568,7 +568,8 @@ impl SourceTable {
             }
             // Unique and increasing, at least the creation time in ns (as the kernel's stamp).
             let inc = self.next_incarnation.max((ts_us.max(0) as u64).saturating_mul(1000));
-            self.next_incarnation = inc + 1;
+            // Saturating: an absurd timestamp (year 586,000+) must not overflow (found by the fuzzer).
+            self.next_incarnation = inc.saturating_add(1);
             self.map.insert(key, Box::new(SourceState::new(*addr, ts_us, inc)));
         }
         self.map.entry(key).or_insert_with(|| Box::new(SourceState::new(*addr, ts_us, 0)))
