@@ -86,6 +86,41 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Hunt Zeek conn.logs (TSV or JSON, gzip or not; `-` = stdin) for scans with the agent's
+    /// detection engine on the log's own timeline. Alerts as JSON lines on stdout (or the
+    /// per-source feature table with --table); a summary on stderr.
+    Hunt {
+        /// conn.log files; `-` reads standard input.
+        #[arg(required = true)]
+        files: Vec<String>,
+        /// TOML config merged over the embedded defaults (roles, allowlists, baseline, windows).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Host role (`agent.role`).
+        #[arg(long)]
+        role: Option<String>,
+        /// Print the per-source feature table on stdout instead of alerts.
+        #[arg(long)]
+        table: bool,
+        #[arg(long, value_enum, default_value = "tsv")]
+        table_format: crate::hunt::table::TableFormat,
+        /// Write the alert JSON lines to this file (with --table, the only place they go).
+        #[arg(long)]
+        alerts: Option<PathBuf>,
+        /// Skip records before this time (RFC 3339 or Unix seconds).
+        #[arg(long)]
+        since: Option<String>,
+        /// Skip records at or after this time (RFC 3339 or Unix seconds).
+        #[arg(long)]
+        until: Option<String>,
+        /// How long a record may trail the newest timestamp and still be placed in order
+        /// (conn.log lines are written when connections end), e.g. `5m`.
+        #[arg(long, value_parser = duration_arg)]
+        reorder: Option<Duration>,
+        /// Most sources held at once (default: `xdp.max_sources`); the least recently seen are evicted.
+        #[arg(long)]
+        max_sources: Option<usize>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -254,6 +289,24 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(if summary.reader.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Fleet(a) => crate::fleet::cli::run(a),
+        Cmd::Hunt { files, config, role, table, table_format, alerts, since, until, reorder, max_sources } => {
+            use std::io::IsTerminal;
+            let flags = AgentFlags { config, role, ..AgentFlags::default() };
+            let cfg = flags.load()?;
+            let opts = crate::hunt::HuntOptions {
+                inputs: files.iter().map(|f| crate::hunt::input::Input::from_arg(f)).collect(),
+                table: table.then_some(table_format),
+                alerts_file: alerts,
+                since_us: since.as_deref().map(crate::hunt::parse_time_arg).transpose().map_err(|e| e.context("--since"))?,
+                until_us: until.as_deref().map(crate::hunt::parse_time_arg).transpose().map_err(|e| e.context("--until"))?,
+                reorder,
+                max_sources,
+                progress: std::io::stderr().is_terminal(),
+            };
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+            let report = crate::hunt::run(&cfg, &opts, &mut out, &mut std::io::stderr().lock())?;
+            Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Cmd::Bench { repeat, json } => {
             let report = crate::bench::run(repeat)?;
             println!("{}", report.table());

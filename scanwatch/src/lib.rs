@@ -17,6 +17,7 @@ pub mod detect;
 pub mod enrich;
 pub mod fleet;
 pub mod evidence;
+pub mod hunt;
 pub mod loader;
 pub mod metrics;
 pub mod outcome;

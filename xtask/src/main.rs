@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+mod bench_hunt;
 mod deb;
 use clap::{Parser, Subcommand};
 
@@ -76,6 +77,12 @@ enum Cmd {
     /// port (writes target/bench-fleet.json).
     BenchFleet {
         #[arg(long, default_value_t = 10_000_000)]
+        records: u64,
+    },
+    /// Build, generate a Zeek conn.log (default 5,000,000 records), run `scanwatch hunt` and the
+    /// classic pandas T1046 hunt on it; print wall time, records/s, peak RSS and the ratios.
+    BenchHunt {
+        #[arg(long, default_value_t = 5_000_000)]
         records: u64,
     },
 }
@@ -148,6 +155,7 @@ fn real_main() -> Result<()> {
             let _ = std::fs::remove_dir_all(&store);
             res
         }
+        Cmd::BenchHunt { records } => bench_hunt::bench_hunt(&root, records),
         Cmd::Deb { binary, out } => {
             let bin = match binary {
                 Some(b) => b,
