@@ -27,7 +27,9 @@ fn asn_and_org_come_from_a_written_mmdb() {
         "targets": {"host_count": 1, "port_count": 30, "sample_ports": [22], "sample_hosts": []},
         "window": "10s", "counts": {"probes": 30, "failures": 30, "fail_ratio": 1.0}, "fingerprint": null,
         "technique": {"id": "T1046", "name": "Network Service Discovery"}, "host": {"name": "h", "role": "server"},
-        "allowlisted": false, "blocked": false, "reason": "r", "update": false, "alert_id": "x"
+        "allowlisted": false, "blocked": false, "reason": "r", "update": false, "alert_id": "x",
+        "protocol": "tcp", "shape": "syn", "start": "2026-01-01T00:00:00.000Z",
+        "last_seen": "2026-01-01T00:00:00.000Z", "update_kind": "first", "seq": 1
     }))
     .expect("alert");
     db.annotate(&mut alert);

@@ -72,8 +72,8 @@ pub struct Config {
     pub sinks: Vec<crate::sinks::SinkSpec>,
     /// `[depth]`: first payloads, TLS fingerprints, the actor timeline.
     pub depth: DepthConfig,
-    /// `[fleet]` (NATS publishing and the correlator; `crate::fleet::config`).
-    pub fleet: crate::fleet::config::FleetConfig,
+    /// `[fleet]` (NATS publishing and the correlator; `config/fleet.rs`).
+    pub fleet: super::fleet::FleetConfig,
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
     pub evidence: EvidenceConfig,
@@ -368,6 +368,7 @@ macro_rules! overlay_fields {
 
 mod depth;
 mod ops;
+pub mod fleet;
 mod raw;
 mod validate;
 

@@ -26,7 +26,7 @@ pub(super) struct RawConfig {
     /// `[sinks.NAME]` tables, parsed by the sink types themselves (`crate::sinks`).
     pub(super) sinks: Option<BTreeMap<String, toml::Table>>,
     pub(super) depth: Option<super::depth::RawDepth>,
-    pub(super) fleet: Option<crate::fleet::config::RawFleet>,
+    pub(super) fleet: Option<super::fleet::RawFleet>,
     pub(super) metrics: Option<super::ops::RawMetrics>,
     pub(super) control: Option<super::ops::RawControl>,
     pub(super) evidence: Option<super::ops::RawEvidence>,

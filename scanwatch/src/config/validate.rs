@@ -249,7 +249,7 @@ impl RawConfig {
                 .map_err(|e| ConfigError::invalid(format!("sinks.{name}.{}", e.key), e.reason))?;
             sinks.push(spec);
         }
-        let fleet = crate::fleet::config::validate(self.fleet.unwrap_or_default(), detect.windows.len())?;
+        let fleet = super::fleet::validate(self.fleet.unwrap_or_default(), detect.windows.len())?;
         Ok(Config {
             agent, xdp, honeyports, detect, allowlist, alerts, response, roles, sinks, metrics, control, evidence, enrich,
             warnings, depth, fleet,

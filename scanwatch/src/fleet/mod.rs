@@ -9,7 +9,7 @@
 //! * [`bench`]: `scanwatch fleet bench`.
 pub mod bench;
 pub mod cli;
-pub mod config;
+pub use crate::config::fleet as config;
 pub mod correlate;
 pub mod nats;
 pub mod publish;

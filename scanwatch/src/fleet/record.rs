@@ -37,7 +37,7 @@ pub const MAGIC: [u8; 2] = *b"SW";
 /// Largest batch accepted (NATS' default max_payload).
 pub const MAX_MESSAGE: usize = 1 << 20;
 /// Longest agent id / site name.
-pub const MAX_NAME: usize = 64;
+pub use crate::config::fleet::MAX_NAME;
 /// Port sample of a summary.
 pub const MAX_PORTS: usize = 16;
 /// Fingerprints per summary.
@@ -166,10 +166,7 @@ pub struct Batch<'a> {
     pub records: Vec<Record<'a>>,
 }
 
-/// Names (agent ids, sites) are subject tokens: ASCII letters, digits, `-` and `_`.
-pub fn name_ok(s: &str) -> bool {
-    !s.is_empty() && s.len() <= MAX_NAME && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+pub use crate::config::fleet::name_ok;
 
 struct Cur<'a> {
     b: &'a [u8],

@@ -5,9 +5,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::record::name_ok;
-use crate::config::ConfigError;
+use super::ConfigError;
 use crate::vocab::parse_duration;
+
+/// Longest agent id / site name (a NATS subject token).
+pub const MAX_NAME: usize = 64;
+
+/// Names (agent ids, sites) are subject tokens: ASCII letters, digits, `-` and `_`.
+pub fn name_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_NAME && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
