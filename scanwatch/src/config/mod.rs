@@ -73,7 +73,7 @@ pub struct Config {
     /// `[depth]`: first payloads, TLS fingerprints, the actor timeline.
     pub depth: DepthConfig,
     /// `[fleet]` (NATS publishing and the correlator; `config/fleet.rs`).
-    pub fleet: super::fleet::FleetConfig,
+    pub fleet: fleet::FleetConfig,
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
     pub evidence: EvidenceConfig,
