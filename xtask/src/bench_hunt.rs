@@ -45,27 +45,7 @@ for ip, r in flagged.sort_values("ports", ascending=False).iterrows():
     print(f"{ip}\t{int(r.conns)}\t{int(r.hosts)}\t{int(r.ports)}\t{r.failed_ratio:.3f}")
 "##;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Zipf-ish index in 0..n (small indices much more likely).
-    fn zipf(&mut self, n: u64) -> u64 {
-        let u = self.unit();
-        ((n as f64).powf(u) - 1.0) as u64 % n.max(1)
-    }
-}
+use crate::rng::Rng;
 
 #[derive(Clone, Copy)]
 enum Shape {

@@ -96,18 +96,7 @@ fn udp(sport: u16, dport: u16, payload: usize) -> Vec<u8> {
     u
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::rng::Rng;
 
 /// Write `n` packets (pcap, microseconds, Ethernet) at about 20,000 packets/s of capture time.
 pub fn generate(path: &Path, n: u64) -> Result<()> {

@@ -9,6 +9,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 mod bench_hunt;
+mod rng;
 mod deb;
 use clap::{Parser, Subcommand};
 
