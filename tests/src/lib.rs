@@ -21,6 +21,7 @@
 //! answer RST, [`Lab::serve_tcp`] opens ports). State files under `/run/scanwatch-lab/` record the
 //! creating pid (+ its start time) so [`cleanup_stale`] can remove leftovers of crashed runs.
 
+pub mod flood;
 pub mod mmdb;
 
 use std::collections::HashSet;

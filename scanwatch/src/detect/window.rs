@@ -94,14 +94,20 @@ pub const BUCKETS: usize = 10;
 #[derive(Debug, Clone)]
 struct Ring {
     width_ns: u64,
-    /// Bucket epoch + 1 (0 = never used).
-    stamps: [u64; BUCKETS],
-    vals: [Metrics; BUCKETS],
+    /// The buckets in use: (bucket epoch + 1, values), at most [`BUCKETS`], allocated only when
+    /// a bucket is first written. Most entities (a spoofed source's one or two probes, a client
+    /// seen once) touch one bucket per window, so an entity costs what it used, not
+    /// `BUCKETS x M` counters per window (6.7 KB with the default four windows).
+    buckets: Vec<(u64, Metrics)>,
 }
 
 impl Ring {
     fn epoch(&self, now: Duration) -> u64 {
         (now.as_nanos() as u64) / self.width_ns + 1
+    }
+
+    fn live(s: u64, e: u64) -> bool {
+        s <= e && e - s < BUCKETS as u64
     }
 }
 
@@ -115,11 +121,7 @@ impl MultiWindow {
     pub fn new(windows: &[Duration]) -> MultiWindow {
         let rings = windows
             .iter()
-            .map(|w| Ring {
-                width_ns: ((w.as_nanos() as u64) / BUCKETS as u64).max(1),
-                stamps: [0; BUCKETS],
-                vals: [Metrics::default(); BUCKETS],
-            })
+            .map(|w| Ring { width_ns: ((w.as_nanos() as u64) / BUCKETS as u64).max(1), buckets: Vec::new() })
             .collect();
         MultiWindow { rings }
     }
@@ -130,12 +132,16 @@ impl MultiWindow {
         }
         for r in &mut self.rings {
             let e = r.epoch(now);
-            let i = (e % BUCKETS as u64) as usize;
-            if r.stamps[i] != e {
-                r.stamps[i] = e;
-                r.vals[i] = Metrics::default();
+            if let Some((_, v)) = r.buckets.iter_mut().find(|(s, _)| *s == e) {
+                v.add_all(delta);
+            } else if let Some(b) = r.buckets.iter_mut().find(|(s, _)| !Ring::live(*s, e)) {
+                // An expired bucket is reused (the clock never runs backwards here).
+                *b = (e, *delta);
+            } else {
+                // Grown one bucket at a time: at most BUCKETS, exact allocations.
+                r.buckets.reserve_exact(1);
+                r.buckets.push((e, *delta));
             }
-            r.vals[i].add_all(delta);
         }
     }
 
@@ -146,8 +152,8 @@ impl MultiWindow {
             .map(|r| {
                 let e = r.epoch(now);
                 let mut t = Metrics::default();
-                for (s, v) in r.stamps.iter().zip(r.vals.iter()) {
-                    if *s != 0 && *s <= e && e - *s < BUCKETS as u64 {
+                for (s, v) in &r.buckets {
+                    if Ring::live(*s, e) {
                         t.add_all(v);
                     }
                 }
@@ -179,6 +185,26 @@ mod tests {
         // A bucket slot reused after wrap-around starts from zero.
         w.add(Duration::from_secs(201), &d);
         assert_eq!(w.totals(Duration::from_secs(201))[0].get(m::PROBES), 5.0);
+    }
+
+    #[test]
+    fn buckets_are_allocated_when_used_and_never_exceed_the_ring() {
+        let mut w = MultiWindow::new(&[Duration::from_secs(10), Duration::from_secs(100)]);
+        assert!(w.rings.iter().all(|r| r.buckets.is_empty()), "nothing allocated before use");
+        let mut d = Metrics::default();
+        d.set(m::PROBES, 1.0);
+        w.add(Duration::from_secs(3), &d);
+        assert!(w.rings.iter().all(|r| r.buckets.len() == 1));
+        // One probe per second for 1000 s: every ring stays at BUCKETS buckets and the totals
+        // are those of the last window's worth of seconds (to a bucket: window / BUCKETS).
+        for t in 4..1004 {
+            w.add(Duration::from_secs(t), &d);
+        }
+        assert!(w.rings.iter().all(|r| r.buckets.len() <= BUCKETS));
+        let t = w.totals(Duration::from_millis(1003_500));
+        assert_eq!(t[0].get(m::PROBES), 10.0, "10 s window");
+        let long = t[1].get(m::PROBES);
+        assert!((90.0..=100.0).contains(&long), "100 s window: {long}");
     }
 
     #[test]
