@@ -24,7 +24,9 @@ pub struct Engine {
     pub(super) host: HostInfo,
     pub(super) trw: TrwParams,
     pub(super) baseline: Option<Baseline>,
-    pub(super) inbound: HashMap<IpAddr, InboundEntity>,
+    /// Boxed: the table is rehashed as it grows to `detect.max_inbound_entities`, and an inline
+    /// entity would make each bucket (and each rehash copy) ~1 KB.
+    pub(super) inbound: HashMap<IpAddr, Box<InboundEntity>>,
     pub(super) outbound: HashMap<String, OutboundEntity>,
     pub(super) fingerprints: FingerprintIndex,
     pub(super) distributed: Distributed,

@@ -73,10 +73,10 @@ impl Engine {
         if !self.inbound.contains_key(&ip) {
             self.evicted += make_room(&mut self.inbound, cap, |e| e.last_seen);
             let allow = self.cfg.allowlist.network_for(&ip).map(str::to_string);
-            self.inbound.insert(ip, InboundEntity::new(ip, &self.cfg.detect.windows, allow));
+            self.inbound.insert(ip, Box::new(InboundEntity::new(ip, &self.cfg.detect.windows, allow)));
         }
         // Inserted just above when missing.
-        self.inbound.entry(ip).or_insert_with(|| InboundEntity::new(ip, &[], None))
+        self.inbound.entry(ip).or_insert_with(|| Box::new(InboundEntity::new(ip, &[], None)))
     }
 
     pub(super) fn ingest_source(&mut self, now: Duration, s: &SourceSnapshot) {

@@ -103,6 +103,8 @@ pub struct LiveSource {
     known_rebuild: tokio::time::Interval,
     loss_report: tokio::time::Interval,
     last_sweep_ns: u64,
+    /// The sweep in progress (empty when none).
+    sweeping: sweep::Sweep,
     last_dropped: u64,
     decode_errors: records::DecodeErrors,
     /// The listening-port filter's map, kept mapped while the program runs.
@@ -178,11 +180,18 @@ impl LiveSource {
             blocklist,
             fc_view,
             held_reader: HeldReader::default(),
-            sweep: tokio::time::interval(cfg.agent.sweep_interval),
+            sweep: {
+                // A sweep still stepping through a full map when the next is due starts late
+                // rather than twice in a row.
+                let mut i = tokio::time::interval(cfg.agent.sweep_interval);
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                i
+            },
             held_scan: tokio::time::interval(HELD_SCAN),
             known_rebuild: tokio::time::interval_at(start + KNOWN_REBUILD, KNOWN_REBUILD),
             loss_report: tokio::time::interval_at(start + LOSS_REPORT, LOSS_REPORT),
             last_sweep_ns: 0,
+            sweeping: sweep::Sweep::default(),
             last_dropped: 0,
             decode_errors: records::DecodeErrors::default(),
             _tcp_ports: tcp_ports,
@@ -211,13 +220,17 @@ impl LiveSource {
                 }
                 guard.clear_ready();
             }
-            _ = self.sweep.tick() => {
+            _ = self.sweep.tick(), if self.sweeping.is_done() => {
                 let now = monotonic();
-                for s in sweep::sweep(&self.maps.sources, &self.maps.fingerprints, self.last_sweep_ns) {
-                    out.push(Stamped::new(now, Observation::Source(s)));
-                }
+                self.sweeping = sweep::Sweep::start(&self.maps.sources, self.last_sweep_ns);
                 self.last_sweep_ns = now.as_nanos() as u64;
-                out.push(Stamped::new(now, Observation::Tick));
+                self.sweep_step(out);
+            }
+            // Ready at once unless this task has used its scheduling budget (then the control
+            // socket and the other tasks run first); the ring buffer keeps its turn (random
+            // choice among ready branches), so a flood cannot stall the sweep or the reverse.
+            _ = tokio::task::coop::consume_budget(), if !self.sweeping.is_done() => {
+                self.sweep_step(out);
             }
             _ = self.held_scan.tick() => {
                 let held = self.held_reader.read(&self.fc_view, Listeners::read);
@@ -241,6 +254,15 @@ impl LiveSource {
             }
         }
         Ok(())
+    }
+
+    /// One step of the sweep in progress; the engine's tick follows the last step.
+    fn sweep_step(&mut self, out: &mut Vec<Stamped>) {
+        let now = monotonic();
+        self.sweeping.step(&self.maps.sources, &self.maps.fingerprints, |s| out.push(Stamped::new(now, Observation::Source(s))));
+        if self.sweeping.is_done() {
+            out.push(Stamped::new(now, Observation::Tick));
+        }
     }
 
     /// The kernel's counters and the source's own, by name (the agent's exit line).

@@ -76,19 +76,46 @@ pub fn snapshot(key: &SrcKey, s: &SrcState, fps: &Fingerprints) -> SourceSnapsho
 /// Bound on how far `bpf_ktime_get_coarse_ns` trails CLOCK_MONOTONIC (one tick is 1–10 ms).
 const COARSE_CLOCK_SLACK_NS: u64 = 20_000_000;
 
-/// Snapshots of the sources active since `since_ns` (kernel monotonic time of the previous
-/// sweep). The kernel stamps per-source times with the coarse clock, up to one tick behind
-/// CLOCK_MONOTONIC: allow for it.
-pub fn sweep(sources: &Sources, fps: &Fingerprints, since_ns: u64) -> Vec<SourceSnapshot> {
-    let mut out = Vec::new();
-    for item in sources.iter() {
-        let Ok((key, s)) = item else { continue };
-        if s.last_seen_ns < since_ns.saturating_sub(COARSE_CLOCK_SLACK_NS) {
-            continue;
-        }
-        out.push(snapshot(&key, &s, fps));
+/// Sources a sweep hands to the engine per step: a full map (a spoofed flood keeps it at
+/// `xdp.max_sources`) is swept in steps of this many, so the agent's memory for a sweep is one
+/// step's snapshots, not the whole map's, and ring-buffer records and control requests are
+/// served between steps.
+pub const SWEEP_STEP: usize = 1024;
+
+/// One sweep of SOURCES: the keys present when it started, snapshotted `SWEEP_STEP` at a time.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    keys: Vec<SrcKey>,
+    since_ns: u64,
+}
+
+impl Sweep {
+    /// Starts a sweep of the sources active since `since_ns` (kernel monotonic time of the
+    /// previous sweep). Only keys are read now (20 bytes each).
+    pub fn start(sources: &Sources, since_ns: u64) -> Sweep {
+        Sweep { keys: sources.keys().filter_map(Result::ok).collect(), since_ns }
     }
-    out
+
+    pub fn is_done(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The next step's snapshots (at most [`SWEEP_STEP`]) of sources still present and active
+    /// since the sweep's `since_ns`. The kernel stamps per-source times with the coarse clock,
+    /// up to one tick behind CLOCK_MONOTONIC: allow for it.
+    pub fn step(&mut self, sources: &Sources, fps: &Fingerprints, mut f: impl FnMut(SourceSnapshot)) {
+        let since = self.since_ns.saturating_sub(COARSE_CLOCK_SLACK_NS);
+        let from = self.keys.len().saturating_sub(SWEEP_STEP);
+        for key in self.keys.drain(from..) {
+            let Ok(s) = sources.get(&key, 0) else { continue };
+            if s.last_seen_ns >= since {
+                f(snapshot(&key, &s, fps));
+            }
+        }
+        if self.keys.is_empty() {
+            self.keys = Vec::new(); // a flood's key list is not kept between sweeps
+        }
+    }
 }
 
 /// The current snapshot of one source, if it has state.
