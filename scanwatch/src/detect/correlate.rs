@@ -171,7 +171,7 @@ impl Engine {
             hosts.extend(e.known_hosts.iter().copied());
             members.push((e.known_ports.len() + e.known_hosts.len(), e.ip));
             // Counts of the scoring window that covers the distributed window.
-            if let Some(t) = e.windows.totals(now).get(count_idx) {
+            if let Some(t) = e.windows.total(now, count_idx) {
                 probes += t.get(m::PROBES).round() as u64;
                 failures += t.get(m::FAILURES).round() as u64;
                 successes += t.get(m::SUCCESSES).round() as u64;

@@ -85,6 +85,9 @@ impl Engine {
         let min_fail = self.cfg.detect.min_fail_ratio;
         let e = self.inbound_entity(ip);
         e.apply_snapshot(now, s, &trw);
+        if e.fingerprints.is_empty() {
+            return;
+        }
         let failing = e.lifetime_fail_ratio().is_some_and(|r| r >= min_fail);
         let ports: Vec<u16> = e.known_ports.clone();
         let fps: Vec<(String, u8)> =

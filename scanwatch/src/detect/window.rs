@@ -109,6 +109,17 @@ impl Ring {
     fn live(s: u64, e: u64) -> bool {
         s <= e && e - s < BUCKETS as u64
     }
+
+    fn total(&self, now: Duration) -> Metrics {
+        let e = self.epoch(now);
+        let mut t = Metrics::default();
+        for (s, v) in &self.buckets {
+            if Ring::live(*s, e) {
+                t.add_all(v);
+            }
+        }
+        t
+    }
 }
 
 /// One ring of buckets per window.
@@ -147,19 +158,12 @@ impl MultiWindow {
 
     /// Totals of every window at `now`.
     pub fn totals(&self, now: Duration) -> Vec<Metrics> {
-        self.rings
-            .iter()
-            .map(|r| {
-                let e = r.epoch(now);
-                let mut t = Metrics::default();
-                for (s, v) in &r.buckets {
-                    if Ring::live(*s, e) {
-                        t.add_all(v);
-                    }
-                }
-                t
-            })
-            .collect()
+        self.rings.iter().map(|r| r.total(now)).collect()
+    }
+
+    /// Total of window `idx` at `now` (the same as `totals(now)[idx]`).
+    pub fn total(&self, now: Duration, idx: usize) -> Option<Metrics> {
+        self.rings.get(idx).map(|r| r.total(now))
     }
 }
 

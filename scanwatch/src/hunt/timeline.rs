@@ -34,7 +34,8 @@ pub struct TimelineOptions {
     pub max_buffered: usize,
     /// Most sources held (least recently seen eighth evicted when full).
     pub max_sources: usize,
-    /// Keep the states of evicted sources for the feature table.
+    /// Keep the states of evicted sources for the feature table (and the per-source sketches
+    /// only the table reads).
     pub keep_rows: bool,
     /// First-contact table entries.
     pub pair_slots: usize,
@@ -160,7 +161,11 @@ impl Timeline {
             self.apply(&x, now);
             return;
         }
-        self.buckets.entry(b).or_default().push(x);
+        // Most records fall in the newest bucket.
+        match self.buckets.last_entry() {
+            Some(mut e) if *e.key() == b => e.get_mut().push(x),
+            _ => self.buckets.entry(b).or_default().push(x),
+        }
         self.buffered += 1;
         if self.newest_bucket.is_none_or(|n| b > n) {
             self.newest_bucket = Some(b);
@@ -272,7 +277,7 @@ impl Timeline {
             };
         let mut evicted = std::mem::take(&mut self.evicted_scratch);
         let st = self.sources.entry(&r.orig_h, r.ts_us, &mut evicted);
-        let dirty = st.apply(x, honeyport);
+        let dirty = st.apply(x, honeyport, self.opts.keep_rows);
         if dirty {
             self.sources.mark_dirty(&r.orig_h);
         }

@@ -153,6 +153,21 @@ impl ConnState {
 /// responder.
 const HISTORY_LETTERS: &[u8; 12] = b"SHADFRCGTWIQ";
 
+/// The bit of every byte of a `history` string: originator letters from bit 0, responder
+/// (lower-case) letters from bit 16, `^` (direction flipped) bit 31.
+const HISTORY_BITS: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < HISTORY_LETTERS.len() {
+        let l = HISTORY_LETTERS[i];
+        t[l as usize] = 1 << i;
+        t[l.to_ascii_lowercase() as usize] = 1 << (16 + i);
+        i += 1;
+    }
+    t[b'^' as usize] = 1 << 31;
+    t
+};
+
 /// A `history` string as bits: which letters each side showed, and the first letter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct History {
@@ -165,14 +180,8 @@ impl History {
     pub fn parse(b: &[u8]) -> History {
         let mut bits = 0u32;
         for &c in b {
-            if c == b'^' {
-                bits |= 1 << 31;
-            } else if let Some(i) = HISTORY_LETTERS.iter().position(|l| *l == c) {
-                bits |= 1 << i;
-            } else if let Some(i) = HISTORY_LETTERS.iter().position(|l| *l == c.to_ascii_uppercase()) {
-                bits |= 1 << (16 + i);
-            }
-            // Other letters (a newer Zeek's) carry nothing this hunt uses.
+            // Other letters (a newer Zeek's) carry nothing this hunt uses (no bit).
+            bits |= HISTORY_BITS[c as usize];
         }
         History { bits, first: b.first().copied().unwrap_or(0) }
     }
@@ -270,6 +279,18 @@ impl fmt::Display for ParseError {
     }
 }
 
+impl FormatError {
+    /// The same error with its line number moved by `base` (a chunk parsed with line numbers
+    /// counted from its own start).
+    pub fn shifted(self, base: u64) -> FormatError {
+        match self {
+            FormatError::Unrecognised { line, start } => FormatError::Unrecognised { line: line + base, start },
+            FormatError::MissingField { line, field, have } => FormatError::MissingField { line: line + base, field, have },
+            FormatError::Separator { line, reason } => FormatError::Separator { line: line + base, reason },
+        }
+    }
+}
+
 impl From<LineError> for ParseError {
     fn from(e: LineError) -> Self {
         ParseError::Line(e)
@@ -322,7 +343,7 @@ const FIELD_NAMES: [&str; N_SLOTS] = [
 const REQUIRED: [usize; 5] = [F_TS, F_ORIG_H, F_RESP_H, F_RESP_P, F_PROTO];
 const NO_SLOT: u8 = u8::MAX;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Columns {
     n: usize,
     /// Column index -> slot (`NO_SLOT` for columns the hunt does not read).
@@ -368,6 +389,51 @@ impl ConnLogParser {
     /// The format seen so far (the first meaningful line decides; later lines may mix).
     pub fn format(&self) -> Format {
         self.format
+    }
+
+    /// Count lines from zero again (a chunk parsed on its own numbers its lines from its start;
+    /// the caller adds the lines before it).
+    pub fn rebase_lines(&mut self) {
+        self.line = 0;
+    }
+
+    /// Same layout: two parsers in this state read every following line the same way (up to
+    /// line numbers).
+    pub fn same_layout(&self, o: &ConnLogParser) -> bool {
+        self.format == o.format
+            && self.sep == o.sep
+            && self.empty == o.empty
+            && self.unset == o.unset
+            && self.cols == o.cols
+            && (self.records == 0) == (o.records == 0)
+    }
+
+    /// Bring the layout forward over a chunk of whole lines without parsing every record: the
+    /// lines up to the first record, then only the header lines (`#...`, perhaps after
+    /// whitespace). The resulting layout is that of a parser that read every line — a guess
+    /// the caller checks with [`ConnLogParser::same_layout`] against the real one.
+    pub fn skim(&mut self, data: &[u8]) {
+        let mut pos = 0usize;
+        // Until the first record, every line may change the state.
+        while self.records == 0 && pos < data.len() {
+            let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |e| pos + e);
+            if let Err(ParseError::Format(_)) = self.parse_line(&data[pos..end]) {
+                // The file is refused here; nothing after counts.
+                return;
+            }
+            pos = end + 1;
+        }
+        while pos < data.len() {
+            let Some(h) = memchr::memchr(b'#', &data[pos..]).map(|h| pos + h) else { return };
+            let start = memchr::memrchr(b'\n', &data[..h]).map_or(0, |s| s + 1);
+            let end = memchr::memchr(b'\n', &data[h..]).map_or(data.len(), |e| h + e);
+            if start >= pos && data[start..h].iter().all(u8::is_ascii_whitespace) {
+                if let Err(ParseError::Format(_)) = self.parse_line(&data[start..end]) {
+                    return;
+                }
+            }
+            pos = end + 1;
+        }
     }
 
     /// Parse the next line (without its `\n`; a trailing `\r` is ignored). Line numbers count
@@ -492,6 +558,33 @@ fn hex(c: &u8) -> Option<u8> {
     (*c as char).to_digit(16).map(|d| d as u8)
 }
 
+/// Call `f` with the position of every `needle` byte in `hay`, in order: eight bytes at a time
+/// (SWAR: an exact per-byte zero test of `word ^ needle`), fields are short.
+#[inline]
+fn for_each_byte(hay: &[u8], needle: u8, mut f: impl FnMut(usize)) {
+    const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let pat = u64::from(needle) * 0x0101_0101_0101_0101;
+    let mut chunks = hay.chunks_exact(8);
+    let mut base = 0usize;
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w) ^ pat;
+        // High bit set exactly in the bytes of x that are zero.
+        let mut m = !(((x & LO7).wrapping_add(LO7)) | x | LO7);
+        while m != 0 {
+            f(base + (m.trailing_zeros() / 8) as usize);
+            m &= m - 1;
+        }
+        base += 8;
+    }
+    for (i, b) in chunks.remainder().iter().enumerate() {
+        if *b == needle {
+            f(base + i);
+        }
+    }
+}
+
 /// Split on a (possibly multi-byte) separator.
 fn split<'a>(line: &'a [u8], sep: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
     let mut rest = Some(line);
@@ -519,16 +612,22 @@ fn parse_tsv(line: &[u8], cols: &Columns, sep: &[u8], unset: &[u8], empty: &[u8]
     let mut slots: [Option<&[u8]>; N_SLOTS] = [None; N_SLOTS];
     let mut n = 0usize;
     if sep.len() == 1 {
+        // Only the columns the hunt reads are kept; the others are only counted.
         let mut start = 0;
-        for pos in memchr::memchr_iter(sep[0], line).chain(std::iter::once(line.len())) {
+        let mut take = |pos: usize, n: usize, start: usize| {
             if let Some(&s) = cols.slot_of.get(n) {
                 if s != NO_SLOT {
                     slots[s as usize] = line.get(start..pos);
                 }
             }
+        };
+        for_each_byte(line, sep[0], |pos| {
+            take(pos, n, start);
             n += 1;
             start = pos + 1;
-        }
+        });
+        take(line.len(), n, start);
+        n += 1;
     } else {
         for f in split(line, sep) {
             if let Some(&s) = cols.slot_of.get(n) {
@@ -548,7 +647,7 @@ fn parse_tsv(line: &[u8], cols: &Columns, sep: &[u8], unset: &[u8], empty: &[u8]
             *s = None;
         }
     }
-    let req = |i: usize| slots[i].ok_or(LineError::Missing { field: FIELD_NAMES[i] });
+    let req = |i: usize| slots[i].ok_or_else(|| LineError::Missing { field: FIELD_NAMES[i] });
     let bad = |i: usize, v: &[u8]| {
         let mut value = String::from_utf8_lossy(v).into_owned();
         truncate_str(&mut value, 60);
