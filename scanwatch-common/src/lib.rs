@@ -462,8 +462,29 @@ pub struct XdpConfig {
     pub flags: u32,
     /// Drop packets from sources in BLOCKLIST (opt-in response).
     pub enforce_blocklist: u32,
+    /// New-fingerprint events each CPU may send per `FP_BUDGET_WINDOW_NS` (0 = no limit);
+    /// beyond it they are counted in `stat::FP_EVENTS_SHED`.
+    pub fp_event_budget: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<XdpConfig>() == 24);
+const _: () = assert!(size_of::<XdpConfig>() == 32);
+
+/// Window of the per-CPU new-fingerprint event budget (`XdpConfig::fp_event_budget`): 100 ms.
+pub const FP_BUDGET_WINDOW_NS: u64 = 100_000_000;
+
+impl XdpConfig {
+    /// The per-CPU, per-window budget for a whole-host rate of `per_sec` events/s over `cpus`
+    /// CPUs (0 = no limit; a non-zero rate never rounds down to 0).
+    pub const fn fp_budget_for(per_sec: u32, cpus: u32) -> u32 {
+        if per_sec == 0 {
+            return 0;
+        }
+        let windows_per_sec = (1_000_000_000 / FP_BUDGET_WINDOW_NS) as u32;
+        let cpus = if cpus == 0 { 1 } else { cpus };
+        let b = per_sec / windows_per_sec / cpus;
+        if b == 0 { 1 } else { b }
+    }
+}
 
 impl XdpConfig {
     pub const fn default_config() -> Self {
@@ -473,6 +494,8 @@ impl XdpConfig {
             host_threshold: 16,
             flags: cfgflag::LOOKUP_SOCKETS | cfgflag::VERIFY_CSUM | cfgflag::FIRST_CONTACT,
             enforce_blocklist: 0,
+            fp_event_budget: 0,
+            _pad: 0,
         }
     }
 }
@@ -548,6 +571,10 @@ counters! {
     ACK_FAST = 32 => "bare_ack_fast",
     /// Bare ACKs of unsuspected sources seen by the fast path (drives the 1-in-`ACK_SAMPLE`).
     ACK_SEEN = 33 => "bare_ack_seen",
+    /// New-fingerprint events not sent because the per-CPU budget was spent (a flood of new
+    /// sources); the fingerprints are still in FINGERPRINTS for the sweep. Kept at the last
+    /// slot so counters added after 33 do not move it.
+    FP_EVENTS_SHED = 39 => "fingerprint_events_shed",
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,6 +27,14 @@ pub static FINGERPRINTS: LruHashMap<FpKey, FpValue> =
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
 
+/// Per-CPU new-fingerprint event budget: [start of the current `FP_BUDGET_WINDOW_NS` window,
+/// events sent in it]. A random-source flood admits a new source (and a new fingerprint) per
+/// repeated spoofed address; past `XdpConfig::fp_event_budget` those events are shed (counted)
+/// so the ring buffer keeps room for threshold and honeyport events and the agent's time for
+/// its sweeps.
+#[map]
+pub static FP_BUDGET: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Global outcome counters, one `[u64; stat::N]` per CPU (a single lookup per packet).
 #[map]
 pub static STATS: PerCpuArray<[u64; scanwatch_common::stat::N as usize]> =

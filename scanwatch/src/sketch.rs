@@ -12,7 +12,7 @@ pub fn hll_estimate(regs: &[u8]) -> f64 {
     let mut sum = 0.0;
     let mut zeros = 0usize;
     for &r in regs {
-        sum += 2f64.powi(-i32::from(r));
+        sum += pow2_neg(r);
         if r == 0 {
             zeros += 1;
         }
@@ -35,28 +35,69 @@ pub fn distinct_ports(port_hll: &[u8], n_sample: u32) -> f64 {
     }
 }
 
-/// A 256-register HyperLogLog with the kernel's hashing (engine-side distinct counts).
+/// HyperLogLog registers with the kernel's hashing, keeping the estimator's sum incrementally
+/// (the estimate is O(1), as the engine asks for it at every sweep).
 #[derive(Debug, Clone)]
-pub struct Hll {
-    regs: [u8; HLL_REGS],
+pub struct IncHll<const M: usize> {
+    regs: [u8; M],
+    sum: f64,
+    zeros: u32,
 }
 
-impl Default for Hll {
+impl<const M: usize> Default for IncHll<M> {
     fn default() -> Self {
-        Hll { regs: [0; HLL_REGS] }
+        IncHll { regs: [0; M], sum: M as f64, zeros: M as u32 }
     }
 }
 
-impl Hll {
-    pub fn insert(&mut self, item: u32) {
-        let (i, rank) = hll_slot(item);
-        if let Some(r) = self.regs.get_mut(i) {
-            *r = (*r).max(rank);
+fn pow2_neg(r: u8) -> f64 {
+    f64::from_bits((1023u64.saturating_sub(u64::from(r))) << 52)
+}
+
+impl<const M: usize> IncHll<M> {
+    /// Returns true when a register rose.
+    pub fn set(&mut self, (i, rank): (usize, u8)) -> bool {
+        let Some(r) = self.regs.get_mut(i) else { return false };
+        if rank <= *r {
+            return false;
+        }
+        self.sum += pow2_neg(rank) - pow2_neg(*r);
+        if *r == 0 {
+            self.zeros -= 1;
+        }
+        *r = rank;
+        true
+    }
+
+    /// The same estimate as [`hll_estimate`] of these registers.
+    pub fn estimate(&self) -> f64 {
+        let m = M as f64;
+        let alpha = 0.7213 / (1.0 + 1.079 / m);
+        let raw = alpha * m * m / self.sum;
+        if raw <= 2.5 * m && self.zeros > 0 {
+            m * (m / f64::from(self.zeros)).ln()
+        } else {
+            raw
         }
     }
 
+    pub fn regs(&self) -> &[u8; M] {
+        &self.regs
+    }
+}
+
+/// A 256-register HyperLogLog with the kernel's hashing (engine-side distinct counts); the
+/// estimate is O(1) (a raw-socket sender's every probe asks for three of them).
+#[derive(Debug, Clone, Default)]
+pub struct Hll(IncHll<HLL_REGS>);
+
+impl Hll {
+    pub fn insert(&mut self, item: u32) {
+        self.0.set(hll_slot(item));
+    }
+
     pub fn estimate(&self) -> f64 {
-        hll_estimate(&self.regs)
+        self.0.estimate()
     }
 }
 

@@ -130,7 +130,7 @@ pub fn run(fl: &Flood, stop: &AtomicBool) -> FloodStats {
 
 fn send(fl: &Flood, stop: &AtomicBool) -> FloodStats {
     assert!(!fl.ports.is_empty(), "flood needs ports");
-    assert!((8..=30).contains(&fl.src_len), "flood source prefix /{} out of 8..=30", fl.src_len);
+    assert!((4..=30).contains(&fl.src_len), "flood source prefix /{} out of 4..=30", fl.src_len);
     enter_netns(&fl.netns);
     // SAFETY: plain socket(2); the result is checked and owned.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };

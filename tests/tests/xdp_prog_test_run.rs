@@ -15,7 +15,7 @@ use scanwatch::{
     sketch::hll_estimate,
 };
 use aya::maps::Array;
-use scanwatch_common::{addr_hash, cfgflag, cnt, stat, EventKind, tool, FcSlot, InboundEvent, SrcKey, SrcState, XdpConfig};
+use scanwatch_common::{addr_hash, cfgflag, cnt, stat, EventKind, tool, FcSlot, FpKey, FpValue, InboundEvent, SrcKey, SrcState, XdpConfig};
 
 fn v4(s: &str) -> IpAddr {
     IpAddr::V4(s.parse::<Ipv4Addr>().expect("v4"))
@@ -560,6 +560,43 @@ fn lru_bounds_state_under_random_source_flood() {
     assert_eq!(st[stat::NEW_SOURCES as usize], 1000);
     assert!(st[stat::NEW_SOURCES as usize] - live as u64 >= 936, "evictions are derivable from counters");
     assert_eq!(st[stat::SYN as usize], 2000, "the program kept working through the flood");
+}
+
+#[test]
+fn new_fingerprint_events_are_shed_past_the_budget_and_counted() {
+    // A budget of 3 per CPU per 100 ms window: of 50 new two-SYN sources (all in one window:
+    // the test runs take microseconds), 3 send their fingerprint event, 47 are shed and
+    // counted, and every fingerprint is still in the map for the sweep.
+    let mut p = Prog::new();
+    let full = XdpConfig::default_config();
+    loader::write_config(&mut p.ebpf, &XdpConfig { fp_event_budget: 3, ..full }).expect("config");
+    p.events();
+    p.run_all((0..50u32).flat_map(|i| {
+        let pkt = PacketSpec::nmap_syn(IpAddr::V4(Ipv4Addr::from(0x6400_0100 + i)), v4("10.9.0.1"), 80).build();
+        [pkt.clone(), pkt]
+    }));
+    let st = p.stats();
+    assert_eq!(st[stat::NEW_FINGERPRINTS as usize], 50);
+    let fp_events = p.events().iter().filter(|e| e.hdr.kind == EventKind::NewFingerprint as u32).count() as u64;
+    assert!((1..=3).contains(&fp_events), "at most the budget is sent ({fp_events})");
+    assert_eq!(st[stat::FP_EVENTS_SHED as usize] + fp_events, 50, "every new fingerprint is sent or counted as shed");
+    let fps: BpfHashMap<_, FpKey, FpValue> = BpfHashMap::try_from(p.ebpf.map(scanwatch_common::MAP_FINGERPRINTS).expect("map")).expect("fingerprints");
+    assert_eq!(fps.keys().filter(|k| k.is_ok()).count(), 50, "shed events lose no fingerprint");
+
+    // A threshold event still gets through after the budget is spent.
+    let s = v4("10.10.7.7");
+    p.run_all((1..=30u16).map(|port| PacketSpec::nmap_syn(s, v4("10.9.0.1"), port).build()));
+    assert!(p.events().iter().any(|e| e.hdr.kind == EventKind::Threshold as u32 && e.src == ip_to_key(s)));
+
+    // Budget 0 = no limit.
+    loader::write_config(&mut p.ebpf, &XdpConfig { fp_event_budget: 0, ..full }).expect("config");
+    let shed = p.stats()[stat::FP_EVENTS_SHED as usize];
+    p.run_all((0..20u32).flat_map(|i| {
+        let pkt = PacketSpec::nmap_syn(IpAddr::V4(Ipv4Addr::from(0x6400_0200 + i)), v4("10.9.0.1"), 80).build();
+        [pkt.clone(), pkt]
+    }));
+    assert_eq!(p.stats()[stat::FP_EVENTS_SHED as usize], shed);
+    assert_eq!(p.events().iter().filter(|e| e.hdr.kind == EventKind::NewFingerprint as u32).count(), 20);
 }
 
 #[test]

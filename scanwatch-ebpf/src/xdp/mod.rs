@@ -12,7 +12,7 @@ use scanwatch_common::{
 
 use crate::{
     maps::{
-        BLOCKLIST, FINGERPRINTS, SCRATCH,
+        BLOCKLIST, FINGERPRINTS, FP_BUDGET, SCRATCH,
         STATS,
     },
     parse::be16_at,
@@ -196,8 +196,12 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
         sc.fpv.last_seen_ns = now;
         let _ = FINGERPRINTS.insert(&key, &sc.fpv, 0);
         stats[stat::NEW_FINGERPRINTS as usize] += 1;
-        let e = Ev { detail: ((r >> 8) & 0xff) as u32, win_ports: 0, win_hosts: 0, ..ev };
-        emit(stats, EventKind::NewFingerprint as u32, &l3, &e, Some(&sc.obs.fp));
+        if fp_event_allowed(cfg.fp_event_budget, now) {
+            let e = Ev { detail: ((r >> 8) & 0xff) as u32, win_ports: 0, win_hosts: 0, ..ev };
+            emit(stats, EventKind::NewFingerprint as u32, &l3, &e, Some(&sc.obs.fp));
+        } else {
+            stats[stat::FP_EVENTS_SHED as usize] += 1;
+        }
     }
     if r & R_HONEY_FIRST != 0 {
         let e = Ev { detail: 0, win_ports: 0, win_hosts: 0, ..ev };
@@ -206,3 +210,24 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     Ok(xdp_action::XDP_PASS)
 }
 
+
+/// Whether this CPU may still send a new-fingerprint event in the current budget window
+/// (`budget` 0 = no limit). Per-CPU state: no atomics, no contention.
+#[inline(always)]
+fn fp_event_allowed(budget: u32, now: u64) -> bool {
+    if budget == 0 {
+        return true;
+    }
+    let Some(b) = FP_BUDGET.get_ptr_mut(0) else { return true };
+    // SAFETY: per-CPU slot, only this CPU's program touches it.
+    let b = unsafe { &mut *b };
+    if now.wrapping_sub(b[0]) >= scanwatch_common::FP_BUDGET_WINDOW_NS {
+        b[0] = now;
+        b[1] = 0;
+    }
+    if b[1] >= u64::from(budget) {
+        return false;
+    }
+    b[1] += 1;
+    true
+}

@@ -128,6 +128,9 @@ pub struct XdpSettings {
     pub first_contact: bool,
     /// Drop packets from sources in the kernel block list (opt-in).
     pub enforce_blocklist: bool,
+    /// New-fingerprint events per second the XDP program may send (0 = no limit); beyond it they
+    /// are shed and counted (`fingerprint_events_shed`), the fingerprint stays in its map.
+    pub fingerprint_events_per_sec: u32,
 }
 
 /// Honeyports: ports no legitimate service uses; any touch alerts immediately. In the file,

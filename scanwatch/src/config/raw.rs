@@ -70,6 +70,7 @@ pub(super) struct RawXdp {
     pub(super) verify_checksums: Option<bool>,
     pub(super) first_contact: Option<bool>,
     pub(super) enforce_blocklist: Option<bool>,
+    pub(super) fingerprint_events_per_sec: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -302,7 +303,7 @@ impl RawConfig {
         sub(&mut self.xdp, o.xdp, |s, o| {
             overlay_fields!(s, o; short_window, port_threshold, host_threshold, max_sources,
                 max_fingerprints, max_procs, ringbuf_bytes, lookup_sockets, port_filter, verify_checksums,
-                first_contact, enforce_blocklist)
+                first_contact, enforce_blocklist, fingerprint_events_per_sec)
         });
         sub(&mut self.honeyports, o.honeyports, |s, o| {
             // `*_extra` lists of successive layers add up; `tcp` / `udp` replace.

@@ -103,6 +103,7 @@ impl RawConfig {
             verify_checksums: req(xdp.verify_checksums, "xdp.verify_checksums")?,
             first_contact: req(xdp.first_contact, "xdp.first_contact")?,
             enforce_blocklist: xdp.enforce_blocklist.unwrap_or(false),
+            fingerprint_events_per_sec: req(xdp.fingerprint_events_per_sec, "xdp.fingerprint_events_per_sec")?,
         };
 
 

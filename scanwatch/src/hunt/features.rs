@@ -246,56 +246,7 @@ impl Classifier {
 // Sketches
 // ---------------------------------------------------------------------------------------------
 
-/// HyperLogLog registers with the kernel's hashing, keeping the estimator's sum incrementally
-/// (the estimate is O(1), as the engine asks for it at every sweep).
-#[derive(Debug, Clone)]
-pub struct IncHll<const M: usize> {
-    regs: [u8; M],
-    sum: f64,
-    zeros: u32,
-}
-
-impl<const M: usize> Default for IncHll<M> {
-    fn default() -> Self {
-        IncHll { regs: [0; M], sum: M as f64, zeros: M as u32 }
-    }
-}
-
-fn pow2_neg(r: u8) -> f64 {
-    f64::from_bits((1023u64.saturating_sub(u64::from(r))) << 52)
-}
-
-impl<const M: usize> IncHll<M> {
-    /// Returns true when a register rose.
-    pub fn set(&mut self, (i, rank): (usize, u8)) -> bool {
-        let Some(r) = self.regs.get_mut(i) else { return false };
-        if rank <= *r {
-            return false;
-        }
-        self.sum += pow2_neg(rank) - pow2_neg(*r);
-        if *r == 0 {
-            self.zeros -= 1;
-        }
-        *r = rank;
-        true
-    }
-
-    /// The same estimate as [`crate::sketch::hll_estimate`] of these registers.
-    pub fn estimate(&self) -> f64 {
-        let m = M as f64;
-        let alpha = 0.7213 / (1.0 + 1.079 / m);
-        let raw = alpha * m * m / self.sum;
-        if raw <= 2.5 * m && self.zeros > 0 {
-            m * (m / f64::from(self.zeros)).ln()
-        } else {
-            raw
-        }
-    }
-
-    pub fn regs(&self) -> &[u8; M] {
-        &self.regs
-    }
-}
+pub use crate::sketch::IncHll;
 
 /// The kernel's fold of a destination address (host sketch item).
 pub fn dst_fold(a: &Addr) -> u32 {

@@ -65,6 +65,8 @@ pub fn load_options(cfg: &Config, enforce_blocklist: bool) -> LoadOptions {
             host_threshold: x.host_threshold,
             flags,
             enforce_blocklist: u32::from(enforce_blocklist),
+            fp_event_budget: XdpConfig::fp_budget_for(x.fingerprint_events_per_sec, aya::util::online_cpus().map_or(1, |c| c.len() as u32)),
+            _pad: 0,
         },
         own_tgid: std::process::id(),
         honeyports_tcp: hp.tcp,
@@ -105,6 +107,9 @@ pub struct LiveSource {
     last_sweep_ns: u64,
     /// The sweep in progress (empty when none).
     sweeping: sweep::Sweep,
+    /// Flagged sources, re-read on their own timer.
+    hot: sweep::HotSources,
+    hot_refresh: tokio::time::Interval,
     last_dropped: u64,
     decode_errors: records::DecodeErrors,
     /// The listening-port filter's map, kept mapped while the program runs.
@@ -192,6 +197,12 @@ impl LiveSource {
             loss_report: tokio::time::interval_at(start + LOSS_REPORT, LOSS_REPORT),
             last_sweep_ns: 0,
             sweeping: sweep::Sweep::default(),
+            hot: sweep::HotSources::default(),
+            hot_refresh: {
+                let mut i = tokio::time::interval(sweep::HOT_REFRESH);
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                i
+            },
             last_dropped: 0,
             decode_errors: records::DecodeErrors::default(),
             _tcp_ports: tcp_ports,
@@ -216,6 +227,9 @@ impl LiveSource {
                 let (sources, fps) = (&self.maps.sources, &self.maps.fingerprints);
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
+                    if let Some(k) = records::hot_source(&item) {
+                        self.hot.flag(k);
+                    }
                     records::decode(&item, now, |k| sweep::lookup(sources, fps, k), &mut self.decode_errors, out);
                 }
                 guard.clear_ready();
@@ -231,6 +245,10 @@ impl LiveSource {
             // choice among ready branches), so a flood cannot stall the sweep or the reverse.
             _ = tokio::task::coop::consume_budget(), if !self.sweeping.is_done() => {
                 self.sweep_step(out);
+            }
+            _ = self.hot_refresh.tick(), if !self.hot.is_empty() => {
+                let now = monotonic();
+                self.hot.refresh(&self.maps.sources, &self.maps.fingerprints, now.as_nanos() as u64, |s| out.push(Stamped::new(now, Observation::Source(s))));
             }
             _ = self.held_scan.tick() => {
                 let held = self.held_reader.read(&self.fc_view, Listeners::read);

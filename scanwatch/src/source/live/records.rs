@@ -34,6 +34,16 @@ fn comm_str(c: &[u8; 16]) -> String {
     String::from_utf8_lossy(&c[..end]).into_owned()
 }
 
+/// The source of a threshold or honeyport record: a source the agent keeps watching
+/// ([`super::sweep::HotSources`]) whatever the full sweep's pace.
+pub fn hot_source(data: &[u8]) -> Option<SrcKey> {
+    let hdr = read_record::<EventHeader>(data)?;
+    match EventKind::from_u32(hdr.kind)? {
+        EventKind::Threshold | EventKind::Honeyport => read_record::<InboundEvent>(data).map(|e| e.src),
+        _ => None,
+    }
+}
+
 /// Decode one ring-buffer record stamped `now` into `out`. For threshold and honeyport events
 /// the source's current map entry (`current`) is emitted first, so the immediate alert carries
 /// the sample ports and counts instead of waiting for the next sweep.

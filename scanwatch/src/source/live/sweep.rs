@@ -123,3 +123,61 @@ pub fn lookup(sources: &Sources, fps: &Fingerprints, key: &SrcKey) -> Option<Sou
     sources.get(key, 0).ok().map(|st| snapshot(key, &st, fps))
 }
 
+
+/// Sources the kernel flagged (threshold crossed, honeyport touched), re-read every
+/// [`HOT_REFRESH`] on their own: under a random-source flood the map turns over in a fraction of
+/// a second and a full sweep cannot keep pace, but the few sources that already look like
+/// scanners are followed until they go quiet or leave the map. Bounded at [`HOT_MAX`] (the
+/// longest-flagged is dropped first).
+#[derive(Debug, Default)]
+pub struct HotSources {
+    /// Key → kernel time of the last snapshot taken (0 = none yet).
+    keys: std::collections::HashMap<SrcKey, u64>,
+    /// Insertion order, for the bound.
+    order: std::collections::VecDeque<SrcKey>,
+}
+
+/// How often flagged sources are re-read.
+pub const HOT_REFRESH: std::time::Duration = std::time::Duration::from_millis(250);
+/// Most flagged sources followed at once.
+pub const HOT_MAX: usize = 512;
+/// A flagged source idle this long is no longer followed (the sweep still sees it).
+const HOT_IDLE_NS: u64 = 60_000_000_000;
+
+impl HotSources {
+    pub fn flag(&mut self, key: SrcKey) {
+        if self.keys.contains_key(&key) {
+            return;
+        }
+        while self.order.len() >= HOT_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+        self.keys.insert(key, 0);
+        self.order.push_back(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Snapshots of the flagged sources that changed since their last one; sources gone from
+    /// the map or idle for a minute are dropped. `now_ns`: kernel monotonic time.
+    pub fn refresh(&mut self, sources: &Sources, fps: &Fingerprints, now_ns: u64, mut f: impl FnMut(SourceSnapshot)) {
+        self.keys.retain(|key, seen| {
+            let Ok(s) = sources.get(key, 0) else { return false };
+            if s.last_seen_ns > *seen {
+                *seen = s.last_seen_ns;
+                f(snapshot(key, &s, fps));
+            }
+            now_ns.saturating_sub(s.last_seen_ns) < HOT_IDLE_NS
+        });
+        let keys = &self.keys;
+        self.order.retain(|k| keys.contains_key(k));
+    }
+}
