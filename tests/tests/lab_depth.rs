@@ -10,7 +10,9 @@
 //!   sources, one using curl and one Python, each enumerating (zgrab user agent), doing a TLS
 //!   handshake and a traversal: their `transition` alerts carry one JA4 each, different, and
 //!   Python's equals the JA4 of a ClientHello Python writes offline with the same settings; a
-//!   third source browsing pages over HTTP and TLS with curl raises nothing.
+//!   third source browsing pages over HTTP and TLS with curl raises nothing; a fourth source
+//!   with curl's JA4 and the same TCP fingerprint, no scan of its own, sends a traversal: its
+//!   `transition` carries the curl source's enumeration (JA4 + TCP fingerprint cluster).
 //!
 //! * `nmap_default_scripts_and_http_title_ssl_cert_are_enumeration`: `nmap -sC` and
 //!   `nmap --script http-title,ssl-cert` against the HTTP and TLS services: `enumeration` from each
@@ -222,7 +224,7 @@ fn curl_and_python_tls_clients_have_distinct_ja4_and_browsing_is_quiet() {
     let _svc = services(&lab, &dir);
     let cfg = config(&dir);
     let t = lab.target_ip.to_string();
-    let (c_src, p_src, b_src) = (add_source(&lab, 3), add_source(&lab, 4), add_source(&lab, 5));
+    let (c_src, p_src, b_src, d_src) = (add_source(&lab, 3), add_source(&lab, 4), add_source(&lab, 5), add_source(&lab, 8));
     let agent = start_agent(&lab, &cfg);
 
     // curl: warm-up, two banner-grab requests (zgrab user agent), a TLS fetch, a traversal.
@@ -257,6 +259,20 @@ fn curl_and_python_tls_clients_have_distinct_ja4_and_browsing_is_quiet() {
     assert_eq!(pj[0], python_ja4_offline(), "Python's JA4 in the alert equals its offline ClientHello's");
     assert!(pj[0].starts_with("t13d") && cj[0].starts_with("t13i"), "SNI sent by Python, not by curl to an address: {cj:?} {pj:?}");
     eprintln!("JA4 curl {} / python {}", cj[0], pj[0]);
+
+    // A fourth source with curl's TLS stack and the same kernel TCP stack, no scan of its own:
+    // its ClientHello puts it in the curl source's JA4 + TCP fingerprint cluster, so its
+    // traversal joins the curl source's enumeration (the benign source is in the cluster too,
+    // but adds no phase and is not named).
+    curl(&lab, &d_src, &[], &format!("{http}/"));
+    curl(&lab, &d_src, &[], &format!("https://{t}:{TLS_PORT}/index.html"));
+    curl(&lab, &d_src, &["--path-as-is"], &format!("{http}/../../../../etc/passwd"));
+    let d = agent.wait_for(|v| from(v, &d_src) && v["kind"] == "transition", WAIT);
+    let d = scanwatch_tests::expect_alert(d, "transition from the curl-cluster source", &agent);
+    assert_eq!(phases(&d), ["enumeration", "exploitation"], "{d}");
+    let cluster = d["depth"]["cluster"].as_str().unwrap_or_default();
+    assert!(cluster.starts_with(&format!("ja4:{}+tcp:", cj[0])), "cluster of curl's JA4: {d}");
+    assert_eq!(d["source"]["related"], serde_json::json!([c_src]), "the curl source's phases joined: {d}");
 
     std::thread::sleep(Duration::from_secs(2));
     let (alerts, _) = agent.stop();

@@ -154,7 +154,9 @@ impl Engine {
         let mut merged = Actor::default();
         let mut related = Vec::new();
         for m in c.members.iter().filter(|m| m.as_str() != key) {
-            if let Some(a) = store.get(m) {
+            // Members without phases of their own (clients that only shared the stack) add
+            // nothing and are not named.
+            if let Some(a) = store.get(m).filter(|a| a.has_earlier() || a.exploitation.is_some()) {
                 merged = merged.merged(&Actor { cluster: None, members: Vec::new(), ..a.clone() });
                 if let Ok(ip) = m.parse::<IpAddr>() {
                     related.push(ip);
