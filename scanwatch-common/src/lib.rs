@@ -34,6 +34,7 @@ pub const PROG_TP_SOCKET: &str = "tp_enter_socket";
 pub const PROG_TP_SOCK_STATE: &str = "tp_inet_sock_set_state";
 pub const PROG_KP_CONNECT: &str = "kp_connect";
 pub const PROG_TP_SOCK_PORTS: &str = "tp_sock_ports";
+pub const PROG_TP_WRITE: &str = "tp_enter_write";
 
 /// Default map sizes; the loader may override `max_entries` from config before load.
 pub const DEFAULT_MAX_SOURCES: u32 = 16_384;
@@ -571,6 +572,11 @@ counters! {
     ACK_FAST = 32 => "bare_ack_fast",
     /// Bare ACKs of unsuspected sources seen by the fast path (drives the 1-in-`ACK_SAMPLE`).
     ACK_SEEN = 33 => "bare_ack_seen",
+    /// First client payloads of local processes' outbound TCP connections sent to userspace
+    /// (`ProcPayloadEvent`).
+    PROC_PAYLOADS = 34 => "proc_payloads",
+    /// Outbound first payloads whose user buffer could not be read (not sent).
+    PROC_PAYLOAD_READ_FAILED = 35 => "proc_payload_read_failed",
     /// New-fingerprint events not sent because the per-CPU budget was spent (a flood of new
     /// sources); the fingerprints are still in FINGERPRINTS for the sweep. Kept at the last
     /// slot so counters added after 33 do not move it.
@@ -605,10 +611,12 @@ pub enum EventKind {
     ProcOutcome = 13,
     /// connect() returned an immediate error (`ProcEvent`).
     ProcConnectResult = 14,
+    /// The first bytes a local process wrote on an outbound TCP connection (`ProcPayloadEvent`).
+    ProcPayload = 15,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::Honeyport,
         EventKind::Threshold,
         EventKind::NewFingerprint,
@@ -618,6 +626,7 @@ impl EventKind {
         EventKind::ProcSocket,
         EventKind::ProcOutcome,
         EventKind::ProcConnectResult,
+        EventKind::ProcPayload,
     ];
 
     /// The kind of a record header's `kind` field, if it is one.
@@ -719,6 +728,7 @@ mod user {
     unsafe impl aya::Pod for XdpConfig {}
     unsafe impl aya::Pod for ProcConfig {}
     unsafe impl aya::Pod for ProcState {}
+    unsafe impl aya::Pod for OutConn {}
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -872,11 +882,16 @@ pub mod tp {
     pub const STATE_PROTOCOL: Field = f("sock", "inet_sock_set_state", "protocol", 30, 2);
     pub const STATE_DADDR: Field = f("sock", "inet_sock_set_state", "daddr", 36, 4);
     pub const STATE_DADDR_V6: Field = f("sock", "inet_sock_set_state", "daddr_v6", 56, 16);
+    pub const SENDTO_FD: Field = f("syscalls", "sys_enter_sendto", "fd", 16, 8);
+    pub const WRITE_FD: Field = f("syscalls", "sys_enter_write", "fd", 16, 8);
+    pub const WRITE_BUF: Field = f("syscalls", "sys_enter_write", "buf", 24, 8);
+    pub const WRITE_COUNT: Field = f("syscalls", "sys_enter_write", "count", 32, 8);
 
-    pub const ALL: [Field; 21] = [
+    pub const ALL: [Field; 25] = [
         CONNECT_FD, CONNECT_ADDR, CONNECT_RET, SOCKET_FAMILY, SOCKET_TYPE, SOCKET_PROTOCOL,
         SENDTO_BUFF, SENDTO_LEN, SENDTO_ADDR, SENDMSG_MSG, SENDMMSG_MSG, SENDMMSG_VLEN, STATE_SKADDR, STATE_OLD,
         STATE_NEW, STATE_SPORT, STATE_DPORT, STATE_FAMILY, STATE_PROTOCOL, STATE_DADDR, STATE_DADDR_V6,
+        SENDTO_FD, WRITE_FD, WRITE_BUF, WRITE_COUNT,
     ];
 }
 
@@ -927,3 +942,49 @@ pub struct PayloadEvent {
     pub data: [u8; PAYLOAD_SAMPLE],
 }
 const _: () = assert!(size_of::<PayloadEvent>() == 320);
+
+// ---------------------------------------------------------------------------------------------
+// Protocol depth, outbound: the first bytes a local process writes on its TCP connections.
+// ---------------------------------------------------------------------------------------------
+/// Bytes of payload in one `ProcPayloadEvent` (a whole ClientHello of the common clients).
+pub const PROC_PAYLOAD_SAMPLE: usize = 512;
+/// Outbound TCP connections awaiting their first write (LRU; key: tgid << 32 | fd).
+pub const OUT_FIRST_ENTRIES: u32 = 16_384;
+/// A connection's first write is sampled only within this long of its connect() (a stale entry
+/// of a closed socket whose descriptor number was reused is ignored).
+pub const OUT_FIRST_MAX_AGE_NS: u64 = 60_000_000_000;
+
+/// An outbound TCP connection awaiting its first write (`OUT_FIRST` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OutConn {
+    pub dst: SrcKey,
+    pub ts_ns: u64,
+    pub fd: i32,
+    pub dport: u16,
+    pub family: u16,
+}
+const _: () = assert!(size_of::<OutConn>() == 32);
+
+/// `EventKind::ProcPayload`: the first bytes a local process wrote (write / send) on an outbound
+/// TCP connection it opened with connect().
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcPayloadEvent {
+    pub hdr: EventHeader,
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; 16],
+    pub family: u32,
+    pub dport: u16,
+    pub _pad: u16,
+    pub dst: SrcKey,
+    /// Length of the write.
+    pub len: u32,
+    /// Valid bytes in `data`.
+    pub sample_len: u32,
+    pub data: [u8; PROC_PAYLOAD_SAMPLE],
+}
+const _: () = assert!(size_of::<ProcPayloadEvent>() == 80 + PROC_PAYLOAD_SAMPLE);

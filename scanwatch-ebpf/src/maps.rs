@@ -79,6 +79,13 @@ pub static RAW_SOCKS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(RAW_SO
 #[map]
 pub static CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(CONNECTING_ENTRIES, 0);
 
+/// Outbound TCP connections awaiting their first write: (tgid << 32 | fd) → the connect's
+/// destination and time. Filled when a connect() enters SYN_SENT, emptied by the first write /
+/// send on the descriptor. LRU, `OUT_FIRST_ENTRIES`.
+#[map]
+pub static OUT_FIRST: LruHashMap<u64, scanwatch_common::OutConn> =
+    LruHashMap::with_max_entries(scanwatch_common::OUT_FIRST_ENTRIES, 0);
+
 /// What the XDP program learned about one packet. Classification fills it; one
 /// `update_source` call applies it (a single call site keeps the verifier's work linear).
 pub struct Obs {

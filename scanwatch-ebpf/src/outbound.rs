@@ -11,10 +11,13 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::{ProbeContext, TracePointContext},
 };
-use scanwatch_common::{outcome, tp, EventKind, stat, EventHeader, ProcEvent, ProcState, SrcKey};
+use scanwatch_common::{
+    outcome, stat, tp, EventHeader, EventKind, OutConn, ProcEvent, ProcPayloadEvent, ProcState, SrcKey,
+    OUT_FIRST_MAX_AGE_NS, PROC_PAYLOAD_SAMPLE,
+};
 
 use crate::{
-    maps::{CONNECTING, EVENTS, PROCS, PROC_CONFIG, RAW_SOCKS, STATS},
+    maps::{CONNECTING, EVENTS, OUT_FIRST, PROCS, PROC_CONFIG, RAW_SOCKS, STATS},
     parse::v4_mapped,
 };
 
@@ -28,11 +31,12 @@ const TCP_CLOSE: i32 = 7;
 const EINPROGRESS: i64 = 115;
 
 
-/// Tasks inside connect() to an inet address: pid_tgid → 1. The exit hook reports immediate
-/// failures only for these (connects to AF_UNIX paths such as /dev/log are not network probes).
-/// LRU, 4,096 tasks in flight.
+/// Tasks inside connect() to an inet address: pid_tgid → the connect (descriptor, destination).
+/// The exit hook reports immediate failures only for these (connects to AF_UNIX paths such as
+/// /dev/log are not network probes); a TCP connect entering SYN_SENT inside the call moves it to
+/// `OUT_FIRST` (its first write is sampled). LRU, 4,096 tasks in flight.
 #[map]
-static CONNECT_INFLIGHT: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+static CONNECT_INFLIGHT: LruHashMap<u64, OutConn> = LruHashMap::with_max_entries(4096, 0);
 
 /// Payload sizes examined for a raw / packet socket inherited across fork (a child sending on a
 /// socket its parent opened, e.g. `hping3 --scan`): probes are small, ordinary sends mostly are
@@ -152,7 +156,8 @@ fn read_sockaddr(ptr: u64, user: bool) -> Option<(u16, [u8; 16], u16)> {
 fn on_connect(addr: u64, fd: i32, user: bool) -> u32 {
     let Some((tgid, pid)) = current() else { return 0 };
     let Some((family, dst, dport)) = read_sockaddr(addr, user) else { return 0 };
-    let _ = CONNECT_INFLIGHT.insert(&bpf_get_current_pid_tgid(), &1, 0);
+    let conn = OutConn { dst: SrcKey { addr: dst }, ts_ns: 0, fd, dport, family };
+    let _ = CONNECT_INFLIGHT.insert(&bpf_get_current_pid_tgid(), &conn, 0);
     proc_update(tgid, |p| p.attempts += 1);
     emit(EventKind::ProcConnect as u32, tgid, pid, |e| {
         e.family = family as u32;
@@ -412,16 +417,94 @@ fn is_raw_proc() -> bool {
     RAW_SOCKS.get_ptr(&tgid).is_some()
 }
 
+/// A write / send on descriptor `fd`: when it is the first on an outbound TCP connection the
+/// process opened with connect() (an `OUT_FIRST` entry, at most `OUT_FIRST_MAX_AGE_NS` old), up to
+/// `PROC_PAYLOAD_SAMPLE` bytes of it go to userspace in a `ProcPayloadEvent`. Returns true when
+/// the descriptor had an entry (consumed either way). Every other write costs one hash lookup.
+#[inline(always)]
+fn on_out_write(fd: u64, buf: u64, len: u64) -> bool {
+    let id = bpf_get_current_pid_tgid();
+    let key = (id & 0xffff_ffff_0000_0000) | (fd & 0xffff_ffff);
+    // SAFETY: value copied out immediately.
+    let Some(c) = (unsafe { OUT_FIRST.get(&key) }).copied() else { return false };
+    if len == 0 {
+        return true;
+    }
+    let _ = OUT_FIRST.remove(&key);
+    let now = now_ns();
+    if now.wrapping_sub(c.ts_ns) > OUT_FIRST_MAX_AGE_NS || buf == 0 {
+        return true;
+    }
+    let Some((tgid, pid)) = current() else { return true };
+    let Some(mut e) = EVENTS.reserve::<ProcPayloadEvent>(0) else {
+        bump_stat(stat::PROC_EVENTS_DROPPED);
+        return true;
+    };
+    let ev = e.as_mut_ptr();
+    let n = if len > PROC_PAYLOAD_SAMPLE as u64 { PROC_PAYLOAD_SAMPLE as u32 } else { len as u32 };
+    let ug = bpf_get_current_uid_gid();
+    // SAFETY: `ev` points at a reserved, writable ProcPayloadEvent-sized record; the user read
+    // is helper-checked and bounded by the record's `data` size.
+    let ok = unsafe {
+        (*ev).hdr = EventHeader { kind: EventKind::ProcPayload as u32, _pad: 0, ts_ns: now };
+        (*ev).tgid = tgid;
+        (*ev).pid = pid;
+        (*ev).uid = ug as u32;
+        (*ev).gid = (ug >> 32) as u32;
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).family = c.family as u32;
+        (*ev).dport = c.dport;
+        (*ev)._pad = 0;
+        (*ev).dst = c.dst;
+        (*ev).len = if len > u32::MAX as u64 { u32::MAX } else { len as u32 };
+        let dst = (&raw mut (*ev).data) as *mut u8;
+        let ok = n > 0
+            && n <= PROC_PAYLOAD_SAMPLE as u32
+            && aya_ebpf::helpers::generated::bpf_probe_read_user(dst as *mut _, n, buf as *const _) == 0;
+        (*ev).sample_len = if ok { n } else { 0 };
+        ok
+    };
+    if !ok {
+        e.discard(0);
+        bump_stat(stat::PROC_PAYLOAD_READ_FAILED);
+        return true;
+    }
+    e.submit(0);
+    bump_stat(stat::PROC_PAYLOADS);
+    proc_update(tgid, |_| {});
+    true
+}
+
+/// write(2): only the first write on an outbound TCP connection is looked at (`on_out_write`).
+#[tracepoint]
+pub fn tp_enter_write(ctx: TracePointContext) -> u32 {
+    // SAFETY: offsets from syscalls/sys_enter_write/format.
+    let (fd, buf, len) = unsafe {
+        (
+            ctx.read_at::<u64>(tp::WRITE_FD.offset).unwrap_or(u64::MAX),
+            ctx.read_at::<u64>(tp::WRITE_BUF.offset).unwrap_or(0),
+            ctx.read_at::<u64>(tp::WRITE_COUNT.offset).unwrap_or(0),
+        )
+    };
+    on_out_write(fd, buf, len);
+    0
+}
+
 #[tracepoint]
 pub fn tp_enter_sendto(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from syscalls/sys_enter_sendto/format.
-    let (buf, len, addr) = unsafe {
+    let (fd, buf, len, addr) = unsafe {
         (
+            ctx.read_at::<u64>(tp::SENDTO_FD.offset).unwrap_or(u64::MAX),
             ctx.read_at::<u64>(tp::SENDTO_BUFF.offset).unwrap_or(0),
             ctx.read_at::<u64>(tp::SENDTO_LEN.offset).unwrap_or(0),
             ctx.read_at::<u64>(tp::SENDTO_ADDR.offset).unwrap_or(0),
         )
     };
+    // send() on a connected TCP socket: its first payload.
+    if addr == 0 && on_out_write(fd, buf, len) {
+        return 0;
+    }
     if is_raw_proc() {
         on_raw_send(buf, len, read_sockaddr(addr, true), 1);
         return 0;
@@ -515,6 +598,15 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if new == TCP_SYN_SENT {
         if let Some((tgid, _)) = current() {
             let _ = CONNECTING.insert(&sk, &tgid, 0);
+            // Inside connect(): this descriptor is an outbound TCP connection; its first write
+            // is sampled (`on_out_write`).
+            // SAFETY: value copied out immediately.
+            if let Some(c) = unsafe { CONNECT_INFLIGHT.get(&bpf_get_current_pid_tgid()) }.copied() {
+                if c.fd >= 0 {
+                    let key = ((tgid as u64) << 32) | c.fd as u32 as u64;
+                    let _ = OUT_FIRST.insert(&key, &OutConn { ts_ns: now_ns(), ..c }, 0);
+                }
+            }
         }
         return 0;
     }

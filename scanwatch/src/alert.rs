@@ -336,6 +336,10 @@ pub struct DepthBlock {
     pub ja4: Vec<String>,
     pub sni: Vec<String>,
     pub alpn: Vec<String>,
+    /// The JA4 + TCP fingerprint cluster whose members' phases joined this timeline
+    /// (`ja4:<JA4>+tcp:<fingerprint hash>`); the other members are in `source.related`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use aya::{
 use scanwatch_common::{
     ProcConfig, XdpConfig, MAP_CONFIG, MAP_EVENTS, MAP_FINGERPRINTS, MAP_HONEYPORTS, MAP_PROCS,
     MAP_SOURCES, PROG_KP_CONNECT, PROG_TP_CONNECT, PROG_TP_CONNECT_EXIT, PROG_TP_SENDMMSG,
-    PROG_TP_SENDMSG, PROG_TP_SENDTO, PROG_TP_SOCKET, PROG_TP_SOCK_STATE, PROG_XDP,
+    PROG_TP_SENDMSG, PROG_TP_SENDTO, PROG_TP_SOCKET, PROG_TP_SOCK_STATE, PROG_TP_WRITE, PROG_XDP,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -301,6 +301,10 @@ pub const HOOKS: &[HookSpec] = &[
     HookSpec {
         hook: "tcp_outcome",
         methods: &[Method::Tracepoint { prog: PROG_TP_SOCK_STATE, category: "sock", name: "inet_sock_set_state" }],
+    },
+    HookSpec {
+        hook: "write",
+        methods: &[Method::Tracepoint { prog: PROG_TP_WRITE, category: "syscalls", name: "sys_enter_write" }],
     },
 ];
 

@@ -10,7 +10,18 @@
 //!   sources, one using curl and one Python, each enumerating (zgrab user agent), doing a TLS
 //!   handshake and a traversal: their `transition` alerts carry one JA4 each, different, and
 //!   Python's equals the JA4 of a ClientHello Python writes offline with the same settings; a
-//!   third source browsing pages over HTTP and TLS with curl raises nothing.
+//!   third source browsing pages over HTTP and TLS with curl raises nothing; a fourth source
+//!   with curl's JA4 and the same TCP fingerprint, no scan of its own, sends a traversal: its
+//!   `transition` carries the curl source's enumeration (JA4 + TCP fingerprint cluster).
+//!
+//! * `nmap_default_scripts_and_http_title_ssl_cert_are_enumeration`: `nmap -sC` and
+//!   `nmap --script http-title,ssl-cert` against the HTTP and TLS services: `enumeration` from each
+//!   source, its evidence naming the Nmap Scripting Engine.
+//! * `local_nmap_sweep_version_scan_and_nse_traversal_is_one_process_timeline`: the agent's
+//!   outbound hooks (no XDP payloads involved): one local `nmap -sT -sV --script http-passwd`
+//!   process sweeps 300 ports (`outbound_scan`), probes the HTTP service's version (`enumeration`)
+//!   and sends NSE's traversal requests — one `transition` with the three phases, carrying the
+//!   nmap process.
 //!
 //! The first-contact tier holds a new source's first SYN, so each source makes one warm-up
 //! connection first (its payload is not seen; documented in the README).
@@ -213,7 +224,7 @@ fn curl_and_python_tls_clients_have_distinct_ja4_and_browsing_is_quiet() {
     let _svc = services(&lab, &dir);
     let cfg = config(&dir);
     let t = lab.target_ip.to_string();
-    let (c_src, p_src, b_src) = (add_source(&lab, 3), add_source(&lab, 4), add_source(&lab, 5));
+    let (c_src, p_src, b_src, d_src) = (add_source(&lab, 3), add_source(&lab, 4), add_source(&lab, 5), add_source(&lab, 8));
     let agent = start_agent(&lab, &cfg);
 
     // curl: warm-up, two banner-grab requests (zgrab user agent), a TLS fetch, a traversal.
@@ -249,9 +260,120 @@ fn curl_and_python_tls_clients_have_distinct_ja4_and_browsing_is_quiet() {
     assert!(pj[0].starts_with("t13d") && cj[0].starts_with("t13i"), "SNI sent by Python, not by curl to an address: {cj:?} {pj:?}");
     eprintln!("JA4 curl {} / python {}", cj[0], pj[0]);
 
+    // A fourth source with curl's TLS stack and the same kernel TCP stack, no scan of its own:
+    // its ClientHello puts it in the curl source's JA4 + TCP fingerprint cluster, so its
+    // traversal joins the curl source's enumeration (the benign source is in the cluster too,
+    // but adds no phase and is not named).
+    curl(&lab, &d_src, &[], &format!("{http}/"));
+    curl(&lab, &d_src, &[], &format!("https://{t}:{TLS_PORT}/index.html"));
+    curl(&lab, &d_src, &["--path-as-is"], &format!("{http}/../../../../etc/passwd"));
+    let d = agent.wait_for(|v| from(v, &d_src) && v["kind"] == "transition", WAIT);
+    let d = scanwatch_tests::expect_alert(d, "transition from the curl-cluster source", &agent);
+    assert_eq!(phases(&d), ["enumeration", "exploitation"], "{d}");
+    let cluster = d["depth"]["cluster"].as_str().unwrap_or_default();
+    assert!(cluster.starts_with(&format!("ja4:{}+tcp:", cj[0])), "cluster of curl's JA4: {d}");
+    assert_eq!(d["source"]["related"], serde_json::json!([c_src]), "the curl source's phases joined: {d}");
+
     std::thread::sleep(Duration::from_secs(2));
     let (alerts, _) = agent.stop();
     let benign: Vec<&Value> = alerts.iter().filter(|a| from(a, &b_src)).collect();
     assert!(benign.is_empty(), "benign browsing raised alerts:\n{}", benign.iter().map(|a| a.to_string()).collect::<Vec<_>>().join("\n"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn nse_evidence(v: &Value) -> bool {
+    v["depth"]["phases"].to_string().to_ascii_lowercase().contains("nmap scripting engine")
+}
+
+#[test]
+fn nmap_default_scripts_and_http_title_ssl_cert_are_enumeration() {
+    let _g = lab_lock();
+    let lab = Lab::new();
+    let dir = site(&lab);
+    let _svc = services(&lab, &dir);
+    let cfg = config(&dir);
+    let t = lab.target_ip.to_string();
+    let (sc_src, title_src) = (add_source(&lab, 6), add_source(&lab, 7));
+    let agent = start_agent(&lab, &cfg);
+    let http = format!("http://{t}:{HTTP_PORT}/");
+    for src in [&sc_src, &title_src] {
+        curl(&lab, src, &[], &http); // warm-up (first contact)
+    }
+    let ports = format!("{HTTP_PORT},{TLS_PORT}");
+    let out = lab.nmap(&["-sT", "-Pn", "-n", "-sC", "-p", &ports, "-S", &sc_src, "-e", &lab.atk_veth], &t);
+    assert_ok(&out, "nmap -sC");
+    eprintln!("nmap -sC:\n{}", String::from_utf8_lossy(&out.stdout));
+    let a = agent.wait_for(|v| from(v, &sc_src) && v["kind"] == "enumeration", WAIT);
+    let a = scanwatch_tests::expect_alert(a, "enumeration from nmap -sC", &agent);
+    assert!(nse_evidence(&a), "evidence names the Nmap Scripting Engine: {a}");
+    let out = lab.nmap(
+        &["-sT", "-Pn", "-n", "--script", "http-title,ssl-cert", "-p", &ports, "-S", &title_src, "-e", &lab.atk_veth],
+        &t,
+    );
+    assert_ok(&out, "nmap --script http-title,ssl-cert");
+    let out_s = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out_s.contains("http-title") && out_s.contains("ssl-cert"), "both scripts ran:\n{out_s}");
+    let b = agent.wait_for(|v| from(v, &title_src) && v["kind"] == "enumeration", WAIT);
+    let b = scanwatch_tests::expect_alert(b, "enumeration from nmap --script http-title,ssl-cert", &agent);
+    assert!(nse_evidence(&b), "evidence names the Nmap Scripting Engine: {b}");
+    // ssl-cert's ClientHello is fingerprinted.
+    let ja4 = ja4s(&b);
+    assert!(ja4.iter().any(|j| j.starts_with('t')), "nmap's TLS ClientHello has a JA4: {b}");
+    eprintln!("nmap --script http-title,ssl-cert: {}", b["depth"]);
+    agent.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits for a spawned child, SIGKILLed after `secs`.
+fn finish(mut child: Child, secs: u64) -> std::process::Output {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    child.wait_with_output().expect("wait for lab child")
+}
+
+#[test]
+fn local_nmap_sweep_version_scan_and_nse_traversal_is_one_process_timeline() {
+    let _g = lab_lock();
+    let lab = Lab::new();
+    let dir = site(&lab);
+    let _svc = services(&lab, &dir);
+    let cfg = config(&dir);
+    let t = lab.target_ip.to_string();
+    // Outbound hooks on: the agent attributes the local nmap process.
+    let agent = AgentProc::start(&scanwatch_bin(), &["run", "--interface", &lab.root_veth, "--config", &cfg.to_string_lossy()]);
+    // Version detection of the TLS service alone takes nmap over a minute (its SSL probes wait
+    // out their timeouts against `s_server -WWW`): the sweep covers the HTTP service only.
+    let ports = format!("1-300,{HTTP_PORT}");
+    let child = lab.spawn(&[
+        "nmap", "-sT", "-sV", "--script", "http-passwd", "-p", &ports, "-T4", "-n", "-Pn", "--host-timeout", "90s", &t,
+    ]);
+    let pid = child.id();
+    let out = finish(child, 120);
+    assert_ok(&out, "nmap -sT -sV --script http-passwd");
+    eprintln!("nmap:\n{}", String::from_utf8_lossy(&out.stdout));
+    let mine = |v: &Value| v["source"]["process"]["tgid"].as_u64() == Some(u64::from(pid));
+    let tr = agent.wait_for(|v| mine(v) && v["kind"] == "transition", WAIT);
+    let tr = scanwatch_tests::expect_alert(tr, "transition for the local nmap process", &agent);
+    assert_eq!(tr["direction"], "outbound", "{tr}");
+    assert!(tr["source"]["process"]["exe"].as_str().unwrap_or_default().ends_with("/nmap"), "{tr}");
+    assert_eq!(phases(&tr), ["discovery", "enumeration", "exploitation"], "{tr}");
+    assert_eq!(tr["severity"], "critical", "{tr}");
+    let ph = &tr["depth"]["phases"];
+    assert!(ph[0]["evidence"].to_string().contains("outbound_scan"), "{tr}");
+    assert!(ph[1]["evidence"].to_string().contains("nmap:"), "version probes: {tr}");
+    assert!(ph[2]["evidence"].to_string().contains("path_traversal"), "{tr}");
+    let (alerts, _) = agent.stop();
+    let kinds: Vec<&str> = alerts.iter().filter(|v| mine(v)).filter_map(|v| v["kind"].as_str()).collect();
+    for k in ["outbound_scan", "enumeration", "transition"] {
+        assert!(kinds.contains(&k), "{k} for the nmap process: {kinds:?}\n{}", dump(&alerts));
+    }
+    let en = alerts.iter().find(|v| mine(v) && v["kind"] == "enumeration").expect("enumeration");
+    assert_eq!(en["direction"], "outbound", "{en}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -22,6 +22,7 @@ pub(super) struct RawDepth {
     pub(super) retention: Option<String>,
     pub(super) max_actors: Option<u32>,
     pub(super) save_interval: Option<String>,
+    pub(super) cluster_by_ja4: Option<bool>,
     pub(super) patterns: Option<BTreeMap<String, RawPatternSet>>,
 }
 
@@ -39,7 +40,7 @@ impl RawDepth {
             ($($f:ident),*) => { $( if o.$f.is_some() { self.$f = o.$f; } )* };
         }
         take!(enabled, enumeration_min, banner_grab_min, auth_attempts, auth_window, store_path, retention,
-            max_actors, save_interval);
+            max_actors, save_interval, cluster_by_ja4);
         if let Some(p) = o.patterns {
             self.patterns.get_or_insert_with(BTreeMap::new).extend(p);
         }
@@ -97,6 +98,7 @@ impl RawDepth {
             retention: dur(self.retention, "depth.retention")?,
             max_actors,
             save_interval: dur(self.save_interval, "depth.save_interval")?,
+            cluster_by_ja4: self.cluster_by_ja4.unwrap_or(true),
             patterns,
         })
     }
@@ -180,6 +182,8 @@ pub struct DepthConfig {
     pub max_actors: u32,
     /// How often the store is written (and at shutdown).
     pub save_interval: Duration,
+    /// Sources sharing a JA4 and a TCP fingerprint are one actor (cluster) on the timeline.
+    pub cluster_by_ja4: bool,
     pub patterns: Vec<PatternSet>,
 }
 

@@ -1,4 +1,5 @@
-//! The actor store: per remote source, when it was seen in each timeline phase and with what
+//! The actor store: per actor — a remote source, a local process (outbound), or a JA4 + TCP
+//! fingerprint cluster of sources — when it was seen in each timeline phase and with what
 //! evidence. Plain data (serde), kept by the engine's timeline detector, written to disk by
 //! [`super::store`]. Times are wall-clock unix seconds, so they survive agent restarts and reboots.
 //!
@@ -22,8 +23,23 @@ pub const TLS_VALUES_MAX: usize = 4;
 pub const PORTS_MAX: usize = 16;
 /// Authentication-attempt times kept per actor.
 pub const AUTH_MAX: usize = 32;
-/// Format version of the store file.
-pub const STORE_VERSION: u32 = 1;
+/// Member sources kept per cluster.
+pub const MEMBERS_MAX: usize = 16;
+/// Format version of the store file. Version 1 (keys: source addresses only) is read as is.
+/// Version 2 adds process actors (`proc:` keys), clusters (`ja4:` keys), `members` and `cluster`.
+pub const STORE_VERSION: u32 = 2;
+/// Oldest store version this agent reads.
+pub const STORE_VERSION_MIN: u32 = 1;
+
+/// Key of a remote source's actor.
+pub fn source_key(ip: IpAddr) -> String {
+    ip.to_string()
+}
+
+/// Key of a JA4 + TCP fingerprint cluster.
+pub fn cluster_key(ja4: &str, tcp_fp: &str) -> String {
+    cut(&format!("ja4:{ja4}+tcp:{tcp_fp}"))
+}
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct PhaseMark {
@@ -59,6 +75,12 @@ pub struct Actor {
     /// Destination ports touched in any phase.
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// A source's JA4 + TCP fingerprint cluster (the key of its cluster entry), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// A cluster's member sources (keys of their actors).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
     pub last_seen: f64,
 }
 
@@ -123,6 +145,48 @@ impl Actor {
             .collect()
     }
 
+    /// Any phase before exploitation (a timeline an exploit-shaped request can join)?
+    pub fn has_earlier(&self) -> bool {
+        self.discovery.is_some() || self.enumeration.is_some()
+    }
+
+    /// The timeline of this actor merged with `other`'s (phases: earliest first, latest last,
+    /// counts added, evidence united within the caps; TLS values and ports united).
+    pub fn merged(&self, other: &Actor) -> Actor {
+        let mut m = self.clone();
+        for (mine, theirs) in [
+            (&mut m.discovery, &other.discovery),
+            (&mut m.enumeration, &other.enumeration),
+            (&mut m.exploitation, &other.exploitation),
+        ] {
+            let Some(t) = theirs else { continue };
+            match mine {
+                None => *mine = Some(t.clone()),
+                Some(x) => {
+                    x.first = x.first.min(t.first);
+                    x.last = x.last.max(t.last);
+                    x.count += t.count;
+                    for e in &t.evidence {
+                        push_bounded(&mut x.evidence, e.clone(), EVIDENCE_MAX);
+                    }
+                }
+            }
+        }
+        m.probes += other.probes;
+        for p in &other.silent_ports {
+            push_bounded(&mut m.silent_ports, *p, PORTS_MAX);
+        }
+        for p in &other.ports {
+            push_bounded(&mut m.ports, *p, PORTS_MAX);
+        }
+        for (l, o) in [(&mut m.ja4, &other.ja4), (&mut m.sni, &other.sni), (&mut m.alpn, &other.alpn)] {
+            for v in o {
+                push_bounded(l, v.clone(), TLS_VALUES_MAX);
+            }
+        }
+        m
+    }
+
     fn clamp(&mut self) {
         for m in [&mut self.discovery, &mut self.enumeration, &mut self.exploitation].into_iter().flatten() {
             m.evidence.truncate(EVIDENCE_MAX);
@@ -133,7 +197,9 @@ impl Actor {
         self.silent_ports.truncate(PORTS_MAX);
         self.ports.truncate(PORTS_MAX);
         self.auth_times.truncate(AUTH_MAX);
-        for l in [&mut self.ja4, &mut self.sni, &mut self.alpn] {
+        self.members.truncate(MEMBERS_MAX);
+        self.cluster = self.cluster.as_deref().map(cut);
+        for l in [&mut self.ja4, &mut self.sni, &mut self.alpn, &mut self.members] {
             l.truncate(TLS_VALUES_MAX);
             for e in l.iter_mut() {
                 *e = cut(e);
@@ -145,7 +211,9 @@ impl Actor {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActorStore {
     pub version: u32,
-    pub actors: BTreeMap<IpAddr, Actor>,
+    /// Keyed by [`source_key`] (an address), an outbound entity key (`proc:uid:exe:ppid`) or
+    /// [`cluster_key`] (`ja4:...+tcp:...`).
+    pub actors: BTreeMap<String, Actor>,
 }
 
 impl Default for ActorStore {
@@ -172,7 +240,7 @@ impl ActorStore {
         if n == 0 {
             return 0;
         }
-        let mut ages: Vec<(f64, IpAddr)> = self.actors.iter().map(|(k, a)| (a.last_seen, *k)).collect();
+        let mut ages: Vec<(f64, String)> = self.actors.iter().map(|(k, a)| (a.last_seen, k.clone())).collect();
         ages.sort_by(|a, b| a.0.total_cmp(&b.0));
         for (_, k) in ages.iter().take(n) {
             self.actors.remove(k);
@@ -182,7 +250,8 @@ impl ActorStore {
 
     /// Enforce the size bounds on a loaded store (a hand-edited file cannot grow memory).
     pub fn clamp(&mut self, max: usize) {
-        self.actors.retain(|_, a| a.last_seen.is_finite());
+        self.actors.retain(|k, a| a.last_seen.is_finite() && k.len() <= 4 * LABEL_MAX);
+        self.version = STORE_VERSION;
         for a in self.actors.values_mut() {
             a.clamp();
         }

@@ -2,7 +2,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::actors::{ActorStore, STORE_VERSION};
+use super::actors::{ActorStore, STORE_VERSION, STORE_VERSION_MIN};
 
 /// Largest store file read (bytes): `max_actors` × 4 KiB plus slack, far above what the caps allow.
 pub fn max_file_bytes(max_actors: u32) -> u64 {
@@ -21,7 +21,7 @@ pub enum StoreError {
     TooLarge { path: PathBuf, size: u64, max: u64 },
     #[error("{path}: line {line}, column {column}: {msg}")]
     Parse { path: PathBuf, line: usize, column: usize, msg: String },
-    #[error("{path}: store version {found} (this agent reads {STORE_VERSION})")]
+    #[error("{path}: actor store version {found} is not one this agent reads (versions {STORE_VERSION_MIN} to {STORE_VERSION}); move the file away or set depth.store_path to start a new store")]
     Version { path: PathBuf, found: u32 },
 }
 
@@ -44,7 +44,7 @@ pub fn load(path: &Path, max_actors: u32) -> Result<ActorStore, StoreError> {
         column: e.column(),
         msg: e.to_string(),
     })?;
-    if s.version != STORE_VERSION {
+    if !(STORE_VERSION_MIN..=STORE_VERSION).contains(&s.version) {
         return Err(StoreError::Version { path: path.to_path_buf(), found: s.version });
     }
     s.clamp(max_actors as usize);
@@ -82,7 +82,7 @@ mod tests {
         for i in 0..20 {
             a.mark(Phase::Enumeration, 100.0 + f64::from(i), &format!("nmap:probe{i}{}", "x".repeat(100)));
         }
-        s.actors.insert("198.51.100.7".parse().expect("ip"), a);
+        s.actors.insert("198.51.100.7".into(), a);
         save(&path, &s).expect("save");
         let back = load(&path, 10).expect("load");
         let m = back.actors.values().next().and_then(|a| a.enumeration.clone()).expect("mark");
@@ -94,7 +94,20 @@ mod tests {
         let e = load(&path, 10).expect_err("bad json");
         assert!(matches!(e, StoreError::Parse { line: 2, .. }), "{e}");
         std::fs::write(&path, "{\"version\": 9, \"actors\": {}}").expect("write");
-        assert!(matches!(load(&path, 10), Err(StoreError::Version { found: 9, .. })));
+        let e = load(&path, 10).expect_err("future version");
+        assert!(matches!(e, StoreError::Version { found: 9, .. }));
+        assert!(e.to_string().contains("versions 1 to 2"), "{e}");
+        // A version-1 file (source addresses only, the first format) loads and is upgraded.
+        std::fs::write(
+            &path,
+            r#"{"version":1,"actors":{"198.51.100.7":{"discovery":{"first":100.0,"last":101.0,"count":2,"evidence":["vertical_scan"]},"probes":0,"silent_ports":[],"auth_times":[],"ja4":[],"sni":[],"alpn":[],"ports":[80],"last_seen":101.0}}}"#,
+        )
+        .expect("write");
+        let v1 = load(&path, 10).expect("version 1 loads");
+        assert_eq!(v1.version, STORE_VERSION);
+        let a = v1.actors.get("198.51.100.7").expect("actor");
+        assert_eq!(a.discovery.as_ref().map(|m| m.count), Some(2));
+        assert!(a.cluster.is_none() && a.members.is_empty());
         std::fs::write(&path, vec![b' '; (max_file_bytes(1) + 1) as usize]).expect("write");
         assert!(matches!(load(&path, 1), Err(StoreError::TooLarge { .. })));
         let _ = std::fs::remove_dir_all(&dir);

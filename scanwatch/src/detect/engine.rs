@@ -133,6 +133,9 @@ impl Engine {
 
     /// One outbound action of a local process.
     pub fn observe_outbound(&mut self, now: Duration, o: &OutboundObservation) -> Vec<Alert> {
+        if let super::OutboundAction::Payload { dst, dport, sample, len } = &o.action {
+            return self.observe_outbound_payload(now, &o.process, *dst, *dport, sample, *len);
+        }
         let mut out = Vec::new();
         let key = self.ingest_outbound(now, o);
         self.evaluate_outbound(now, &key, false, &mut out);

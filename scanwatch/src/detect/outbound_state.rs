@@ -188,6 +188,8 @@ impl OutboundEntity {
                 self.bump("raw_socket");
                 d.set(m::RAW_SOCKET, 1.0);
             }
+            // Payloads go to the timeline (`Engine::observe_outbound_payload`), not the fan-out.
+            OutboundAction::Payload { .. } => {}
         }
         self.windows.add(now, &d);
         self.last_seen = now;

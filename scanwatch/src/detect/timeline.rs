@@ -10,14 +10,30 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::engine::Engine;
+use super::outbound_state::entity_key;
 use super::types::{PayloadObservation, SAMPLE_OUT};
 use crate::alert::{
     is_internal, Alert, AlertKind, AlertSource, Counts, DepthBlock, Direction, PhaseBlock, Severity, Targets,
     Technique,
 };
-use crate::depth::actors::{push_bounded, Actor, ActorStore, AUTH_MAX};
-use crate::depth::{classify, Class, Phase};
-use crate::vocab::{canonical_ip, format_duration, rfc3339_from_unix};
+use crate::depth::actors::{
+    cluster_key, push_bounded, source_key, Actor, ActorStore, AUTH_MAX, MEMBERS_MAX, PORTS_MAX,
+};
+use crate::depth::{classify, Class, Phase, Verdict};
+use crate::vocab::{canonical_ip, format_duration, rfc3339_from_unix, ProcessInfo};
+
+/// Whose timeline a payload joins.
+pub(super) enum Who {
+    Source(IpAddr),
+    /// A local process (outbound) and the destination of the payload.
+    Process(Box<ProcessInfo>, IpAddr),
+}
+
+fn process_block(p: &ProcessInfo) -> crate::alert::ProcessBlock {
+    let mut b = p.clone();
+    b.ancestry.truncate(4);
+    b
+}
 
 /// Finding kinds that make their sources' discovery phase.
 fn is_discovery(kind: AlertKind) -> bool {
@@ -40,29 +56,36 @@ impl Engine {
         now.as_secs_f64() + self.wall_offset
     }
 
-    /// The actor for `ip`, created (making room) if `create`.
-    fn actor_mut(&mut self, ip: IpAddr, create: bool) -> Option<&mut Actor> {
+    /// The actor under `key`, created (making room) if `create`.
+    fn actor_mut(&mut self, key: &str, create: bool) -> Option<&mut Actor> {
         let store = &mut self.timeline.store;
-        if !store.actors.contains_key(&ip) {
+        if !store.actors.contains_key(key) {
             if !create {
                 return None;
             }
             self.timeline.stats.actors_evicted += store.make_room(self.cfg.depth.max_actors as usize) as u64;
         }
         self.timeline.dirty = true;
-        Some(store.actors.entry(ip).or_default())
+        Some(store.actors.entry(key.to_string()).or_default())
     }
 
-    /// A scan finding about to be submitted: its inbound sources enter (or stay in) discovery.
+    /// A scan finding about to be submitted: its inbound sources — or, for an `outbound_scan`,
+    /// its local process — enter (or stay in) discovery.
     pub(super) fn timeline_note_finding(&mut self, now: Duration, alert: &Alert) {
-        if !self.cfg.depth.enabled || alert.direction != Direction::Inbound || !is_discovery(alert.kind) {
+        let outbound = alert.direction == Direction::Outbound && alert.kind == AlertKind::OutboundScan;
+        let inbound = alert.direction == Direction::Inbound && is_discovery(alert.kind);
+        if !self.cfg.depth.enabled || !(inbound || outbound) {
             return;
         }
         let wall = self.wall(now);
         let ports: Vec<u16> = alert.targets.sample_ports.iter().copied().take(SAMPLE_OUT).collect();
-        let sources: Vec<IpAddr> = alert.source.ip.into_iter().chain(alert.source.related.iter().copied()).collect();
-        for ip in sources {
-            if let Some(a) = self.actor_mut(canonical_ip(ip), true) {
+        let keys: Vec<String> = if outbound {
+            alert.source.process.iter().map(entity_key).collect()
+        } else {
+            alert.source.ip.into_iter().chain(alert.source.related.iter().copied()).map(|ip| source_key(canonical_ip(ip))).collect()
+        };
+        for key in keys {
+            if let Some(a) = self.actor_mut(&key, true) {
                 a.mark(Phase::Discovery, wall, alert.kind.as_str());
                 for p in &ports {
                     a.note_port(*p);
@@ -71,20 +94,93 @@ impl Engine {
         }
     }
 
-    /// The first client payload of an inbound connection (or a close without data).
-    pub fn observe_payload(&mut self, now: Duration, p: &PayloadObservation) -> Vec<Alert> {
-        let mut out = Vec::new();
-        if !self.cfg.depth.enabled {
-            return out;
-        }
-        let v = classify(&self.cfg.depth, &p.sample, p.payload_len as usize, p.client_sent_data);
+    /// Count a verdict in the payload statistics.
+    fn count_verdict(&mut self, v: &Verdict) {
         let st = &mut self.timeline.stats;
         st.payloads += 1;
         st.silent += u64::from(v.class == Class::Silent);
         st.tls_hellos += u64::from(v.tls.is_some());
         st.malformed += u64::from(matches!(v.class, Class::Malformed(_)));
         st.truncated += u64::from(v.truncated);
+    }
+
+    /// The TCP fingerprint hash a source's connections carry: its latest OS-stack (not
+    /// scanner-tool) SYN fingerprint, else its latest one.
+    fn tcp_fp_of(&self, ip: IpAddr) -> Option<String> {
+        let e = self.inbound.get(&ip)?;
+        e.fingerprints.iter().rev().find(|f| !f.is_scanner_tool()).or(e.fingerprints.last()).map(|f| f.hash.clone())
+    }
+
+    /// The first client payload of an inbound connection (or a close without data).
+    pub fn observe_payload(&mut self, now: Duration, p: &PayloadObservation) -> Vec<Alert> {
+        if !self.cfg.depth.enabled {
+            return Vec::new();
+        }
+        let v = classify(&self.cfg.depth, &p.sample, p.payload_len as usize, p.client_sent_data);
+        self.count_verdict(&v);
         let ip = canonical_ip(p.src);
+        let cluster = match (&v.tls, self.cfg.depth.cluster_by_ja4) {
+            (Some(h), true) => self.tcp_fp_of(ip).map(|fp| cluster_key(&h.ja4(), &fp)),
+            _ => None,
+        };
+        self.timeline_step(now, Who::Source(ip), source_key(ip), &v, p.dport, cluster)
+    }
+
+    /// The first bytes a local process wrote on an outbound TCP connection: the same classifiers,
+    /// on the process's own timeline (keyed like its `outbound_scan` alerts).
+    pub(super) fn observe_outbound_payload(
+        &mut self,
+        now: Duration,
+        process: &ProcessInfo,
+        dst: IpAddr,
+        dport: u16,
+        sample: &[u8],
+        len: u32,
+    ) -> Vec<Alert> {
+        if !self.cfg.depth.enabled {
+            return Vec::new();
+        }
+        let v = classify(&self.cfg.depth, sample, len as usize, true);
+        self.count_verdict(&v);
+        self.timeline.stats.outbound_payloads += 1;
+        let key = entity_key(process);
+        self.timeline_step(now, Who::Process(Box::new(process.clone()), canonical_ip(dst)), key, &v, dport, None)
+    }
+
+    /// The other members of cluster `ck` (not `key`): their merged timeline and addresses.
+    fn cluster_others(&self, ck: &str, key: &str) -> Option<(Actor, Vec<IpAddr>)> {
+        let store = &self.timeline.store.actors;
+        let c = store.get(ck)?;
+        let mut merged = Actor::default();
+        let mut related = Vec::new();
+        for m in c.members.iter().filter(|m| m.as_str() != key) {
+            // Members without phases of their own (clients that only shared the stack) add
+            // nothing and are not named.
+            if let Some(a) = store.get(m).filter(|a| a.has_earlier() || a.exploitation.is_some()) {
+                merged = merged.merged(&Actor { cluster: None, members: Vec::new(), ..a.clone() });
+                if let Ok(ip) = m.parse::<IpAddr>() {
+                    related.push(ip);
+                }
+            }
+        }
+        Some((merged, related))
+    }
+
+    /// Put actor `key` into cluster `ck` (created, making room, if missing).
+    fn cluster_join(&mut self, ck: &str, key: &str, wall: f64) {
+        if let Some(c) = self.actor_mut(ck, true) {
+            push_bounded(&mut c.members, key.to_string(), MEMBERS_MAX);
+            c.last_seen = c.last_seen.max(wall);
+        }
+        if let Some(a) = self.timeline.store.actors.get_mut(key) {
+            a.cluster = Some(ck.to_string());
+        }
+    }
+
+    /// One classified first payload on actor `key`'s timeline. `join`: the JA4 + TCP
+    /// fingerprint cluster of a source's ClientHello.
+    fn timeline_step(&mut self, now: Duration, who: Who, key: String, v: &Verdict, dport: u16, join: Option<String>) -> Vec<Alert> {
+        let mut out = Vec::new();
         let wall = self.wall(now);
         let label = v.label();
         let phase = v.phase();
@@ -94,14 +190,28 @@ impl Engine {
             self.cfg.depth.auth_attempts as usize,
             self.cfg.depth.auth_window.as_secs_f64(),
         );
-        let Some(a) = self.actor_mut(ip, phase == Some(Phase::Enumeration)) else {
-            if phase == Some(Phase::Exploitation) {
-                self.timeline.stats.exploit_unattributed += 1;
+        // A ClientHello joins its cluster when the source has a timeline of its own, or the
+        // cluster already exists (another member scanned or enumerated).
+        let store = &self.timeline.store.actors;
+        let join = join.filter(|ck| {
+            store.contains_key(ck) || phase == Some(Phase::Enumeration) || store.get(&key).is_some_and(Actor::has_earlier)
+        });
+        let create = phase == Some(Phase::Enumeration) || join.is_some();
+        if self.actor_mut(&key, create).is_none() {
+            if phase == Some(Phase::Exploitation) || v.auth_attempt {
+                self.timeline.stats.exploit_unattributed += u64::from(phase == Some(Phase::Exploitation));
             }
             return out;
-        };
+        }
+        if let Some(ck) = &join {
+            self.cluster_join(ck, &key, wall);
+        }
+        let cluster = self.timeline.store.actors.get(&key).and_then(|a| a.cluster.clone());
+        let others = cluster.as_deref().and_then(|ck| self.cluster_others(ck, &key));
+        let others_earlier = others.as_ref().is_some_and(|(o, _)| o.has_earlier());
+        let Some(a) = self.timeline.store.actors.get_mut(&key) else { return out };
         a.last_seen = a.last_seen.max(wall);
-        a.note_port(p.dport);
+        a.note_port(dport);
         if let Some(h) = &v.tls {
             a.note_tls(&h.ja4(), h.sni.as_deref(), &h.alpn_strings());
         }
@@ -122,7 +232,7 @@ impl Engine {
         match phase {
             Some(Phase::Enumeration) => {
                 if v.class == Class::Silent {
-                    push_bounded(&mut a.silent_ports, p.dport, crate::depth::actors::PORTS_MAX);
+                    push_bounded(&mut a.silent_ports, dport, PORTS_MAX);
                 } else {
                     a.probes += 1;
                 }
@@ -130,8 +240,7 @@ impl Engine {
                 enumeration_due = a.probes >= enum_min || a.silent_ports.len() >= grab_min;
             }
             Some(Phase::Exploitation) | None if exploit => {
-                let earlier = a.discovery.is_some() || a.enumeration.is_some();
-                if earlier {
+                if a.has_earlier() || others_earlier {
                     a.mark(Phase::Exploitation, wall, &exploit_label);
                 }
             }
@@ -145,18 +254,32 @@ impl Engine {
         if phase == Some(Phase::Enumeration) {
             self.timeline.stats.enumeration_events += 1;
         }
+        // The timeline shown: the actor's own, joined by its cluster's other members'.
+        let (shown, related) = match &others {
+            Some((o, rel)) if o.has_earlier() => (a.merged(o), rel.clone()),
+            _ => (a, Vec::new()),
+        };
+        let cluster = cluster.filter(|_| !related.is_empty());
         if transition_due {
             self.timeline.stats.exploit_events += 1;
-            let alert = self.timeline_alert(now, ip, &a, AlertKind::Transition);
-            self.submit(now, &format!("transition:{ip}"), Duration::ZERO, alert, &mut out);
+            let alert = self.timeline_alert(now, &who, &shown, AlertKind::Transition, related, cluster);
+            self.submit(now, &format!("transition:{key}"), Duration::ZERO, alert, &mut out);
         } else if enumeration_due {
-            let alert = self.timeline_alert(now, ip, &a, AlertKind::Enumeration);
-            self.submit(now, &format!("enumeration:{ip}"), Duration::ZERO, alert, &mut out);
+            let alert = self.timeline_alert(now, &who, &shown, AlertKind::Enumeration, related, cluster);
+            self.submit(now, &format!("enumeration:{key}"), Duration::ZERO, alert, &mut out);
         }
         out
     }
 
-    fn timeline_alert(&self, now: Duration, ip: IpAddr, a: &Actor, kind: AlertKind) -> Alert {
+    fn timeline_alert(
+        &self,
+        now: Duration,
+        who: &Who,
+        a: &Actor,
+        kind: AlertKind,
+        related: Vec<IpAddr>,
+        cluster: Option<String>,
+    ) -> Alert {
         let phases: Vec<PhaseBlock> = a
             .phases()
             .into_iter()
@@ -171,6 +294,20 @@ impl Engine {
         let first = a.phases().first().map_or(self.wall(now), |(_, m)| m.first);
         let span = Duration::from_secs_f64((self.wall(now) - first).max(0.0));
         let ports: Vec<String> = a.ports.iter().map(u16::to_string).collect();
+        let (actor, internal) = match who {
+            Who::Source(ip) => (ip.to_string(), is_internal(ip)),
+            Who::Process(p, _) => {
+                let exe = p.exe.clone().unwrap_or_else(|| p.comm.clone());
+                (format!("local process {exe} (pid {}, uid {})", p.tgid, p.uid), true)
+            }
+        };
+        let with_cluster = match &cluster {
+            Some(c) => format!(
+                " (with {} other source(s) of its JA4 + TCP fingerprint cluster {c})",
+                related.len()
+            ),
+            None => String::new(),
+        };
         let (severity, confidence, reason) = match kind {
             AlertKind::Transition => {
                 let all = phases.len() == 3;
@@ -182,7 +319,7 @@ impl Engine {
                     if all { Severity::Critical } else { Severity::High },
                     if all { 0.95 } else { 0.85 },
                     format!(
-                        "{ip} moved from scanning to exploitation attempts over {}: {}.",
+                        "{actor}{with_cluster} moved from scanning to exploitation attempts over {}: {}.",
                         format_duration(span),
                         story.join(" -> ")
                     ),
@@ -190,12 +327,12 @@ impl Engine {
             }
             _ => {
                 let ev = a.enumeration.as_ref().map(|m| m.evidence.join(", ")).unwrap_or_default();
-                let sev = if is_internal(&ip) { Severity::High } else { Severity::Medium };
+                let sev = if internal { Severity::High } else { Severity::Medium };
                 (
                     sev,
                     0.8,
                     format!(
-                        "{ip} is enumerating services on port(s) {}: {} probe(s) and {} banner grab(s) ({ev}).",
+                        "{actor}{with_cluster} is enumerating services on port(s) {}: {} probe(s) and {} banner grab(s) ({ev}).",
                         ports.join(", "),
                         a.probes,
                         a.silent_ports.len()
@@ -203,18 +340,30 @@ impl Engine {
                 )
             }
         };
+        let (direction, source, sample_hosts) = match who {
+            Who::Source(ip) => (Direction::Inbound, AlertSource { ip: Some(*ip), process: None, related }, Vec::new()),
+            Who::Process(p, dst) => (
+                Direction::Outbound,
+                AlertSource { ip: None, process: Some(process_block(p)), related },
+                vec![dst.to_string()],
+            ),
+        };
+        let technique = match who {
+            Who::Source(ip) => Technique::for_source(Direction::Inbound, Some(ip)),
+            Who::Process(..) => Technique::for_source(Direction::Outbound, None),
+        };
         Alert {
             time: self.time(now),
             kind,
             severity,
             confidence,
-            direction: Direction::Inbound,
-            source: AlertSource { ip: Some(ip), process: None, related: Vec::new() },
+            direction,
+            source,
             targets: Targets {
                 host_count: 1,
                 port_count: a.ports.len() as u64,
                 sample_ports: a.ports.iter().copied().take(SAMPLE_OUT).collect(),
-                sample_hosts: Vec::new(),
+                sample_hosts,
             },
             window: format_duration(span),
             counts: Counts {
@@ -225,7 +374,7 @@ impl Engine {
                 detail: Default::default(),
             },
             fingerprint: None,
-            technique: Technique::for_source(Direction::Inbound, Some(&ip)),
+            technique,
             host: self.host.clone(),
             allowlisted: false,
             blocked: false,
@@ -234,7 +383,13 @@ impl Engine {
             alert_id: String::new(),
             shape: crate::alert::Shape::new("tcp", "payload"),
             incident: Default::default(),
-            depth: Some(DepthBlock { phases, ja4: a.ja4.clone(), sni: a.sni.clone(), alpn: a.alpn.clone() }),
+            depth: Some(DepthBlock {
+                phases,
+                ja4: a.ja4.clone(),
+                sni: a.sni.clone(),
+                alpn: a.alpn.clone(),
+                cluster,
+            }),
             annotations: Default::default(),
         }
     }
@@ -285,7 +440,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::depth::tls::tests::spec_example;
-    use crate::detect::{InboundEventKind, InboundObservation};
+    use crate::detect::{FingerprintInfo, InboundEventKind, InboundObservation, OutboundAction, OutboundObservation};
 
     const ATTACKER: &str = "203.0.113.9";
     const LOCAL: &str = "192.0.2.10";
@@ -362,7 +517,7 @@ mod tests {
         assert_eq!(a.targets.sample_ports, [80, 443]);
         // nmap's TLSSessionReq (after the alert) is a ClientHello: its JA4 is kept with the actor
         // (TLS 1.2, no SNI, 6 ciphers).
-        let actor = e.actors().actors.get(&ip(ATTACKER)).expect("actor");
+        let actor = e.actors().actors.get(ATTACKER).expect("actor");
         assert_eq!(actor.ja4.len(), 1, "{actor:?}");
         assert!(actor.ja4[0].starts_with("t12i06"), "{actor:?}");
     }
@@ -465,6 +620,126 @@ mod tests {
         }
         assert!(e.actors().actors.len() <= 100);
         assert!(e.timeline_stats().actors_evicted >= 900);
-        assert!(e.actors().actors.contains_key(&ip("10.0.3.231")), "the most recent stays");
+        assert!(e.actors().actors.contains_key("10.0.3.231"), "the most recent stays");
+    }
+
+    fn new_fp(e: &mut Engine, now: Duration, src: &str, hash: &str) {
+        let fp = FingerprintInfo { text: "linux".into(), hash: hash.into(), tool_hint: "os-stack".into(), initial_ttl: 64 };
+        e.observe_inbound_event(now, &InboundObservation { ip: ip(src), dst: ip(LOCAL), kind: InboundEventKind::NewFingerprint(fp) });
+    }
+
+    /// Two sources sharing a JA4 and a TCP fingerprint are one actor: the second one's exploit
+    /// request joins the first one's enumeration (a `transition` naming the cluster and the
+    /// other member); a source with the same JA4 but another TCP fingerprint does not.
+    #[test]
+    fn ja4_and_tcp_fingerprint_cluster_is_one_actor() {
+        let mut e = engine("[depth]\nstore_path = \"\"\n", Duration::ZERO, 1_700_000_000);
+        let (a, b, c) = ("203.0.113.21", "203.0.113.22", "203.0.113.23");
+        for (src, fp) in [(a, "fp-linux"), (b, "fp-linux"), (c, "fp-other")] {
+            new_fp(&mut e, Duration::from_secs(1), src, fp);
+        }
+        let zgrab = b"GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: Mozilla/5.0 zgrab/0.x\r\n\r\n";
+        let out: Vec<Alert> = (0..2).flat_map(|i| e.observe_payload(Duration::from_secs(2 + i), &payload(a, 80, zgrab))).collect();
+        assert_eq!(kinds(&out), [AlertKind::Enumeration]);
+        for src in [a, b, c] {
+            assert!(e.observe_payload(Duration::from_secs(5), &payload(src, 443, &spec_example())).is_empty());
+        }
+        let ck = cluster_key(&crate::depth::parse_client_hello(&spec_example()).expect("hello").ja4(), "fp-linux");
+        let cl = e.actors().actors.get(&ck).expect("cluster entry");
+        assert_eq!(cl.members, [a, b]);
+        assert_eq!(e.actors().actors.get(b).and_then(|x| x.cluster.clone()), Some(ck.clone()));
+        assert!(e.actors().actors.get(c).is_none(), "other TCP fingerprint: no cluster, not stored");
+
+        let traversal = b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n";
+        let out = e.observe_payload(Duration::from_secs(9), &payload(b, 80, traversal));
+        assert_eq!(kinds(&out), [AlertKind::Transition], "{out:#?}");
+        let t = &out[0];
+        assert_eq!(t.source.ip, Some(ip(b)));
+        assert_eq!(t.source.related, [ip(a)]);
+        let d = t.depth.as_ref().expect("depth");
+        assert_eq!(d.cluster.as_deref(), Some(ck.as_str()));
+        let names: Vec<&str> = d.phases.iter().map(|p| p.phase.as_str()).collect();
+        assert_eq!(names, ["enumeration", "exploitation"]);
+        assert!(d.phases[0].evidence.iter().any(|x| x.contains("zgrab")), "{d:?}");
+        assert!(t.reason.contains("cluster"), "{}", t.reason);
+        // The same request from the other-fingerprint source joins nothing.
+        assert!(e.observe_payload(Duration::from_secs(10), &payload(c, 80, traversal)).is_empty());
+
+        // Clustering off: the second source stays alone.
+        let mut e = engine("[depth]\nstore_path = \"\"\ncluster_by_ja4 = false\n", Duration::ZERO, 1_700_000_000);
+        for src in [a, b] {
+            new_fp(&mut e, Duration::from_secs(1), src, "fp-linux");
+        }
+        for i in 0..2 {
+            e.observe_payload(Duration::from_secs(2 + i), &payload(a, 80, zgrab));
+        }
+        for src in [a, b] {
+            e.observe_payload(Duration::from_secs(5), &payload(src, 443, &spec_example()));
+        }
+        assert!(e.observe_payload(Duration::from_secs(9), &payload(b, 80, traversal)).is_empty());
+    }
+
+    fn nmap_proc() -> ProcessInfo {
+        ProcessInfo {
+            pid: 4242,
+            tgid: 4242,
+            comm: "nmap".into(),
+            exe: Some("/usr/bin/nmap".into()),
+            uid: 0,
+            user: Some("root".into()),
+            ppid: Some(100),
+            ..ProcessInfo::default()
+        }
+    }
+
+    /// A local process that sweeps (connect scan), then enumerates (version probes, NSE user
+    /// agent), then sends an exploit-shaped request is one process-attributed timeline.
+    #[test]
+    fn local_process_sweep_enumeration_exploit_is_one_timeline() {
+        let mut e = engine("[depth]\nstore_path = \"\"\n", Duration::ZERO, 1_700_000_000);
+        let p = nmap_proc();
+        let dst = ip("10.9.0.1");
+        let mut out = Vec::new();
+        let mut at = 1.0;
+        for port in 1..=300u16 {
+            for action in [
+                OutboundAction::Connect { dst, dport: port },
+                OutboundAction::Outcome { dst, dport: port, success: port == 80 || port == 443 },
+            ] {
+                out.extend(e.observe_outbound(Duration::from_secs_f64(at), &OutboundObservation { process: p.clone(), action }));
+                at += 0.001;
+            }
+        }
+        assert!(kinds(&out).contains(&AlertKind::OutboundScan), "{out:#?}");
+        let key = entity_key(&p);
+        assert!(e.actors().actors.get(&key).and_then(|a| a.discovery.clone()).is_some(), "discovery on the process");
+        let probe = |n: &str| crate::depth::probes::NMAP_TCP_PROBES.iter().find(|x| x.0 == n).expect("probe").1.to_vec();
+        let send = |e: &mut Engine, t: f64, data: Vec<u8>| {
+            let len = data.len() as u32;
+            let action = OutboundAction::Payload { dst, dport: 80, sample: data, len };
+            e.observe_outbound(Duration::from_secs_f64(t), &OutboundObservation { process: nmap_proc(), action })
+        };
+        let mut out = send(&mut e, 10.0, probe("GetRequest"));
+        out.extend(send(&mut e, 11.0, probe("HTTPOptions")));
+        assert_eq!(kinds(&out), [AlertKind::Enumeration], "{out:#?}");
+        let en = &out[0];
+        assert_eq!(en.direction, Direction::Outbound);
+        assert_eq!(en.source.process.as_ref().and_then(|p| p.exe.clone()).as_deref(), Some("/usr/bin/nmap"));
+        assert_eq!(en.severity, Severity::High);
+        assert!(en.reason.contains("local process /usr/bin/nmap"), "{}", en.reason);
+        let nse = b"GET /../../../../etc/passwd HTTP/1.1\r\nHost: 10.9.0.1\r\nUser-Agent: Mozilla/5.0 (compatible; Nmap Scripting Engine; https://nmap.org/book/nse.html)\r\n\r\n";
+        let out = send(&mut e, 20.0, nse.to_vec());
+        assert_eq!(kinds(&out), [AlertKind::Transition], "{out:#?}");
+        let tr = &out[0];
+        assert_eq!(tr.severity, Severity::Critical);
+        assert_eq!(tr.source.process.as_ref().map(|p| p.tgid), Some(4242));
+        assert_eq!(tr.targets.sample_hosts, ["10.9.0.1"]);
+        let names: Vec<&str> = tr.depth.as_ref().expect("depth").phases.iter().map(|p| p.phase.as_str()).collect();
+        assert_eq!(names, ["discovery", "enumeration", "exploitation"]);
+        assert_eq!(e.timeline_stats().outbound_payloads, 3);
+        // Another program's exploit-shaped request joins no timeline.
+        let curl = ProcessInfo { exe: Some("/usr/bin/curl".into()), comm: "curl".into(), ..nmap_proc() };
+        let action = OutboundAction::Payload { dst, dport: 80, sample: nse.to_vec(), len: nse.len() as u32 };
+        assert!(e.observe_outbound(Duration::from_secs(30), &OutboundObservation { process: curl, action }).is_empty());
     }
 }

@@ -22,6 +22,8 @@ pub struct TimelineStats {
     /// Exploit-shaped requests from sources with no earlier phase (no timeline to join).
     pub exploit_unattributed: u64,
     pub actors_evicted: u64,
+    /// First payloads of local processes' outbound connections (counted in `payloads` too).
+    pub outbound_payloads: u64,
     pub actors_expired: u64,
 }
 

@@ -88,6 +88,9 @@ pub enum OutboundAction {
     RawSocket { family: u32, sock_type: u32 },
     /// A UDP datagram sent.
     UdpSend { dst: IpAddr, dport: u16 },
+    /// The first bytes written on an outbound TCP connection (`sample`: at most the kernel's
+    /// `PROC_PAYLOAD_SAMPLE` bytes of a write of `len`).
+    Payload { dst: IpAddr, dport: u16, sample: Vec<u8>, len: u32 },
 }
 
 /// The first client payload of an inbound connection to one of this host's services (or the

@@ -3,7 +3,10 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use scanwatch_common::{outcome, thr, EventHeader, EventKind, InboundEvent, PayloadEvent, ProcEvent, SrcKey, PAYLOAD_SAMPLE};
+use scanwatch_common::{
+    outcome, thr, EventHeader, EventKind, InboundEvent, PayloadEvent, ProcEvent, ProcPayloadEvent, SrcKey,
+    PAYLOAD_SAMPLE, PROC_PAYLOAD_SAMPLE,
+};
 
 use super::sweep::fingerprint_info;
 use crate::detect::{
@@ -120,6 +123,27 @@ pub fn decode(
                 client_sent_data: e.closed == 0,
             };
             out.push(Stamped::new(now, Observation::Payload(obs)));
+        }
+        EventKind::ProcPayload => {
+            let Some(e) = read_record::<ProcPayloadEvent>(data) else {
+                errors.short += 1;
+                return;
+            };
+            let n = (e.sample_len as usize).min(PROC_PAYLOAD_SAMPLE);
+            let pa = ProcessAction {
+                tgid: e.tgid,
+                pid: e.pid,
+                comm: comm_str(&e.comm),
+                uid: Some(e.uid),
+                action: OutboundAction::Payload {
+                    dst: key_to_ip(&e.dst),
+                    dport: e.dport,
+                    sample: e.data[..n].to_vec(),
+                    len: e.len,
+                },
+                repeat: 1,
+            };
+            out.push(Stamped::new(now, Observation::ProcessAction(pa)));
         }
         EventKind::ProcConnect
         | EventKind::ProcSendto
