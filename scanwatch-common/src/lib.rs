@@ -108,7 +108,7 @@ macro_rules! counters {
 // Per-source counters (index into `SrcState::counts`).
 // ---------------------------------------------------------------------------------------------
 counters! {
-    cnt: usize, len 24;
+    cnt: usize, len 32;
     /// Packets that updated this source's state (SYNs, probes, ...).
     PACKETS = 0 => "packets",
     /// Pure SYN (no ACK) TCP segments.
@@ -146,6 +146,14 @@ counters! {
     /// TCP probes with a custom flag set carrying neither SYN, ACK nor RST (nmap --scanflags
     /// URGPSH, ...): no TCP stack sends these, NULL/FIN/Xmas excepted (counted apart).
     CUSTOM_FLAGS = 22 => "custom_flags",
+    /// SCTP packets whose first chunk is an INIT (association set-up; nmap -sY): port probes.
+    SCTP_INIT = 23 => "sctp_init",
+    /// SCTP packets whose first chunk is a COOKIE ECHO (nmap -sZ): a legitimate peer sends one
+    /// per INIT of its own, so those beyond the source's INITs are stealth probes.
+    SCTP_COOKIE = 24 => "sctp_cookie_echo",
+    /// Packets of an IP protocol other than TCP, UDP, ICMP/ICMPv6 and SCTP (nmap -sO sends one
+    /// per protocol number); the protocols themselves are in `SrcState::protocols`.
+    IP_PROTO = 25 => "ip_proto",
 }
 
 /// Key of per-source state: the remote address, IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
@@ -209,8 +217,11 @@ pub struct SrcState {
     pub port_hll: [u8; PORT_HLL_REGS],
     /// Lifetime distinct destination hosts (HyperLogLog registers).
     pub host_hll: [u8; HLL_REGS],
+    /// IP protocol numbers of the source's scan-shaped packets (bit n = protocol n; ARP is not
+    /// an IP protocol and sets none): an IP-protocol scan (nmap -sO) sets one per probe.
+    pub protocols: [u64; 4],
 }
-const _: () = assert!(size_of::<SrcState>() == 24 + 96 + 16 + 32 + 8 + 16 + 128 + 32 + 512 + 256);
+const _: () = assert!(size_of::<SrcState>() == 24 + cnt::N * 4 + 16 + 32 + 8 + 16 + 128 + 32 + 512 + 256 + 32);
 
 /// What one scan-shaped packet contributes to its source's state: the counters to bump and the
 /// probe it represents. The XDP program builds one per packet; the first-contact table holds
@@ -548,6 +559,13 @@ counters! {
     ACK_FAST = 32 => "bare_ack_fast",
     /// Bare ACKs of unsuspected sources seen by the fast path (drives the 1-in-`ACK_SAMPLE`).
     ACK_SEEN = 33 => "bare_ack_seen",
+    /// SCTP packets (common header read).
+    SCTP = 34 => "sctp",
+    /// SCTP packets too short for the common header and a chunk header, or whose first chunk's
+    /// length is under 4 (or under 20 for an INIT).
+    MAL_SCTP = 35 => "malformed_sctp",
+    /// Packets of an IP protocol other than TCP, UDP, ICMP/ICMPv6 and SCTP.
+    OTHER_PROTO = 36 => "other_proto",
 }
 
 // ---------------------------------------------------------------------------------------------
