@@ -134,6 +134,7 @@ impl PacketSpec {
         };
         // Checksum (pseudo header for TCP/UDP/ICMPv6).
         let csum_off = match proto {
+            _ if matches!(self.l4, L4::Raw { .. }) => None,
             6 => Some(16),
             17 => Some(6),
             1 | 58 => Some(2),

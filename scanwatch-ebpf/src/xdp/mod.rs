@@ -153,7 +153,9 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
                 stats[stat::UDP as usize] += 1;
                 classify_udp(ctx, &l3, cfg, obs)?;
             }
-            IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            // ICMP in IPv4, ICMPv6 in IPv6 (the other pairing is just another protocol number,
+            // as nmap -sO sends it).
+            IPPROTO_ICMP | IPPROTO_ICMPV6 if (l3.proto == IPPROTO_ICMPV6) == (l3.v6 != 0) => {
                 stats[stat::ICMP as usize] += 1;
                 classify_icmp(ctx, &l3, obs)?;
             }

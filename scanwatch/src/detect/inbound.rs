@@ -240,12 +240,14 @@ impl Engine {
         let d = &self.cfg.detect;
         let min = f64::from(d.protocol_scan_min);
         let Some(i) = totals.iter().position(|t| t.get(m::NEW_PROTOS) >= min) else { return };
+        let sh = Shape::new("ip", "protocol");
+        // Counted over the shortest fast window covering the incident so far (as fan-outs are).
+        let i = self.report_window(now, &format!("src:{ip}"), AlertKind::ProtocolScan, &sh, i);
         let t = totals[i];
-        let window = d.windows[i];
+        let window = self.cfg.detect.windows[i];
         let protos = t.get(m::NEW_PROTOS).round() as u64;
         // Many protocols mean a scanner looking for what answers, not one misrouted tunnel.
         let conf = (0.6 + 0.3 * (protos as f64 / 64.0)).min(0.95);
-        let sh = Shape::new("ip", "protocol");
         let Some(mut a) =
             self.inbound_alert(now, ip, AlertKind::ProtocolScan, placed(Severity::Medium, &ip), conf, window, &t, sh)
         else {
