@@ -167,10 +167,10 @@ fn hping3_urg_psh_probes_are_stealth_scan() {
         &|l: &Lab| l.exec_timeout(60, &["hping3", "-I", &l.atk_veth, "--scan", "1-100", "-U", "-P", &target]),
     );
     only_kinds("hping3 -U -P", &mine, &["stealth_scan"], &stderr);
-    assert_eq!(alert["shape"]["protocol"], "tcp", "{alert}");
+    assert_eq!(alert["protocol"], "tcp", "{alert}");
     let best = mine.iter().map(|v| count(v, "custom_flags")).max().unwrap_or(0);
     assert!(best >= 25, "custom_flags counted: {}", dump(&mine));
-    assert!(mine.iter().any(|v| v["shape"]["shape"] == "custom"), "shape custom: {}", dump(&mine));
+    assert!(mine.iter().any(|v| v["shape"] == "custom"), "shape custom: {}", dump(&mine));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -187,11 +187,11 @@ fn nmap_sctp_init_scan_is_sctp_vertical_scan() {
         &lab,
         "nmap -sY",
         &srcs,
-        &|v| v["kind"] == "vertical_scan" && v["shape"]["protocol"] == "sctp",
+        &|v| v["kind"] == "vertical_scan" && v["protocol"] == "sctp",
         &|l: &Lab| l.nmap(&["-sY", "-p", "1-200", "-T4", "-n", "-Pn", "--max-retries", "1"], &target),
     );
     only_kinds("nmap -sY", &mine, &["vertical_scan"], &stderr);
-    assert_eq!(alert["shape"]["shape"], "init", "{alert}");
+    assert_eq!(alert["shape"], "init", "{alert}");
     assert!(mine.iter().map(|v| count(v, "sctp_init")).max().unwrap_or(0) >= 25, "{}", dump(&mine));
     assert!(mine.iter().map(ports).max().unwrap_or(0) >= 25, "fan-out shown: {}", dump(&mine));
     assert!(mine.iter().any(|v| v["fingerprint"].is_null()), "an SCTP scan has no SYN fingerprint");
@@ -207,11 +207,11 @@ fn nmap_sctp_cookie_echo_scan_is_sctp_stealth_scan() {
         &lab,
         "nmap -sZ",
         &srcs,
-        &|v| v["kind"] == "stealth_scan" && v["shape"]["protocol"] == "sctp",
+        &|v| v["kind"] == "stealth_scan" && v["protocol"] == "sctp",
         &|l: &Lab| l.nmap(&["-sZ", "-p", "1-200", "-T4", "-n", "-Pn", "--max-retries", "1"], &target),
     );
     only_kinds("nmap -sZ", &mine, &["stealth_scan"], &stderr);
-    assert_eq!(alert["shape"]["shape"], "cookie_echo", "{alert}");
+    assert_eq!(alert["shape"], "cookie_echo", "{alert}");
     assert!(mine.iter().map(|v| count(v, "sctp_cookie_echo")).max().unwrap_or(0) >= 25, "{}", dump(&mine));
 }
 
@@ -233,8 +233,8 @@ fn nmap_ip_protocol_scan_is_protocol_scan() {
         &|l: &Lab| l.nmap(&["-sO", "-p", "0-255", "-T4", "-n", "-Pn", "--max-retries", "1"], &target),
     );
     only_kinds("nmap -sO", &mine, &["protocol_scan"], &stderr);
-    assert_eq!(alert["shape"]["protocol"], "ip", "{alert}");
-    assert_eq!(alert["shape"]["shape"], "protocol", "{alert}");
+    assert_eq!(alert["protocol"], "ip", "{alert}");
+    assert_eq!(alert["shape"], "protocol", "{alert}");
     let best = mine.iter().map(|v| count(v, "protocols")).max().unwrap_or(0);
     assert!(best >= 100, "distinct protocol numbers counted: {}", dump(&mine));
     assert!(alert["reason"].as_str().unwrap_or("").contains("IP protocol"), "{alert}");
@@ -274,7 +274,7 @@ fn four_sources_splitting_a_port_range_are_one_distributed_scan() {
     });
     // Each source's own fan-out may also show (vertical_scan); nothing else.
     only_kinds("split range", &mine, &["distributed_scan", "vertical_scan"], &stderr);
-    assert_eq!(alert["shape"]["shape"], "split", "{alert}");
+    assert_eq!(alert["shape"], "split", "{alert}");
     let related = alert["source"]["related"].as_array().map_or(0, Vec::len);
     assert_eq!(related + 1, 4, "all four sources named: {alert}");
     assert!(count(&alert, "sources") == 4, "{alert}");
@@ -304,7 +304,7 @@ fn resets_are_the_scan(name: &str, scan: &(dyn Fn(&Lab, &str) -> Output + Sync))
     drop(servers);
     only_kinds(name, &mine, &["vertical_scan"], &stderr);
     assert!(
-        mine.iter().all(|v| v["shape"]["shape"] != "unsolicited"),
+        mine.iter().all(|v| v["shape"] != "unsolicited"),
         "{name}: its own resets reported as backscatter: {}",
         dump(&mine)
     );

@@ -279,7 +279,7 @@ const SPLIT_SAMPLE_MIN: usize = 4;
 
 impl Engine {
     /// Split port ranges: several sources, active within `detect.distributed_window`, each
-    /// probing one slice of the same address's ports — slices that do not overlap — are one
+    /// probing one slice of the same address's ports — adjacent slices that do not overlap — are one
     /// scan divided between them (each source may also be a scan of its own). Stateless between
     /// evaluations apart from the incident: bounded by `SPLIT_CANDIDATES` sources.
     pub(super) fn evaluate_split(&mut self, now: Duration, out: &mut Vec<Alert>) {
@@ -331,10 +331,30 @@ impl Engine {
                 continue;
             }
             cs.sort_by(|a, b| (a.lo, a.hi, a.ip).cmp(&(b.lo, b.hi, b.ip)));
+            // Slices of one range: each next to the slices before it (the gap to the highest port
+            // so far at most the wider of the two spans), none overlapping another.
             let mut group: Vec<&SplitCandidate> = Vec::new();
+            let mut reach: Option<(u16, u16)> = None;
             for c in cs {
+                // A slice reaches its highest sampled port, or as far as its port count takes it
+                // from its lowest (a sequential scanner's sample is its first ports only).
+                let span = (c.hi - c.lo).max(c.n_ports.min(65_535.0) as u16);
+                if let Some((hi, prev_span)) = reach {
+                    let gap = c.lo.saturating_sub(hi);
+                    if gap > prev_span.max(span) {
+                        if group.len() >= min_sources {
+                            break;
+                        }
+                        // A new run of slices starts here.
+                        group.clear();
+                        reach = None;
+                    }
+                }
                 if group.iter().all(|g| g.disjoint_from(c, max_overlap)) {
                     group.push(c);
+                    let end = c.hi.max(c.lo.saturating_add(span));
+                    let hi = reach.map_or(end, |(h, _)| h.max(end));
+                    reach = Some((hi, span));
                 }
             }
             // The sources whose target is known must be most of it.
