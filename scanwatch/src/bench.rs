@@ -191,7 +191,7 @@ pub fn run(repeat: u32) -> anyhow::Result<Report> {
         ("bare ACK, established connection", &ack_est),
         ("bare ACK, no connection (ACK scan)", &ack_orphan),
         ("SCTP INIT (known source)", &sctp_init),
-        ("other IP protocol, GRE (known source)", &gre),
+        ("GRE packet (known source)", &gre),
     ] {
         let m = measure_pair(&mut ebpf, BASE, PROG_XDP, pkt, repeat)?;
         push(&mut rows, name, "repeat", m);
