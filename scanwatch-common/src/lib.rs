@@ -109,7 +109,7 @@ macro_rules! counters {
 // Per-source counters (index into `SrcState::counts`).
 // ---------------------------------------------------------------------------------------------
 counters! {
-    cnt: usize, len 24;
+    cnt: usize, len 32;
     /// Packets that updated this source's state (SYNs, probes, ...).
     PACKETS = 0 => "packets",
     /// Pure SYN (no ACK) TCP segments.
@@ -147,6 +147,14 @@ counters! {
     /// TCP probes with a custom flag set carrying neither SYN, ACK nor RST (nmap --scanflags
     /// URGPSH, ...): no TCP stack sends these, NULL/FIN/Xmas excepted (counted apart).
     CUSTOM_FLAGS = 22 => "custom_flags",
+    /// SCTP packets whose first chunk is an INIT (association set-up; nmap -sY): port probes.
+    SCTP_INIT = 23 => "sctp_init",
+    /// SCTP packets whose first chunk is a COOKIE ECHO (nmap -sZ): a legitimate peer sends one
+    /// per INIT of its own, so those beyond the source's INITs are stealth probes.
+    SCTP_COOKIE = 24 => "sctp_cookie_echo",
+    /// Packets of an IP protocol other than TCP, UDP, ICMP/ICMPv6 and SCTP (nmap -sO sends one
+    /// per protocol number); the protocols themselves are in `SrcState::protocols`.
+    IP_PROTO = 25 => "ip_proto",
 }
 
 /// Key of per-source state: the remote address, IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
@@ -210,8 +218,11 @@ pub struct SrcState {
     pub port_hll: [u8; PORT_HLL_REGS],
     /// Lifetime distinct destination hosts (HyperLogLog registers).
     pub host_hll: [u8; HLL_REGS],
+    /// IP protocol numbers of the source's scan-shaped packets (bit n = protocol n; ARP is not
+    /// an IP protocol and sets none): an IP-protocol scan (nmap -sO) sets one per probe.
+    pub protocols: [u64; 4],
 }
-const _: () = assert!(size_of::<SrcState>() == 24 + 96 + 16 + 32 + 8 + 16 + 128 + 32 + 512 + 256);
+const _: () = assert!(size_of::<SrcState>() == 24 + cnt::N * 4 + 16 + 32 + 8 + 16 + 128 + 32 + 512 + 256 + 32);
 
 /// What one scan-shaped packet contributes to its source's state: the counters to bump and the
 /// probe it represents. The XDP program builds one per packet; the first-contact table holds
@@ -531,7 +542,7 @@ pub struct ProcConfig {
 // Global per-CPU counters (index into STATS).
 // ---------------------------------------------------------------------------------------------
 counters! {
-    stat: u32, len 40;
+    stat: u32, len 48;
     PACKETS = 0 => "packets",
     IPV4 = 1 => "ipv4",
     IPV6 = 2 => "ipv6",
@@ -577,6 +588,13 @@ counters! {
     PROC_PAYLOADS = 34 => "proc_payloads",
     /// Outbound first payloads whose user buffer could not be read (not sent).
     PROC_PAYLOAD_READ_FAILED = 35 => "proc_payload_read_failed",
+    /// SCTP packets (common header read).
+    SCTP = 36 => "sctp",
+    /// SCTP packets too short for the common header and a chunk header, or whose first chunk's
+    /// length is under 4 (or under 20 for an INIT).
+    MAL_SCTP = 37 => "malformed_sctp",
+    /// Packets of an IP protocol other than TCP, UDP, ICMP/ICMPv6 and SCTP.
+    OTHER_PROTO = 38 => "other_proto",
     /// New-fingerprint events not sent because the per-CPU budget was spent (a flood of new
     /// sources); the fingerprints are still in FINGERPRINTS for the sweep. Kept at the last
     /// slot so counters added after 33 do not move it.

@@ -49,10 +49,12 @@ pub enum AlertKind {
     /// A source that scanned or enumerated earlier (possibly weeks ago) now sends
     /// exploit-shaped requests; `depth.phases` lists the timeline.
     Transition,
+    /// Packets of many distinct IP protocol numbers from one source (nmap -sO).
+    ProtocolScan,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 13] = [
+    pub const ALL: [AlertKind; 14] = [
         AlertKind::HorizontalScan,
         AlertKind::VerticalScan,
         AlertKind::BlockScan,
@@ -66,6 +68,7 @@ impl AlertKind {
         AlertKind::Notice,
         AlertKind::Enumeration,
         AlertKind::Transition,
+        AlertKind::ProtocolScan,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,6 +86,7 @@ impl AlertKind {
             AlertKind::Notice => "notice",
             AlertKind::Enumeration => "enumeration",
             AlertKind::Transition => "transition",
+            AlertKind::ProtocolScan => "protocol_scan",
         }
     }
 }
@@ -127,6 +131,8 @@ pub enum Evidence {
     RawSocket,
     /// A rate-limit notice: findings of this kind suppressed.
     Suppressed(AlertKind),
+    /// Distinct IP protocol numbers a source sent (protocol scan).
+    Protocols,
 }
 
 impl Evidence {
@@ -142,6 +148,7 @@ impl Evidence {
             Evidence::RawProbe => "raw_probe",
             Evidence::RawSocket => "raw_socket",
             Evidence::Suppressed(k) => k.as_str(),
+            Evidence::Protocols => "protocols",
         }
     }
 
@@ -157,6 +164,7 @@ impl Evidence {
             "sources" => Some(Evidence::Sources),
             "raw_probe" => Some(Evidence::RawProbe),
             "raw_socket" => Some(Evidence::RawSocket),
+            "protocols" => Some(Evidence::Protocols),
             _ => AlertKind::ALL.into_iter().find(|k| k.as_str() == s).map(Evidence::Suppressed),
         }
     }

@@ -147,6 +147,9 @@ pub fn run(repeat: u32) -> anyhow::Result<Report> {
     let lo = v4(127, 0, 0, 1);
     let ack_est = PacketSpec::tcp(lo, lo, client.local_addr()?.port(), listener.local_addr()?.port(), ACK).build();
     let ack_orphan = PacketSpec::tcp(known, dst, 40000, 80, ACK).build();
+    // nmap -sY's INIT and a GRE packet (any other IP protocol: nmap -sO, tunnels).
+    let sctp_init = PacketSpec::sctp(known, dst, 40000, 80, 1, 28).build();
+    let gre = PacketSpec::ip_proto(known, dst, 47, 24).build();
     let mut malformed = PacketSpec::tcp(known, dst, 1, 2, SYN).build();
     malformed[14] = 0x43; // IHL 3
     let n_new = 20_000usize;
@@ -187,6 +190,8 @@ pub fn run(repeat: u32) -> anyhow::Result<Report> {
         ("malformed (IPv4 IHL<5)", &malformed),
         ("bare ACK, established connection", &ack_est),
         ("bare ACK, no connection (ACK scan)", &ack_orphan),
+        ("SCTP INIT (known source)", &sctp_init),
+        ("GRE packet (known source)", &gre),
     ] {
         let m = measure_pair(&mut ebpf, BASE, PROG_XDP, pkt, repeat)?;
         push(&mut rows, name, "repeat", m);

@@ -19,6 +19,16 @@ use scanwatch_common::tcpflag::{ACK, FIN, PSH, RST, SYN, URG};
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
+const SCTP: u8 = 132;
+
+/// SCTP chunk types the tracker reads (RFC 9260 3.2).
+pub mod sctp_chunk {
+    pub const INIT: u8 = 1;
+    pub const INIT_ACK: u8 = 2;
+    pub const ABORT: u8 = 6;
+    pub const COOKIE_ECHO: u8 = 10;
+    pub const COOKIE_ACK: u8 = 11;
+}
 
 /// What an ICMP destination-unreachable said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +45,8 @@ pub enum Seen {
     /// `payload`: the segment carries data (it belongs to a connection).
     Tcp { src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8, payload: bool },
     Udp { src: IpAddr, dst: IpAddr, sport: u16, dport: u16 },
+    /// An SCTP packet and the type of its first chunk (`sctp_chunk::*`).
+    Sctp { src: IpAddr, dst: IpAddr, sport: u16, dport: u16, chunk: u8 },
     /// An ICMP/ICMPv6 destination unreachable sent by `from`, quoting the packet it refused.
     Unreachable { from: IpAddr, probe_src: IpAddr, probe_dst: IpAddr, proto: u8, sport: u16, dport: u16, kind: Icmp },
 }
@@ -52,6 +64,10 @@ pub enum ProbeKind {
     Ack,
     /// A FIN-ACK outside any known flow (Maimon scan): a RST answer confirms no connection.
     Maimon,
+    /// An SCTP INIT (nmap -sY): INIT-ACK = open, ABORT = closed, nothing = failed (as a SYN).
+    SctpInit,
+    /// An SCTP COOKIE ECHO (nmap -sZ): ABORT = closed, silence = open or filtered.
+    SctpCookie,
 }
 
 /// A SYN-ACK or RST sent by `from` that answers nothing the capture showed.
@@ -106,7 +122,7 @@ impl Resolved {
             Outcome::Open => false,
             Outcome::Closed | Outcome::Filtered => !matches!(self.kind, ProbeKind::Ack | ProbeKind::Maimon),
             // A silent stealth or UDP probe means "open or filtered": no verdict.
-            Outcome::NoAnswer => self.kind == ProbeKind::Syn,
+            Outcome::NoAnswer => matches!(self.kind, ProbeKind::Syn | ProbeKind::SctpInit),
         }
     }
 
@@ -278,6 +294,22 @@ impl ReplyTracker {
                     self.settle(now, back, Outcome::Open, out);
                 } else {
                     self.probe(now, Key { prober: src, target: dst, proto: UDP, sport, dport }, ProbeKind::Udp, out);
+                }
+            }
+            Seen::Sctp { src, dst, sport, dport, chunk } => {
+                let back = Key { prober: dst, target: src, proto: SCTP, sport: dport, dport: sport };
+                match chunk {
+                    sctp_chunk::INIT | sctp_chunk::COOKIE_ECHO => {
+                        let kind = if chunk == sctp_chunk::INIT { ProbeKind::SctpInit } else { ProbeKind::SctpCookie };
+                        self.probe(now, Key { prober: src, target: dst, proto: SCTP, sport, dport }, kind, out);
+                    }
+                    sctp_chunk::INIT_ACK | sctp_chunk::COOKIE_ACK if self.pending.contains_key(&back) => {
+                        self.settle(now, back, Outcome::Open, out);
+                    }
+                    sctp_chunk::ABORT if self.pending.contains_key(&back) => {
+                        self.settle(now, back, Outcome::Closed, out);
+                    }
+                    _ => {}
                 }
             }
             Seen::Unreachable { probe_src, probe_dst, proto, sport, dport, kind, .. } => {
@@ -479,6 +511,35 @@ mod tests {
         let o: Vec<(u16, Outcome)> = out.iter().map(|r| (r.dport, r.outcome)).collect();
         assert_eq!(o, vec![(53, Outcome::Open), (161, Outcome::Closed), (8080, Outcome::Filtered)]);
         assert!(out.iter().skip(1).all(Resolved::failure));
+    }
+
+    #[test]
+    fn sctp_init_ack_open_abort_closed_silence_by_kind() {
+        let mut tr = ReplyTracker::new(TrackerConfig { timeout: Duration::from_secs(3), ..TrackerConfig::default() });
+        let mut out = Vec::new();
+        let (a, b) = (ip("198.51.100.7"), ip("192.0.2.1"));
+        let sctp = |src, dst, sport, dport, chunk| Seen::Sctp { src, dst, sport, dport, chunk };
+        // INIT to 80 answered INIT-ACK (open), to 81 ABORT (closed), to 82 silence (failed);
+        // COOKIE ECHO to 83 ABORT (closed), to 84 silence (no verdict).
+        for p in 80..=82 {
+            tr.observe(t(0), &sctp(a, b, 40000, p, sctp_chunk::INIT), &mut out);
+        }
+        for p in 83..=84 {
+            tr.observe(t(0), &sctp(a, b, 40000, p, sctp_chunk::COOKIE_ECHO), &mut out);
+        }
+        tr.observe(t(5), &sctp(b, a, 80, 40000, sctp_chunk::INIT_ACK), &mut out);
+        tr.observe(t(6), &sctp(b, a, 81, 40000, sctp_chunk::ABORT), &mut out);
+        tr.observe(t(7), &sctp(b, a, 83, 40000, sctp_chunk::ABORT), &mut out);
+        // An ABORT nobody asked for settles nothing.
+        tr.observe(t(8), &sctp(b, a, 99, 40000, sctp_chunk::ABORT), &mut out);
+        tr.expire(t(10_000), &mut out);
+        let by_port = |p: u16| out.iter().find(|r| r.dport == p).unwrap_or_else(|| panic!("port {p}: {out:?}"));
+        assert!(by_port(80).success() && by_port(80).kind == ProbeKind::SctpInit);
+        assert!(by_port(81).failure() && by_port(81).outcome == Outcome::Closed);
+        assert!(by_port(82).failure() && by_port(82).outcome == Outcome::NoAnswer);
+        assert!(by_port(83).failure() && by_port(83).kind == ProbeKind::SctpCookie);
+        assert!(!by_port(84).failure() && !by_port(84).success());
+        assert_eq!(out.len(), 5, "{out:?}");
     }
 
     #[test]

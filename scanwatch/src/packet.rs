@@ -10,6 +10,8 @@ pub enum L4 {
     Udp { sport: u16, dport: u16, payload: Vec<u8> },
     /// ICMP (v4) or ICMPv6 echo request.
     Echo,
+    /// Any IP protocol: `bytes` are the whole L4 part, sent as is (no checksum computed).
+    Raw { proto: u8, bytes: Vec<u8> },
 }
 
 #[derive(Clone, Debug)]
@@ -42,6 +44,28 @@ impl PacketSpec {
             bad_checksum: false,
             l4: L4::Tcp { sport, dport, seq: 1000, flags, window: 64240, options: Vec::new(), payload: Vec::new() },
         }
+    }
+
+    /// An SCTP packet whose only chunk has type `chunk` and `chunk_len` bytes (at least 4; the
+    /// value bytes are zero), as nmap -sY (INIT, 1) / -sZ (COOKIE ECHO, 10) send. The CRC32c
+    /// is left zero (the XDP program does not check it).
+    pub fn sctp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, chunk: u8, chunk_len: u16) -> Self {
+        let mut b = Vec::new();
+        b.extend_from_slice(&sport.to_be_bytes());
+        b.extend_from_slice(&dport.to_be_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b.push(chunk);
+        b.push(0);
+        b.extend_from_slice(&chunk_len.to_be_bytes());
+        b.resize(12 + usize::from(chunk_len.max(4)).next_multiple_of(4), 0);
+        Self { l4: L4::Raw { proto: 132, bytes: b }, ..Self::tcp(src, dst, 0, 0, 0) }
+    }
+
+    /// A packet of IP protocol `proto` with `len` zero bytes after the IP header (nmap -sO sends
+    /// empty ones for the protocols it has no header for).
+    pub fn ip_proto(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Self {
+        Self { l4: L4::Raw { proto, bytes: vec![0; len] }, ..Self::tcp(src, dst, 0, 0, 0) }
     }
 
     /// An nmap-like SYN: window 1024, MSS 1460 only.
@@ -99,15 +123,18 @@ impl PacketSpec {
                 let ty = if self.src.is_ipv4() { 8 } else { 128 };
                 vec![ty, 0, 0, 0, 0, 1, 0, 1]
             }
+            L4::Raw { bytes, .. } => bytes.clone(),
         };
         let proto = match (&self.l4, self.src.is_ipv4()) {
             (L4::Tcp { .. }, _) => 6u8,
             (L4::Udp { .. }, _) => 17,
             (L4::Echo, true) => 1,
             (L4::Echo, false) => 58,
+            (L4::Raw { proto, .. }, _) => *proto,
         };
         // Checksum (pseudo header for TCP/UDP/ICMPv6).
         let csum_off = match proto {
+            _ if matches!(self.l4, L4::Raw { .. }) => None,
             6 => Some(16),
             17 => Some(6),
             1 | 58 => Some(2),

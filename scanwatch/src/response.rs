@@ -61,6 +61,7 @@ pub fn qualifies(a: &Alert, cfg: &ResponseConfig) -> Option<IpAddr> {
         | AlertKind::BlockScan
         | AlertKind::StealthScan
         | AlertKind::SlowScan
+        | AlertKind::ProtocolScan
         | AlertKind::HoneyportHit => true,
         // Seen on completed handshakes: the source address is not spoofed.
         AlertKind::Enumeration | AlertKind::Transition => true,

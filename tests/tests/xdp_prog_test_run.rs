@@ -716,3 +716,83 @@ fn port_filter_skips_lookups_only_where_no_socket_can_be() {
     p.run_all([PacketSpec::tcp(v4("127.0.0.22"), lo, 40000, closed_port(), FIN | ACK).build()]);
     assert_eq!(p.count(v4("127.0.0.22"), cnt::MAIMON), 1);
 }
+
+// ------------------------------------------------------------------------------------------------
+// SCTP probes (nmap -sY / -sZ) and IP-protocol scans (nmap -sO).
+// ------------------------------------------------------------------------------------------------
+
+const SCTP_INIT: u8 = 1;
+const SCTP_ABORT: u8 = 6;
+const SCTP_COOKIE_ECHO: u8 = 10;
+
+fn protocols_of(s: &SrcState) -> Vec<u8> {
+    (0..=255u8).filter(|p| s.protocols[usize::from(p >> 6)] & (1u64 << (p & 63)) != 0).collect()
+}
+
+#[test]
+fn sctp_init_and_cookie_echo_are_port_probes() {
+    let mut p = Prog::new();
+    for (src, d) in [(v4("198.51.100.60"), v4("10.250.0.1")), (v6("2001:db8::60"), v6("fd00::1"))] {
+        let sctp_before = p.stats()[stat::SCTP as usize];
+        // nmap -sY: INIT (20-byte fixed part + nmap's cookie-preservative parameter) to 3 ports;
+        // nmap -sZ: COOKIE ECHO to 2 more.
+        let mut pkts: Vec<Vec<u8>> = (1..=3).map(|port| PacketSpec::sctp(src, d, 40000, port, SCTP_INIT, 28).build()).collect();
+        pkts.extend((4..=5).map(|port| PacketSpec::sctp(src, d, 40000, port, SCTP_COOKIE_ECHO, 4).build()));
+        // An ABORT (or any other first chunk) is not a probe.
+        pkts.push(PacketSpec::sctp(src, d, 40000, 9, SCTP_ABORT, 4).build());
+        p.run_all(pkts);
+        let s = p.source(src).unwrap_or_else(|| panic!("{src} admitted"));
+        assert_eq!(s.counts[cnt::SCTP_INIT], 3, "{src}");
+        assert_eq!(s.counts[cnt::SCTP_COOKIE], 2, "{src}");
+        let mut sample: Vec<u16> = s.sample_ports[..s.n_sample as usize].to_vec();
+        sample.sort_unstable();
+        assert_eq!(sample, vec![1, 2, 3, 4, 5], "{src}: the probed ports, not the ABORT's");
+        assert_eq!(protocols_of(&s), vec![132], "{src}");
+        assert_eq!(p.stats()[stat::SCTP as usize], sctp_before + 6);
+    }
+}
+
+#[test]
+fn malformed_sctp_is_counted_and_passes() {
+    let mut p = Prog::new();
+    let (src, d) = (v4("198.51.100.61"), v4("10.250.0.1"));
+    let before = p.stats()[stat::MAL_SCTP as usize];
+    // Too short for the common header + a chunk header.
+    let short = PacketSpec::ip_proto(src, d, 132, 14).build();
+    // First chunk length under 4.
+    let mut bad_len = PacketSpec::sctp(src, d, 40000, 80, SCTP_INIT, 20);
+    if let L4::Raw { bytes, .. } = &mut bad_len.l4 {
+        bytes[14..16].copy_from_slice(&2u16.to_be_bytes());
+    }
+    // An INIT shorter than its fixed part, and a chunk length beyond the packet.
+    let short_init = PacketSpec::sctp(src, d, 40000, 81, SCTP_INIT, 8).build();
+    let mut overrun = PacketSpec::sctp(src, d, 40000, 82, SCTP_INIT, 20);
+    if let L4::Raw { bytes, .. } = &mut overrun.l4 {
+        bytes[14..16].copy_from_slice(&400u16.to_be_bytes());
+    }
+    p.run_all([short, bad_len.build(), short_init, overrun.build()]);
+    assert_eq!(p.stats()[stat::MAL_SCTP as usize], before + 4);
+    assert!(p.source(src).is_none(), "malformed packets create no state");
+    assert_eq!(p.slot(src).addr, [0, 0], "nor a held first contact");
+}
+
+#[test]
+fn ip_protocol_scan_sets_one_bit_per_protocol() {
+    let mut p = Prog::new();
+    let (src, d) = (v4("198.51.100.62"), v4("10.250.0.1"));
+    let other_before = p.stats()[stat::OTHER_PROTO as usize];
+    // nmap -sO: an empty packet for each protocol it has no header for (here 0..=100 without
+    // ICMP, TCP, UDP), an ICMP echo, a UDP datagram to a closed port, a SYN.
+    let others: Vec<u8> = (0..=100u8).filter(|p| ![1, 6, 17].contains(p)).collect();
+    let mut pkts: Vec<Vec<u8>> = others.iter().map(|pr| PacketSpec::ip_proto(src, d, *pr, 0).build()).collect();
+    pkts.push(PacketSpec { l4: L4::Echo, ..PacketSpec::tcp(src, d, 0, 0, 0) }.build());
+    pkts.push(PacketSpec { l4: L4::Udp { sport: 40000, dport: closed_port(), payload: Vec::new() }, ..PacketSpec::tcp(src, d, 0, 0, 0) }.build());
+    pkts.push(PacketSpec::tcp(src, d, 40000, closed_port(), SYN).build());
+    p.run_all(pkts);
+    let s = p.source(src).expect("admitted");
+    assert_eq!(s.counts[cnt::IP_PROTO] as usize, others.len());
+    assert_eq!(protocols_of(&s), (0..=100u8).collect::<Vec<_>>(), "every protocol number sent, once each");
+    assert_eq!(p.stats()[stat::OTHER_PROTO as usize], other_before + others.len() as u64);
+    // No port or host fan-out from portless protocols beyond the one target.
+    assert!(hll_estimate(&s.host_hll) < 1.5);
+}

@@ -263,6 +263,49 @@ pub(super) fn classify_udp(ctx: &XdpContext, l3: &L3, cfg: &XdpConfig, obs: &mut
     Ok(())
 }
 
+/// SCTP chunk types that open an association from the peer's side.
+const SCTP_CHUNK_INIT: u8 = 1;
+const SCTP_CHUNK_COOKIE_ECHO: u8 = 10;
+
+/// SCTP: the 12-byte common header and the first chunk's header (type, flags, length) only —
+/// INIT must be alone in its packet and COOKIE ECHO first (RFC 9260 6.10), so the first chunk
+/// tells a probe. INIT (nmap -sY) and COOKIE ECHO (nmap -sZ) are port probes; the outcome is
+/// unknown here (no socket lookup helper for SCTP). Malformed: under 16 bytes, a first chunk
+/// length under 4, or an INIT shorter than its 20-byte fixed part.
+#[inline(never)]
+pub(super) fn classify_sctp(ctx: &XdpContext, l3: &L3, obs: &mut Obs) -> Result<(), u32> {
+    if l3.frag == 1 {
+        // First fragment: the chunk may be elsewhere; its ports are the probe.
+        let sport = be16_at(ctx, l3.l4).map_err(|_| stat::MAL_SCTP)?;
+        let dport = be16_at(ctx, l3.l4 + 2).map_err(|_| stat::MAL_SCTP)?;
+        obs.cur.sport = sport;
+        obs.cur.dport = dport;
+        obs.count(cnt::FRAG_FIRST);
+        obs.cur.kind = probe::PORT;
+        return Ok(());
+    }
+    if l3.l4_len < 16 {
+        return Err(stat::MAL_SCTP);
+    }
+    let sport = be16_at(ctx, l3.l4).map_err(|_| stat::MAL_SCTP)?;
+    let dport = be16_at(ctx, l3.l4 + 2).map_err(|_| stat::MAL_SCTP)?;
+    let ty = (be16_at(ctx, l3.l4 + 12).map_err(|_| stat::MAL_SCTP)? >> 8) as u8;
+    let clen = be16_at(ctx, l3.l4 + 14).map_err(|_| stat::MAL_SCTP)? as usize;
+    if clen < 4 || clen > l3.l4_len - 12 || (ty == SCTP_CHUNK_INIT && clen < 20) {
+        return Err(stat::MAL_SCTP);
+    }
+    obs.cur.sport = sport;
+    obs.cur.dport = dport;
+    if ty == SCTP_CHUNK_INIT {
+        obs.count(cnt::SCTP_INIT);
+        obs.cur.kind = probe::PORT;
+    } else if ty == SCTP_CHUNK_COOKIE_ECHO {
+        obs.count(cnt::SCTP_COOKIE);
+        obs.cur.kind = probe::PORT;
+    }
+    Ok(())
+}
+
 #[inline(never)]
 pub(super) fn classify_icmp(ctx: &XdpContext, l3: &L3, obs: &mut Obs) -> Result<(), u32> {
     let ty = (be16_at(ctx, l3.l4).map_err(|_| stat::MAL_ICMP)? >> 8) as u8;

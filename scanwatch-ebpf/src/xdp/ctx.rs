@@ -40,6 +40,7 @@ pub(super) const IPPROTO_TCP: u8 = 6;
 pub(super) const IPPROTO_UDP: u8 = 17;
 pub(super) const IPPROTO_ICMP: u8 = 1;
 pub(super) const IPPROTO_ICMPV6: u8 = 58;
+pub(super) const IPPROTO_SCTP: u8 = 132;
 
 
 pub(super) type Stats = [u64; stat::N as usize];

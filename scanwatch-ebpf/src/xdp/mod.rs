@@ -153,11 +153,23 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
                 stats[stat::UDP as usize] += 1;
                 classify_udp(ctx, &l3, cfg, obs)?;
             }
-            IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            // ICMP in IPv4, ICMPv6 in IPv6 (the other pairing is just another protocol number,
+            // as nmap -sO sends it).
+            IPPROTO_ICMP | IPPROTO_ICMPV6 if (l3.proto == IPPROTO_ICMPV6) == (l3.v6 != 0) => {
                 stats[stat::ICMP as usize] += 1;
                 classify_icmp(ctx, &l3, obs)?;
             }
-            _ => {}
+            IPPROTO_SCTP => {
+                stats[stat::SCTP as usize] += 1;
+                classify_sctp(ctx, &l3, obs)?;
+            }
+            _ => {
+                // Any other IP protocol (GRE, ESP, OSPF, IGMP, ... or nmap -sO's one packet per
+                // protocol number): counted; the protocol number is what the source's state
+                // keeps (`SrcState::protocols`).
+                stats[stat::OTHER_PROTO as usize] += 1;
+                obs.count(cnt::IP_PROTO);
+            }
         }
     }
     if obs.cur.nb == 0 {

@@ -103,6 +103,9 @@ pub(super) fn apply_probe(s: &mut SrcState, p: &Probe) {
         }
         k += 1;
     }
+    if p.proto != probe::PROTO_ARP {
+        s.protocols[(p.proto >> 6) as usize & 3] |= 1u64 << (p.proto & 63);
+    }
     if p.kind == probe::NONE {
         return;
     }

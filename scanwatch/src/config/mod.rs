@@ -182,6 +182,15 @@ pub struct DetectConfig {
     pub distributed_min_sources: u32,
     pub distributed_min_ports: u32,
     pub distributed_min_hosts: u32,
+    /// Sources probing disjoint slices of one target's ports at once that make one
+    /// `distributed_scan` (a split port range).
+    pub split_min_sources: u32,
+    /// Distinct ports each of them must probe within `distributed_window`.
+    pub split_min_ports: u32,
+    /// Most a member's port range (and port sample) may overlap another member's.
+    pub split_max_overlap: f64,
+    /// Distinct IP protocol numbers from one source within a window that make a `protocol_scan`.
+    pub protocol_scan_min: u32,
     pub max_inbound_entities: usize,
     pub max_outbound_entities: usize,
     pub entity_idle: Duration,

@@ -118,6 +118,10 @@ pub(super) struct RawDetect {
     pub(super) distributed_min_sources: Option<u32>,
     pub(super) distributed_min_ports: Option<u32>,
     pub(super) distributed_min_hosts: Option<u32>,
+    pub(super) split_min_sources: Option<u32>,
+    pub(super) split_min_ports: Option<u32>,
+    pub(super) split_max_overlap: Option<f64>,
+    pub(super) protocol_scan_min: Option<u32>,
     pub(super) max_inbound_entities: Option<u32>,
     pub(super) max_outbound_entities: Option<u32>,
     pub(super) entity_idle: Option<String>,
@@ -321,7 +325,8 @@ impl RawConfig {
                 privileged_weight, trw_min_fanout, slow_min_window, stealth_min,
                 weak_stealth_min, evasion_min, unsolicited_min, decoy_window, decoy_min_sources,
                 decoy_min_ports, decoy_min_overlap, distributed_window, distributed_min_sources,
-                distributed_min_ports, distributed_min_hosts, max_inbound_entities,
+                distributed_min_ports, distributed_min_hosts, split_min_sources, split_min_ports,
+                split_max_overlap, protocol_scan_min, max_inbound_entities,
                 max_outbound_entities, entity_idle, baseline_margin);
             sub(&mut s.trw, trw, |s, o| overlay_fields!(s, o; alpha, beta, theta0, theta1));
         });

@@ -9,8 +9,10 @@ use std::time::Duration;
 use super::correlate_state::*;
 use super::engine::Engine;
 use super::types::{DecoyMembership, HeldProbe, SAMPLE_OUT};
+use super::features::seen_within;
 use super::reason;
-use super::window::m;
+use super::shape;
+use super::window::{m, Metrics};
 use crate::alert::{
     is_internal, Alert, AlertKind, AlertSource, Counts, Direction, Evidence, Incident, Severity, Shape, Targets,
     Technique,
@@ -148,6 +150,7 @@ impl Engine {
             return;
         }
         self.distributed.last_eval = Some(now);
+        self.evaluate_split(now, out);
         let d = &self.cfg.detect;
         let window = d.distributed_window;
         let count_idx = d.windows.iter().position(|w| *w >= window).unwrap_or(d.windows.len().saturating_sub(1));
@@ -237,5 +240,183 @@ impl Engine {
         };
         alert.reason = reason::distributed(&alert);
         self.submit(now, "distributed", Duration::ZERO, alert, out);
+    }
+}
+
+/// One source's part in a possible split port range.
+#[derive(Debug, Clone)]
+struct SplitCandidate {
+    ip: IpAddr,
+    /// Its exact port sample within the window, sorted.
+    ports: Vec<u16>,
+    /// Lowest and highest port of the sample.
+    lo: u16,
+    hi: u16,
+    hosts: Vec<IpAddr>,
+    /// Distinct ports (estimate) within the window.
+    n_ports: f64,
+    totals: Metrics,
+}
+
+impl SplitCandidate {
+    /// The two sources' port ranges (and exact samples) overlap by at most `max` of the smaller.
+    fn disjoint_from(&self, o: &SplitCandidate, max: f64) -> bool {
+        let len = |c: &SplitCandidate| f64::from(c.hi - c.lo) + 1.0;
+        let inter = (f64::from(self.hi.min(o.hi)) - f64::from(self.lo.max(o.lo)) + 1.0).max(0.0);
+        if inter > max * len(self).min(len(o)) {
+            return false;
+        }
+        let shared = self.ports.iter().filter(|p| o.ports.binary_search(p).is_ok()).count() as f64;
+        shared <= max * self.ports.len().min(o.ports.len()) as f64
+    }
+}
+
+/// Sources looked at per evaluation (the most recently active), and target addresses grouped.
+const SPLIT_CANDIDATES: usize = 512;
+const SPLIT_TARGETS: usize = 64;
+/// Exact ports a source's sample needs for its range to mean anything.
+const SPLIT_SAMPLE_MIN: usize = 4;
+
+impl Engine {
+    /// Split port ranges: several sources, active within `detect.distributed_window`, each
+    /// probing one slice of the same address's ports — adjacent slices that do not overlap — are one
+    /// scan divided between them (each source may also be a scan of its own). Stateless between
+    /// evaluations apart from the incident: bounded by `SPLIT_CANDIDATES` sources.
+    pub(super) fn evaluate_split(&mut self, now: Duration, out: &mut Vec<Alert>) {
+        let d = &self.cfg.detect;
+        let window = d.distributed_window;
+        let count_idx = d.windows.iter().position(|w| *w >= window).unwrap_or(d.windows.len().saturating_sub(1));
+        let (min_sources, min_ports, max_overlap) =
+            (d.split_min_sources as usize, f64::from(d.split_min_ports), d.split_max_overlap);
+        let (min_fail, min_total) = (d.min_fail_ratio, f64::from(d.distributed_min_ports));
+        let mut cands: Vec<SplitCandidate> = Vec::new();
+        for e in self.inbound.values() {
+            if now.saturating_sub(e.last_seen) >= window || e.allow_net.is_some() {
+                continue;
+            }
+            if e.lifetime_fail_ratio().is_some_and(|r| r < min_fail) {
+                continue;
+            }
+            let Some(t) = e.windows.totals(now).get(count_idx).copied() else { continue };
+            let mut ports = seen_within(&e.port_seen, now, window, usize::MAX);
+            let n_ports = t.get(m::NEW_PORTS).max(ports.len() as f64);
+            if ports.len() < SPLIT_SAMPLE_MIN || n_ports < min_ports {
+                continue;
+            }
+            ports.sort_unstable();
+            let (lo, hi) = (ports[0], ports[ports.len() - 1]);
+            let hosts = seen_within(&e.host_seen, now, window, SPLIT_TARGETS);
+            cands.push(SplitCandidate { ip: e.ip, ports, lo, hi, hosts, n_ports, totals: t });
+            if cands.len() >= SPLIT_CANDIDATES {
+                break;
+            }
+        }
+        if cands.len() < min_sources {
+            return;
+        }
+        // Group by target address (a source whose targets are unknown so far joins every group).
+        let mut targets: BTreeSet<IpAddr> = BTreeSet::new();
+        for c in &cands {
+            targets.extend(c.hosts.iter().copied());
+        }
+        let groups: Vec<Option<IpAddr>> = if targets.is_empty() {
+            vec![None]
+        } else {
+            targets.into_iter().take(SPLIT_TARGETS).map(Some).collect()
+        };
+        for target in groups {
+            let mut cs: Vec<&SplitCandidate> =
+                cands.iter().filter(|c| target.is_none_or(|h| c.hosts.is_empty() || c.hosts.contains(&h))).collect();
+            if cs.len() < min_sources {
+                continue;
+            }
+            cs.sort_by(|a, b| (a.lo, a.hi, a.ip).cmp(&(b.lo, b.hi, b.ip)));
+            // Slices of one range: each next to the slices before it (the gap to the highest port
+            // so far at most the wider of the two spans), none overlapping another.
+            let mut group: Vec<&SplitCandidate> = Vec::new();
+            let mut reach: Option<(u16, u16)> = None;
+            for c in cs {
+                // A slice reaches its highest sampled port, or as far as its port count takes it
+                // from its lowest (a sequential scanner's sample is its first ports only).
+                let span = (c.hi - c.lo).max(c.n_ports.min(65_535.0) as u16);
+                if let Some((hi, prev_span)) = reach {
+                    let gap = c.lo.saturating_sub(hi);
+                    if gap > prev_span.max(span) {
+                        if group.len() >= min_sources {
+                            break;
+                        }
+                        // A new run of slices starts here.
+                        group.clear();
+                        reach = None;
+                    }
+                }
+                if group.iter().all(|g| g.disjoint_from(c, max_overlap)) {
+                    group.push(c);
+                    let end = c.hi.max(c.lo.saturating_add(span));
+                    let hi = reach.map_or(end, |(h, _)| h.max(end));
+                    reach = Some((hi, span));
+                }
+            }
+            // The sources whose target is known must be most of it.
+            let known = group.iter().filter(|c| !c.hosts.is_empty()).count();
+            let total_ports: f64 = group.iter().map(|c| c.n_ports).sum();
+            if group.len() < min_sources
+                || (target.is_some() && known * 2 < group.len())
+                || total_ports < min_total
+            {
+                continue;
+            }
+            let mut totals = Metrics::default();
+            for c in &group {
+                for (k, v) in totals.0.iter_mut().zip(c.totals.0.iter()) {
+                    *k += *v;
+                }
+            }
+            let proto = shape::of(&totals).protocol;
+            let proto = if proto.is_empty() || proto == "mixed" { "tcp".to_string() } else { proto };
+            let internal = group.iter().any(|c| is_internal(&c.ip));
+            let n = group.len();
+            let sample: BTreeSet<u16> = group.iter().flat_map(|c| c.ports.iter().copied()).collect();
+            let mut alert = Alert {
+                time: self.time(now),
+                kind: AlertKind::DistributedScan,
+                severity: if internal { Severity::High } else { Severity::Medium },
+                confidence: (0.5 + 0.1 * n as f64).min(0.9),
+                direction: Direction::Inbound,
+                source: AlertSource {
+                    ip: group.first().map(|c| c.ip),
+                    process: None,
+                    related: group.iter().skip(1).take(RELATED_OUT).map(|c| c.ip).collect(),
+                },
+                targets: Targets {
+                    host_count: 1,
+                    port_count: (total_ports.round() as u64).max(sample.len() as u64),
+                    sample_ports: sample.iter().take(SAMPLE_OUT).copied().collect(),
+                    sample_hosts: target.iter().map(IpAddr::to_string).collect(),
+                },
+                shape: Shape::new(&proto, "split"),
+                window: format_duration(window),
+                counts: Counts::new(
+                    totals.get(m::PROBES).round() as u64,
+                    totals.get(m::FAILURES).round() as u64,
+                    totals.get(m::SUCCESSES).round() as u64,
+                    BTreeMap::from([(Evidence::Sources, n as u64)]),
+                ),
+                fingerprint: None,
+                technique: if internal { Technique::network_service_discovery() } else { Technique::active_scanning() },
+                host: self.host.clone(),
+                allowlisted: false,
+                blocked: false,
+                reason: String::new(),
+                update: false,
+                alert_id: String::new(),
+                incident: Incident::default(),
+                depth: None,
+                annotations: Default::default(),
+            };
+            alert.reason = reason::split(&alert);
+            let actor = format!("split:{}", target.map_or_else(|| "?".to_string(), |h| h.to_string()));
+            self.submit(now, &actor, Duration::ZERO, alert, out);
+        }
     }
 }

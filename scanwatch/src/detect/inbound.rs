@@ -234,6 +234,39 @@ impl Engine {
         }
 
         self.stealth_and_evasion(now, ip, &totals, out);
+        self.protocol_scan(now, ip, &totals, out);
+    }
+
+    /// IP-protocol scan (nmap -sO): many distinct IP protocol numbers from one source within a
+    /// window (the shortest that has `detect.protocol_scan_min`).
+    fn protocol_scan(&mut self, now: Duration, ip: IpAddr, totals: &[Metrics], out: &mut Vec<Alert>) {
+        let d = &self.cfg.detect;
+        let min = f64::from(d.protocol_scan_min);
+        let Some(i) = totals.iter().position(|t| t.get(m::NEW_PROTOS) >= min) else { return };
+        let sh = Shape::new("ip", "protocol");
+        // Counted over the shortest fast window covering the incident so far (as fan-outs are).
+        let i = self.report_window(now, &format!("src:{ip}"), AlertKind::ProtocolScan, &sh, i);
+        let t = totals[i];
+        let window = self.cfg.detect.windows[i];
+        let protos = t.get(m::NEW_PROTOS).round() as u64;
+        // Many protocols mean a scanner looking for what answers, not one misrouted tunnel.
+        let conf = (0.6 + 0.3 * (protos as f64 / 64.0)).min(0.95);
+        let Some(mut a) =
+            self.inbound_alert(now, ip, AlertKind::ProtocolScan, placed(Severity::Medium, &ip), conf, window, &t, sh)
+        else {
+            return;
+        };
+        // Ports do not apply: the probes are told apart by protocol number.
+        a.targets.port_count = 0;
+        a.targets.sample_ports.clear();
+        // Probes: the packets of other protocols plus the port / echo probes among them.
+        let probes = a.counts.probes + t.get(m::cnt(cnt::IP_PROTO)).round() as u64;
+        let mut detail = a.counts.detail.clone();
+        detail.insert(Evidence::Protocols, protos);
+        a.counts = Counts::new(probes, a.counts.failures, a.counts.successes, detail);
+        let notes = self.inbound_notes(&ip, false);
+        a.reason = reason::protocol_scan(&a, &notes);
+        self.submit(now, &format!("src:{ip}"), Duration::ZERO, a, out);
     }
 
     fn stealth_and_evasion(&mut self, now: Duration, ip: IpAddr, totals: &[Metrics], out: &mut Vec<Alert>) {

@@ -20,7 +20,7 @@ pub(super) const FP_CAP: usize = 4;
 
 
 /// Counters whose names are reported in `counts` (stealth and evasion).
-pub(super) const DETAIL_COUNTERS: [usize; 17] = [
+pub(super) const DETAIL_COUNTERS: [usize; 20] = [
     cnt::NULL,
     cnt::FIN,
     cnt::XMAS,
@@ -39,6 +39,10 @@ pub(super) const DETAIL_COUNTERS: [usize; 17] = [
     cnt::UDP_CLOSED,
     cnt::ICMP_ECHO,
     cnt::ARP,
+    // SCTP probe forms and other IP protocols' packets.
+    cnt::SCTP_INIT,
+    cnt::SCTP_COOKIE,
+    cnt::IP_PROTO,
 ];
 
 /// Share of a window's probes carrying a technique mark (stealth flag shapes, evasion marks)
@@ -85,6 +89,13 @@ pub(super) struct InboundEntity {
     /// Since when the swept counters show a honeyport touch whose kernel event (port and
     /// protocol) has not arrived; after `HONEY_EVENT_WAIT` the touch alerts without them.
     pub(super) honey_unexplained: Option<Duration>,
+    /// IP protocol numbers seen from the source so far (bit n = protocol n).
+    pub(super) protocols: [u64; 4],
+    /// Unsolicited RSTs the source's own SYNs still account for: each SYN answered by a SYN-ACK
+    /// may be torn down by two RSTs (the scanner's own and its OS stack's), whenever they come.
+    rst_budget: u64,
+    /// COOKIE ECHOs the source's own SCTP INITs still account for (one each).
+    init_budget: u64,
 }
 
 
@@ -117,6 +128,9 @@ impl InboundEntity {
             honey_seen: BTreeMap::new(),
             prev_sample: Vec::new(),
             honey_unexplained: None,
+            protocols: [0; 4],
+            rst_budget: 0,
+            init_budget: 0,
         }
     }
 
@@ -183,12 +197,33 @@ impl InboundEntity {
         }
 
         let mut mt = Metrics::default();
-        let stealth = d[cnt::NULL] + d[cnt::XMAS] + d[cnt::MAIMON] + d[cnt::SYNFIN] + d[cnt::CUSTOM_FLAGS];
+        // A COOKIE ECHO answers an INIT-ACK: one per INIT of the source's own is an association
+        // being set up; the rest (nmap -sZ) are probes no SCTP peer sends.
+        self.init_budget = self.init_budget.saturating_add(d[cnt::SCTP_INIT]);
+        let own_cookies = d[cnt::SCTP_COOKIE].min(self.init_budget);
+        self.init_budget -= own_cookies;
+        let stray_cookies = d[cnt::SCTP_COOKIE] - own_cookies;
+        let stealth =
+            d[cnt::NULL] + d[cnt::XMAS] + d[cnt::MAIMON] + d[cnt::SYNFIN] + d[cnt::CUSTOM_FLAGS] + stray_cookies;
         let weak = d[cnt::FIN] + d[cnt::ACK];
         // A first fragment carries the ports of a probe whose flags the kernel cannot see; an
-        // ICMP echo or an ARP who-has is the probe of a ping / ARP sweep.
-        let probes =
-            d[cnt::SYN] + stealth + weak + d[cnt::UDP] + d[cnt::FRAG_FIRST] + d[cnt::ICMP_ECHO] + d[cnt::ARP];
+        // ICMP echo or an ARP who-has is the probe of a ping / ARP sweep; an SCTP INIT is a
+        // port probe like a SYN.
+        let probes = d[cnt::SYN]
+            + stealth
+            + weak
+            + d[cnt::UDP]
+            + d[cnt::FRAG_FIRST]
+            + d[cnt::ICMP_ECHO]
+            + d[cnt::ARP]
+            + d[cnt::SCTP_INIT];
+        // Protocol numbers not seen from this source before (an IP-protocol scan's fan-out).
+        let mut new_protos = 0u32;
+        for (k, w) in s.protocols.iter().enumerate() {
+            new_protos += (w & !self.protocols[k]).count_ones();
+            self.protocols[k] |= w;
+        }
+        mt.set(m::NEW_PROTOS, f64::from(new_protos));
         let failures = d[cnt::FAILED].max(d[cnt::SYN_CLOSED] + d[cnt::UDP_CLOSED]);
         let successes = d[cnt::SYN_OPEN];
         mt.set(m::PROBES, probes as f64);
@@ -207,9 +242,12 @@ impl InboundEntity {
         // Crafted probes: one per probe that carries an evasion mark (a fragmented probe counts
         // once, by its first fragment), so their share of PROBES tells an evasive scan.
         mt.set(m::RAW, (d[cnt::FRAG_FIRST] + d[cnt::SRCPORT_TRICK] + d[cnt::BADSUM]).min(probes) as f64);
-        // A source's RSTs up to its own SYNs tear down its own probes (masscan resets every
-        // SYN-ACK it gets); only the rest can be backscatter of someone spoofing this host.
-        let own_rst = d[cnt::UNSOLICITED_RST].min(d[cnt::SYN]);
+        // A source's RSTs tear down its own probes (masscan resets every SYN-ACK it gets, and
+        // its OS stack does too; nmap -sS's stack does): up to two per SYN of its own, whichever
+        // sweep they fall in. Only the rest can be backscatter of someone spoofing this host.
+        self.rst_budget = self.rst_budget.saturating_add(d[cnt::SYN].saturating_mul(2));
+        let own_rst = d[cnt::UNSOLICITED_RST].min(self.rst_budget);
+        self.rst_budget -= own_rst;
         mt.set(m::UNSOLICITED, (d[cnt::UNSOLICITED_SYNACK] + d[cnt::UNSOLICITED_RST] - own_rst) as f64);
         mt.set(m::HONEYPORT, d[cnt::HONEYPORT] as f64);
         for (i, v) in d.iter().enumerate() {

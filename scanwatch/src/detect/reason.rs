@@ -36,7 +36,7 @@ fn count(a: &Alert, name: &str) -> u64 {
 }
 
 /// How each evidence counter is said ("3 NULL", "4 first fragments").
-const LABELS: [(&str, &str); 20] = [
+const LABELS: [(&str, &str); 23] = [
     ("null", "NULL"),
     ("fin", "FIN"),
     ("xmas", "Xmas"),
@@ -57,6 +57,9 @@ const LABELS: [(&str, &str); 20] = [
     ("arp_who_has", "ARP who-has"),
     ("raw_probe", "crafted raw packets"),
     ("raw_socket", "raw sockets opened"),
+    ("sctp_init", "SCTP INIT"),
+    ("sctp_cookie_echo", "SCTP COOKIE ECHO"),
+    ("ip_proto", "packets of other IP protocols"),
 ];
 
 /// The label of evidence counter `name` (for tests and the README).
@@ -174,6 +177,20 @@ pub(super) fn evasion(a: &Alert, n: &Notes) -> String {
     finish(a, s, n)
 }
 
+/// IP-protocol scan.
+pub(super) fn protocol_scan(a: &Alert, n: &Notes) -> String {
+    let s = format!(
+        "{} sent packets of {} distinct IP protocol numbers to {} hosts within {} ({} probes): an IP protocol scan, mapping which protocols this host answers{}",
+        actor(a),
+        count(a, "protocols"),
+        a.targets.host_count,
+        a.window,
+        a.counts.probes,
+        evidence(a)
+    );
+    finish(a, s, n)
+}
+
 /// Honeyport touches: names every port (with its protocol) the alert lists.
 pub(super) fn honeyport(a: &Alert, n: &Notes) -> String {
     let ports: Vec<String> =
@@ -223,6 +240,19 @@ pub(super) fn distributed(a: &Alert) -> String {
         a.targets.port_count,
         a.targets.host_count,
         a.window,
+        outcome(a)
+    )
+}
+
+/// A port range split between sources.
+pub(super) fn split(a: &Alert) -> String {
+    let target = a.targets.sample_hosts.first().map_or("one address", String::as_str);
+    format!(
+        "{} sources each probed a separate slice of the ports of {target} within {}, {} ports and {} probes together{}: one scan split between sources (a distributed scan).",
+        a.counts.get(Evidence::Sources.name()).unwrap_or(0),
+        a.window,
+        a.targets.port_count,
+        a.counts.probes,
         outcome(a)
     )
 }

@@ -5,7 +5,7 @@ use super::window::{m, Metrics};
 use crate::alert::Shape;
 
 /// (protocol, shape, metric slot) of every probe form the engine counts.
-const FORMS: [(&str, &str, usize); 14] = [
+const FORMS: [(&str, &str, usize); 16] = [
     ("tcp", "syn", m::cnt(cnt::SYN)),
     ("tcp", "connect", m::CONNECT),
     ("tcp", "null", m::cnt(cnt::NULL)),
@@ -20,6 +20,8 @@ const FORMS: [(&str, &str, usize); 14] = [
     ("arp", "who_has", m::cnt(cnt::ARP)),
     ("ip", "fragment", m::cnt(cnt::FRAG_FIRST)),
     ("tcp", "unsolicited", m::cnt(cnt::UNSOLICITED_SYNACK)),
+    ("sctp", "init", m::cnt(cnt::SCTP_INIT)),
+    ("sctp", "cookie_echo", m::cnt(cnt::SCTP_COOKIE)),
 ];
 
 /// The shape of the probes in `t`: the form with most probes when it has at least half of them,
@@ -47,7 +49,7 @@ pub(super) fn of(t: &Metrics) -> Shape {
 /// stealth finding is not about).
 pub(super) fn stealth_of(t: &Metrics) -> Shape {
     let mut only = Metrics::default();
-    for c in [cnt::NULL, cnt::FIN, cnt::XMAS, cnt::MAIMON, cnt::ACK, cnt::SYNFIN, cnt::CUSTOM_FLAGS] {
+    for c in [cnt::NULL, cnt::FIN, cnt::XMAS, cnt::MAIMON, cnt::ACK, cnt::SYNFIN, cnt::CUSTOM_FLAGS, cnt::SCTP_COOKIE] {
         only.set(m::cnt(c), t.get(m::cnt(c)));
     }
     let s = of(&only);
@@ -60,6 +62,7 @@ pub(super) fn proto_name(proto: u8) -> &'static str {
         6 => "tcp",
         17 => "udp",
         1 | 58 => "icmp",
+        132 => "sctp",
         _ => "ip",
     }
 }

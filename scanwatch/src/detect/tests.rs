@@ -41,11 +41,12 @@ struct Src {
     hosts: f64,
     fps: Vec<FingerprintInfo>,
     blocked: bool,
+    protocols: [u64; 4],
 }
 
 impl Src {
     fn new(addr: &str) -> Src {
-        Src { ip: ip(addr), first_seen_ns: 1, counts: [0; cnt::N], ports: Vec::new(), hosts: 0.0, fps: Vec::new(), blocked: false }
+        Src { ip: ip(addr), first_seen_ns: 1, counts: [0; cnt::N], ports: Vec::new(), hosts: 0.0, fps: Vec::new(), blocked: false, protocols: [0; 4] }
     }
 
     /// `n` SYNs to new `ports` (cumulative), `open` of them answered.
@@ -88,6 +89,7 @@ impl Src {
             sample_hosts: Vec::new(),
             fingerprints: self.fps.clone(),
             blocked: self.blocked,
+            protocols: self.protocols,
         }
     }
 }
@@ -1170,4 +1172,206 @@ fn a_scanners_own_resets_are_not_backscatter() {
     let mut alerts = Vec::new();
     run(&mut e, t(2.0), &b, &mut alerts);
     assert!(alerts.iter().any(|a| a.kind == AlertKind::Evasion), "{:?}", kinds(&alerts));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shapes issue 15 found missed: SCTP, IP-protocol scans, split port ranges, a scanner's resets.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn sctp_init_fanout_is_vertical_scan_with_sctp_shape() {
+    // nmap -sY over 100 ports: INITs (outcome unknown live: no SCTP socket lookup in XDP).
+    let mut e = engine();
+    let mut s = Src::new("203.0.113.101");
+    probes_of(&mut s, &[cnt::SCTP_INIT], 100, false);
+    let mut alerts = Vec::new();
+    run(&mut e, t(1.0), &s, &mut alerts);
+    only_kind(&alerts, AlertKind::VerticalScan);
+    let a = &alerts[0];
+    assert_eq!((a.shape.protocol.as_str(), a.shape.shape.as_str()), ("sctp", "init"), "{a:?}");
+    assert_eq!(a.counts.get("sctp_init"), Some(100), "{a:?}");
+    assert_eq!(a.counts.probes, 100);
+    assert!(a.reason.contains("100 SCTP INIT"), "{}", a.reason);
+}
+
+#[test]
+fn sctp_cookie_echo_probes_are_stealth_scan_and_associations_are_not() {
+    // nmap -sZ: COOKIE ECHOs without INITs of the source's own.
+    let mut e = engine();
+    let mut s = Src::new("203.0.113.102");
+    probes_of(&mut s, &[cnt::SCTP_COOKIE], 60, false);
+    let mut alerts = Vec::new();
+    run(&mut e, t(1.0), &s, &mut alerts);
+    only_kind(&alerts, AlertKind::StealthScan);
+    let a = &alerts[0];
+    assert_eq!((a.shape.protocol.as_str(), a.shape.shape.as_str()), ("sctp", "cookie_echo"), "{a:?}");
+    assert_eq!(a.counts.get("sctp_cookie_echo"), Some(60), "{a:?}");
+    // A peer setting up associations: an INIT, then its COOKIE ECHO (in a later sweep), to
+    // two services, again and again: nothing.
+    let mut e = engine();
+    let mut c = Src::new("198.51.100.102");
+    let mut alerts = Vec::new();
+    for round in 0..20u16 {
+        let port = 2905 + (round % 2);
+        c.counts[cnt::SCTP_INIT] += 1;
+        c.counts[cnt::PACKETS] += 1;
+        if !c.ports.contains(&port) {
+            c.ports.push(port);
+        }
+        c.hosts = 1.0;
+        run(&mut e, t(1.0 + f64::from(round)), &c, &mut alerts);
+        c.counts[cnt::SCTP_COOKIE] += 1;
+        c.counts[cnt::PACKETS] += 1;
+        run(&mut e, t(1.5 + f64::from(round)), &c, &mut alerts);
+    }
+    assert!(alerts.is_empty(), "{alerts:#?}");
+}
+
+#[test]
+fn many_ip_protocols_from_one_source_is_protocol_scan_and_a_tunnel_peer_is_not() {
+    // nmap -sO: one packet per protocol number 0..=200 (TCP/UDP/ICMP/SCTP among them).
+    let mut e = engine();
+    let mut s = Src::new("203.0.113.103");
+    let mut alerts = Vec::new();
+    for step in 0..4u8 {
+        for p in (step * 50)..(step * 50 + 50) {
+            s.protocols[usize::from(p >> 6)] |= 1u64 << (p & 63);
+            s.counts[cnt::IP_PROTO] += 1;
+            s.counts[cnt::PACKETS] += 1;
+        }
+        s.hosts = 1.0;
+        run(&mut e, t(1.0 + f64::from(step)), &s, &mut alerts);
+    }
+    let a = alerts.iter().find(|a| a.kind == AlertKind::ProtocolScan).unwrap_or_else(|| panic!("{alerts:#?}"));
+    assert!(alerts.iter().all(|a| a.kind == AlertKind::ProtocolScan), "{:?}", kinds(&alerts));
+    assert_eq!((a.shape.protocol.as_str(), a.shape.shape.as_str()), ("ip", "protocol"));
+    assert!(a.counts.get("protocols").is_some_and(|n| n >= 10), "{a:?}");
+    assert_eq!(a.targets.port_count, 0);
+    assert!(a.reason.contains("distinct IP protocol numbers"), "{}", a.reason);
+    let last = drain(&mut e, 10.0);
+    assert_eq!(final_of(&last, &a.alert_id).counts.get("protocols"), Some(200), "{last:#?}");
+    // A GRE + ESP peer (two protocols, thousands of packets) and a client using TCP, UDP and
+    // ICMP: nothing.
+    let mut e = engine();
+    let mut g = Src::new("198.51.100.103");
+    let mut alerts = Vec::new();
+    for step in 0..30u32 {
+        g.protocols[0] |= (1 << 47) | (1 << 50) | (1 << 6) | (1 << 17) | (1 << 1);
+        g.counts[cnt::IP_PROTO] += 1000;
+        g.counts[cnt::PACKETS] += 1000;
+        run(&mut e, t(1.0 + f64::from(step)), &g, &mut alerts);
+    }
+    assert!(alerts.is_empty(), "{alerts:#?}");
+}
+
+/// A source that probed `ports` (SYN, closed) of `dst`, seen by the engine with the target
+/// known (the kernel's threshold event names it).
+fn slice_source(e: &mut Engine, now: f64, addr: &str, dst: &str, ports: impl IntoIterator<Item = u16>, out: &mut Vec<Alert>) {
+    let mut s = Src::new(addr);
+    s.syn(ports, None);
+    out.extend(e.observe_source(t(now), &s.snap()));
+    let ev = InboundObservation {
+        ip: ip(addr),
+        dst: ip(dst),
+        kind: InboundEventKind::Threshold { ports: true, hosts: false, win_ports: 25, win_hosts: 1 },
+    };
+    out.extend(e.observe_inbound_event(t(now), &ev));
+}
+
+#[test]
+fn sources_splitting_a_port_range_are_one_distributed_scan() {
+    let mut e = engine();
+    let mut alerts = Vec::new();
+    // Four sources, 1-1000 split in four, each slice probed in random-ish order (the kernel
+    // samples each source's first 16 ports).
+    let srcs = ["203.0.113.111", "203.0.113.112", "203.0.113.113", "203.0.113.114"];
+    for (i, s) in srcs.iter().enumerate() {
+        let base = 1 + 250 * i as u16;
+        let order = (0..250u16).map(|k| base + (k * 97) % 250);
+        slice_source(&mut e, 1.0 + i as f64 * 0.2, s, "192.0.2.10", order, &mut alerts);
+    }
+    alerts.extend(e.tick(t(8.0)));
+    let d: Vec<&Alert> = alerts.iter().filter(|a| a.kind == AlertKind::DistributedScan).collect();
+    assert_eq!(d.len(), 1, "{:#?}", kinds(&alerts));
+    let d = d[0];
+    assert_eq!(d.shape.shape, "split", "{d:?}");
+    assert_eq!(d.counts.get("sources"), Some(4));
+    let mut named: Vec<String> = d.source.related.iter().map(IpAddr::to_string).collect();
+    named.extend(d.source.ip.map(|i| i.to_string()));
+    named.sort();
+    assert_eq!(named, srcs.map(String::from).to_vec());
+    assert_eq!(d.targets.sample_hosts, vec!["192.0.2.10".to_string()]);
+    assert!(d.targets.port_count >= 1000, "{d:?}");
+    assert!(d.reason.contains("4 sources each probed a separate slice"), "{}", d.reason);
+    // Each source's own fan-out is still its vertical scan.
+    assert_eq!(alerts.iter().filter(|a| a.kind == AlertKind::VerticalScan && !a.update).count(), 4, "{:?}", kinds(&alerts));
+    // Later evaluations update that incident, never a second one.
+    alerts.extend(e.tick(t(20.0)));
+    let ids: std::collections::BTreeSet<&str> =
+        alerts.iter().filter(|a| a.kind == AlertKind::DistributedScan).map(|a| a.alert_id.as_str()).collect();
+    assert_eq!(ids.len(), 1);
+}
+
+#[test]
+fn concurrent_independent_scans_and_two_slices_are_not_a_split() {
+    // Three unrelated full-range scanners at once: their ranges overlap.
+    let mut e = engine();
+    let mut alerts = Vec::new();
+    for (i, s) in ["203.0.113.121", "203.0.113.122", "203.0.113.123"].iter().enumerate() {
+        let off = 1 + i as u16 * 7;
+        let order = (0..300u16).map(|k| off + (k * 211) % 60000);
+        slice_source(&mut e, 1.0, s, "192.0.2.20", order, &mut alerts);
+    }
+    alerts.extend(e.tick(t(8.0)));
+    assert!(!alerts.iter().any(|a| a.kind == AlertKind::DistributedScan), "{:#?}", kinds(&alerts));
+    // Two sources on disjoint halves: under split_min_sources (3).
+    let mut e = engine();
+    let mut alerts = Vec::new();
+    slice_source(&mut e, 1.0, "203.0.113.131", "192.0.2.21", 1..=500, &mut alerts);
+    slice_source(&mut e, 1.0, "203.0.113.132", "192.0.2.21", 501..=1000, &mut alerts);
+    alerts.extend(e.tick(t(8.0)));
+    assert!(!alerts.iter().any(|a| a.kind == AlertKind::DistributedScan), "{:#?}", kinds(&alerts));
+    // Three disjoint slices of three different addresses: not one target.
+    let mut e = engine();
+    let mut alerts = Vec::new();
+    for (i, s) in ["203.0.113.141", "203.0.113.142", "203.0.113.143"].iter().enumerate() {
+        let base = 1 + 300 * i as u16;
+        slice_source(&mut e, 1.0, s, &format!("192.0.2.{}", 30 + i), base..base + 300, &mut alerts);
+    }
+    alerts.extend(e.tick(t(8.0)));
+    assert!(!alerts.iter().any(|a| a.kind == AlertKind::DistributedScan), "{:#?}", kinds(&alerts));
+    // split_min_sources = 2 makes the two halves one.
+    let mut e = engine_with("[detect]\nsplit_min_sources = 2\n");
+    let mut alerts = Vec::new();
+    slice_source(&mut e, 1.0, "203.0.113.131", "192.0.2.21", 1..=500, &mut alerts);
+    slice_source(&mut e, 1.0, "203.0.113.132", "192.0.2.21", 501..=1000, &mut alerts);
+    alerts.extend(e.tick(t(8.0)));
+    assert!(alerts.iter().any(|a| a.kind == AlertKind::DistributedScan && a.shape.shape == "split"), "{:#?}", kinds(&alerts));
+}
+
+#[test]
+fn a_scanners_resets_in_a_later_sweep_than_its_syns_are_still_its_own() {
+    // masscan: 300 SYNs (100 ports answered) swept, then its and its stack's 200 RSTs in the
+    // next sweeps, once the scan is over.
+    let mut e = engine();
+    let mut s = Src::new("203.0.113.150");
+    s.syn(1..=300, Some(3));
+    let mut alerts = Vec::new();
+    run(&mut e, t(1.0), &s, &mut alerts);
+    for k in 0..4 {
+        s.counts[cnt::UNSOLICITED_RST] += 50;
+        s.counts[cnt::PACKETS] += 50;
+        run(&mut e, t(2.0 + f64::from(k)), &s, &mut alerts);
+    }
+    assert!(alerts.iter().all(|a| a.kind == AlertKind::VerticalScan), "{:?}", kinds(&alerts));
+    assert!(alerts.iter().all(|a| a.shape.shape == "syn"), "{alerts:#?}");
+    // Once its scan incident closed, more RSTs than two per SYN are not its own: backscatter.
+    let closed = e.tick(t(100.0));
+    assert!(closed.iter().any(|a| a.incident.update_kind == crate::alert::UpdateKind::Final), "{closed:#?}");
+    s.counts[cnt::UNSOLICITED_RST] += 500;
+    s.counts[cnt::PACKETS] += 500;
+    let mut later = Vec::new();
+    run(&mut e, t(200.0), &s, &mut later);
+    let ev = later.iter().find(|a| a.kind == AlertKind::Evasion).unwrap_or_else(|| panic!("{later:#?}"));
+    assert_eq!(ev.shape.shape, "unsolicited", "{ev:?}");
 }

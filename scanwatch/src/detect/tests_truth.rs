@@ -30,11 +30,12 @@ struct Src {
     ports: Vec<u16>,
     hosts: u64,
     fp: Option<FingerprintInfo>,
+    protocols: [u64; 4],
 }
 
 impl Src {
     fn new(addr: &str) -> Src {
-        Src { ip: ip(addr), counts: [0; cnt::N], ports: Vec::new(), hosts: 0, fp: None }
+        Src { ip: ip(addr), counts: [0; cnt::N], ports: Vec::new(), hosts: 0, fp: None, protocols: [0; 4] }
     }
 
     fn bump(&mut self, c: usize, n: u64) {
@@ -61,6 +62,7 @@ impl Src {
             sample_hosts: Vec::new(),
             fingerprints: self.fp.iter().cloned().collect(),
             blocked: false,
+            protocols: self.protocols,
         }
     }
 }
@@ -91,6 +93,10 @@ enum Step {
     /// One-probe sources held in the first-contact table.
     Held { base: u16, n: u16 },
     Wait { secs: u16 },
+    /// SCTP INITs (or COOKIE ECHOs) to `n` new ports.
+    Sctp { src: usize, cookie: bool, start: u16, n: u16 },
+    /// Packets of `n` more IP protocol numbers (from `first`).
+    Protos { src: usize, first: u8, n: u8 },
 }
 
 const STEALTH_SHAPES: [usize; 7] = [cnt::NULL, cnt::FIN, cnt::XMAS, cnt::MAIMON, cnt::ACK, cnt::SYNFIN, cnt::CUSTOM_FLAGS];
@@ -246,6 +252,24 @@ fn play(cfg: &Config, steps: &[Step]) -> Vec<Alert> {
                 out.extend(e.observe_held(t(now), &probes));
             }
             Step::Wait { secs } => now += f64::from(*secs),
+            Step::Sctp { src, cookie, start, n } => {
+                let s = &mut srcs[*src];
+                for k in 0..*n {
+                    s.bump(if *cookie { cnt::SCTP_COOKIE } else { cnt::SCTP_INIT }, 1);
+                    s.port(start.wrapping_add(k));
+                }
+                touched = Some(*src);
+            }
+            Step::Protos { src, first, n } => {
+                let s = &mut srcs[*src];
+                for k in 0..*n {
+                    let p = first.wrapping_add(k);
+                    s.protocols[usize::from(p >> 6)] |= 1u64 << (p & 63);
+                    s.bump(cnt::IP_PROTO, 1);
+                }
+                s.hosts = s.hosts.max(1);
+                touched = Some(*src);
+            }
         }
         if let Some(i) = touched {
             out.extend(e.observe_source(t(now), &srcs[i].snap()));
@@ -391,6 +415,20 @@ fn check_truth(a: &Alert) -> Result<(), String> {
             has(format!("{} sources share", c.get("sources").unwrap_or(0)))?;
             has(format!("({} in common)", a.targets.port_count))?;
         }
+        AlertKind::DistributedScan if a.shape.shape == "split" => {
+            has(format!("{} sources each probed a separate slice of the ports of", c.get("sources").unwrap_or(0)))?;
+            has(format!("{} ports and {} probes together", a.targets.port_count, c.probes))?;
+            if a.targets.host_count != 1 || a.source.related.len() + 1 != c.get("sources").unwrap_or(0) as usize {
+                return Err(format!("a split range names one target and every source{}", ctx()));
+            }
+        }
+        AlertKind::ProtocolScan => {
+            has(format!("{} distinct IP protocol numbers to {} hosts", c.get("protocols").unwrap_or(0), a.targets.host_count))?;
+            has(format!("({} probes)", c.probes))?;
+            if a.targets.port_count != 0 {
+                return Err(format!("a protocol scan states no ports{}", ctx()));
+            }
+        }
         AlertKind::DistributedScan => {
             has(format!(
                 "{} sources, each under the per-source thresholds, together sent {} probes to {} ports on {}",
@@ -456,6 +494,24 @@ fn every_kind_states_its_own_fields() {
             Out { proc_: 1, how: 1, start: 1, n: 300, fail: true },
             Out { proc_: 2, how: 2, start: 1, n: 300, fail: true },
         ],
+        // SCTP INIT and COOKIE ECHO scans, an IP-protocol scan.
+        vec![
+            Sctp { src: 0, cookie: false, start: 1, n: 120 },
+            Sctp { src: 3, cookie: true, start: 1, n: 40 },
+            Protos { src: 4, first: 0, n: 120 },
+            Wait { secs: 5 },
+            Protos { src: 4, first: 120, n: 60 },
+        ],
+        // Three sources splitting one address's port range (the kernel event names it).
+        vec![
+            Threshold { src: 0, ports: 30 },
+            Syn { src: 0, start: 1, n: 120, open: None },
+            Threshold { src: 1, ports: 30 },
+            Syn { src: 1, start: 300, n: 120, open: None },
+            Threshold { src: 3, ports: 30 },
+            Syn { src: 3, start: 600, n: 120, open: None },
+            Wait { secs: 6 },
+        ],
         // A slow scan: a few ports every few minutes over hours.
         (0..40u16).flat_map(|k| [Syn { src: 3, start: 2000 + k * 3, n: 3, open: None }, Wait { secs: 300 }]).collect(),
     ];
@@ -493,11 +549,13 @@ fn step() -> impl Strategy<Value = Step> {
         (src.clone(), 1u16..60).prop_map(|(src, n)| Step::Backscatter { src, n }),
         (src.clone(), prop::sample::select(vec![31337u16, 4444, 12345, 27444]), any::<bool>())
             .prop_map(|(src, port, udp)| Step::Honeyport { src, port, udp }),
-        (src, 20u32..200).prop_map(|(src, ports)| Step::Threshold { src, ports }),
+        (src.clone(), 20u32..200).prop_map(|(src, ports)| Step::Threshold { src, ports }),
         (0usize..3, 0usize..3, 1u16..3000, 1u16..300, any::<bool>())
             .prop_map(|(proc_, how, start, n, fail)| Step::Out { proc_, how, start, n, fail }),
         (0u16..200, 1u16..60).prop_map(|(base, n)| Step::Held { base, n }),
         (0u16..400).prop_map(|secs| Step::Wait { secs }),
+        (src.clone(), any::<bool>(), 1u16..3000, 1u16..200).prop_map(|(src, cookie, start, n)| Step::Sctp { src, cookie, start, n }),
+        (src, any::<u8>(), 1u8..80).prop_map(|(src, first, n)| Step::Protos { src, first, n }),
     ]
 }
 

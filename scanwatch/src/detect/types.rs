@@ -42,6 +42,9 @@ pub struct SourceSnapshot {
     pub sample_hosts: Vec<IpAddr>,
     pub fingerprints: Vec<FingerprintInfo>,
     pub blocked: bool,
+    /// IP protocol numbers of the source's scan-shaped packets (bit n = protocol n), as the
+    /// kernel's `SrcState::protocols`; all zero where the source cannot tell (conn.logs).
+    pub protocols: [u64; 4],
 }
 
 /// A decoded SYN fingerprint.

@@ -48,7 +48,9 @@ pub mod m {
     pub const RAW_SOCKET: usize = CNT0 + scanwatch_common::cnt::N;
     /// Outbound: connect() attempts.
     pub const CONNECT: usize = RAW_SOCKET + 1;
-    pub const M: usize = CONNECT + 1;
+    /// IP protocol numbers first seen from the source in this bucket (inbound).
+    pub const NEW_PROTOS: usize = CONNECT + 1;
+    pub const M: usize = NEW_PROTOS + 1;
 }
 
 /// A vector of metric values.

@@ -437,6 +437,7 @@ impl FleetView {
                 sample_hosts: s.dsts.clone(),
                 fingerprints: s.fps.clone(),
                 blocked: false,
+                protocols: [0; 4],
             };
             raw.extend(self.engine.observe_source(now, &snap));
         }

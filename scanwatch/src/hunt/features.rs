@@ -356,6 +356,7 @@ impl SourceState {
             sample_hosts: if with_samples { self.sample_hosts.iter().map(addr_to_ip).collect() } else { Vec::new() },
             fingerprints: Vec::new(),
             blocked: false,
+            protocols: [0; 4],
         }
     }
 

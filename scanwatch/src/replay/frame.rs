@@ -215,6 +215,8 @@ fn seen(l3: &L3<'_>) -> Option<Seen> {
             payload: l4.len() > usize::from(*l4.get(12)? >> 4) * 4,
         }),
         17 => Some(Seen::Udp { src: l3.src, dst: l3.dst, sport: be16(l4, 0)?, dport: be16(l4, 2)? }),
+        // SCTP: common header (12 bytes), then the first chunk's type.
+        132 => Some(Seen::Sctp { src: l3.src, dst: l3.dst, sport: be16(l4, 0)?, dport: be16(l4, 2)?, chunk: *l4.get(12)? }),
         1 | 58 => {
             let (ty, code) = (*l4.first()?, *l4.get(1)?);
             let v6 = l3.proto == 58;
@@ -281,6 +283,19 @@ mod tests {
     fn eth_sport(eth: &[u8]) -> u16 {
         let ihl = usize::from(eth[14] & 0x0f) * 4;
         u16::from_be_bytes([eth[14 + ihl], eth[15 + ihl]])
+    }
+
+    #[test]
+    fn sctp_first_chunk_is_read_and_short_packets_are_nothing() {
+        let a: IpAddr = "10.1.2.3".parse().expect("ip");
+        let b: IpAddr = "10.9.9.9".parse().expect("ip");
+        let init = PacketSpec::sctp(a, b, 40000, 80, 1, 28).build();
+        assert_eq!(decode(&init), (Some(a), Some(Seen::Sctp { src: a, dst: b, sport: 40000, dport: 80, chunk: 1 })));
+        let abort = PacketSpec::sctp(b, a, 80, 40000, 6, 4).build();
+        assert!(matches!(decode(&abort).1, Some(Seen::Sctp { chunk: 6, sport: 80, .. })));
+        // Common header without a chunk: the source is known, nothing for the tracker.
+        let short = PacketSpec::ip_proto(a, b, 132, 12).build();
+        assert_eq!(decode(&short), (Some(a), None));
     }
 
     #[test]

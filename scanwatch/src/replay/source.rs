@@ -352,7 +352,7 @@ impl Overlay {
                 c[cnt::SYN_CLOSED] += 1;
                 c[cnt::FAILED] += 1;
             }
-            (ProbeKind::Stealth, _) if r.failure() => c[cnt::FAILED] += 1,
+            (ProbeKind::Stealth | ProbeKind::SctpInit | ProbeKind::SctpCookie, _) if r.failure() => c[cnt::FAILED] += 1,
             (ProbeKind::Udp, _) if r.failure() => {
                 c[cnt::UDP] += 1;
                 c[cnt::UDP_CLOSED] += 1;
@@ -383,6 +383,7 @@ impl Overlay {
                 sample_hosts: Vec::new(),
                 fingerprints: Vec::new(),
                 blocked: false,
+                protocols: [0; 4],
             },
             None => return None,
         };

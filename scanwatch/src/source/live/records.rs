@@ -228,6 +228,7 @@ mod tests {
                 sample_hosts: Vec::new(),
                 fingerprints: Vec::new(),
                 blocked: false,
+                protocols: [0; 4],
             })
         };
         decode(&bytes(&e), Duration::from_secs(5), snap, &mut errs, &mut out);

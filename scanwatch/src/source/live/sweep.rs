@@ -70,6 +70,7 @@ pub fn snapshot(key: &SrcKey, s: &SrcState, fps: &Fingerprints) -> SourceSnapsho
         sample_hosts: Vec::new(),
         fingerprints,
         blocked: false,
+        protocols: s.protocols,
     }
 }
 
