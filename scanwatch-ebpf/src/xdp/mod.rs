@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use scanwatch_common::{
-    cnt, probe, stat, EventKind, FpKey,
+    cfgflag, cnt, probe, stat, EventKind, FpKey,
 };
 
 use crate::{
@@ -91,7 +91,7 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
             return Ok(xdp_action::XDP_PASS);
         }
     }
-    let l3 = match ethertype {
+    let mut l3 = match ethertype {
         ETH_P_IP => {
             stats[stat::IPV4 as usize] += 1;
             parse_ipv4(ctx, off)?
@@ -127,6 +127,10 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     }
 
     let cfg = config();
+    if cfg.flags & cfgflag::FORWARDED != 0 && l3.proto != PROTO_ARP {
+        l3.fwd = forwarded(ctx, &l3);
+        stats[stat::FORWARDED as usize] += l3.fwd as u64;
+    }
     let Some(sp) = SCRATCH.get_ptr_mut(0) else {
         return Ok(xdp_action::XDP_PASS);
     };
@@ -159,6 +163,9 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
             }
             _ => {}
         }
+    }
+    if l3.fwd != 0 {
+        emit_forwarded(ctx, stats, &l3);
     }
     if obs.cur.nb == 0 {
         return Ok(xdp_action::XDP_PASS);
