@@ -87,6 +87,9 @@ pub struct Obs {
     /// `DEFER_*`: work done only once the source is admitted (socket lookup, fingerprint).
     pub deferred: u8,
     pub flags: u8,
+    /// Not for this host (gateway / mirror mode): no socket lookup; the agent's reply tracker
+    /// judges it. Set for every packet, before classification.
+    pub fwd: u8,
     pub fp: Fingerprint,
 }
 
@@ -95,6 +98,9 @@ pub struct Obs {
 pub struct Scratch {
     pub obs: Obs,
     pub fpv: FpValue,
+    /// The runtime settings with the socket lookup off, for a forwarded packet (gateway /
+    /// mirror mode): classification then runs exactly as it does with the lookup disabled.
+    pub fwd_cfg: XdpConfig,
 }
 
 /// One `Scratch` per CPU, overwritten by every packet.

@@ -127,8 +127,7 @@ pub(super) fn classify_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &X
         stats[stat::ESTABLISHED_FAST as usize] += 1;
         return Ok(true);
     }
-    // Forwarded traffic: no local socket can answer; the agent's reply tracker judges it.
-    let lookup = cfg.flags & cfgflag::LOOKUP_SOCKETS != 0 && l3.fwd == 0;
+    let lookup = cfg.flags & cfgflag::LOOKUP_SOCKETS != 0;
     if is_honeyport(IPPROTO_TCP, dport) && f & ACK == 0 {
         obs.honey = 1;
         obs.count(cnt::HONEYPORT);
@@ -255,7 +254,7 @@ pub(super) fn classify_udp(ctx: &XdpContext, l3: &L3, cfg: &XdpConfig, obs: &mut
         obs.honey = 1;
         obs.count(cnt::HONEYPORT);
     }
-    if cfg.flags & cfgflag::LOOKUP_SOCKETS != 0 && l3.fwd == 0 && !socket_exists(ctx, l3, sport, dport, false) {
+    if cfg.flags & cfgflag::LOOKUP_SOCKETS != 0 && !socket_exists(ctx, l3, sport, dport, false) {
         obs.count(cnt::UDP);
         obs.count(cnt::UDP_CLOSED);
         obs.count(cnt::FAILED);

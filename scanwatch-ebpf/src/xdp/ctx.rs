@@ -59,8 +59,6 @@ pub(super) struct L3 {
     pub(super) v6: u8,
     /// 0 = not a fragment, 1 = first fragment, 2 = later fragment.
     pub(super) frag: u8,
-    /// Not for this host (gateway / mirror mode): no socket lookup; the reply tracker judges it.
-    pub(super) fwd: u8,
 }
 
 

@@ -6,7 +6,7 @@ use scanwatch_common::{
 };
 
 use crate::maps::{EVENTS, FWD_EVENTS, IFACE_MODES, LOCAL_ADDRS};
-use crate::parse::u8_at;
+use crate::parse::be16_at;
 
 
 use super::ctx::*;
@@ -57,8 +57,9 @@ pub(super) fn emit(stats: &mut Stats, k: u32, l3: &L3, a: &Ev, fp: Option<&Finge
 
 /// Whether a packet is for this host. Called only when `cfgflag::FORWARDED` is set (some
 /// interface is in gateway or mirror mode): mirror = nothing is; gateway = a destination that is
-/// not one of the host's addresses (`LOCAL_ADDRS`) nor multicast is forwarded.
-#[inline(always)]
+/// not one of the host's addresses (`LOCAL_ADDRS`) nor multicast is forwarded. Out of line:
+/// the host path only pays for the flag test.
+#[inline(never)]
 pub(super) fn forwarded(ctx: &XdpContext, l3: &L3) -> u8 {
     // SAFETY: the context pointer is valid for this run; `ingress_ifindex` is a plain field.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
@@ -87,8 +88,10 @@ pub(super) fn emit_forwarded(ctx: &XdpContext, stats: &mut Stats, l3: &L3) {
     }
     let wanted = match l3.proto {
         IPPROTO_TCP | IPPROTO_UDP => true,
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => match u8_at(ctx, l3.l4) {
-            Ok(t) => (l3.v6 == 0 && t == 3) || (l3.v6 != 0 && t == 1),
+        // Type and code read as one 16-bit word (a 1-byte read here defeats the verifier's
+        // packet-range tracking).
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => match be16_at(ctx, l3.l4) {
+            Ok(tc) => (l3.v6 == 0 && tc >> 8 == 3) || (l3.v6 != 0 && tc >> 8 == 1),
             Err(_) => false,
         },
         _ => false,

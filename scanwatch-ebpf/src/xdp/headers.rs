@@ -38,7 +38,6 @@ pub(super) fn parse_arp_request(ctx: &XdpContext, off: usize) -> Result<Option<L
         ip_id: 0,
         v6: 0,
         frag: 0,
-        fwd: 0,
     }))
 }
 
@@ -82,7 +81,6 @@ pub(super) fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
         ip_id,
         v6: 0,
         frag,
-        fwd: 0,
     })
 }
 
@@ -153,7 +151,6 @@ pub(super) fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<L3, u32> {
         ip_id: 0,
         v6: 1,
         frag,
-        fwd: 0,
     })
 }
 
