@@ -23,6 +23,9 @@ pub const MAP_SUSPECT: &str = "SUSPECT_SOURCES";
 pub const MAP_CONN_FIRST: &str = "CONN_FIRST";
 pub const MAP_PENDING_CONNS: &str = "PENDING_CONNS";
 pub const MAP_TCP_PORTS: &str = "TCP_PORTS";
+pub const MAP_LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+pub const MAP_IFACE_MODES: &str = "IFACE_MODES";
+pub const MAP_FWD_EVENTS: &str = "FWD_EVENTS";
 
 pub const PROG_XDP: &str = "scanwatch_xdp";
 pub const PROG_TP_CONNECT: &str = "tp_enter_connect";
@@ -523,7 +526,31 @@ pub mod cfgflag {
     /// Skip the socket lookup for TCP ports on which no socket was ever seen (`TCP_PORTS`). Set
     /// by the agent only once the map is filled and its tracepoint attached.
     pub const PORT_FILTER: u32 = 8;
+    /// Some interface is in gateway or mirror mode (`IFACE_MODES`): packets not for this host
+    /// skip the socket lookup and go to the agent's reply tracker (`FWD_EVENTS`).
+    pub const FORWARDED: u32 = 16;
 }
+
+/// Interface modes (values of `IFACE_MODES`, keyed by ifindex; absent = host).
+pub mod ifmode {
+    /// Every packet is for this host: the socket table tells outcomes.
+    pub const HOST: u32 = 0;
+    /// The host forwards: packets to addresses not in `LOCAL_ADDRS` are judged by their replies.
+    pub const GATEWAY: u32 = 1;
+    /// Promiscuous / SPAN port: nothing is for this host, every packet is judged by its replies.
+    pub const MIRROR: u32 = 2;
+}
+
+/// `LOCAL_ADDRS` bound: the host's own (and broadcast) addresses.
+pub const LOCAL_ADDRS_ENTRIES: u32 = 1024;
+/// `IFACE_MODES` bound: interfaces in gateway / mirror mode.
+pub const IFACE_MODES_ENTRIES: u32 = 64;
+/// `FWD_EVENTS` ring size: ~5,600 `ForwardedEvent` records.
+pub const FWD_RINGBUF_BYTES: u32 = 1 << 20;
+/// Bytes of a forwarded packet copied into its record, from the Ethernet header: enough for
+/// Ethernet + 2 VLAN tags + IPv6 + ICMPv6 + the quoted IPv6 header + ports (126), or a TCP
+/// header with options behind an IPv4 header with options.
+pub const FWD_SNAP: usize = 160;
 
 /// `TCP_PORTS`: one byte per local TCP port, non-zero when a TCP socket may use it (listening,
 /// or the local port of an outgoing connection). 64 KiB, one entry, memory-mappable.
@@ -599,6 +626,12 @@ counters! {
     /// sources); the fingerprints are still in FINGERPRINTS for the sweep. Kept at the last
     /// slot so counters added after 33 do not move it.
     FP_EVENTS_SHED = 39 => "fingerprint_events_shed",
+    /// Packets not for this host (gateway / mirror mode): no socket lookup, judged by replies.
+    FORWARDED = 40 => "forwarded",
+    /// `ForwardedEvent` records handed to the agent's reply tracker.
+    FWD_RECORDS = 41 => "forwarded_records",
+    /// `ForwardedEvent` records lost to a full `FWD_EVENTS` ring.
+    FWD_DROPPED = 42 => "forwarded_records_dropped",
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -631,6 +664,9 @@ pub enum EventKind {
     ProcConnectResult = 14,
     /// The first bytes a local process wrote on an outbound TCP connection (`ProcPayloadEvent`).
     ProcPayload = 15,
+    /// A packet not for this host (gateway / mirror mode), for the reply tracker
+    /// (`ForwardedEvent`, on the `FWD_EVENTS` ring).
+    Forwarded = 20,
 }
 
 impl EventKind {
@@ -645,6 +681,7 @@ impl EventKind {
         EventKind::ProcOutcome,
         EventKind::ProcConnectResult,
         EventKind::ProcPayload,
+        EventKind::Forwarded,
     ];
 
     /// The kind of a record header's `kind` field, if it is one.
@@ -708,6 +745,22 @@ pub struct ProcEvent {
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<ProcEvent>() == 88);
+
+/// A packet not for this host, its first `FWD_SNAP` bytes from the Ethernet header (the agent
+/// decodes them as it decodes a capture's frames).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardedEvent {
+    pub hdr: EventHeader,
+    /// The interface it arrived on.
+    pub ifindex: u32,
+    /// Length of the whole frame.
+    pub frame_len: u16,
+    /// Bytes of `data` that are valid (≤ `FWD_SNAP`).
+    pub cap_len: u16,
+    pub data: [u8; FWD_SNAP],
+}
+const _: () = assert!(size_of::<ForwardedEvent>() == 184);
 
 pub mod outcome {
     pub const ESTABLISHED: i32 = 1;

@@ -7,6 +7,7 @@ use aya_ebpf::{
 use scanwatch_common::{
     BlockEntry, FcSlot, TCP_PORT_BYTES, Fingerprint, FpKey, FpValue, Probe, FIRST_CONTACT_SLOTS, KNOWN_WORDS, SUSPECT_WORDS, ProcConfig, ProcState, SrcKey, SrcState, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
     DEFAULT_MAX_PROCS, DEFAULT_MAX_SOURCES, DEFAULT_RINGBUF_BYTES, BLOCKLIST_ENTRIES, RAW_SOCKS_ENTRIES, CONNECTING_ENTRIES, HONEYPORT_WORDS,
+    FWD_RINGBUF_BYTES, IFACE_MODES_ENTRIES, LOCAL_ADDRS_ENTRIES,
 };
 
 /// Per remote source (key: IPv4-mapped/IPv6 address; value: `SrcState`, 864 bytes).
@@ -101,6 +102,9 @@ pub struct Obs {
     /// `DEFER_*`: work done only once the source is admitted (socket lookup, fingerprint).
     pub deferred: u8,
     pub flags: u8,
+    /// Not for this host (gateway / mirror mode): no socket lookup; the agent's reply tracker
+    /// judges it. Set for every packet, before classification.
+    pub fwd: u8,
     pub fp: Fingerprint,
 }
 
@@ -109,6 +113,9 @@ pub struct Obs {
 pub struct Scratch {
     pub obs: Obs,
     pub fpv: FpValue,
+    /// The runtime settings with the socket lookup off, for a forwarded packet (gateway /
+    /// mirror mode): classification then runs exactly as it does with the lookup disabled.
+    pub fwd_cfg: XdpConfig,
 }
 
 /// One `Scratch` per CPU, overwritten by every packet.
@@ -163,3 +170,20 @@ pub static PENDING_CONNS: Array<u64> = Array::with_max_entries(scanwatch_common:
 #[map]
 pub static TCP_PORTS: Array<[u8; TCP_PORT_BYTES]> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
+
+/// The host's own addresses (and broadcast addresses), written by the agent at start and kept
+/// current: key = IPv4-mapped/IPv6 address, value unused. Read only on interfaces in gateway
+/// mode: a destination not in it is forwarded traffic. 1,024 addresses.
+#[map]
+pub static LOCAL_ADDRS: HashMap<SrcKey, u32> = HashMap::with_max_entries(LOCAL_ADDRS_ENTRIES, 0);
+
+/// Interfaces in gateway or mirror mode: ifindex → `ifmode::*` (absent: host). Read only when
+/// `cfgflag::FORWARDED` is set. 64 interfaces.
+#[map]
+pub static IFACE_MODES: HashMap<u32, u32> = HashMap::with_max_entries(IFACE_MODES_ENTRIES, 0);
+
+/// Packets not for this host (`ForwardedEvent`, 184 bytes) for the agent's reply tracker. Its
+/// own ring, so forwarded traffic cannot crowd out the immediate events. 1 MiB ≈ 5,600
+/// records; a full ring is counted in `forwarded_records_dropped`.
+#[map]
+pub static FWD_EVENTS: RingBuf = RingBuf::with_byte_size(FWD_RINGBUF_BYTES, 0);

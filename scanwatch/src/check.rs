@@ -28,7 +28,7 @@ fn xdp_native_guess(iface: &str) -> (String, bool) {
     (drv, native)
 }
 
-pub fn print_report(out: &mut impl Write) -> anyhow::Result<()> {
+pub fn print_report(out: &mut impl Write, cfg: &crate::config::Config) -> anyhow::Result<()> {
     writeln!(out, "kernel: {}", std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim())?;
     writeln!(out, "BTF (/sys/kernel/btf/vmlinux): {}", yes(Path::new("/sys/kernel/btf/vmlinux").exists()))?;
     writeln!(out, "tracefs mounted: {}", yes(loader::tracefs_mounted()))?;
@@ -63,6 +63,14 @@ pub fn print_report(out: &mut impl Write) -> anyhow::Result<()> {
                 "not implemented by this driver (generic mode)"
             }
         )?;
+    }
+    let mut ifaces = cfg.agent.interfaces.clone();
+    if ifaces.is_empty() {
+        ifaces.extend(loader::default_route_interface());
+    }
+    writeln!(out, "interface modes (host: socket table; gateway: forwarded traffic judged by replies; mirror: all by replies):")?;
+    for m in crate::source::live::ifmode::resolve(&ifaces, &cfg.agent.interface_modes) {
+        writeln!(out, "  {m}")?;
     }
     writeln!(out, "hooks (first available method is used):")?;
     for spec in HOOKS {

@@ -23,8 +23,12 @@ enum Cmd {
         #[arg(long, value_parser = duration_arg)]
         duration: Option<Duration>,
     },
-    /// Print which kernel features exist and which hook each program would use. Changes nothing.
-    Check,
+    /// Print which kernel features exist, which hook each program would use and the mode
+    /// (host / gateway / mirror) of each interface `run` would watch. Changes nothing.
+    Check {
+        #[command(flatten)]
+        agent: AgentFlags,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -241,8 +245,9 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             crate::control::client::block(&cmd, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Check => {
-            crate::check::print_report(&mut std::io::stdout().lock())?;
+        Cmd::Check { agent } => {
+            let cfg = agent.load()?;
+            crate::check::print_report(&mut std::io::stdout().lock(), &cfg)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Config { cmd: ConfigCmd::Default } => {

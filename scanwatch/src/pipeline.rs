@@ -286,7 +286,13 @@ pub async fn run_live_with<O: Observer>(
     let mut sighup = signal(SignalKind::hangup())?;
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     let mut batch = Vec::new();
-    eprintln!("scanwatch: ready (interfaces: {}; outbound: {})", source.attached.join(","), source.outbound);
+    let modes: Vec<String> = source.modes.iter().map(|m| format!("{}={}", m.name, m.mode.name())).collect();
+    eprintln!(
+        "scanwatch: ready (interfaces: {}; outbound: {}; modes: {})",
+        source.attached.join(","),
+        source.outbound,
+        modes.join(",")
+    );
     let why = loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break "SIGINT",

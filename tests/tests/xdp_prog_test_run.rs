@@ -795,4 +795,97 @@ fn ip_protocol_scan_sets_one_bit_per_protocol() {
     assert_eq!(p.stats()[stat::OTHER_PROTO as usize], other_before + others.len() as u64);
     // No port or host fan-out from portless protocols beyond the one target.
     assert!(hll_estimate(&s.host_hll) < 1.5);
+
+/// Gateway / mirror mode: a packet whose destination is not one of the host's addresses
+/// (`LOCAL_ADDRS`) on a gateway interface, or any packet on a mirror interface, gets no socket
+/// lookup — a live forwarded connection's FIN-ACK is no Maimon probe, a SYN to a forwarded
+/// service no closed-port probe — and goes to the reply ring (`FWD_EVENTS`) for the agent's
+/// tracker; traffic for the host keeps the lookup.
+#[test]
+fn gateway_mode_forwarded_packets_skip_the_lookup_and_go_to_the_reply_ring() {
+    use scanwatch::outcome::Seen;
+    use scanwatch::source::live::forwarded::{decode_record, FwdStats};
+    use scanwatch_common::{ifmode, MAP_FWD_EVENTS, MAP_IFACE_MODES, MAP_LOCAL_ADDRS};
+
+    let mut p = Prog::new();
+    // BPF_PROG_TEST_RUN delivers the packet on the namespace's loopback device.
+    let lo = 1u32;
+    let (client, remote, local) = (v4("10.79.0.2"), v4("10.80.0.2"), v4("10.250.0.1"));
+    let set_mode = |p: &mut Prog, mode: u32| {
+        let mut m: BpfHashMap<&mut MapData, u32, u32> =
+            BpfHashMap::try_from(p.ebpf.map_mut(MAP_IFACE_MODES).expect("IFACE_MODES")).expect("hash");
+        m.insert(lo, mode, 0).expect("insert mode");
+    };
+    {
+        let mut l: BpfHashMap<&mut MapData, SrcKey, u32> =
+            BpfHashMap::try_from(p.ebpf.map_mut(MAP_LOCAL_ADDRS).expect("LOCAL_ADDRS")).expect("hash");
+        l.insert(ip_to_key(local), 1, 0).expect("insert local");
+    }
+    set_mode(&mut p, ifmode::GATEWAY);
+    p.admit(client);
+
+    // Flag off (every interface in host mode): the maps are not read, nothing is forwarded.
+    let port = closed_port();
+    p.run_all([PacketSpec::tcp(client, remote, 40000, port, FIN | ACK).build()]);
+    assert_eq!(p.stats()[stat::FORWARDED as usize], 0);
+    assert_eq!(p.count(client, cnt::MAIMON), 1, "host mode: an orphan FIN-ACK is a Maimon probe");
+
+    let cfg = XdpConfig { flags: XdpConfig::default_config().flags | cfgflag::FORWARDED, ..XdpConfig::default_config() };
+    loader::write_config(&mut p.ebpf, &cfg).expect("config");
+    let before = p.source(client).expect("admitted").counts;
+    p.run_all([
+        PacketSpec::tcp(client, remote, 40001, port, FIN | ACK).build(),
+        PacketSpec::tcp(client, remote, 40002, port, ACK).build(),
+        PacketSpec::tcp(client, remote, 40003, port, SYN).build(),
+        PacketSpec::tcp(remote, client, port, 40003, RST | ACK).build(),
+        // Established data of a forwarded flow: the fast path, no record.
+        {
+            let mut d = PacketSpec::tcp(client, remote, 40004, port, ACK | PSH);
+            if let L4::Tcp { payload, .. } = &mut d.l4 {
+                *payload = vec![1; 20];
+            }
+            d.build()
+        },
+    ]);
+    let after = p.source(client).expect("admitted").counts;
+    assert_eq!(after[cnt::MAIMON], before[cnt::MAIMON], "forwarded FIN-ACK is no Maimon probe");
+    assert_eq!(after[cnt::ACK], before[cnt::ACK], "forwarded bare ACK is no ACK probe");
+    assert_eq!(after[cnt::SYN], before[cnt::SYN] + 1, "the SYN is still counted (fan-out, fingerprint)");
+    assert_eq!((after[cnt::SYN_CLOSED], after[cnt::FAILED]), (before[cnt::SYN_CLOSED], before[cnt::FAILED]), "no lookup verdict");
+    let s = p.stats();
+    assert_eq!(s[stat::FORWARDED as usize], 4, "{s:?}");
+    assert_eq!((s[stat::FWD_RECORDS as usize], s[stat::FWD_DROPPED as usize]), (4, 0), "{s:?}");
+
+    // To the host's own address the lookup still judges.
+    p.run_all([PacketSpec::tcp(client, local, 40005, port, SYN).build()]);
+    assert_eq!(p.count(client, cnt::SYN_CLOSED), before[cnt::SYN_CLOSED] + 1, "local SYN to a closed port");
+    assert_eq!(p.stats()[stat::FORWARDED as usize], 4);
+
+    // The records decode to what the reply tracker needs, in order.
+    let mut seen = Vec::new();
+    {
+        let mut rb = RingBuf::try_from(p.ebpf.map_mut(MAP_FWD_EVENTS).expect("FWD_EVENTS")).expect("ringbuf");
+        let mut st = FwdStats::default();
+        while let Some(item) = rb.next() {
+            if let Some((_, s)) = decode_record(&item, &mut st) {
+                seen.push(s);
+            }
+        }
+        assert_eq!(st, FwdStats { records: 4, bad_records: 0, undecoded: 0 });
+    }
+    let flags: Vec<(u16, u8)> = seen
+        .iter()
+        .map(|s| match *s {
+            Seen::Tcp { dport, flags, .. } => (dport, flags),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(flags, vec![(port, FIN | ACK), (port, ACK), (port, SYN), (40003, RST | ACK)]);
+
+    // Mirror: nothing is for this host, not even its own addresses.
+    set_mode(&mut p, ifmode::MIRROR);
+    let closed = p.count(client, cnt::SYN_CLOSED);
+    p.run_all([PacketSpec::tcp(client, local, 40006, port, SYN).build()]);
+    assert_eq!(p.count(client, cnt::SYN_CLOSED), closed);
+    assert_eq!(p.stats()[stat::FORWARDED as usize], 5);
 }

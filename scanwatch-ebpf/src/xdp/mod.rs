@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use scanwatch_common::{
-    cnt, probe, stat, EventKind, FpKey,
+    cfgflag, cnt, probe, stat, EventKind, FpKey, XdpConfig,
 };
 
 use crate::{
@@ -126,7 +126,7 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
         }
     }
 
-    let cfg = config();
+    let mut cfg = config();
     let Some(sp) = SCRATCH.get_ptr_mut(0) else {
         return Ok(xdp_action::XDP_PASS);
     };
@@ -134,6 +134,18 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     let sc = unsafe { &mut *sp };
     let obs = &mut sc.obs;
     obs.reset(l3.proto);
+    obs.fwd = 0;
+    if cfg.flags & cfgflag::FORWARDED != 0 && l3.proto != PROTO_ARP {
+        obs.fwd = forwarded(ctx, &l3);
+        if obs.fwd != 0 {
+            stats[stat::FORWARDED as usize] += 1;
+            // No local socket can answer a forwarded packet: classify it with the lookup off
+            // (the host path's classification is untouched).
+            sc.fwd_cfg = XdpConfig { flags: cfg.flags & !cfgflag::LOOKUP_SOCKETS, ..*cfg };
+            cfg = &sc.fwd_cfg;
+        }
+    }
+    let obs = &mut sc.obs;
     if l3.proto == PROTO_ARP {
         // Who-has for another address: host discovery on the link.
         obs.count(cnt::ARP);
@@ -171,6 +183,9 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
                 obs.count(cnt::IP_PROTO);
             }
         }
+    }
+    if obs.fwd != 0 {
+        emit_forwarded(ctx, stats, &l3);
     }
     if obs.cur.nb == 0 {
         return Ok(xdp_action::XDP_PASS);

@@ -92,6 +92,37 @@ pub enum XdpModeSetting {
     Skb,
 }
 
+/// How an interface's traffic is judged (`agent.interface_modes`; detected when not set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum InterfaceMode {
+    /// Traffic is for this host: the socket table tells open from closed ports.
+    Host,
+    /// The host forwards: traffic to addresses that are not the host's is judged by the
+    /// replies seen on the interfaces it crosses.
+    Gateway,
+    /// Mirror (SPAN) port: nothing is for this host; every packet is judged by its replies.
+    Mirror,
+}
+
+impl InterfaceMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            InterfaceMode::Host => "host",
+            InterfaceMode::Gateway => "gateway",
+            InterfaceMode::Mirror => "mirror",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<InterfaceMode> {
+        match s {
+            "host" => Some(InterfaceMode::Host),
+            "gateway" => Some(InterfaceMode::Gateway),
+            "mirror" => Some(InterfaceMode::Mirror),
+            _ => None,
+        }
+    }
+}
+
 /// `[agent]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
@@ -106,6 +137,8 @@ pub struct AgentConfig {
     pub outbound: bool,
     /// Learned baseline file (JSON, from `scanwatch baseline`) loaded at start.
     pub baseline: Option<PathBuf>,
+    /// Interface → mode, overriding detection (`agent.interface_modes`).
+    pub interface_modes: BTreeMap<String, InterfaceMode>,
 }
 
 /// `[xdp]`: settings pushed into the kernel programs and maps.

@@ -53,6 +53,7 @@ pub(super) struct RawAgent {
     pub(super) xdp_mode: Option<String>,
     pub(super) outbound: Option<bool>,
     pub(super) baseline: Option<String>,
+    pub(super) interface_modes: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -302,7 +303,7 @@ impl RawConfig {
             }
         }
         sub(&mut self.agent, o.agent, |s, o| {
-            overlay_fields!(s, o; interfaces, role, sweep_interval, hostname, xdp_mode, outbound, baseline)
+            overlay_fields!(s, o; interfaces, role, sweep_interval, hostname, xdp_mode, outbound, baseline, interface_modes)
         });
         sub(&mut self.xdp, o.xdp, |s, o| {
             overlay_fields!(s, o; short_window, port_threshold, host_threshold, max_sources,

@@ -220,3 +220,15 @@ fn cidr_with_host_bits_is_accepted_with_a_warning() {
     assert!(c.warnings[0].contains("host bits set") && c.warnings[0].contains("10.99.0.0/24"), "{}", c.warnings[0]);
     assert_eq!(c.allowlist.network_for(&"10.99.0.200".parse().expect("ip")), Some("lab"));
 }
+
+#[test]
+fn interface_modes_are_named_and_checked() {
+    let c = Config::from_toml_str("[agent]\ninterface_modes = { eth1 = \"gateway\", span0 = \"mirror\" }\n").expect("valid");
+    assert_eq!(c.agent.interface_modes.get("eth1"), Some(&super::InterfaceMode::Gateway));
+    assert_eq!(c.agent.interface_modes.get("span0"), Some(&super::InterfaceMode::Mirror));
+    assert!(Config::from_toml_str("").expect("defaults").agent.interface_modes.is_empty());
+    let e = err("[agent]\ninterface_modes = { eth1 = \"router\" }\n");
+    assert!(e.starts_with("agent.interface_modes.eth1:") && e.contains("router"), "{e}");
+    let e = err("[agent]\ninterface_modes = { \"a/b\" = \"host\" }\n");
+    assert!(e.starts_with("agent.interface_modes.a/b:"), "{e}");
+}

@@ -57,6 +57,17 @@ impl RawConfig {
                 ))
             }
         };
+        let mut interface_modes = BTreeMap::new();
+        for (name, mode) in agent.interface_modes.unwrap_or_default() {
+            let key = format!("agent.interface_modes.{name}");
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+                return Err(ConfigError::invalid(key, format!("{name:?} is not a valid interface name")));
+            }
+            let Some(m) = InterfaceMode::parse(&mode) else {
+                return Err(ConfigError::invalid(key, format!("unknown mode {mode:?} (use host, gateway or mirror)")));
+            };
+            interface_modes.insert(name, m);
+        }
         let agent = AgentConfig {
             interfaces,
             role,
@@ -65,6 +76,7 @@ impl RawConfig {
             xdp_mode,
             outbound: req(agent.outbound, "agent.outbound")?,
             baseline: agent.baseline.filter(|b| !b.is_empty()).map(PathBuf::from),
+            interface_modes,
         };
 
         let ringbuf_bytes = req(xdp.ringbuf_bytes, "xdp.ringbuf_bytes")?;

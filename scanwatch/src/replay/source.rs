@@ -33,12 +33,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use scanwatch_common::{cfgflag, cnt, stat, FpKey, FpValue, SrcKey, SrcState, XdpConfig};
+use scanwatch_common::{cfgflag, stat, FpKey, FpValue, SrcKey, SrcState, XdpConfig};
 
 use crate::config::Config;
 use crate::detect::{HeldProbe, InboundObservation, Observation, SourceSnapshot, Stamped};
-use crate::outcome::{ProbeKind, ReplyTracker, Resolved, Seen, TrackerConfig, TrackerStats};
-use crate::sketch::{distinct_ports, Hll};
+use crate::outcome::overlay::ReplyOverlay;
+use crate::outcome::{Resolved, Seen, TrackerConfig, TrackerStats};
 use crate::source::live::first_contact::{FirstContactView, HeldReader, Listeners};
 use crate::source::live::{self as live, filters, maps};
 use crate::vocab::ip_to_key;
@@ -315,152 +315,46 @@ impl KernelSide {
     }
 }
 
-/// Per-source counters the kernel would have set from its socket lookup.
-#[derive(Debug, Clone)]
-struct Overlay {
-    counts: [u64; cnt::N],
-    /// Ports of probes only the lookup tells from normal traffic (UDP to closed ports, ACK /
-    /// FIN-ACK outside a connection): without it the kernel does not count them.
-    ports: Hll,
-    sample: Vec<u16>,
-}
-
-impl Default for Overlay {
-    fn default() -> Self {
-        Overlay { counts: [0; cnt::N], ports: Hll::default(), sample: Vec::new() }
-    }
-}
-
-impl Overlay {
-    fn port(&mut self, p: u16) {
-        self.ports.insert(u32::from(p));
-        if self.sample.len() < scanwatch_common::SAMPLE_PORTS && !self.sample.contains(&p) {
-            self.sample.push(p);
-        }
-    }
-
-    /// Counters the kernel keeps no state for when its lookup is off.
-    fn lookup_only(&self) -> bool {
-        [cnt::UDP, cnt::ACK, cnt::MAIMON, cnt::UNSOLICITED_SYNACK, cnt::UNSOLICITED_RST].iter().any(|c| self.counts[*c] > 0)
-    }
-
-    fn apply(&mut self, r: &Resolved) {
-        let c = &mut self.counts;
-        match (r.kind, r.success()) {
-            (ProbeKind::Syn, true) => c[cnt::SYN_OPEN] += 1,
-            (ProbeKind::Syn, false) => {
-                c[cnt::SYN_CLOSED] += 1;
-                c[cnt::FAILED] += 1;
-            }
-            (ProbeKind::Stealth | ProbeKind::SctpInit | ProbeKind::SctpCookie, _) if r.failure() => c[cnt::FAILED] += 1,
-            (ProbeKind::Udp, _) if r.failure() => {
-                c[cnt::UDP] += 1;
-                c[cnt::UDP_CLOSED] += 1;
-                c[cnt::FAILED] += 1;
-                self.port(r.dport);
-            }
-            (ProbeKind::Ack | ProbeKind::Maimon, _) if r.orphan() => {
-                c[if r.kind == ProbeKind::Ack { cnt::ACK } else { cnt::MAIMON }] += 1;
-                self.port(r.dport);
-            }
-            _ => {}
-        }
-    }
-
-    /// The kernel's snapshot (or, for a source only the lookup would have counted, a
-    /// synthesized one) with these counters added.
-    fn merge(&self, ip: IpAddr, kernel: Option<&SourceSnapshot>) -> Option<SourceSnapshot> {
-        let mut snap = match kernel {
-            Some(s) => s.clone(),
-            None if self.lookup_only() => SourceSnapshot {
-                ip,
-                first_seen_ns: 1,
-                last_seen_ns: 1,
-                counts: [0; cnt::N],
-                distinct_ports: 0.0,
-                distinct_hosts: 1.0,
-                sample_ports: Vec::new(),
-                sample_hosts: Vec::new(),
-                fingerprints: Vec::new(),
-                blocked: false,
-                protocols: [0; 4],
-            },
-            None => return None,
-        };
-        for (c, v) in snap.counts.iter_mut().zip(self.counts.iter()) {
-            *c += v;
-        }
-        if !self.sample.is_empty() {
-            // The kernel's port sketch cannot take these ports: the larger of the two
-            // estimates (exact while the sample holds them all).
-            let full = self.sample.len() >= scanwatch_common::SAMPLE_PORTS;
-            let extra = distinct_ports(&[], self.sample.len() as u32).max(if full { self.ports.estimate() } else { 0.0 });
-            snap.distinct_ports = snap.distinct_ports.max(extra);
-            for p in &self.sample {
-                if snap.sample_ports.len() < scanwatch_common::SAMPLE_PORTS && !snap.sample_ports.contains(p) {
-                    snap.sample_ports.push(*p);
-                }
-            }
-        }
-        Some(snap)
-    }
-}
-
 /// The engine thread's side of the source: the reply tracker and the outcome counters it adds
-/// to the kernel's, turning the kernel thread's messages into the pipeline's stamped
-/// observations.
+/// to the kernel's ([`ReplyOverlay`], shared with the live agent's gateway mode), turning the
+/// kernel thread's messages into the pipeline's stamped observations.
 pub struct EngineSide {
-    tracker: ReplyTracker,
-    overlay: HashMap<IpAddr, Overlay>,
+    replies: ReplyOverlay,
     /// The last kernel snapshot of each source with kernel state: a source whose outcomes
     /// change while it sends nothing keeps these counters (they cannot have changed).
     kernel: HashMap<IpAddr, SourceSnapshot>,
-    dirty: HashSet<IpAddr>,
     max_entries: usize,
     open_ports: Arc<OpenPorts>,
-    resolved: Vec<Resolved>,
     last: Duration,
 }
 
 impl EngineSide {
     pub fn new(cfg: &Config, tracker: TrackerConfig, open_ports: Arc<OpenPorts>) -> EngineSide {
+        let max_entries = (cfg.xdp.max_sources as usize).max(1024) * 2;
         EngineSide {
-            tracker: ReplyTracker::new(tracker),
-            overlay: HashMap::new(),
+            replies: ReplyOverlay::new(tracker, max_entries),
             kernel: HashMap::new(),
-            dirty: HashSet::new(),
-            max_entries: (cfg.xdp.max_sources as usize).max(1024) * 2,
+            max_entries,
             open_ports,
-            resolved: Vec::new(),
             last: Duration::ZERO,
         }
     }
 
     pub fn tracker_stats(&self) -> TrackerStats {
-        self.tracker.stats()
+        self.replies.tracker_stats()
     }
 
-    fn take_resolved(&mut self) {
-        for r in self.resolved.drain(..) {
+    /// What a resolved probe tells the kernel thread: a TCP port the capture showed open.
+    fn on_resolved(open_ports: &OpenPorts) -> impl FnMut(&Resolved) + '_ {
+        move |r: &Resolved| {
             if r.success() && r.proto == 6 {
-                self.open_ports.set(r.dport);
-            }
-            let o = self.overlay.entry(r.prober).or_default();
-            let before = o.counts;
-            o.apply(&r);
-            if before != o.counts {
-                self.dirty.insert(r.prober);
+                open_ports.set(r.dport);
             }
         }
     }
 
     fn feed(&mut self, now: Duration, ip: IpAddr, out: &mut Vec<Stamped>) {
-        let k = self.kernel.get(&ip);
-        let snap = match self.overlay.get(&ip) {
-            Some(o) => o.merge(ip, k),
-            None => k.cloned(),
-        };
-        if let Some(s) = snap {
+        if let Some(s) = self.replies.merge(ip, self.kernel.get(&ip)) {
             out.push(Stamped::new(now, Observation::Source(s)));
         }
     }
@@ -468,35 +362,24 @@ impl EngineSide {
     fn bound(&mut self) {
         if self.kernel.len() > self.max_entries {
             // Least useful first: sources with no outcome counters.
-            let overlay = &self.overlay;
-            self.kernel.retain(|ip, _| overlay.contains_key(ip));
+            let replies = &self.replies;
+            self.kernel.retain(|ip, _| replies.get(ip).is_some());
             if self.kernel.len() > self.max_entries {
                 self.kernel.clear();
             }
         }
-        if self.overlay.len() > self.max_entries {
-            let kernel = &self.kernel;
-            self.overlay.retain(|ip, o| kernel.contains_key(ip) || o.lookup_only());
-            if self.overlay.len() > self.max_entries {
-                self.overlay.clear();
-            }
-        }
+        let kernel = &self.kernel;
+        self.replies.bound(|ip| kernel.contains_key(ip));
     }
 
     /// One message from the kernel thread; the observations it makes go to `out`.
     pub fn handle(&mut self, m: ToEngine, out: &mut Vec<Stamped>) {
         match m {
             ToEngine::Seen(items) => {
+                let mut on = Self::on_resolved(&self.open_ports);
                 for (ts, seen) in items {
                     self.last = ts;
-                    if let Some(u) = self.tracker.observe(ts, &seen, &mut self.resolved) {
-                        let o = self.overlay.entry(u.from).or_default();
-                        o.counts[if u.synack { cnt::UNSOLICITED_SYNACK } else { cnt::UNSOLICITED_RST }] += 1;
-                        self.dirty.insert(u.from);
-                    }
-                    if !self.resolved.is_empty() {
-                        self.take_resolved();
-                    }
+                    self.replies.observe(ts, &seen, &mut on);
                 }
             }
             ToEngine::Event(now, ev) => {
@@ -508,8 +391,7 @@ impl EngineSide {
                 out.push(Stamped::new(now, Observation::Inbound(ev)));
             }
             ToEngine::Sweep { now, sources, held } => {
-                self.tracker.expire(now, &mut self.resolved);
-                self.take_resolved();
+                self.replies.expire(now, &mut Self::on_resolved(&self.open_ports));
                 for (ip, snap) in sources {
                     match snap {
                         Some(s) => {
@@ -519,10 +401,9 @@ impl EngineSide {
                             self.kernel.remove(&ip);
                         }
                     }
-                    self.dirty.insert(ip);
+                    self.replies.mark_dirty(ip);
                 }
-                let dirty: Vec<IpAddr> = self.dirty.drain().collect();
-                for ip in dirty {
+                for ip in self.replies.take_dirty() {
                     self.feed(now, ip, out);
                 }
                 if let Some(h) = held {
@@ -536,10 +417,8 @@ impl EngineSide {
 
     /// End of input: probes still waiting have no answer; their counters are fed at `now`.
     pub fn finish(&mut self, now: Duration, out: &mut Vec<Stamped>) {
-        self.tracker.finish(&mut self.resolved);
-        self.take_resolved();
-        let dirty: Vec<IpAddr> = self.dirty.drain().collect();
-        for ip in dirty {
+        self.replies.finish(&mut Self::on_resolved(&self.open_ports));
+        for ip in self.replies.take_dirty() {
             self.feed(now, ip, out);
         }
         out.push(Stamped::new(now, Observation::Tick));

@@ -21,6 +21,8 @@ use crate::vocab::{ip_to_key, monotonic};
 
 pub mod filters;
 pub mod first_contact;
+pub mod forwarded;
+pub mod ifmode;
 pub mod maps;
 pub mod ports;
 pub mod records;
@@ -35,6 +37,9 @@ const HELD_SCAN: Duration = Duration::from_secs(5);
 
 /// How often the known-source filter is rebuilt from the live SOURCES keys.
 const KNOWN_REBUILD: Duration = Duration::from_secs(600);
+
+/// How often the host's addresses are re-read into `LOCAL_ADDRS` (gateway mode).
+const ADDR_REFRESH: Duration = Duration::from_secs(10);
 
 /// How often a full ring buffer is reported.
 const LOSS_REPORT: Duration = Duration::from_secs(60);
@@ -119,6 +124,12 @@ pub struct LiveSource {
     /// Outbound hook → the method that attached (`tracepoint:syscalls:sys_enter_connect`, ...).
     pub hooks: Vec<(String, String)>,
     pub outbound: bool,
+    /// Each attached interface's mode (host / gateway / mirror) and why.
+    pub modes: Vec<ifmode::IfaceMode>,
+    /// Gateway / mirror mode: the forwarded-traffic ring and its reply tracker.
+    fwd: Option<forwarded::Forwarded>,
+    mode_maps: Option<ifmode::ModeMaps>,
+    addr_refresh: tokio::time::Interval,
 }
 
 impl LiveSource {
@@ -160,6 +171,29 @@ impl LiveSource {
             }
             attached.push(format!("{i}:{mode}"));
         }
+        let modes = ifmode::resolve(&ifaces, &cfg.agent.interface_modes);
+        for m in &modes {
+            eprintln!("scanwatch: interface {m}");
+        }
+        let mode_maps = ifmode::ModeMaps::install(&mut ebpf, &modes)?;
+        let fwd = match &mode_maps {
+            Some(mm) => {
+                xdp_cfg.flags |= scanwatch_common::cfgflag::FORWARDED;
+                loader::write_config(&mut ebpf, &xdp_cfg)?;
+                eprintln!(
+                    "scanwatch: forwarded traffic judged by its replies ({} local addresses known)",
+                    mm.addresses()
+                );
+                if ifaces.len() < 2 && modes.iter().any(|m| m.mode == crate::config::InterfaceMode::Gateway) {
+                    eprintln!(
+                        "scanwatch: NOTE replies to forwarded traffic arrive on the other interfaces it crosses: attach to those too"
+                    );
+                }
+                let ring: RingBuf<aya::maps::MapData> = maps::take(&mut ebpf, scanwatch_common::MAP_FWD_EVENTS)?;
+                Some(forwarded::Forwarded::new(ring, cfg.xdp.max_sources)?)
+            }
+            None => None,
+        };
         let mut hooks = Vec::new();
         if cfg.agent.outbound {
             if let Some(root) = loader::tracefs_root() {
@@ -209,6 +243,10 @@ impl LiveSource {
             attached,
             hooks,
             outbound: cfg.agent.outbound,
+            modes,
+            fwd,
+            mode_maps,
+            addr_refresh: tokio::time::interval_at(start + ADDR_REFRESH, ADDR_REFRESH),
         })
     }
 
@@ -233,6 +271,17 @@ impl LiveSource {
                     records::decode(&item, now, |k| sweep::lookup(sources, fps, k), &mut self.decode_errors, out);
                 }
                 guard.clear_ready();
+            }
+            items = forwarded::Forwarded::read(&mut self.fwd) => {
+                let items = items?;
+                if let Some(f) = self.fwd.as_mut() {
+                    f.feed(items);
+                }
+            }
+            _ = self.addr_refresh.tick(), if self.mode_maps.is_some() => {
+                if let Some(Err(e)) = self.mode_maps.as_mut().map(ifmode::ModeMaps::refresh) {
+                    eprintln!("scanwatch: WARNING cannot refresh the local-address map: {e:#}");
+                }
             }
             _ = self.sweep.tick(), if self.sweeping.is_done() => {
                 let now = monotonic();
@@ -264,7 +313,9 @@ impl LiveSource {
             }
             _ = self.loss_report.tick() => {
                 let totals = self.maps.totals();
-                let dropped = totals[stat::EVENTS_DROPPED as usize] + totals[stat::PROC_EVENTS_DROPPED as usize];
+                let dropped = totals[stat::EVENTS_DROPPED as usize]
+                    + totals[stat::PROC_EVENTS_DROPPED as usize]
+                    + totals[stat::FWD_DROPPED as usize];
                 if dropped > self.last_dropped {
                     eprintln!("scanwatch: WARNING ring buffer full: {dropped} events dropped so far");
                     self.last_dropped = dropped;
@@ -275,10 +326,27 @@ impl LiveSource {
     }
 
     /// One step of the sweep in progress; the engine's tick follows the last step.
+    /// In gateway / mirror mode each snapshot carries the reply tracker's outcome counters, and
+    /// the sources whose outcomes changed since the previous sweep are read and fed too.
     fn sweep_step(&mut self, out: &mut Vec<Stamped>) {
         let now = monotonic();
-        self.sweeping.step(&self.maps.sources, &self.maps.fingerprints, |s| out.push(Stamped::new(now, Observation::Source(s))));
+        let fwd = &mut self.fwd;
+        self.sweeping.step(&self.maps.sources, &self.maps.fingerprints, |s| {
+            let s = match fwd.as_ref() {
+                Some(f) => f.merge(s),
+                None => s,
+            };
+            out.push(Stamped::new(now, Observation::Source(s)))
+        });
         if self.sweeping.is_done() {
+            if let Some(f) = fwd.as_mut() {
+                for ip in f.expire(now) {
+                    let snap = sweep::lookup(&self.maps.sources, &self.maps.fingerprints, &ip_to_key(ip));
+                    if let Some(s) = f.replies.merge(ip, snap.as_ref()) {
+                        out.push(Stamped::new(now, Observation::Source(s)));
+                    }
+                }
+            }
             out.push(Stamped::new(now, Observation::Tick));
         }
     }
@@ -298,6 +366,22 @@ impl LiveSource {
         summary.insert("records_short".into(), self.decode_errors.short.into());
         summary.insert("records_unknown_kind".into(), self.decode_errors.unknown_kind.into());
         summary.insert("payload_orphan_chunks".into(), self.decode_errors.payload_orphan_chunks.into());
+        if let Some(f) = &self.fwd {
+            let t = f.tracker_stats();
+            for (k, v) in [
+                ("forwarded_bad_records", f.st.bad_records),
+                ("forwarded_undecoded", f.st.undecoded),
+                ("reply_probes", t.probes),
+                ("reply_open", t.open),
+                ("reply_closed", t.closed),
+                ("reply_filtered", t.filtered),
+                ("reply_no_answer", t.no_answer),
+                ("reply_evicted", t.evicted),
+                ("reply_unsolicited", t.unsolicited),
+            ] {
+                summary.insert(k.into(), v.into());
+            }
+        }
         summary
     }
 }

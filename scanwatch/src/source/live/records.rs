@@ -181,6 +181,8 @@ pub fn decode(
             };
             out.push(Stamped::new(now, Observation::ProcessAction(pa)));
         }
+        // Written only to its own ring (`FWD_EVENTS`, `super::forwarded`), never to this one.
+        EventKind::Forwarded => errors.unknown_kind += 1,
     }
 }
 

@@ -11,6 +11,8 @@
 //! no clock — every call carries the packet's time. Bounded: at most `max_pending` probes wait
 //! for an answer; when full, the oldest is resolved early as "no answer" and counted in
 //! [`TrackerStats::evicted`].
+pub mod overlay;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Duration;
