@@ -670,7 +670,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Honeyport,
         EventKind::Threshold,
         EventKind::NewFingerprint,
