@@ -209,8 +209,20 @@ pub struct SrcState {
     pub port_hll: [u8; PORT_HLL_REGS],
     /// Lifetime distinct destination hosts (HyperLogLog registers).
     pub host_hll: [u8; HLL_REGS],
+    /// The last probe's destination (`addr_fold32`) and port, valid per `memo` bits
+    /// (`memo::*`): a repeat of the same host or port changes no bitmap, sketch or sample, so
+    /// the kernel skips that work. Cleared with the window bitmaps.
+    pub last_dst_fold: u32,
+    pub last_dport: u16,
+    pub memo: u16,
 }
-const _: () = assert!(size_of::<SrcState>() == 24 + 96 + 16 + 32 + 8 + 16 + 128 + 32 + 512 + 256);
+const _: () = assert!(size_of::<SrcState>() == 24 + 96 + 16 + 32 + 8 + 16 + 128 + 32 + 512 + 256 + 8);
+
+/// `SrcState::memo` bits.
+pub mod memo {
+    pub const PORT: u16 = 1;
+    pub const HOST: u16 = 2;
+}
 
 /// What one scan-shaped packet contributes to its source's state: the counters to bump and the
 /// probe it represents. The XDP program builds one per packet; the first-contact table holds
