@@ -224,8 +224,20 @@ pub struct SrcState {
     /// IP protocol numbers of the source's scan-shaped packets (bit n = protocol n; ARP is not
     /// an IP protocol and sets none): an IP-protocol scan (nmap -sO) sets one per probe.
     pub protocols: [u64; 4],
+    /// The last probe's destination (`addr_fold32`) and port, valid per `memo` bits
+    /// (`memo::*`): a repeat of the same host or port changes no bitmap, sketch or sample, so
+    /// the kernel skips that work. Cleared with the window bitmaps.
+    pub last_dst_fold: u32,
+    pub last_dport: u16,
+    pub memo: u16,
 }
-const _: () = assert!(size_of::<SrcState>() == 24 + cnt::N * 4 + 16 + 32 + 8 + 16 + 128 + 32 + 512 + 256 + 32);
+const _: () = assert!(size_of::<SrcState>() == 24 + cnt::N * 4 + 16 + 32 + 8 + 16 + 128 + 32 + 512 + 256 + 32 + 8);
+
+/// `SrcState::memo` bits.
+pub mod memo {
+    pub const PORT: u16 = 1;
+    pub const HOST: u16 = 2;
+}
 
 /// What one scan-shaped packet contributes to its source's state: the counters to bump and the
 /// probe it represents. The XDP program builds one per packet; the first-contact table holds

@@ -2,7 +2,7 @@
 //! counters, sketches and windows.
 use aya_ebpf::programs::XdpContext;
 use scanwatch_common::{
-    addr_fold32, cnt, hll_slot, port_hll_slot, probe, mix32, thr, Probe, SrcState, XdpConfig, FP_PER_SOURCE,
+    addr_fold32, cnt, hll_slot, memo, port_hll_slot, probe, mix32, thr, Probe, SrcState, XdpConfig, FP_PER_SOURCE,
     SAMPLE_PORTS, WIN_HOST_BITS, WIN_PORT_BITS,
 };
 
@@ -46,6 +46,7 @@ pub(super) fn update_source(ctx: &XdpContext, stats: &mut Stats, cfg: &XdpConfig
         s.emitted = 0;
         s.win_port_bits = [0; WIN_PORT_BITS / 64];
         s.win_host_bits = [0; WIN_HOST_BITS / 64];
+        s.memo = 0;
     }
     let mut r: u64 = 0;
     // First touches of honeyports raise an event; later ones are only counted.
@@ -111,35 +112,50 @@ pub(super) fn apply_probe(s: &mut SrcState, p: &Probe) {
     }
     let track_port = p.kind == probe::PORT;
     let dport = p.dport;
-    // Short-window distinct ports/hosts (bitmaps: exact up to collisions, ~n²/2m).
+    // A repeat of the last probe's port or host is already in the window bitmaps, the
+    // sketches and the sample (all idempotent): skip them. Exact, unlike gating on the window
+    // bitmaps, whose collisions would lose distinct items.
+    let m = s.memo;
+    if track_port && !(m & memo::PORT != 0 && s.last_dport == dport) {
+        s.last_dport = dport;
+        s.memo = m | memo::PORT;
+        apply_port(s, dport);
+    }
+    let hfold = p.dst_fold;
+    if !(s.memo & memo::HOST != 0 && s.last_dst_fold == hfold) {
+        s.last_dst_fold = hfold;
+        s.memo |= memo::HOST;
+        apply_host(s, hfold);
+    }
+    // Source port 53/88 towards another port: TCP probes, or UDP to a privileged port (late
+    // DNS replies to an already-closed client port are not counted).
+    if track_port
+        && (p.sport == 53 || p.sport == 88)
+        && dport != p.sport
+        && (p.proto == IPPROTO_TCP || dport < 1024)
+    {
+        s.counts[cnt::SRCPORT_TRICK] = s.counts[cnt::SRCPORT_TRICK].wrapping_add(1);
+    }
+}
+
+
+/// A destination port into the window bitmap (short-window distinct ports), the port
+/// HyperLogLog (lifetime) and the exact sample of the first distinct ports.
+#[inline(always)]
+fn apply_port(s: &mut SrcState, dport: u16) {
     let pb = (mix32(dport as u32) as usize) & (WIN_PORT_BITS - 1);
     let (w, b) = (pb >> 6, pb & 63);
-    if track_port && s.win_port_bits[w] & (1u64 << b) == 0 {
+    if s.win_port_bits[w] & (1u64 << b) == 0 {
         s.win_port_bits[w] |= 1u64 << b;
         s.win_ports += 1;
     }
-    let hfold = p.dst_fold;
-    let hb = (mix32(hfold) as usize) & (WIN_HOST_BITS - 1);
-    let (w, b) = (hb >> 6, hb & 63);
-    if s.win_host_bits[w] & (1u64 << b) == 0 {
-        s.win_host_bits[w] |= 1u64 << b;
-        s.win_hosts += 1;
+    // Not gated on the window bitmap: its collisions would lose distinct items.
+    let (i, rank) = port_hll_slot(dport as u32);
+    if s.port_hll[i] < rank {
+        s.port_hll[i] = rank;
     }
-    // Lifetime distinct ports and hosts (HyperLogLog). Not gated on the window bitmaps:
-    // their collisions would lose distinct items.
-    if track_port {
-        let (i, rank) = port_hll_slot(dport as u32);
-        if s.port_hll[i] < rank {
-            s.port_hll[i] = rank;
-        }
-    }
-    let (i, rank) = hll_slot(hfold);
-    if s.host_hll[i] < rank {
-        s.host_hll[i] = rank;
-    }
-    // Exact sample of the first distinct ports.
     let n = s.n_sample as usize;
-    if track_port && n < SAMPLE_PORTS {
+    if n < SAMPLE_PORTS {
         // Unused entries are 0, so no `k < n` test is needed (a probe of port 0 while the
         // sample has room is not sampled); fewer branches keep the verifier's work small.
         let mut seen = false;
@@ -155,14 +171,19 @@ pub(super) fn apply_probe(s: &mut SrcState, p: &Probe) {
             s.n_sample += 1;
         }
     }
-    // Source port 53/88 towards another port: TCP probes, or UDP to a privileged port (late
-    // DNS replies to an already-closed client port are not counted).
-    if track_port
-        && (p.sport == 53 || p.sport == 88)
-        && dport != p.sport
-        && (p.proto == IPPROTO_TCP || dport < 1024)
-    {
-        s.counts[cnt::SRCPORT_TRICK] = s.counts[cnt::SRCPORT_TRICK].wrapping_add(1);
-    }
 }
 
+/// A destination host into the window bitmap and the host HyperLogLog.
+#[inline(always)]
+fn apply_host(s: &mut SrcState, hfold: u32) {
+    let hb = (mix32(hfold) as usize) & (WIN_HOST_BITS - 1);
+    let (w, b) = (hb >> 6, hb & 63);
+    if s.win_host_bits[w] & (1u64 << b) == 0 {
+        s.win_host_bits[w] |= 1u64 << b;
+        s.win_hosts += 1;
+    }
+    let (i, rank) = hll_slot(hfold);
+    if s.host_hll[i] < rank {
+        s.host_hll[i] = rank;
+    }
+}
