@@ -795,6 +795,7 @@ fn ip_protocol_scan_sets_one_bit_per_protocol() {
     assert_eq!(p.stats()[stat::OTHER_PROTO as usize], other_before + others.len() as u64);
     // No port or host fan-out from portless protocols beyond the one target.
     assert!(hll_estimate(&s.host_hll) < 1.5);
+}
 
 /// Gateway / mirror mode: a packet whose destination is not one of the host's addresses
 /// (`LOCAL_ADDRS`) on a gateway interface, or any packet on a mirror interface, gets no socket
