@@ -22,6 +22,12 @@ fn load(first_payload: bool) -> Ebpf {
     assert_eq!(unsafe { libc::geteuid() }, 0, "BPF_PROG_TEST_RUN tests need root (CAP_BPF)");
     let mut ebpf = loader::load(&LoadOptions { first_payload, ..LoadOptions::default() }).expect("load eBPF object");
     loader::xdp_program(&mut ebpf).expect("XDP program passes the verifier");
+    {
+        // How much of the verifier's 1,000,000-instruction budget the program uses (printed with
+        // --nocapture): every new path multiplies the states the verifier explores.
+        let p: &Xdp = ebpf.program(scanwatch_common::PROG_XDP).expect("prog").try_into().expect("xdp");
+        eprintln!("verified instructions (first_payload={first_payload}): {:?}", p.info().ok().and_then(|i| i.verified_instruction_count()));
+    }
     ebpf
 }
 

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use scanwatch_common::{
-    cfgflag, cnt, probe, stat, EventKind, FpKey, XdpConfig,
+    cfgflag, cnt, probe, stat, EventKind, FpKey,
 };
 
 use crate::{
@@ -126,25 +126,28 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
         }
     }
 
-    let mut cfg = config();
     let Some(sp) = SCRATCH.get_ptr_mut(0) else {
         return Ok(xdp_action::XDP_PASS);
     };
     // SAFETY: per-CPU scratch, used by this program run only.
     let sc = unsafe { &mut *sp };
+    // Every packet is classified with the settings copied into scratch memory: one pointer
+    // type and no known flag values downstream, so the verifier walks the classification once
+    // for host and forwarded packets alike (a second pointer type for the forwarded copy
+    // doubled the states it explores).
+    sc.fwd_cfg = *config();
     let obs = &mut sc.obs;
     obs.reset(l3.proto);
     obs.fwd = 0;
-    if cfg.flags & cfgflag::FORWARDED != 0 && l3.proto != PROTO_ARP {
+    if sc.fwd_cfg.flags & cfgflag::FORWARDED != 0 && l3.proto != PROTO_ARP {
         obs.fwd = forwarded(ctx, &l3);
         if obs.fwd != 0 {
             stats[stat::FORWARDED as usize] += 1;
-            // No local socket can answer a forwarded packet: classify it with the lookup off
-            // (the host path's classification is untouched).
-            sc.fwd_cfg = XdpConfig { flags: cfg.flags & !cfgflag::LOOKUP_SOCKETS, ..*cfg };
-            cfg = &sc.fwd_cfg;
+            // No local socket can answer a forwarded packet: classify it with the lookup off.
+            sc.fwd_cfg.flags &= !cfgflag::LOOKUP_SOCKETS;
         }
     }
+    let cfg = &sc.fwd_cfg;
     let obs = &mut sc.obs;
     if l3.proto == PROTO_ARP {
         // Who-has for another address: host discovery on the link.
