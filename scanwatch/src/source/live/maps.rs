@@ -77,3 +77,13 @@ pub fn read_stats(stats: &Stats) -> [u64; stat::N as usize] {
     }
     out
 }
+
+/// The keys of SOURCES, each once. The kernel's key iteration restarts from the first bucket
+/// when the key it continues from was evicted meanwhile, which a random-source flood does many
+/// times a second: the raw iteration then repeats keys (a live count above the map's bound) and
+/// may run long. Duplicates are dropped and the walk is capped at twice the largest map.
+pub fn source_keys(sources: &Sources) -> Vec<SrcKey> {
+    let cap = 2 * scanwatch_common::LIMIT_MAX_SOURCES as usize;
+    let mut seen = std::collections::HashSet::new();
+    sources.keys().take(cap).filter_map(Result::ok).filter(|k| seen.insert(*k)).collect()
+}

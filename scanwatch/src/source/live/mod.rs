@@ -354,7 +354,7 @@ impl LiveSource {
     /// The kernel's counters and the source's own, by name (the agent's exit line).
     pub fn counters(&self) -> serde_json::Map<String, serde_json::Value> {
         let totals = self.maps.totals();
-        let live = self.maps.sources.keys().filter(|k| k.is_ok()).count() as u64;
+        let live = maps::source_keys(&self.maps.sources).len() as u64;
         let mut summary = serde_json::Map::new();
         for (i, name) in stat::NAMES.iter().enumerate() {
             if !name.is_empty() {

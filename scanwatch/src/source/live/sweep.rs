@@ -94,7 +94,7 @@ impl Sweep {
     /// Starts a sweep of the sources active since `since_ns` (kernel monotonic time of the
     /// previous sweep). Only keys are read now (20 bytes each).
     pub fn start(sources: &Sources, since_ns: u64) -> Sweep {
-        Sweep { keys: sources.keys().filter_map(Result::ok).collect(), since_ns }
+        Sweep { keys: super::maps::source_keys(sources), since_ns }
     }
 
     pub fn is_done(&self) -> bool {
