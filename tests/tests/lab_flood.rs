@@ -165,7 +165,10 @@ fn random_source_syn_flood_for_60s_keeps_bounds_and_a_scan_is_still_detected() {
     let (alerts, stderr) = agent.stop();
 
     let seen = kernel(&after, "packets") - kernel(&before, "packets");
-    let max_live = polls.iter().chain([&after]).map(|p| kernel(p, "live_sources")).max().unwrap_or(0);
+    // During the flood a key walk of the map over-counts (entries evicted and inserted while it
+    // runs are both seen); after it, the map is still full and the walk is exact.
+    let max_live = polls.iter().map(|p| kernel(p, "live_sources")).max().unwrap_or(0);
+    let live_after = kernel(&after, "live_sources");
     let evictions = kernel(&after, "evictions");
     let ev_dropped = kernel(&after, "events_dropped");
     let in_flood = |v: &Value| {
@@ -175,7 +178,7 @@ fn random_source_syn_flood_for_60s_keeps_bounds_and_a_scan_is_still_detected() {
     let flood_alerts: Vec<&Value> = alerts.iter().filter(|v| in_flood(v)).collect();
     eprintln!(
         "flood: {} frames in {:.1} s = {:.0} frames/s ({} refused by the socket, {} random sources); XDP saw {seen}, veth rx_dropped {rx_dropped}; \
-         agent peak RSS {:.1} MiB; live sources max {max_live} / {MAX_SOURCES}, evictions {evictions}; events dropped {ev_dropped}; \
+         agent peak RSS {:.1} MiB; live sources after {live_after} / {MAX_SOURCES} (max seen by a walk during the flood {max_live}), evictions {evictions}; events dropped {ev_dropped}; \
          {} alerts naming flood sources, {} alerts in all; {} status polls answered; scan detected {:?} after nmap started (flood wall {:.1} s)",
         stats.sent,
         stats.elapsed.as_secs_f64(),
@@ -197,8 +200,8 @@ fn random_source_syn_flood_for_60s_keeps_bounds_and_a_scan_is_still_detected() {
     assert!(scan["targets"]["port_count"].as_u64().unwrap_or(0) >= 25, "the scan alert carries its port fan-out: {scan}");
     assert!(scan["counts"]["failures"].as_u64().unwrap_or(0) >= 25, "the scan alert carries its failed probes (closed ports): {scan}");
     assert!(hwm > 0 && hwm < RSS_LIMIT, "agent peak RSS {hwm} bytes must stay under 64 MiB");
-    assert!(max_live <= MAX_SOURCES, "live sources {max_live} above the map bound {MAX_SOURCES}");
-    assert!(evictions > 0 && max_live >= MAX_SOURCES * 9 / 10, "the flood must drive the per-source map to its bound (max live {max_live}, evictions {evictions})");
+    assert!(live_after <= MAX_SOURCES, "live sources {live_after} above the map bound {MAX_SOURCES}");
+    assert!(evictions > 0 && live_after >= MAX_SOURCES * 9 / 10, "the flood must drive the per-source map to its bound (live after {live_after}, evictions {evictions})");
     assert!(flood_alerts.len() <= 10, "alert storm: {} alerts name flood sources\n{}", flood_alerts.len(), dump(&alerts));
     assert!(polls.len() >= (secs as usize / 3).saturating_sub(secs as usize / 6).max(1), "the control socket stopped answering during the flood ({} polls)", polls.len());
     // The rate reached is reported above, not asserted (it depends on the machine's load).
