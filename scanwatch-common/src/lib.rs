@@ -574,7 +574,63 @@ pub const TCP_PORT_BYTES: usize = 65_536;
 pub struct ProcConfig {
     /// The agent's own tgid: its activity is ignored.
     pub own_tgid: u32,
-    pub _pad: u32,
+    /// Outbound events one process may send per `PROC_BUDGET_WINDOW_NS` (0 = no limit); the
+    /// rest are counted in its `ProcState::shed` and reported by the agent's sweep.
+    pub events_per_window: u32,
+    /// A (process, destination, port, protocol) pair is reported once per this many ns; its
+    /// repeats inside the window are counted in `ProcState::repeats` (0 = every send reported).
+    pub pair_window_ns: u64,
+}
+const _: () = assert!(size_of::<ProcConfig>() == 16);
+
+/// Window of the per-process outbound event budget (`ProcConfig::events_per_window`).
+pub const PROC_BUDGET_WINDOW_NS: u64 = 100_000_000;
+/// Default outbound events per process per second (10 per budget window of 100 ms each).
+pub const DEFAULT_PROC_EVENTS_PER_SEC: u32 = 2_000;
+/// Default pair window: a process's repeated sends to one destination and port are one event
+/// per 30 s.
+pub const DEFAULT_PAIR_WINDOW_NS: u64 = 30_000_000_000;
+/// `OUT_PAIRS` entries (LRU): the (process, destination) pairs reported recently.
+pub const OUT_PAIRS_ENTRIES: u32 = 65_536;
+
+/// `OUT_PAIRS` key: one process's sends to one destination port over one protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutPairKey {
+    pub tgid: u32,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub dst: [u8; 16],
+}
+const _: () = assert!(size_of::<OutPairKey>() == 24);
+
+/// `UDP_PEERS`: one byte per hashed (remote address, remote port) of recent inbound UDP to a
+/// local socket, holding the epoch it was last seen (`udp_peer_epoch`, 0 = never). A local
+/// process's datagram to such a peer is a reply (a DNS server answering a client), not a probe.
+/// 256 entries of 4 KiB = 1 MiB slots.
+pub const UDP_PEER_ENTRIES: u32 = 256;
+pub const UDP_PEER_BYTES: usize = 4096;
+/// A peer seen within this many epochs (of 2^34 ns ≈ 17 s) is recent: 51–69 s.
+pub const UDP_PEER_MAX_AGE: u8 = 3;
+
+/// `UDP_PEERS` slot (entry, byte) of a remote address (16-byte mapped form) and port.
+#[inline(always)]
+pub const fn udp_peer_slot(addr: &[u64; 2], port: u16) -> (u32, usize) {
+    let h = mix32(addr_fold32(addr) ^ (port as u32).wrapping_mul(0x9e37_79b9));
+    (h >> 24, (h & 0xfff) as usize)
+}
+
+/// The epoch byte stored for a peer seen at `now_ns` (1..=128, never 0).
+#[inline(always)]
+pub const fn udp_peer_epoch(now_ns: u64) -> u8 {
+    ((now_ns >> 34) & 0x7f) as u8 + 1
+}
+
+/// Whether a stored epoch byte is recent at `now_ns`.
+#[inline(always)]
+pub const fn udp_peer_recent(stored: u8, now_ns: u64) -> bool {
+    stored != 0 && (udp_peer_epoch(now_ns).wrapping_sub(stored) & 0x7f) <= UDP_PEER_MAX_AGE
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -644,6 +700,14 @@ counters! {
     FWD_RECORDS = 41 => "forwarded_records",
     /// `ForwardedEvent` records lost to a full `FWD_EVENTS` ring.
     FWD_DROPPED = 42 => "forwarded_records_dropped",
+    /// Outbound sends / connects to a (process, destination, port) pair already reported inside
+    /// the pair window: counted in the process's `ProcState`, no event.
+    PROC_REPEATS = 43 => "proc_sends_aggregated",
+    /// Outbound events not sent because the process's event budget was spent (counted in its
+    /// `ProcState::shed`, reported by the sweep).
+    PROC_SHED = 44 => "proc_events_shed",
+    /// Unconnected UDP sends to a peer that sent to this host first (replies, not probes).
+    PROC_UDP_REPLIES = 45 => "proc_udp_replies",
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -795,8 +859,20 @@ pub struct ProcState {
     pub raw_probes: u32,
     pub raw_sockets: u32,
     pub uid: u32,
+    /// Start of the current event-budget window and the events sent in it.
+    pub budget_start_ns: u64,
+    pub budget_used: u32,
+    /// Events not sent because the budget was spent (monotonic; the agent reports the growth).
+    pub shed: u32,
+    /// Sends to a pair already reported inside the pair window (monotonic).
+    pub repeats: u32,
+    /// Unconnected UDP sends to a peer that sent to this host first (replies; monotonic).
+    pub replies: u32,
+    /// Of `shed`, the raw-socket probes.
+    pub shed_raw: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<ProcState>() == 40);
+const _: () = assert!(size_of::<ProcState>() == 72);
 
 #[cfg(feature = "user")]
 mod user {
@@ -812,6 +888,7 @@ mod user {
     unsafe impl aya::Pod for ProcConfig {}
     unsafe impl aya::Pod for ProcState {}
     unsafe impl aya::Pod for OutConn {}
+    unsafe impl aya::Pod for OutPairKey {}
 }
 
 // ---------------------------------------------------------------------------------------------

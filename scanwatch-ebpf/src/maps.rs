@@ -7,7 +7,8 @@ use aya_ebpf::{
 use scanwatch_common::{
     BlockEntry, FcSlot, TCP_PORT_BYTES, Fingerprint, FpKey, FpValue, Probe, FIRST_CONTACT_SLOTS, KNOWN_WORDS, SUSPECT_WORDS, ProcConfig, ProcState, SrcKey, SrcState, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
     DEFAULT_MAX_PROCS, DEFAULT_MAX_SOURCES, DEFAULT_RINGBUF_BYTES, BLOCKLIST_ENTRIES, RAW_SOCKS_ENTRIES, CONNECTING_ENTRIES, HONEYPORT_WORDS,
-    FWD_RINGBUF_BYTES, IFACE_MODES_ENTRIES, LOCAL_ADDRS_ENTRIES,
+    FWD_RINGBUF_BYTES, IFACE_MODES_ENTRIES, LOCAL_ADDRS_ENTRIES, OutPairKey, OUT_PAIRS_ENTRIES, UDP_PEER_BYTES,
+    UDP_PEER_ENTRIES,
 };
 
 /// Per remote source (key: IPv4-mapped/IPv6 address; value: `SrcState`, 864 bytes).
@@ -74,11 +75,26 @@ pub static PROCS: LruHashMap<u32, ProcState> = LruHashMap::with_max_entries(DEFA
 #[map]
 pub static RAW_SOCKS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(RAW_SOCKS_ENTRIES, 0);
 
-/// Connecting TCP sockets: kernel socket address → tgid that called connect(), so the outcome
-/// (SYN_SENT → ESTABLISHED / CLOSE, seen in softirq context) is attributed to the process.
-/// 16,384 in-flight connects.
+/// Connecting TCP sockets: kernel socket address → tgid that called connect() (low 32 bits)
+/// and bit 32 set when its connect was reported (a connect to a pair reported inside the pair
+/// window is not, and neither is its outcome), so the outcome (SYN_SENT → ESTABLISHED / CLOSE,
+/// seen in softirq context) is attributed to the process. 16,384 in-flight connects.
 #[map]
-pub static CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(CONNECTING_ENTRIES, 0);
+pub static CONNECTING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(CONNECTING_ENTRIES, 0);
+
+/// (process, destination, port, protocol) pairs reported recently → when (ns). A send or
+/// connect to a pair reported inside `ProcConfig::pair_window_ns` is counted in the process's
+/// `ProcState::repeats` instead of becoming an event. LRU, `OUT_PAIRS_ENTRIES` (1.5 MiB): an
+/// evicted pair is reported again, never lost.
+#[map]
+pub static OUT_PAIRS: LruHashMap<OutPairKey, u64> = LruHashMap::with_max_entries(OUT_PAIRS_ENTRIES, 0);
+
+/// Recent inbound UDP peers (remote address and port of datagrams to a local socket), one epoch
+/// byte per hashed slot (`scanwatch_common::udp_peer_slot`): written by the XDP program, read by
+/// the sendto hook to tell a server's replies from probes. A hash collision can only make a
+/// probe look like a reply (1 MiB slots: ~1 % at 10,000 active peers).
+#[map]
+pub static UDP_PEERS: Array<[u8; UDP_PEER_BYTES]> = Array::with_max_entries(UDP_PEER_ENTRIES, 0);
 
 /// Outbound TCP connections awaiting their first write: (tgid << 32 | fd) → the connect's
 /// destination and time. Filled when a connect() enters SYN_SENT, emptied by the first write /

@@ -12,12 +12,13 @@ use aya_ebpf::{
     programs::{ProbeContext, TracePointContext},
 };
 use scanwatch_common::{
-    outcome, stat, tp, EventHeader, EventKind, OutConn, ProcEvent, ProcPayloadEvent, ProcState, SrcKey,
-    OUT_FIRST_MAX_AGE_NS, PROC_PAYLOAD_SAMPLE,
+    outcome, stat, tp, udp_peer_recent, udp_peer_slot, EventHeader, EventKind, OutConn, OutPairKey, ProcEvent,
+    ProcPayloadEvent, ProcState, SrcKey, OUT_FIRST_MAX_AGE_NS, PROC_BUDGET_WINDOW_NS, PROC_PAYLOAD_SAMPLE,
+    UDP_PEER_BYTES,
 };
 
 use crate::{
-    maps::{CONNECTING, EVENTS, OUT_FIRST, PROCS, PROC_CONFIG, RAW_SOCKS, STATS},
+    maps::{CONNECTING, EVENTS, OUT_FIRST, OUT_PAIRS, PROCS, PROC_CONFIG, RAW_SOCKS, STATS, UDP_PEERS},
     parse::v4_mapped,
 };
 
@@ -29,6 +30,8 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 const EINPROGRESS: i64 = 115;
+/// `CONNECT_INFLIGHT` `ts_ns` of a connect that was not reported (repeat pair or over budget).
+const UNREPORTED: u64 = 1;
 
 
 /// Tasks inside connect() to an inet address: pid_tgid → the connect (descriptor, destination).
@@ -70,6 +73,77 @@ fn bump_stat(i: u32) {
 fn now_ns() -> u64 {
     // SAFETY: plain helper call.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// Whether the pair (process, destination, port, protocol, probe flags) is to be reported: not
+/// reported inside the pair window. A repeat is counted in the process's `repeats` (`count`
+/// sends) and `PROC_REPEATS`; the caller sends no event.
+#[inline(always)]
+fn report_pair(tgid: u32, dst: &[u8; 16], dport: u16, proto: u8, flags: u8, count: u32) -> bool {
+    let window = PROC_CONFIG.get(0).map(|c| c.pair_window_ns).unwrap_or(0);
+    if window == 0 {
+        return true;
+    }
+    let key = OutPairKey { tgid, dport, proto, _pad: flags, dst: *dst };
+    let now = now_ns();
+    if let Some(t) = OUT_PAIRS.get_ptr_mut(&key) {
+        // SAFETY: LRU value valid for this run.
+        let t = unsafe { &mut *t };
+        if now.wrapping_sub(*t) < window {
+            proc_update(tgid, |p| p.repeats = p.repeats.wrapping_add(count));
+            bump_stat(stat::PROC_REPEATS);
+            return false;
+        }
+        *t = now;
+        return true;
+    }
+    let _ = OUT_PAIRS.insert(&key, &now, 0);
+    true
+}
+
+/// Take one event from the process's budget (`ProcConfig::events_per_window` per
+/// `PROC_BUDGET_WINDOW_NS`). When spent, the event is counted in the process's `shed` (and
+/// `shed_raw` for a raw probe; `count` sends) and `PROC_SHED`, and the caller sends nothing.
+/// The process's `PROCS` entry must exist (`proc_update` first).
+#[inline(always)]
+fn take_budget(tgid: u32, raw: bool, count: u32) -> bool {
+    let limit = PROC_CONFIG.get(0).map(|c| c.events_per_window).unwrap_or(0);
+    if limit == 0 {
+        return true;
+    }
+    let Some(p) = PROCS.get_ptr_mut(&tgid) else { return true };
+    // SAFETY: LRU value valid for this run; a racing update of the same process on another CPU
+    // can only make the budget slightly looser or a counter a lower bound.
+    let p = unsafe { &mut *p };
+    let now = now_ns();
+    if now.wrapping_sub(p.budget_start_ns) >= PROC_BUDGET_WINDOW_NS {
+        p.budget_start_ns = now;
+        p.budget_used = 0;
+    }
+    if p.budget_used < limit {
+        p.budget_used += 1;
+        return true;
+    }
+    p.shed = p.shed.wrapping_add(count);
+    if raw {
+        p.shed_raw = p.shed_raw.wrapping_add(count);
+    }
+    bump_stat(stat::PROC_SHED);
+    false
+}
+
+/// Whether a datagram to (`dst`, `dport`) answers a peer that sent to this host recently
+/// (`UDP_PEERS`, written by the XDP program).
+#[inline(always)]
+fn is_udp_reply(dst: &[u8; 16], dport: u16) -> bool {
+    // SAFETY: same size, any bit pattern is valid.
+    let w = unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(*dst) };
+    let (entry, byte) = udp_peer_slot(&w, dport);
+    // SAFETY: the map value lives while the program runs; the index is masked below its size.
+    match UDP_PEERS.get(entry) {
+        Some(p) => udp_peer_recent(p[byte & (UDP_PEER_BYTES - 1)], now_ns()),
+        None => false,
+    }
 }
 
 /// Update the per-process counters.
@@ -156,9 +230,15 @@ fn read_sockaddr(ptr: u64, user: bool) -> Option<(u16, [u8; 16], u16)> {
 fn on_connect(addr: u64, fd: i32, user: bool) -> u32 {
     let Some((tgid, pid)) = current() else { return 0 };
     let Some((family, dst, dport)) = read_sockaddr(addr, user) else { return 0 };
-    let conn = OutConn { dst: SrcKey { addr: dst }, ts_ns: 0, fd, dport, family };
-    let _ = CONNECT_INFLIGHT.insert(&bpf_get_current_pid_tgid(), &conn, 0);
     proc_update(tgid, |p| p.attempts += 1);
+    // A connect to a pair reported inside the window, or past the budget, is counted only:
+    // neither it nor its outcome or first payload becomes an event (`ts_ns` = UNREPORTED).
+    let reported = report_pair(tgid, &dst, dport, 0, 0, 1) && take_budget(tgid, false, 1);
+    let conn = OutConn { dst: SrcKey { addr: dst }, ts_ns: if reported { 0 } else { UNREPORTED }, fd, dport, family };
+    let _ = CONNECT_INFLIGHT.insert(&bpf_get_current_pid_tgid(), &conn, 0);
+    if !reported {
+        return 0;
+    }
     emit(EventKind::ProcConnect as u32, tgid, pid, |e| {
         e.family = family as u32;
         e.dst = SrcKey { addr: dst };
@@ -182,14 +262,17 @@ pub fn tp_exit_connect(ctx: TracePointContext) -> u32 {
     let Some((tgid, pid)) = current() else { return 0 };
     let id = bpf_get_current_pid_tgid();
     // Only connects that the enter hook saw going to an inet address count.
-    if CONNECT_INFLIGHT.get_ptr(&id).is_none() {
-        return 0;
-    }
+    // SAFETY: value copied out immediately.
+    let Some(c) = (unsafe { CONNECT_INFLIGHT.get(&id) }).copied() else { return 0 };
     let _ = CONNECT_INFLIGHT.remove(&id);
     // SAFETY: offset from syscalls/sys_exit_connect/format.
     let ret = unsafe { ctx.read_at::<i64>(tp::CONNECT_RET.offset).unwrap_or(0) };
     if ret < 0 && ret != -EINPROGRESS {
-        emit(EventKind::ProcConnectResult as u32, tgid, pid, |e| e.value = ret as i32);
+        if c.ts_ns == UNREPORTED {
+            proc_update(tgid, |p| p.failures += 1);
+        } else {
+            emit(EventKind::ProcConnectResult as u32, tgid, pid, |e| e.value = ret as i32);
+        }
     }
     0
 }
@@ -348,6 +431,9 @@ fn parse_probe(buf: &[u8; 96], len: u64, strict: bool, sa: Option<(u16, [u8; 16]
 #[inline(always)]
 fn emit_probe(tgid: u32, pid: u32, p: &Probe, count: u32) {
     proc_update(tgid, |s| s.raw_probes += count);
+    if !report_pair(tgid, &p.dst, p.dport, p.proto, p.flags, count) || !take_budget(tgid, true, count) {
+        return;
+    }
     emit(EventKind::ProcSendto as u32, tgid, pid, |e| {
         e.family = p.family as u32;
         e.sock_type = SOCK_RAW;
@@ -409,6 +495,30 @@ fn on_maybe_inherited_send(buf_ptr: u64, len: u64, sa: Option<(u16, [u8; 16], u1
     let _ = RAW_SOCKS.insert(&tgid, &1, 0);
     emit_probe(tgid, pid, &p, 1);
     true
+}
+
+/// A datagram of the current process to (`dst`, `dport`) whose pair was reported inside the
+/// window: counted as a repeat (attempts and `repeats`), false. True when it is to be looked at.
+#[inline(always)]
+fn pair_fresh(dst: &[u8; 16], dport: u16) -> bool {
+    let Some((tgid, _)) = current() else { return false };
+    let window = PROC_CONFIG.get(0).map(|c| c.pair_window_ns).unwrap_or(0);
+    if window == 0 {
+        return true;
+    }
+    let key = OutPairKey { tgid, dport, proto: 17, _pad: 0, dst: *dst };
+    // SAFETY: value copied out immediately.
+    match unsafe { OUT_PAIRS.get(&key) } {
+        Some(t) if now_ns().wrapping_sub(*t) < window => {
+            proc_update(tgid, |p| {
+                p.attempts += 1;
+                p.repeats = p.repeats.wrapping_add(1);
+            });
+            bump_stat(stat::PROC_REPEATS);
+            false
+        }
+        _ => true,
+    }
 }
 
 #[inline(always)]
@@ -510,6 +620,20 @@ pub fn tp_enter_sendto(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let sa = read_sockaddr(addr, true);
+    // Unconnected datagram sends to an inet address: a reply to a peer that sent first (a
+    // server's answer) or a repeat of a reported pair is counted only, before the payload of a
+    // small send is read for the inherited-raw-socket check below.
+    if let Some((_, dst, dport)) = sa {
+        if is_udp_reply(&dst, dport) {
+            let Some((tgid, _)) = current() else { return 0 };
+            proc_update(tgid, |p| p.replies = p.replies.wrapping_add(1));
+            bump_stat(stat::PROC_UDP_REPLIES);
+            return 0;
+        }
+        if !pair_fresh(&dst, dport) {
+            return 0;
+        }
+    }
     if on_maybe_inherited_send(buf, len, sa) {
         return 0;
     }
@@ -518,6 +642,9 @@ pub fn tp_enter_sendto(ctx: TracePointContext) -> u32 {
         let Some((tgid, pid)) = current() else { return 0 };
         if let Some((family, dst, dport)) = sa {
             proc_update(tgid, |p| p.attempts += 1);
+            if !report_pair(tgid, &dst, dport, 17, 0, 1) || !take_budget(tgid, false, 1) {
+                return 0;
+            }
             emit(EventKind::ProcSendto as u32, tgid, pid, |e| {
                 e.family = family as u32;
                 e.sock_type = 2; // SOCK_DGRAM
@@ -597,12 +724,14 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
     }
     if new == TCP_SYN_SENT {
         if let Some((tgid, _)) = current() {
-            let _ = CONNECTING.insert(&sk, &tgid, 0);
-            // Inside connect(): this descriptor is an outbound TCP connection; its first write
-            // is sampled (`on_out_write`).
             // SAFETY: value copied out immediately.
-            if let Some(c) = unsafe { CONNECT_INFLIGHT.get(&bpf_get_current_pid_tgid()) }.copied() {
-                if c.fd >= 0 {
+            let inflight = unsafe { CONNECT_INFLIGHT.get(&bpf_get_current_pid_tgid()) }.copied();
+            let reported = inflight.is_none_or(|c| c.ts_ns != UNREPORTED);
+            let _ = CONNECTING.insert(&sk, &(tgid as u64 | (reported as u64) << 32), 0);
+            // Inside connect(): this descriptor is an outbound TCP connection; its first write
+            // is sampled (`on_out_write`) when the connect was reported.
+            if let Some(c) = inflight {
+                if c.fd >= 0 && reported {
                     let key = ((tgid as u64) << 32) | c.fd as u32 as u64;
                     let _ = OUT_FIRST.insert(&key, &OutConn { ts_ns: now_ns(), ..c }, 0);
                 }
@@ -614,8 +743,9 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY: value copied out immediately.
-    let Some(tgid) = (unsafe { CONNECTING.get(&sk) }).copied() else { return 0 };
+    let Some(v) = (unsafe { CONNECTING.get(&sk) }).copied() else { return 0 };
     let _ = CONNECTING.remove(&sk);
+    let tgid = v as u32;
     // SAFETY: offsets from the tracepoint format.
     let (family, dport, d4, d6) = unsafe {
         (
@@ -627,6 +757,9 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
     };
     let ok = new == TCP_ESTABLISHED;
     proc_update(tgid, |p| if ok { p.successes += 1 } else { p.failures += 1 });
+    if v >> 32 == 0 {
+        return 0;
+    }
     match EVENTS.reserve::<ProcEvent>(0) {
         Some(mut e) => {
             // Softirq context: the identity is the connecting task's, not `current`.

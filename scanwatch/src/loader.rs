@@ -50,6 +50,10 @@ pub struct LoadOptions {
     pub enforce_blocklist: bool,
     pub xdp: XdpConfig,
     pub own_tgid: u32,
+    /// Outbound events per process per `PROC_BUDGET_WINDOW_NS` (0 = no limit).
+    pub proc_events_per_window: u32,
+    /// Outbound pair window in ns (0 = every send reported).
+    pub pair_window_ns: u64,
     pub honeyports_tcp: Vec<u16>,
     pub honeyports_udp: Vec<u16>,
     /// Sample first client payloads of connections to open ports (`depth.enabled`).
@@ -66,6 +70,8 @@ impl Default for LoadOptions {
             enforce_blocklist: false,
             xdp: XdpConfig::default_config(),
             own_tgid: std::process::id(),
+            proc_events_per_window: scanwatch_common::DEFAULT_PROC_EVENTS_PER_SEC / 10,
+            pair_window_ns: scanwatch_common::DEFAULT_PAIR_WINDOW_NS,
             honeyports_tcp: Vec::new(),
             honeyports_udp: Vec::new(),
             first_payload: true,
@@ -102,7 +108,12 @@ pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf, LoaderErro
         let map = ebpf.map_mut("PROC_CONFIG").ok_or(LoaderError::MissingMap("PROC_CONFIG"))?;
         let mut arr: Array<_, ProcConfig> =
             Array::try_from(map).map_err(|source| LoaderError::Map { name: "PROC_CONFIG", source })?;
-        arr.set(0, ProcConfig { own_tgid: opts.own_tgid, _pad: 0 }, 0)
+        let cfg = ProcConfig {
+            own_tgid: opts.own_tgid,
+            events_per_window: opts.proc_events_per_window,
+            pair_window_ns: opts.pair_window_ns,
+        };
+        arr.set(0, cfg, 0)
             .map_err(|source| LoaderError::Map { name: "PROC_CONFIG", source })?;
     }
     {

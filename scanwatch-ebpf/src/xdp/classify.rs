@@ -259,6 +259,8 @@ pub(super) fn classify_udp(ctx: &XdpContext, l3: &L3, cfg: &XdpConfig, obs: &mut
         obs.count(cnt::UDP_CLOSED);
         obs.count(cnt::FAILED);
         obs.cur.kind = probe::PORT;
+    } else if obs.fwd == 0 {
+        note_udp_peer(&l3.src.w, sport);
     }
     Ok(())
 }
@@ -318,3 +320,21 @@ pub(super) fn classify_icmp(ctx: &XdpContext, l3: &L3, obs: &mut Obs) -> Result<
     Ok(())
 }
 
+
+/// A datagram reached a local socket (or the lookup is off): its sender is a UDP peer, and the
+/// local process's datagrams back to it are replies (`UDP_PEERS`).
+#[inline(always)]
+fn note_udp_peer(src: &[u64; 2], sport: u16) {
+    let (entry, byte) = scanwatch_common::udp_peer_slot(src, sport);
+    if let Some(p) = crate::maps::UDP_PEERS.get_ptr_mut(entry) {
+        let epoch = scanwatch_common::udp_peer_epoch(super::ctx::now_ns());
+        // SAFETY: the map value lives while the program runs; `byte` < UDP_PEER_BYTES by
+        // construction (masked to 12 bits); a racing store of another CPU writes an epoch too.
+        unsafe {
+            let slot = (p as *mut u8).add(byte & (scanwatch_common::UDP_PEER_BYTES - 1));
+            if *slot != epoch {
+                *slot = epoch;
+            }
+        }
+    }
+}

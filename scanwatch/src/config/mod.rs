@@ -164,6 +164,12 @@ pub struct XdpSettings {
     /// New-fingerprint events per second the XDP program may send (0 = no limit); beyond it they
     /// are shed and counted (`fingerprint_events_shed`), the fingerprint stays in its map.
     pub fingerprint_events_per_sec: u32,
+    /// Outbound events one local process may send per second (0 = no limit); beyond it they are
+    /// counted in the kernel (`proc_events_shed`) and reported by the agent's process sweep.
+    pub process_events_per_sec: u32,
+    /// A process's sends / connects to one destination and port are one event per this window
+    /// (zero = every send is an event); repeats are counted in the kernel.
+    pub process_pair_window: std::time::Duration,
 }
 
 /// Honeyports: ports no legitimate service uses; any touch alerts immediately. In the file,

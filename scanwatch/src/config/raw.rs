@@ -72,6 +72,8 @@ pub(super) struct RawXdp {
     pub(super) first_contact: Option<bool>,
     pub(super) enforce_blocklist: Option<bool>,
     pub(super) fingerprint_events_per_sec: Option<u32>,
+    pub(super) process_events_per_sec: Option<u32>,
+    pub(super) process_pair_window: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -308,7 +310,8 @@ impl RawConfig {
         sub(&mut self.xdp, o.xdp, |s, o| {
             overlay_fields!(s, o; short_window, port_threshold, host_threshold, max_sources,
                 max_fingerprints, max_procs, ringbuf_bytes, lookup_sockets, port_filter, verify_checksums,
-                first_contact, enforce_blocklist, fingerprint_events_per_sec)
+                first_contact, enforce_blocklist, fingerprint_events_per_sec, process_events_per_sec,
+                process_pair_window)
         });
         sub(&mut self.honeyports, o.honeyports, |s, o| {
             // `*_extra` lists of successive layers add up; `tcp` / `udp` replace.

@@ -116,6 +116,8 @@ impl RawConfig {
             first_contact: req(xdp.first_contact, "xdp.first_contact")?,
             enforce_blocklist: xdp.enforce_blocklist.unwrap_or(false),
             fingerprint_events_per_sec: req(xdp.fingerprint_events_per_sec, "xdp.fingerprint_events_per_sec")?,
+            process_events_per_sec: req(xdp.process_events_per_sec, "xdp.process_events_per_sec")?,
+            process_pair_window: dur(xdp.process_pair_window, "xdp.process_pair_window")?,
         };
 
 

@@ -190,6 +190,15 @@ impl OutboundEntity {
             }
             // Payloads go to the timeline (`Engine::observe_outbound_payload`), not the fan-out.
             OutboundAction::Payload { .. } => {}
+            // Counted probes without destinations: they add to the probe counts, never to the
+            // distinct hosts / ports (the events before the budget ran out carried those).
+            OutboundAction::Shed { probes, raw } => {
+                *self.lifetime.entry("shed").or_default() += u64::from(*probes);
+                d.set(m::PROBES, f64::from(*probes));
+                if *raw > 0 {
+                    d.set(m::RAW, f64::from(*raw));
+                }
+            }
         }
         self.windows.add(now, &d);
         self.last_seen = now;

@@ -94,6 +94,9 @@ pub enum OutboundAction {
     /// The first bytes written on an outbound TCP connection (`sample`: at most the kernel's
     /// `PROC_PAYLOAD_SAMPLE` bytes of a write of `len`).
     Payload { dst: IpAddr, dport: u16, sample: Vec<u8>, len: u32 },
+    /// Sends the kernel counted past the process's event budget instead of reporting them one by
+    /// one (`raw` of them raw-socket probes): probes whose destinations are not known.
+    Shed { probes: u32, raw: u32 },
 }
 
 /// The first client payload of an inbound connection to one of this host's services (or the

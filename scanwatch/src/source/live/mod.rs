@@ -26,6 +26,7 @@ pub mod ifmode;
 pub mod maps;
 pub mod ports;
 pub mod records;
+pub mod procs;
 pub mod sweep;
 pub mod tracepoints;
 
@@ -74,6 +75,12 @@ pub fn load_options(cfg: &Config, enforce_blocklist: bool) -> LoadOptions {
             _pad: 0,
         },
         own_tgid: std::process::id(),
+        // Per 100 ms budget window; a non-zero rate keeps at least one event per window.
+        proc_events_per_window: match x.process_events_per_sec {
+            0 => 0,
+            n => n.div_ceil(10),
+        },
+        pair_window_ns: x.process_pair_window.as_nanos() as u64,
         honeyports_tcp: hp.tcp,
         honeyports_udp: hp.udp,
         first_payload: cfg.depth.enabled,
@@ -124,6 +131,10 @@ pub struct LiveSource {
     /// Outbound hook → the method that attached (`tracepoint:syscalls:sys_enter_connect`, ...).
     pub hooks: Vec<(String, String)>,
     pub outbound: bool,
+    /// `PROCS` (outbound on): swept for the events the kernel shed past a process's budget.
+    procs: Option<procs::Procs>,
+    proc_sweep: procs::ProcSweep,
+    proc_tick: tokio::time::Interval,
     /// Each attached interface's mode (host / gateway / mirror) and why.
     pub modes: Vec<ifmode::IfaceMode>,
     /// Gateway / mirror mode: the forwarded-traffic ring and its reply tracker.
@@ -211,6 +222,8 @@ impl LiveSource {
         let maps = KernelMaps::take_all(&mut ebpf)?;
         let blocklist = if lopts.enforce_blocklist { Some(maps::take_blocklist(&mut ebpf)?) } else { None };
         let fc_view = FirstContactView::new(maps::take_first_contact(&mut ebpf)?)?;
+        let procs: Option<procs::Procs> =
+            if cfg.agent.outbound { Some(maps::take(&mut ebpf, scanwatch_common::MAP_PROCS)?) } else { None };
         let start = tokio::time::Instant::now();
         Ok(LiveSource {
             _ebpf: ebpf,
@@ -247,6 +260,9 @@ impl LiveSource {
             fwd,
             mode_maps,
             addr_refresh: tokio::time::interval_at(start + ADDR_REFRESH, ADDR_REFRESH),
+            procs,
+            proc_sweep: procs::ProcSweep::default(),
+            proc_tick: tokio::time::interval_at(start + procs::PROC_SWEEP, procs::PROC_SWEEP),
         })
     }
 
@@ -298,6 +314,11 @@ impl LiveSource {
             _ = self.hot_refresh.tick(), if !self.hot.is_empty() => {
                 let now = monotonic();
                 self.hot.refresh(&self.maps.sources, &self.maps.fingerprints, now.as_nanos() as u64, |s| out.push(Stamped::new(now, Observation::Source(s))));
+            }
+            _ = self.proc_tick.tick(), if self.procs.is_some() => {
+                if let Some(p) = &self.procs {
+                    self.proc_sweep.sweep(p, monotonic(), out);
+                }
             }
             _ = self.held_scan.tick() => {
                 let held = self.held_reader.read(&self.fc_view, Listeners::read);
