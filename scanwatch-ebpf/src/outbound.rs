@@ -30,8 +30,11 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 const EINPROGRESS: i64 = 115;
-/// `CONNECT_INFLIGHT` `ts_ns` of a connect that was not reported (repeat pair or over budget).
+/// `CONNECT_INFLIGHT` `ts_ns` flags: the connect was not reported (repeat pair or over
+/// budget); the socket entered SYN_SENT inside the call (its outcome comes from
+/// `tp_inet_sock_set_state`, so the exit hook must not count a failure too).
 const UNREPORTED: u64 = 1;
+const SYN_SENT_SEEN: u64 = 2;
 
 
 /// Tasks inside connect() to an inet address: pid_tgid → the connect (descriptor, destination).
@@ -146,21 +149,26 @@ fn is_udp_reply(dst: &[u8; 16], dport: u16) -> bool {
     }
 }
 
-/// Update the per-process counters.
+/// Update the per-process counters (one lookup when the process has an entry).
 #[inline(always)]
 fn proc_update<F: FnOnce(&mut ProcState)>(tgid: u32, f: F) {
     let now = now_ns();
-    if PROCS.get_ptr_mut(&tgid).is_none() {
-        let uid = bpf_get_current_uid_gid() as u32;
-        let st = ProcState { first_seen_ns: now, uid, ..ProcState::default() };
-        let _ = PROCS.insert(&tgid, &st, 1);
-    }
-    if let Some(p) = PROCS.get_ptr_mut(&tgid) {
-        // SAFETY: LRU value valid for this run.
-        let p = unsafe { &mut *p };
-        p.last_seen_ns = now;
-        f(p);
-    }
+    let p = match PROCS.get_ptr_mut(&tgid) {
+        Some(p) => p,
+        None => {
+            let uid = bpf_get_current_uid_gid() as u32;
+            let st = ProcState { first_seen_ns: now, uid, ..ProcState::default() };
+            let _ = PROCS.insert(&tgid, &st, 1);
+            match PROCS.get_ptr_mut(&tgid) {
+                Some(p) => p,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: LRU value valid for this run.
+    let p = unsafe { &mut *p };
+    p.last_seen_ns = now;
+    f(p);
 }
 
 /// Emit a process event pre-filled with the current task's identity.
@@ -267,8 +275,10 @@ pub fn tp_exit_connect(ctx: TracePointContext) -> u32 {
     let _ = CONNECT_INFLIGHT.remove(&id);
     // SAFETY: offset from syscalls/sys_exit_connect/format.
     let ret = unsafe { ctx.read_at::<i64>(tp::CONNECT_RET.offset).unwrap_or(0) };
-    if ret < 0 && ret != -EINPROGRESS {
-        if c.ts_ns == UNREPORTED {
+    // A connect that sent its SYN has its outcome reported by the state change (a refused
+    // blocking connect would otherwise count twice); only failures before any SYN count here.
+    if ret < 0 && ret != -EINPROGRESS && c.ts_ns & SYN_SENT_SEEN == 0 {
+        if c.ts_ns & UNREPORTED != 0 {
             proc_update(tgid, |p| p.failures += 1);
         } else {
             emit(EventKind::ProcConnectResult as u32, tgid, pid, |e| e.value = ret as i32);
@@ -725,8 +735,13 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if new == TCP_SYN_SENT {
         if let Some((tgid, _)) = current() {
             // SAFETY: value copied out immediately.
-            let inflight = unsafe { CONNECT_INFLIGHT.get(&bpf_get_current_pid_tgid()) }.copied();
-            let reported = inflight.is_none_or(|c| c.ts_ns != UNREPORTED);
+            let id = bpf_get_current_pid_tgid();
+            let inflight = unsafe { CONNECT_INFLIGHT.get(&id) }.copied();
+            if let Some(c) = CONNECT_INFLIGHT.get_ptr_mut(&id) {
+                // SAFETY: LRU value valid for this run, only this task's connect uses it.
+                unsafe { (*c).ts_ns |= SYN_SENT_SEEN };
+            }
+            let reported = inflight.is_none_or(|c| c.ts_ns & UNREPORTED == 0);
             let _ = CONNECTING.insert(&sk, &(tgid as u64 | (reported as u64) << 32), 0);
             // Inside connect(): this descriptor is an outbound TCP connection; its first write
             // is sampled (`on_out_write`) when the connect was reported.
