@@ -107,7 +107,8 @@ fn report_pair(tgid: u32, dst: &[u8; 16], dport: u16, proto: u8, flags: u8, coun
 /// Take one event from the process's budget (`ProcConfig::events_per_window` per
 /// `PROC_BUDGET_WINDOW_NS`). When spent, the event is counted in the process's `shed` (and
 /// `shed_raw` for a raw probe; `count` sends) and `PROC_SHED`, and the caller sends nothing.
-/// The process's `PROCS` entry must exist (`proc_update` first).
+/// `count` 0: an optional event (a payload sample), not counted when refused. The process's
+/// `PROCS` entry must exist (`proc_update` first).
 #[inline(always)]
 fn take_budget(tgid: u32, raw: bool, count: u32) -> bool {
     let limit = PROC_CONFIG.get(0).map(|c| c.events_per_window).unwrap_or(0);
@@ -127,11 +128,13 @@ fn take_budget(tgid: u32, raw: bool, count: u32) -> bool {
         p.budget_used += 1;
         return true;
     }
-    p.shed = p.shed.wrapping_add(count);
-    if raw {
-        p.shed_raw = p.shed_raw.wrapping_add(count);
+    if count > 0 {
+        p.shed = p.shed.wrapping_add(count);
+        if raw {
+            p.shed_raw = p.shed_raw.wrapping_add(count);
+        }
+        bump_stat(stat::PROC_SHED);
     }
-    bump_stat(stat::PROC_SHED);
     false
 }
 
@@ -744,9 +747,10 @@ pub fn tp_inet_sock_set_state(ctx: TracePointContext) -> u32 {
             let reported = inflight.is_none_or(|c| c.ts_ns & UNREPORTED == 0);
             let _ = CONNECTING.insert(&sk, &(tgid as u64 | (reported as u64) << 32), 0);
             // Inside connect(): this descriptor is an outbound TCP connection; its first write
-            // is sampled (`on_out_write`) when the connect was reported.
+            // is sampled (`on_out_write`) — for a repeat connection too (a script's later
+            // requests to the same port are what depth looks at), within the process's budget.
             if let Some(c) = inflight {
-                if c.fd >= 0 && reported {
+                if c.fd >= 0 && (reported || take_budget(tgid, false, 0)) {
                     let key = ((tgid as u64) << 32) | c.fd as u32 as u64;
                     let _ = OUT_FIRST.insert(&key, &OutConn { ts_ns: now_ns(), ..c }, 0);
                 }

@@ -890,3 +890,45 @@ fn gateway_mode_forwarded_packets_skip_the_lookup_and_go_to_the_reply_ring() {
     assert_eq!(p.count(client, cnt::SYN_CLOSED), closed);
     assert_eq!(p.stats()[stat::FORWARDED as usize], 5);
 }
+
+/// The UDP_PEERS slot of a remote (address, port), as the sendto hook reads it.
+fn udp_peer_byte(p: &Prog, ip: IpAddr, port: u16) -> u8 {
+    let key = ip_to_key(ip);
+    // SAFETY: same size, any bit pattern is valid.
+    let w = unsafe { std::mem::transmute::<[u8; 16], [u64; 2]>(key.addr) };
+    let (entry, byte) = scanwatch_common::udp_peer_slot(&w, port);
+    let arr: Array<&MapData, [u8; scanwatch_common::UDP_PEER_BYTES]> =
+        Array::try_from(p.ebpf.map("UDP_PEERS").expect("UDP_PEERS")).expect("array");
+    arr.get(&entry, 0).expect("entry")[byte]
+}
+
+/// A datagram that reaches a local UDP socket marks its sender (address and port) as a recent
+/// peer: the outbound sendto hook then counts the local process's datagrams back to it as
+/// replies (a DNS server's answers), not probes. Datagrams to closed ports (a UDP scan) do not.
+#[test]
+fn udp_to_an_open_socket_marks_the_peer_for_reply_recognition() {
+    let mut p = Prog::new();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    let open = sock.local_addr().expect("addr").port();
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    // `closed` is free again once its socket is dropped above.
+    let src = v4("127.0.0.23");
+    let d = v4("127.0.0.1");
+    let to = |sport: u16, dport: u16| PacketSpec {
+        l4: L4::Udp { sport, dport, payload: vec![0; 12] },
+        ..PacketSpec::tcp(src, d, 0, 0, 0)
+    };
+    assert_eq!(udp_peer_byte(&p, src, 40_000), 0, "nothing marked before any packet");
+    p.run_all([to(40_000, open).build(), to(40_001, closed).build()]);
+    let now = {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: plain libc call with a valid pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    };
+    let b = udp_peer_byte(&p, src, 40_000);
+    assert!(scanwatch_common::udp_peer_recent(b, now), "the sender to an open socket is a recent peer (byte {b})");
+    assert_eq!(udp_peer_byte(&p, src, 40_001), 0, "a datagram to a closed port marks nothing");
+    assert_eq!(udp_peer_byte(&p, src, 40_002), 0, "another port of the same host is another peer");
+    drop(sock);
+}
