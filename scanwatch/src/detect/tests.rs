@@ -561,6 +561,36 @@ fn outbound_raw_syn_sweep_without_outcomes() {
     assert_eq!(a.counts.get("raw_probe").map(|n| n > 0), Some(true));
 }
 
+/// Probes the kernel shed past the process's event budget (a masscan-rate sender) reach the
+/// alert's probe counts through the sweep's `Shed` action; they add no hosts or ports (their
+/// destinations were never sent), and a process that only sheds raises nothing by itself.
+#[test]
+fn shed_probes_add_to_the_counts_not_to_the_fan_out() {
+    let mut e = engine();
+    let p = proc_info("/opt/tool/sweeper", 41, 40);
+    let mut alerts = Vec::new();
+    for i in 0..100u32 {
+        let dst = ip(&format!("10.9.{}.1", i));
+        alerts.extend(e.observe_outbound(t(1.0 + f64::from(i) * 0.001), &OutboundObservation {
+            process: p.clone(),
+            action: OutboundAction::RawProbe { dst, dport: 80, proto: 6, tcp_flags: 0x02 },
+        }));
+    }
+    alerts.extend(e.observe_outbound(t(1.5), &OutboundObservation {
+        process: p.clone(),
+        action: OutboundAction::Shed { probes: 5000, raw: 5000 },
+    }));
+    // The incident's final report carries them.
+    alerts.extend(e.close_all(t(3.0)));
+    let a = alerts.iter().rfind(|a| a.kind == AlertKind::OutboundScan).expect("outbound scan");
+    assert!(a.counts.probes >= 5000, "shed probes counted: {:?}", a.counts);
+    assert!(a.targets.host_count <= 110, "shed probes add no hosts: {}", a.targets.host_count);
+
+    let q = proc_info("/opt/tool/quiet", 51, 50);
+    let only = e.observe_outbound(t(2.0), &OutboundObservation { process: q, action: OutboundAction::Shed { probes: 50, raw: 0 } });
+    assert!(only.is_empty(), "{only:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Roles and allowlists.
 // ---------------------------------------------------------------------------------------------
