@@ -864,15 +864,13 @@ pub struct ProcState {
     pub budget_used: u32,
     /// Events not sent because the budget was spent (monotonic; the agent reports the growth).
     pub shed: u32,
-    /// Sends to a pair already reported inside the pair window (monotonic).
+    /// Connects and raw probes to a pair already reported inside the pair window (monotonic;
+    /// repeated UDP datagrams are counted in `stat::PROC_REPEATS` only).
     pub repeats: u32,
-    /// Unconnected UDP sends to a peer that sent to this host first (replies; monotonic).
-    pub replies: u32,
     /// Of `shed`, the raw-socket probes.
     pub shed_raw: u32,
-    pub _pad: u32,
 }
-const _: () = assert!(size_of::<ProcState>() == 72);
+const _: () = assert!(size_of::<ProcState>() == 64);
 
 #[cfg(feature = "user")]
 mod user {

@@ -511,7 +511,8 @@ fn on_maybe_inherited_send(buf_ptr: u64, len: u64, sa: Option<(u16, [u8; 16], u1
 }
 
 /// A datagram of the current process to (`dst`, `dport`) whose pair was reported inside the
-/// window: counted as a repeat (attempts and `repeats`), false. True when it is to be looked at.
+/// window: counted in `PROC_REPEATS` (not in the process's entry: this is the per-datagram path
+/// of a busy UDP sender), false. True when it is to be looked at.
 #[inline(always)]
 fn pair_fresh(dst: &[u8; 16], dport: u16) -> bool {
     let Some((tgid, _)) = current() else { return false };
@@ -523,10 +524,7 @@ fn pair_fresh(dst: &[u8; 16], dport: u16) -> bool {
     // SAFETY: value copied out immediately.
     match unsafe { OUT_PAIRS.get(&key) } {
         Some(t) if now_ns().wrapping_sub(*t) < window => {
-            proc_update(tgid, |p| {
-                p.attempts += 1;
-                p.repeats = p.repeats.wrapping_add(1);
-            });
+            // The cheapest path of a busy UDP sender: counted globally only (no PROCS update).
             bump_stat(stat::PROC_REPEATS);
             false
         }
@@ -638,8 +636,7 @@ pub fn tp_enter_sendto(ctx: TracePointContext) -> u32 {
     // small send is read for the inherited-raw-socket check below.
     if let Some((_, dst, dport)) = sa {
         if is_udp_reply(&dst, dport) {
-            let Some((tgid, _)) = current() else { return 0 };
-            proc_update(tgid, |p| p.replies = p.replies.wrapping_add(1));
+            // Per-datagram path of a busy UDP server: counted globally only.
             bump_stat(stat::PROC_UDP_REPLIES);
             return 0;
         }
