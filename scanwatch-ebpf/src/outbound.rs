@@ -10,6 +10,7 @@ use aya_ebpf::{
     macros::{kprobe, map, tracepoint},
     maps::LruHashMap,
     programs::{ProbeContext, TracePointContext},
+    EbpfContext,
 };
 use scanwatch_common::{
     outcome, stat, tp, udp_peer_recent, udp_peer_slot, EventHeader, EventKind, OutConn, OutPairKey, ProcEvent,
@@ -152,6 +153,19 @@ fn is_udp_reply(dst: &[u8; 16], dport: u16) -> bool {
     }
 }
 
+/// A syscall tracepoint argument read straight from the context (a plain load the verifier
+/// checks against the context's bounds and alignment) instead of one `bpf_probe_read_kernel`
+/// helper call per field: `tp_enter_write` runs on every write(2) of the host. Syscall
+/// arguments are 8-byte slots at 8-byte-aligned offsets (checked against tracefs at load).
+///
+/// # Safety
+/// `off` must be the offset of a `T`-sized, `T`-aligned field of the tracepoint's record.
+#[inline(always)]
+unsafe fn tp_arg<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
+    // SAFETY: per the contract above; the verifier rejects an out-of-bounds context read.
+    unsafe { (ctx.as_ptr() as *const u8).add(off).cast::<T>().read() }
+}
+
 /// Update the per-process counters (one lookup when the process has an entry).
 #[inline(always)]
 fn proc_update<F: FnOnce(&mut ProcState)>(tgid: u32, f: F) {
@@ -262,7 +276,7 @@ fn on_connect(addr: u64, fd: i32, user: bool) -> u32 {
 #[tracepoint]
 pub fn tp_enter_connect(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from syscalls/sys_enter_connect/format.
-    let (fd, addr) = unsafe { (ctx.read_at::<i64>(tp::CONNECT_FD.offset).unwrap_or(-1), ctx.read_at::<u64>(tp::CONNECT_ADDR.offset).unwrap_or(0)) };
+    let (fd, addr) = unsafe { (tp_arg::<i64>(&ctx, tp::CONNECT_FD.offset), tp_arg::<u64>(&ctx, tp::CONNECT_ADDR.offset)) };
     on_connect(addr, fd as i32, true)
 }
 
@@ -277,7 +291,7 @@ pub fn tp_exit_connect(ctx: TracePointContext) -> u32 {
     let Some(c) = (unsafe { CONNECT_INFLIGHT.get(&id) }).copied() else { return 0 };
     let _ = CONNECT_INFLIGHT.remove(&id);
     // SAFETY: offset from syscalls/sys_exit_connect/format.
-    let ret = unsafe { ctx.read_at::<i64>(tp::CONNECT_RET.offset).unwrap_or(0) };
+    let ret = unsafe { tp_arg::<i64>(&ctx, tp::CONNECT_RET.offset) };
     // A connect that sent its SYN has its outcome reported by the state change (a refused
     // blocking connect would otherwise count twice); only failures before any SYN count here.
     if ret < 0 && ret != -EINPROGRESS && c.ts_ns & SYN_SENT_SEEN == 0 {
@@ -304,9 +318,9 @@ pub fn tp_enter_socket(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from syscalls/sys_enter_socket/format.
     let (family, ty, proto) = unsafe {
         (
-            ctx.read_at::<u64>(tp::SOCKET_FAMILY.offset).unwrap_or(0) as u16,
-            ctx.read_at::<u64>(tp::SOCKET_TYPE.offset).unwrap_or(0) as u32,
-            ctx.read_at::<u64>(tp::SOCKET_PROTOCOL.offset).unwrap_or(0) as u32,
+            tp_arg::<u64>(&ctx, tp::SOCKET_FAMILY.offset) as u16,
+            tp_arg::<u64>(&ctx, tp::SOCKET_TYPE.offset) as u32,
+            tp_arg::<u64>(&ctx, tp::SOCKET_PROTOCOL.offset) as u32,
         )
     };
     let raw = ((family == AF_INET || family == AF_INET6) && ty & 0xf == SOCK_RAW) || family == AF_PACKET;
@@ -602,9 +616,9 @@ pub fn tp_enter_write(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from syscalls/sys_enter_write/format.
     let (fd, buf, len) = unsafe {
         (
-            ctx.read_at::<u64>(tp::WRITE_FD.offset).unwrap_or(u64::MAX),
-            ctx.read_at::<u64>(tp::WRITE_BUF.offset).unwrap_or(0),
-            ctx.read_at::<u64>(tp::WRITE_COUNT.offset).unwrap_or(0),
+            tp_arg::<u64>(&ctx, tp::WRITE_FD.offset),
+            tp_arg::<u64>(&ctx, tp::WRITE_BUF.offset),
+            tp_arg::<u64>(&ctx, tp::WRITE_COUNT.offset),
         )
     };
     on_out_write(fd, buf, len);
@@ -616,10 +630,10 @@ pub fn tp_enter_sendto(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from syscalls/sys_enter_sendto/format.
     let (fd, buf, len, addr) = unsafe {
         (
-            ctx.read_at::<u64>(tp::SENDTO_FD.offset).unwrap_or(u64::MAX),
-            ctx.read_at::<u64>(tp::SENDTO_BUFF.offset).unwrap_or(0),
-            ctx.read_at::<u64>(tp::SENDTO_LEN.offset).unwrap_or(0),
-            ctx.read_at::<u64>(tp::SENDTO_ADDR.offset).unwrap_or(0),
+            tp_arg::<u64>(&ctx, tp::SENDTO_FD.offset),
+            tp_arg::<u64>(&ctx, tp::SENDTO_BUFF.offset),
+            tp_arg::<u64>(&ctx, tp::SENDTO_LEN.offset),
+            tp_arg::<u64>(&ctx, tp::SENDTO_ADDR.offset),
         )
     };
     // send() on a connected TCP socket: its first payload.
@@ -702,7 +716,7 @@ fn on_msg(msg_ptr: u64, count: u32) {
 #[tracepoint]
 pub fn tp_enter_sendmsg(ctx: TracePointContext) -> u32 {
     // SAFETY: offset from syscalls/sys_enter_sendmsg/format.
-    let msg = unsafe { ctx.read_at::<u64>(tp::SENDMSG_MSG.offset).unwrap_or(0) };
+    let msg = unsafe { tp_arg::<u64>(&ctx, tp::SENDMSG_MSG.offset) };
     on_msg(msg, 1);
     0
 }
@@ -711,7 +725,7 @@ pub fn tp_enter_sendmsg(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tp_enter_sendmmsg(ctx: TracePointContext) -> u32 {
     // SAFETY: offsets from syscalls/sys_enter_sendmmsg/format; `struct mmsghdr` starts with msghdr.
-    let (msg, vlen) = unsafe { (ctx.read_at::<u64>(tp::SENDMMSG_MSG.offset).unwrap_or(0), ctx.read_at::<u64>(tp::SENDMMSG_VLEN.offset).unwrap_or(0)) };
+    let (msg, vlen) = unsafe { (tp_arg::<u64>(&ctx, tp::SENDMMSG_MSG.offset), tp_arg::<u64>(&ctx, tp::SENDMMSG_VLEN.offset)) };
     on_msg(msg, vlen as u32);
     0
 }
