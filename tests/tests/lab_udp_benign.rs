@@ -193,7 +193,9 @@ fn dns_like_server_answering_500_clients_is_not_an_outbound_scan() {
     std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().expect("piped")), &mut line).expect("read");
     assert_eq!(line.trim(), "ready", "DNS-like server did not start");
 
-    let child = lab.spawn(&["/usr/bin/python3", "-c", DNS_CLIENTS, &srv_ip, "53", &srcs.join(","), "33"]);
+    // The clients run as `nobody`: the agent groups short-lived processes by (uid, executable,
+    // parent), and the server and the clients are both python3 children of this test.
+    let child = lab.spawn_as("nobody", &["/usr/bin/python3", "-c", DNS_CLIENTS, &srv_ip, "53", &srcs.join(","), "33"]);
     let out = finish(child, 120);
     assert_ok(&out, "DNS clients");
     let text = String::from_utf8_lossy(&out.stdout).to_string();

@@ -698,6 +698,7 @@ pub fn run(root: &Path, target: &Path, bin: &Path, o: &Opts) -> Result<()> {
     let mut without: BTreeMap<usize, Vec<Sample>> = BTreeMap::new();
     let mut with: BTreeMap<usize, Vec<Sample>> = BTreeMap::new();
     let mut agent_err = String::new();
+    let mut counters = Vec::new();
     for round in 0..o.rounds {
         for (i, r) in ROWS.iter().enumerate() {
             let s = one_sample(&exe, *r, o, &peers, None)?;
@@ -722,6 +723,10 @@ pub fn run(root: &Path, target: &Path, bin: &Path, o: &Opts) -> Result<()> {
         }
         agent.stop();
         agent_err = agent.stderr();
+        // The agent's exit line: `scanwatch: stopped (...); counters {...}`.
+        if let Some(c) = agent_err.lines().find_map(|l| l.split_once("counters ").and_then(|(_, j)| serde_json::from_str::<serde_json::Value>(j).ok())) {
+            counters.push(c);
+        }
     }
     drop(peers);
     drop(lab);
@@ -765,15 +770,24 @@ pub fn run(root: &Path, target: &Path, bin: &Path, o: &Opts) -> Result<()> {
             "with": wi.iter().map(sample_json).collect::<Vec<_>>(),
         }));
     }
-    let notes: Vec<&str> = agent_err.lines().filter(|l| l.contains("WARNING") || l.contains("dropped")).collect();
+    let notes: Vec<&str> = agent_err.lines().filter(|l| l.contains("WARNING")).collect();
     for n in &notes {
         println!("agent: {n}");
+    }
+    for (i, c) in counters.iter().enumerate() {
+        println!(
+            "agent run {}: {} process events read, {} dropped (ring buffer full), {} alert lines",
+            i + 1,
+            c["proc_events"],
+            c["proc_events_dropped"],
+            c["alerts_written"]
+        );
     }
     let json = serde_json::json!({
         "bench": "bench-outbound", "commit": commit, "agent": bin.display().to_string(), "secs": o.secs,
         "rounds": o.rounds, "paced_rate": o.rate, "peers": PEERS, "dns_clients": CLIENTS,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "other_agents": others, "agent_warnings": notes, "rows": rows_json,
+        "other_agents": others, "agent_warnings": notes, "agent_counters": counters, "rows": rows_json,
         "wall_secs": t_all.elapsed().as_secs_f64(),
     });
     let out = target.join("bench-outbound.json");
