@@ -20,9 +20,9 @@
 //! * the same three paced at `--rate` (default 100,000/s: the target is a process at
 //!   100k datagrams/s losing ≤ 5 % of its rate with the agent using ≤ 5 % of a core).
 //!
-//! Every round measures every row without the agent, then starts the agent (`scanwatch run -i
-//! swob-s0`, default configuration, the same invocation as the lab tests) and measures them
-//! again. The best rate of each side over the rounds is reported, the agent's CPU (utime + stime
+//! Every round measures every row without the agent and, with the agent started (`scanwatch run
+//! -i swob-s0`, default configuration, the same invocation as the lab tests), again; odd rounds
+//! start with the agent. The best rate of each side over the rounds is reported, the agent's CPU (utime + stime
 //! from /proc/<pid>/stat between the sender's start and end) as the mean over rounds.
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -699,35 +699,48 @@ pub fn run(root: &Path, target: &Path, bin: &Path, o: &Opts) -> Result<()> {
     let mut with: BTreeMap<usize, Vec<Sample>> = BTreeMap::new();
     let mut agent_err = String::new();
     let mut counters = Vec::new();
+    let load0 = loadavg();
     for round in 0..o.rounds {
-        for (i, r) in ROWS.iter().enumerate() {
-            let s = one_sample(&exe, *r, o, &peers, None)?;
-            eprintln!("xtask: round {} without agent: {:<24} {:>8} {:>10.0}/s", round + 1, r.name, pace(r, o), s.rate);
-            without.entry(i).or_default().push(s);
-        }
-        interrupted()?;
-        let mut agent = Agent::start(bin)?;
-        // Let the agent finish its start-up work (first sweeps) before measuring.
-        std::thread::sleep(Duration::from_secs(2));
-        for (i, r) in ROWS.iter().enumerate() {
-            let s = one_sample(&exe, *r, o, &peers, Some(&agent))?;
-            eprintln!(
-                "xtask: round {} with agent:    {:<24} {:>8} {:>10.0}/s, agent {:.1} % of a core",
-                round + 1,
-                r.name,
-                pace(r, o),
-                s.rate,
-                s.agent_cpu.unwrap_or(f64::NAN)
-            );
-            with.entry(i).or_default().push(s);
-        }
-        agent.stop();
-        agent_err = agent.stderr();
-        // The agent's exit line: `scanwatch: stopped (...); counters {...}`.
-        if let Some(c) = agent_err.lines().find_map(|l| l.split_once("counters ").and_then(|(_, j)| serde_json::from_str::<serde_json::Value>(j).ok())) {
-            counters.push(c);
+        // Rounds alternate the order (without → with, then with → without) so a drift of the
+        // machine's load during the run does not always favour the same side.
+        let agent_first = round % 2 == 1;
+        for phase in 0..2 {
+            interrupted()?;
+            if (phase == 0) != agent_first {
+                for (i, r) in ROWS.iter().enumerate() {
+                    let s = one_sample(&exe, *r, o, &peers, None)?;
+                    eprintln!("xtask: round {} without agent: {:<24} {:>8} {:>10.0}/s", round + 1, r.name, pace(r, o), s.rate);
+                    without.entry(i).or_default().push(s);
+                }
+                continue;
+            }
+            let mut agent = Agent::start(bin)?;
+            // Let the agent finish its start-up work (first sweeps) before measuring.
+            std::thread::sleep(Duration::from_secs(2));
+            for (i, r) in ROWS.iter().enumerate() {
+                let s = one_sample(&exe, *r, o, &peers, Some(&agent))?;
+                eprintln!(
+                    "xtask: round {} with agent:    {:<24} {:>8} {:>10.0}/s, agent {:.1} % of a core",
+                    round + 1,
+                    r.name,
+                    pace(r, o),
+                    s.rate,
+                    s.agent_cpu.unwrap_or(f64::NAN)
+                );
+                with.entry(i).or_default().push(s);
+            }
+            agent.stop();
+            agent_err = agent.stderr();
+            // The agent's exit line: `scanwatch: stopped (...); counters {...}`.
+            if let Some(c) = agent_err
+                .lines()
+                .find_map(|l| l.split_once("counters ").and_then(|(_, j)| serde_json::from_str::<serde_json::Value>(j).ok()))
+            {
+                counters.push(c);
+            }
         }
     }
+    let load1 = loadavg();
     drop(peers);
     drop(lab);
 
@@ -787,13 +800,19 @@ pub fn run(root: &Path, target: &Path, bin: &Path, o: &Opts) -> Result<()> {
         "bench": "bench-outbound", "commit": commit, "agent": bin.display().to_string(), "secs": o.secs,
         "rounds": o.rounds, "paced_rate": o.rate, "peers": PEERS, "dns_clients": CLIENTS,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "other_agents": others, "agent_warnings": notes, "agent_counters": counters, "rows": rows_json,
+        "loadavg_start": load0, "loadavg_end": load1, "other_agents": others, "agent_warnings": notes, "agent_counters": counters, "rows": rows_json,
         "wall_secs": t_all.elapsed().as_secs_f64(),
     });
+    println!("load average (1 min) at start {load0:.2}, at end {load1:.2}, on {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     let out = target.join("bench-outbound.json");
     std::fs::write(&out, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", out.display()))?;
     println!("written {} ({:.0} s)", out.display(), t_all.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// 1-minute load average (other work on the machine shows up in both columns as noise).
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(f64::NAN)
 }
 
 fn pace(r: &Row, o: &Opts) -> String {
