@@ -425,6 +425,7 @@ struct Agent {
     child: Child,
     alerts: Arc<Mutex<Vec<serde_json::Value>>>,
     stderr: Arc<Mutex<String>>,
+    err_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -454,7 +455,7 @@ impl Agent {
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let e2 = stderr.clone();
-        std::thread::spawn(move || {
+        let err_reader = std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 if line.contains("scanwatch: ready") {
                     let _ = tx.send(());
@@ -464,7 +465,7 @@ impl Agent {
                 g.push('\n');
             }
         });
-        let mut agent = Agent { child, alerts, stderr };
+        let mut agent = Agent { child, alerts, stderr, err_reader: Some(err_reader) };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
@@ -499,19 +500,48 @@ impl Agent {
             .count()
     }
 
-    /// SIGINT, wait ≤ 10 s, then SIGKILL.
+    /// SIGINT, wait ≤ 10 s, then SIGKILL; then the whole stderr is read (its exit line).
     fn stop(&mut self) {
         // SAFETY: kill(2) of our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut exited = false;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                exited = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(t) = self.err_reader.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// The agent's process-event counters (events written to the ring buffer, events lost because
+    /// it was full), from its metrics endpoint (127.0.0.1:9464 of the sender namespace).
+    fn proc_counters(&self) -> Option<(u64, u64)> {
+        let text = in_netns(NS_SEND, || {
+            use std::io::Read;
+            let mut c = std::net::TcpStream::connect_timeout(&"127.0.0.1:9464".parse()?, Duration::from_secs(2))?;
+            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+            c.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+            let mut s = String::new();
+            c.read_to_string(&mut s)?;
+            Ok(s)
+        })
+        .ok()?;
+        let get = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .map(|v| v as u64)
+        };
+        Some((get("scanwatch_process_events_total")?, get("scanwatch_process_events_dropped_total")?))
     }
 }
 
@@ -584,6 +614,10 @@ struct Sample {
     agent_cpu: Option<f64>,
     /// outbound_scan alert lines naming the sender (with the agent only).
     alerts: Option<usize>,
+    /// Process events the kernel wrote / dropped (ring buffer full) during the row (with the agent
+    /// only; every process on the machine counts, the sender's datagrams are nearly all of them).
+    events: Option<u64>,
+    events_dropped: Option<u64>,
 }
 
 fn one_sample(exe: &Path, row: Row, o: &Opts, peers: &Peers, agent: Option<&Agent>) -> Result<Sample> {
@@ -624,6 +658,7 @@ fn one_sample(exe: &Path, row: Row, o: &Opts, peers: &Peers, agent: Option<&Agen
     }
     // The window: the sender's first datagram is close to this (dns-like: once its queries are
     // in, which takes a few ms after the last one was sent).
+    let ev0 = agent.and_then(|a| a.proc_counters());
     let cpu0 = agent.and_then(|a| cpu_ticks(a.pid()));
     let t0 = Instant::now();
     let line = lines.next();
@@ -646,6 +681,11 @@ fn one_sample(exe: &Path, row: Row, o: &Opts, peers: &Peers, agent: Option<&Agen
         std::thread::sleep(Duration::from_millis(1500));
         a.alerts_for(pid)
     });
+    let ev1 = agent.and_then(|a| a.proc_counters());
+    let (events, events_dropped) = match (ev0, ev1) {
+        (Some(a), Some(b)) => (Some(b.0.saturating_sub(a.0)), Some(b.1.saturating_sub(a.1))),
+        _ => (None, None),
+    };
     Ok(Sample {
         rate: v["rate"].as_f64().unwrap_or(0.0),
         sent: v["sent"].as_u64().unwrap_or(0),
@@ -654,6 +694,8 @@ fn one_sample(exe: &Path, row: Row, o: &Opts, peers: &Peers, agent: Option<&Agen
         destinations: v["destinations"].as_u64().unwrap_or(0),
         agent_cpu,
         alerts,
+        events,
+        events_dropped,
     })
 }
 
@@ -661,6 +703,7 @@ fn sample_json(s: &Sample) -> serde_json::Value {
     serde_json::json!({
         "rate": s.rate, "sent": s.sent, "errors": s.errors, "secs": s.secs, "destinations": s.destinations,
         "agent_cpu_pct": s.agent_cpu, "outbound_scan_alert_lines": s.alerts,
+        "proc_events": s.events, "proc_events_dropped": s.events_dropped,
     })
 }
 
@@ -720,12 +763,14 @@ pub fn run(root: &Path, target: &Path, bin: &Path, o: &Opts) -> Result<()> {
             for (i, r) in ROWS.iter().enumerate() {
                 let s = one_sample(&exe, *r, o, &peers, Some(&agent))?;
                 eprintln!(
-                    "xtask: round {} with agent:    {:<24} {:>8} {:>10.0}/s, agent {:.1} % of a core",
+                    "xtask: round {} with agent:    {:<24} {:>8} {:>10.0}/s, agent {:.1} % of a core, {} process events, {} dropped",
                     round + 1,
                     r.name,
                     pace(r, o),
                     s.rate,
-                    s.agent_cpu.unwrap_or(f64::NAN)
+                    s.agent_cpu.unwrap_or(f64::NAN),
+                    s.events.map_or("?".into(), |v| v.to_string()),
+                    s.events_dropped.map_or("?".into(), |v| v.to_string()),
                 );
                 with.entry(i).or_default().push(s);
             }
@@ -753,8 +798,8 @@ pub fn run(root: &Path, target: &Path, bin: &Path, o: &Opts) -> Result<()> {
         o.rounds, o.secs
     );
     println!(
-        "{:<24} {:>9} {:>12} {:>12} {:>7} {:>12} {:>7}  target (≤ 5 % rate loss, ≤ 5 % of a core)",
-        "row", "pacing", "without /s", "with /s", "ratio", "agent % core", "alerts"
+        "{:<24} {:>9} {:>12} {:>12} {:>7} {:>12} {:>9} {:>7}  target (≤ 5 % rate loss, ≤ 5 % of a core)",
+        "row", "pacing", "without /s", "with /s", "ratio", "agent % core", "ev lost %", "alerts"
     );
     let mut rows_json = Vec::new();
     for (i, r) in ROWS.iter().enumerate() {
@@ -764,21 +809,25 @@ pub fn run(root: &Path, target: &Path, bin: &Path, o: &Opts) -> Result<()> {
         let cpu = mean_cpu(wi);
         let alerts: usize = wi.iter().filter_map(|s| s.alerts).max().unwrap_or(0);
         let met = ratio >= 0.95 && cpu <= 5.0;
+        // Share of the kernel's process events lost to a full ring buffer, over the rounds.
+        let (ev, lost) = wi.iter().fold((0u64, 0u64), |a, s| (a.0 + s.events.unwrap_or(0), a.1 + s.events_dropped.unwrap_or(0)));
+        let lost_pct = if ev + lost > 0 { lost as f64 * 100.0 / (ev + lost) as f64 } else { f64::NAN };
         println!(
-            "{:<24} {:>9} {:>12.0} {:>12.0} {:>7.3} {:>12.1} {:>7}  {}",
+            "{:<24} {:>9} {:>12.0} {:>12.0} {:>7.3} {:>12.1} {:>9.1} {:>7}  {}",
             r.name,
             pace(r, o),
             b0.rate,
             b1.rate,
             ratio,
             cpu,
+            lost_pct,
             alerts,
             if met { "met" } else { "NOT met" }
         );
         rows_json.push(serde_json::json!({
             "row": r.name, "paced_rate": if r.paced { Some(o.rate) } else { None },
             "without_rate": b0.rate, "with_rate": b1.rate, "ratio": ratio,
-            "agent_cpu_pct_mean": cpu, "agent_cpu_pct_max": max_cpu(wi), "target_met": met,
+            "agent_cpu_pct_mean": cpu, "agent_cpu_pct_max": max_cpu(wi), "proc_events_lost_pct": lost_pct, "target_met": met,
             "without": wo.iter().map(sample_json).collect::<Vec<_>>(),
             "with": wi.iter().map(sample_json).collect::<Vec<_>>(),
         }));
