@@ -238,7 +238,7 @@ pub fn blast(b: Blast) -> Result<()> {
     let secs = (now - start).as_secs_f64();
     println!(
         "{}",
-        serde_json::json!({"sent": sent, "errors": errors, "secs": secs, "rate": sent as f64 / secs, "destinations": n})
+        serde_json::json!({"sent": sent, "errors": errors, "secs": secs, "rate": sent as f64 / secs, "destinations": n, "pid": std::process::id()})
     );
     Ok(())
 }
@@ -633,8 +633,10 @@ fn one_sample(exe: &Path, row: Row, o: &Opts, peers: &Peers, agent: Option<&Agen
         Mode::Rr => "rr",
         Mode::Dns => "dns",
     };
+    // Started from its own shell: the agent groups processes by (uid, executable, parent), so
+    // each row's sender is its own actor (a row's alerts are not an earlier row's incident).
     let mut child = Command::new("ip")
-        .args(["netns", "exec", NS_SEND])
+        .args(["netns", "exec", NS_SEND, "sh", "-c", "\"$0\" \"$@\" & wait $!"])
         .arg(exe)
         .args(["udp-blast", "--mode", mode, "--dst", &dst.to_string(), "--port", &port.to_string()])
         .args(["--peers", &PEERS.to_string(), "--secs", &o.secs.to_string(), "--rate", &rate.to_string()])
@@ -643,7 +645,6 @@ fn one_sample(exe: &Path, row: Row, o: &Opts, peers: &Peers, agent: Option<&Agen
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting the udp-blast sender")?;
-    let pid = child.id();
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     if row.mode == Mode::Dns {
         match lines.next() {
@@ -670,6 +671,7 @@ fn one_sample(exe: &Path, row: Row, o: &Opts, peers: &Peers, agent: Option<&Agen
         _ => bail!("udp-blast ({}) printed no result ({st})", row.name),
     };
     let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("udp-blast output {line:?}"))?;
+    let pid = v["pid"].as_u64().unwrap_or(0) as u32;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let agent_cpu = match (cpu0, cpu1) {
