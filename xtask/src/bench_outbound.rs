@@ -21,9 +21,12 @@
 //!   100k datagrams/s losing ≤ 5 % of its rate with the agent using ≤ 5 % of a core).
 //!
 //! Every round measures every row without the agent and, with the agent started (`scanwatch run
-//! -i swob-s0`, default configuration, the same invocation as the lab tests), again; odd rounds
-//! start with the agent. The best rate of each side over the rounds is reported, the agent's CPU (utime + stime
-//! from /proc/<pid>/stat between the sender's start and end) as the mean over rounds.
+//! -i swob-s0`, default configuration, the same invocation as the lab tests), again; every
+//! second round starts with the agent. The best rate of each side over the rounds is reported,
+//! the agent's CPU (utime + stime from /proc/<pid>/stat between the sender's start and end) as
+//! the mean over rounds, with the process events written / lost during each row (the agent's
+//! metrics endpoint) and the `outbound_scan` lines naming each row's sender (started from a shell
+//! of its own, so that it is its own actor for the agent).
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
