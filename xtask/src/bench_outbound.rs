@@ -799,7 +799,8 @@ pub fn run(root: &Path, target: &Path, bin: &Path, o: &Opts) -> Result<()> {
     let max_cpu = |v: &Vec<Sample>| v.iter().filter_map(|s| s.agent_cpu).fold(0.0, f64::max);
     println!(
         "outbound cost: UDP datagrams/s of one sender (32-byte unconnected sendto), without / with the agent \
-         (commit {commit}), best of {} rounds of {} s; agent CPU = mean over rounds",
+         ({}; worktree at {commit}), best of {} rounds of {} s; agent CPU = mean over rounds",
+        bin.display(),
         o.rounds, o.secs
     );
     println!(
@@ -851,7 +852,8 @@ pub fn run(root: &Path, target: &Path, bin: &Path, o: &Opts) -> Result<()> {
         );
     }
     let json = serde_json::json!({
-        "bench": "bench-outbound", "commit": commit, "agent": bin.display().to_string(), "secs": o.secs,
+        "bench": "bench-outbound", "worktree_commit": commit,
+        "agent_sha256": crate::output(Command::new("sha256sum").arg(bin)).and_then(|o| o.split_whitespace().next().map(str::to_string)), "agent": bin.display().to_string(), "secs": o.secs,
         "rounds": o.rounds, "paced_rate": o.rate, "peers": PEERS, "dns_clients": CLIENTS,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "loadavg_start": load0, "loadavg_end": load1, "other_agents": others, "agent_warnings": notes, "agent_counters": counters, "rows": rows_json,
