@@ -75,6 +75,9 @@ pub struct Opts {
     pub secs: f64,
     pub rounds: u32,
     pub rate: u64,
+    /// Extra arguments after `scanwatch run -i swob-s0` (e.g. `--no-outbound`: the cost of the
+    /// XDP program alone).
+    pub agent_args: Vec<String>,
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -432,7 +435,7 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(bin: &Path) -> Result<Agent> {
+    fn start(bin: &Path, extra: &[String]) -> Result<Agent> {
         // `ip netns exec` remounts /sys for the namespace, which hides tracefs: mount it in the
         // private mount namespace `ip netns exec` made, then exec the agent (same pid).
         let script = "mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing; exec \"$0\" \"$@\"";
@@ -440,6 +443,7 @@ impl Agent {
             .args(["netns", "exec", NS_SEND, "sh", "-c", script])
             .arg(bin)
             .args(["run", "-i", IF_SEND])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -762,7 +766,7 @@ pub fn run(root: &Path, target: &Path, bin: &Path, o: &Opts) -> Result<()> {
                 }
                 continue;
             }
-            let mut agent = Agent::start(bin)?;
+            let mut agent = Agent::start(bin, &o.agent_args)?;
             // Let the agent finish its start-up work (first sweeps) before measuring.
             std::thread::sleep(Duration::from_secs(2));
             for (i, r) in ROWS.iter().enumerate() {
@@ -799,8 +803,9 @@ pub fn run(root: &Path, target: &Path, bin: &Path, o: &Opts) -> Result<()> {
     let max_cpu = |v: &Vec<Sample>| v.iter().filter_map(|s| s.agent_cpu).fold(0.0, f64::max);
     println!(
         "outbound cost: UDP datagrams/s of one sender (32-byte unconnected sendto), without / with the agent \
-         ({}; worktree at {commit}), best of {} rounds of {} s; agent CPU = mean over rounds",
+         ({}{}; worktree at {commit}), best of {} rounds of {} s; agent CPU = mean over rounds",
         bin.display(),
+        if o.agent_args.is_empty() { String::new() } else { format!(" run -i {IF_SEND} {}", o.agent_args.join(" ")) },
         o.rounds, o.secs
     );
     println!(
@@ -852,7 +857,7 @@ pub fn run(root: &Path, target: &Path, bin: &Path, o: &Opts) -> Result<()> {
         );
     }
     let json = serde_json::json!({
-        "bench": "bench-outbound", "worktree_commit": commit,
+        "bench": "bench-outbound", "worktree_commit": commit, "agent_args": o.agent_args,
         "agent_sha256": crate::output(Command::new("sha256sum").arg(bin)).and_then(|o| o.split_whitespace().next().map(str::to_string)), "agent": bin.display().to_string(), "secs": o.secs,
         "rounds": o.rounds, "paced_rate": o.rate, "peers": PEERS, "dns_clients": CLIENTS,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),

@@ -102,6 +102,10 @@ enum Cmd {
         /// Datagrams/s of the paced rows.
         #[arg(long, default_value_t = 100_000)]
         rate: u64,
+        /// Extra argument for `scanwatch run -i swob-s0` (repeatable), e.g.
+        /// `--agent-arg=--no-outbound` for the cost of the XDP program alone.
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
     },
     /// bench-outbound's sender (run inside the bench's namespace): unconnected UDP sendto for a
     /// fixed time, prints one JSON line.
@@ -195,7 +199,7 @@ fn real_main() -> Result<()> {
             res
         }
         Cmd::BenchHunt { records } => bench_hunt::bench_hunt(&root, records),
-        Cmd::BenchOutbound { secs, rounds, rate } => {
+        Cmd::BenchOutbound { secs, rounds, rate, agent_args } => {
             let target = target_dir(&root);
             let bin = match std::env::var_os("SCANWATCH_BIN") {
                 Some(b) => PathBuf::from(b),
@@ -204,7 +208,7 @@ fn real_main() -> Result<()> {
                     target.join("release/scanwatch")
                 }
             };
-            bench_outbound::run(&root, &target, &bin, &bench_outbound::Opts { secs, rounds, rate })
+            bench_outbound::run(&root, &target, &bin, &bench_outbound::Opts { secs, rounds, rate, agent_args })
         }
         Cmd::UdpBlast { mode, dst, port, peers, secs, rate } => {
             bench_outbound::blast(bench_outbound::Blast { mode, dst, port, peers, secs, rate })
