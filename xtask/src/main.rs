@@ -9,6 +9,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 mod bench_hunt;
+mod bench_outbound;
 mod rng;
 mod deb;
 use clap::{Parser, Subcommand};
@@ -86,6 +87,47 @@ enum Cmd {
         #[arg(long, default_value_t = 5_000_000)]
         records: u64,
     },
+    /// What the agent's outbound hooks cost a UDP sender: datagrams/s of one process (one peer,
+    /// 1,000 peers round-robin, a DNS-like server replying to 1,000 clients; at full speed and
+    /// paced) without and with the agent in the same run, and the agent's CPU, in two lab
+    /// namespaces it makes and deletes (writes target/bench-outbound.json). The agent is
+    /// $SCANWATCH_BIN, else the release build (built first).
+    BenchOutbound {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Rounds (each: every row without the agent, then with it); the best rate counts.
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+        /// Datagrams/s of the paced rows.
+        #[arg(long, default_value_t = 100_000)]
+        rate: u64,
+        /// Extra argument for `scanwatch run -i swob-s0` (repeatable), e.g.
+        /// `--agent-arg=--no-outbound` for the cost of the XDP program alone.
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
+    },
+    /// bench-outbound's sender (run inside the bench's namespace): unconnected UDP sendto for a
+    /// fixed time, prints one JSON line.
+    #[command(hide = true)]
+    UdpBlast {
+        #[arg(long, value_enum)]
+        mode: bench_outbound::Mode,
+        /// Destination (first of `peers` consecutive addresses for `rr`; ignored for `dns`).
+        #[arg(long)]
+        dst: std::net::Ipv4Addr,
+        /// Destination port (`dns`: the port bound and answered from).
+        #[arg(long)]
+        port: u16,
+        /// Peers of `rr`; queries awaited by `dns`.
+        #[arg(long, default_value_t = 1000)]
+        peers: u32,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Datagrams/s (0: as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -157,6 +199,20 @@ fn real_main() -> Result<()> {
             res
         }
         Cmd::BenchHunt { records } => bench_hunt::bench_hunt(&root, records),
+        Cmd::BenchOutbound { secs, rounds, rate, agent_args } => {
+            let target = target_dir(&root);
+            let bin = match std::env::var_os("SCANWATCH_BIN") {
+                Some(b) => PathBuf::from(b),
+                None => {
+                    build(&root)?;
+                    target.join("release/scanwatch")
+                }
+            };
+            bench_outbound::run(&root, &target, &bin, &bench_outbound::Opts { secs, rounds, rate, agent_args })
+        }
+        Cmd::UdpBlast { mode, dst, port, peers, secs, rate } => {
+            bench_outbound::blast(bench_outbound::Blast { mode, dst, port, peers, secs, rate })
+        }
         Cmd::Deb { binary, out } => {
             let bin = match binary {
                 Some(b) => b,
