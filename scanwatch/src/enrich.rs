@@ -188,11 +188,38 @@ impl ProcCache {
         st.map.get(&tgid).copied()
     }
 
+    /// Remembers what procfs shows of a live ancestor (start, parent) whose fork the connector
+    /// did not see (it predates the agent): once it exits, its children's lookups still find its
+    /// start (the entity key) and its parent.
+    fn remember(&self, tgid: u32, start_ns: u64, ppid: u32) -> Option<Lineage> {
+        let t = self.lineage.as_ref()?;
+        let mut st = t.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.seq += 1;
+        let seq = st.seq;
+        let e = st.map.entry(tgid).or_insert(Lineage { ppid, execd: false, seq, forks: 0, born: 0 });
+        if e.born != 0 && e.born.abs_diff(start_ns) >= RECORD_SLACK_NS {
+            // A recycled pid's record: this process's fork was not seen.
+            *e = Lineage { ppid, execd: false, seq, forks: 0, born: 0 };
+        }
+        if e.born == 0 {
+            e.born = start_ns.max(1);
+        }
+        if e.ppid == 0 {
+            e.ppid = ppid;
+        }
+        Some(*e)
+    }
+
     /// Walks the lineage above `info` and fills `ancestry`, `parent_exe` and `anchor`. Each
     /// step prefers the connector's record (the parent that forked the process, even after
     /// it exited or the child was reparented) and falls back to procfs.
     fn fill_lineage(&self, info: &mut ProcessInfo, own: Option<Lineage>) {
         let tick = tick_ns();
+        // A fork record far from the live process's start is a recycled pid's.
+        let own = own.filter(|l| match (l.born_ns(), info.start_time) {
+            (Some(b), Some(t)) => b.abs_diff(t.saturating_mul(tick)) < RECORD_SLACK_NS,
+            _ => true,
+        });
         let prober_start = info
             .start_time
             .map(|t| t.saturating_mul(tick))
@@ -205,10 +232,15 @@ impl ProcCache {
             let pr = procfs::process::Process::new(pp as i32).ok();
             let st = pr.as_ref().and_then(|p| p.stat().ok());
             let proc_start = st.as_ref().map(|s| s.starttime.saturating_mul(tick));
-            let rec = self.peek(pp).filter(|l| match (l.born_ns(), proc_start) {
+            let mut rec = self.peek(pp).filter(|l| match (l.born_ns(), proc_start) {
                 (Some(b), Some(s)) => b.abs_diff(s) < RECORD_SLACK_NS,
                 _ => true,
             });
+            if let (Some(s), Some(stat)) = (proc_start, st.as_ref()) {
+                if rec.is_none_or(|l| l.born == 0) {
+                    rec = self.remember(pp, s, stat.ppid as u32).or(rec);
+                }
+            }
             let exe = pr.as_ref().map(|p| {
                 p.exe().map(|e| e.display().to_string()).unwrap_or_else(|_| {
                     st.as_ref().map(|s| format!("[{}]", s.comm)).unwrap_or_default()

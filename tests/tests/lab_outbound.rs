@@ -51,7 +51,20 @@ fn by_anchor(v: &Value, pid: u32) -> bool {
 /// Every outbound alert about the lab target (only this test probes it) is one incident anchored
 /// to `anchor`, whose prober is `comm`, and whose largest port count is sensible for `n` ports.
 /// Returns the incident's last line.
-fn one_anchored_incident(lab: &Lab, alerts: &[Value], anchor: u32, comm: &str, n: f64) -> Value {
+fn one_anchored_incident(lab: &Lab, (alerts, stderr): &(Vec<Value>, String), anchor: u32, comm: &str, n: f64) -> Value {
+    // Agent warnings (a full ring buffer: another process flooding the system-wide hooks).
+    // and the process-event counters: every process on the machine feeds the hooks, so another
+    // process flooding them makes the agent drop events (`proc_events_dropped`), ours included.
+    let counter = |name: &str| {
+        let key = format!("\"{name}\":");
+        stderr.rfind(&key).map(|i| stderr[i + key.len()..].chars().take_while(char::is_ascii_digit).collect::<String>())
+    };
+    let mut warnings: String = stderr.lines().filter(|l| l.contains("WARNING")).take(5).collect::<Vec<_>>().join("\n");
+    warnings.push_str(&format!(
+        "\nproc_events {:?}, proc_events_dropped {:?}",
+        counter("proc_events"),
+        counter("proc_events_dropped")
+    ));
     let target = lab.target_ip.to_string();
     let about_target = |v: &&Value| {
         is_outbound(v)
@@ -60,16 +73,22 @@ fn one_anchored_incident(lab: &Lab, alerts: &[Value], anchor: u32, comm: &str, n
     let mine: Vec<&Value> = alerts.iter().filter(about_target).collect();
     assert!(!mine.is_empty(), "no outbound_scan about {target}:\n{}", dump(alerts));
     let ids: std::collections::BTreeSet<String> = mine.iter().map(|v| v["alert_id"].to_string()).collect();
-    assert_eq!(ids.len(), 1, "the run split into several incidents:\n{}", dump(alerts));
+    assert_eq!(ids.len(), 1, "the run split into several incidents:\n{}\nagent warnings:\n{warnings}", dump(alerts));
     for v in &mine {
         assert!(by_anchor(v, anchor), "anchor should be pid {anchor}: {v}");
         assert_eq!(proc_of(v)["comm"], comm, "{v}");
         assert_eq!(proc_of(v)["uid"].as_u64(), Some(0), "{v}");
     }
     let ports = max_target(alerts, |v| by_anchor(v, anchor), "port_count");
-    assert!(sensible(ports, n), "port_count {ports} for {n} ports:\n{}", dump(alerts));
+    assert!(sensible(ports, n), "port_count {ports} for {n} ports:\n{}\nagent warnings:\n{warnings}", dump(alerts));
     let last = (*mine.last().expect("alerts")).clone();
     let anc = &proc_of(&last)["anchor"];
+    eprintln!(
+        "anchored incident: {} lines, max port_count {ports}, anchor {anc}, ppid {}, ancestry {}; {warnings}",
+        mine.len(),
+        proc_of(&last)["ppid"],
+        proc_of(&last)["ancestry"]
+    );
     let depth = anc["depth"].as_u64().unwrap_or(0);
     assert!((1..=6).contains(&depth), "{last}");
     assert!(["spawner", "long_lived"].contains(&anc["rule"].as_str().unwrap_or("")), "{last}");
@@ -315,8 +334,8 @@ fn timeout_wrapped_dev_tcp_loop_is_grouped_under_the_loop_shell() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("done"), "{out:?}");
     expect_alert(agent.wait_for(|v| by_anchor(v, shell), Duration::from_secs(10)), "outbound_scan under the loop shell", &agent);
     std::thread::sleep(Duration::from_secs(3));
-    let (alerts, _) = agent.stop();
-    let last = one_anchored_incident(&lab, &alerts, shell, "bash", 200.0);
+    let run = agent.stop();
+    let last = one_anchored_incident(&lab, &run, shell, "bash", 200.0);
     let p = proc_of(&last);
     assert_ne!(p["ppid"].as_u64(), Some(u64::from(shell)), "ppid is the real parent (a timeout): {last}");
     assert_eq!(p["anchor"]["depth"].as_u64(), Some(2), "{last}");
@@ -344,8 +363,8 @@ fn xargs_parallel_sh_wrapped_nc_is_grouped_under_xargs() {
     assert!(out.status.code().is_some_and(|c| c == 0 || c == 123), "{out:?}");
     expect_alert(agent.wait_for(|v| by_anchor(v, xargs), Duration::from_secs(10)), "outbound_scan under xargs", &agent);
     std::thread::sleep(Duration::from_secs(3));
-    let (alerts, _) = agent.stop();
-    let last = one_anchored_incident(&lab, &alerts, xargs, "nc", 200.0);
+    let run = agent.stop();
+    let last = one_anchored_incident(&lab, &run, xargs, "nc", 200.0);
     let p = proc_of(&last);
     assert_ne!(p["ppid"].as_u64(), Some(u64::from(xargs)), "ppid is the real parent (an sh): {last}");
     assert!(p["anchor"]["exe"].as_str().is_some_and(|e| e.ends_with("/xargs")), "{last}");
@@ -369,8 +388,8 @@ fn gnu_parallel_nc_jobs_are_grouped_under_parallel() {
     assert!(out.status.code().is_some(), "{out:?}");
     expect_alert(agent.wait_for(|v| by_anchor(v, parallel), Duration::from_secs(10)), "outbound_scan under parallel", &agent);
     std::thread::sleep(Duration::from_secs(3));
-    let (alerts, _) = agent.stop();
-    let last = one_anchored_incident(&lab, &alerts, parallel, "nc", 200.0);
+    let run = agent.stop();
+    let last = one_anchored_incident(&lab, &run, parallel, "nc", 200.0);
     assert_eq!(proc_of(&last)["anchor"]["comm"], "parallel", "{last}");
 }
 
