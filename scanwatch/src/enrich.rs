@@ -791,6 +791,71 @@ mod tests {
         assert_eq!(w.anchor.as_ref().map(|a| (a.pid, a.depth)), Some((me, 1)), "{w:?}");
     }
 
+    /// An anchor whose fork predates the agent (no fork record, so no fork time) keeps its
+    /// identity (pid + start time, the entity key) after it exits: the start procfs showed while
+    /// it was alive is remembered.
+    #[test]
+    #[cfg_attr(not(feature = "privileged-tests"), ignore = "needs root (process connector): cargo xtask test runs it")]
+    fn reaped_anchor_keeps_its_start_time() {
+        let (mut go, mut back) = ([0i32; 2], [0i32; 2]);
+        // SAFETY: pipe(2) into local arrays.
+        unsafe {
+            assert_eq!(libc::pipe(go.as_mut_ptr()), 0);
+            assert_eq!(libc::pipe(back.as_mut_ptr()), 0);
+        }
+        // The spawner is forked before the cache exists (its fork is not seen).
+        // SAFETY: the child only calls read/write/fork/waitpid/_exit (async-signal-safe).
+        let spawner = unsafe { libc::fork() };
+        if spawner == 0 {
+            unsafe {
+                let mut b = 0u8;
+                libc::read(go[0], (&mut b as *mut u8).cast(), 1);
+                let mut kids = [0i32; 2];
+                for k in kids.iter_mut() {
+                    *k = libc::fork();
+                    if *k == 0 {
+                        libc::_exit(0);
+                    }
+                }
+                let mut st = 0;
+                for k in kids {
+                    libc::waitpid(k, &mut st, 0);
+                }
+                libc::write(back[1], kids.as_ptr().cast(), 8);
+                libc::read(go[0], (&mut b as *mut u8).cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        assert!(spawner > 0);
+        let mut c = ProcCache::new();
+        assert!(c.has_lineage(), "the process connector must be available to root");
+        let mut kids = [0i32; 2];
+        let mut status = 0;
+        // SAFETY: our pipes and our own child.
+        unsafe {
+            libc::write(go[1], [1u8].as_ptr().cast(), 1);
+            assert_eq!(libc::read(back[0], kids.as_mut_ptr().cast(), 8), 8);
+        }
+        let alive = c.get(kids[0] as u32, kids[0] as u32, &own_comm(), Some(0));
+        let a1 = alive.anchor.clone().expect("anchor");
+        assert_eq!((a1.pid, a1.depth, a1.rule.as_str()), (spawner as u32, 1, "spawner"), "{alive:?}");
+        let start = procfs::process::Process::new(spawner).and_then(|p| p.stat()).map(|s| s.starttime).ok();
+        assert_eq!(a1.start_time, start, "{alive:?}");
+        // SAFETY: as above.
+        unsafe {
+            libc::write(go[1], [1u8].as_ptr().cast(), 1);
+            libc::waitpid(spawner, &mut status, 0);
+            for fd in go.into_iter().chain(back) {
+                libc::close(fd);
+            }
+        }
+        let later = c.get(kids[1] as u32, kids[1] as u32, &own_comm(), Some(0));
+        let a2 = later.anchor.clone().expect("anchor after the spawner exited");
+        assert_eq!((a2.pid, a2.start_time), (spawner as u32, start), "{later:?}");
+        assert_eq!(a2.exe, None, "{later:?}");
+        assert_eq!(later.ancestry[0].exe, "[exited]", "{later:?}");
+    }
+
     /// A reaped child that exec'd something else keeps only the kernel's identity + its parent.
     #[test]
     #[cfg_attr(not(feature = "privileged-tests"), ignore = "needs root (process connector): cargo xtask test runs it")]
