@@ -7,7 +7,17 @@
 //! subshell per probe, each lives a millisecond) comes from the kernel's process connector
 //! (netlink `NETLINK_CONNECTOR`, `CN_IDX_PROC`): every fork (parent → child) and exec is
 //! recorded, so a reaped child still gets its parent pid and — if it never exec'd — its
-//! parent's executable, and groups with its siblings (uid, exe, parent).
+//! parent's executable, and groups with its siblings.
+//!
+//! Each process also gets an *anchor* (`ProcessInfo::anchor`): the long-lived ancestor its
+//! outbound activity is grouped under. Probers are often separated from the loop that spawns them
+//! by a short-lived wrapper per probe (`timeout 1 bash -c ...`, `xargs -I{} sh -c 'nc ...'`,
+//! `sudo`, `nice`); grouping by the direct parent would put every probe in its own entity. The
+//! climb ([`choose_anchor`]) goes up at most [`MAX_CLIMB`] levels and stops at the first ancestor
+//! that is a *spawner* (forked two or more children while the agent watched) or *long-lived*
+//! (running at least two seconds before the prober started). Both are properties a per-probe
+//! wrapper cannot have (one child, born with the probe); both are fixed for the lifetime of a
+//! prober, which is resolved once and cached, so a long scan never changes entity.
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +30,15 @@ use crate::vocab::ProcessInfo;
 const MAX_CACHED: usize = 4096;
 /// Upper bound on remembered fork/exec records; the oldest half is dropped beyond it.
 const MAX_LINEAGE: usize = 65_536;
+/// Levels climbed above a process to find its anchor (and the longest `ancestry`).
+pub use crate::vocab::process::MAX_ANCESTRY as MAX_CLIMB;
+/// Levels of `ancestry` reported even when the anchor is closer.
+const MIN_ANCESTRY: usize = 4;
+/// An ancestor running this long before the prober started is long-lived (an anchor).
+const LONG_LIVED_NS: u64 = 2_000_000_000;
+/// A fork record whose time differs more than this from a live process's start is a recycled
+/// pid's (the fork of the live process was not seen).
+const RECORD_SLACK_NS: u64 = 1_000_000_000;
 
 pub struct ProcCache {
     entries: HashMap<u32, (ProcessInfo, u64)>,
@@ -108,6 +127,7 @@ impl ProcCache {
             ppid: None,
             parent_exe: None,
             ancestry: Vec::new(),
+            anchor: None,
             cgroup: None,
             container_id: None,
             start_time: None,
@@ -121,7 +141,7 @@ impl ProcCache {
             info.user = uid.and_then(|u| self.user_name(u));
             if let Some(l) = lineage.filter(|l| l.ppid > 0) {
                 info.ppid = Some(l.ppid);
-                self.fill_ancestry(&mut info);
+                self.fill_lineage(&mut info, Some(l));
                 self.inherit_exe(&mut info, Some(l));
             }
             return info;
@@ -151,7 +171,7 @@ impl ProcCache {
             info.container_id = path.as_deref().and_then(container_id);
             info.cgroup = path;
         }
-        self.fill_ancestry(&mut info);
+        self.fill_lineage(&mut info, lineage);
         if info.exe.is_none() && info.cmdline.is_none() {
             // No image and no command line: the task has released its memory, i.e. it is
             // exiting (its state may not read Z yet). Report it as exited.
@@ -161,21 +181,104 @@ impl ProcCache {
         info
     }
 
-    /// Ancestry: up to 4 levels of (pid, exe), starting at `info.ppid`.
-    fn fill_ancestry(&self, info: &mut ProcessInfo) {
-        let mut next = info.ppid;
-        for _ in 0..4 {
-            let Some(pp) = next.filter(|&p| p > 0) else { break };
-            let Ok(pr) = procfs::process::Process::new(pp as i32) else { break };
-            let exe = pr.exe().map(|e| e.display().to_string()).unwrap_or_else(|_| {
-                pr.stat().map(|s| format!("[{}]", s.comm)).unwrap_or_default()
-            });
-            if info.parent_exe.is_none() {
-                info.parent_exe = Some(exe.clone());
-            }
-            info.ancestry.push(crate::vocab::Ancestor { pid: pp, exe });
-            next = pr.stat().ok().map(|s| s.ppid as u32);
+    /// Record of `tgid` without draining (the caller drained just before).
+    fn peek(&self, tgid: u32) -> Option<Lineage> {
+        let t = self.lineage.as_ref()?;
+        let st = t.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.map.get(&tgid).copied()
+    }
+
+    /// Remembers what procfs shows of a live ancestor (start, parent) whose fork the connector
+    /// did not see (it predates the agent): once it exits, its children's lookups still find its
+    /// start (the entity key) and its parent.
+    fn remember(&self, tgid: u32, start_ns: u64, ppid: u32) -> Option<Lineage> {
+        let t = self.lineage.as_ref()?;
+        let mut st = t.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.seq += 1;
+        let seq = st.seq;
+        let e = st.map.entry(tgid).or_insert(Lineage { ppid, execd: false, seq, forks: 0, born: 0 });
+        if e.born != 0 && e.born.abs_diff(start_ns) >= RECORD_SLACK_NS {
+            // A recycled pid's record: this process's fork was not seen.
+            *e = Lineage { ppid, execd: false, seq, forks: 0, born: 0 };
         }
+        if e.born == 0 {
+            e.born = start_ns.max(1);
+        }
+        if e.ppid == 0 {
+            e.ppid = ppid;
+        }
+        Some(*e)
+    }
+
+    /// Walks the lineage above `info` and fills `ancestry`, `parent_exe` and `anchor`. Each
+    /// step prefers the connector's record (the parent that forked the process, even after
+    /// it exited or the child was reparented) and falls back to procfs.
+    fn fill_lineage(&self, info: &mut ProcessInfo, own: Option<Lineage>) {
+        let tick = tick_ns();
+        // A fork record far from the live process's start is a recycled pid's.
+        let own = own.filter(|l| match (l.born_ns(), info.start_time) {
+            (Some(b), Some(t)) => b.abs_diff(t.saturating_mul(tick)) < RECORD_SLACK_NS,
+            _ => true,
+        });
+        let prober_start = info
+            .start_time
+            .map(|t| t.saturating_mul(tick))
+            .or_else(|| own.and_then(|l| l.born_ns()))
+            .unwrap_or_else(|| clock_ns(libc::CLOCK_BOOTTIME));
+        let mut next = own.map(|l| l.ppid).filter(|&p| p > 0).or(info.ppid);
+        let mut levels: Vec<Level> = Vec::new();
+        for _ in 0..MAX_CLIMB {
+            let Some(pp) = next.filter(|&p| p > 0) else { break };
+            let pr = procfs::process::Process::new(pp as i32).ok();
+            let st = pr.as_ref().and_then(|p| p.stat().ok());
+            let proc_start = st.as_ref().map(|s| s.starttime.saturating_mul(tick));
+            let mut rec = self.peek(pp).filter(|l| match (l.born_ns(), proc_start) {
+                (Some(b), Some(s)) => b.abs_diff(s) < RECORD_SLACK_NS,
+                _ => true,
+            });
+            if let (Some(s), Some(stat)) = (proc_start, st.as_ref()) {
+                if rec.is_none_or(|l| l.born == 0) {
+                    rec = self.remember(pp, s, stat.ppid as u32).or(rec);
+                }
+            }
+            let exe = pr.as_ref().map(|p| {
+                p.exe().map(|e| e.display().to_string()).unwrap_or_else(|_| {
+                    st.as_ref().map(|s| format!("[{}]", s.comm)).unwrap_or_default()
+                })
+            });
+            levels.push(Level {
+                node: ChainNode { pid: pp, start_ns: rec.and_then(|l| l.born_ns()).or(proc_start), forks: rec.map_or(0, |l| l.forks) },
+                exe,
+                comm: st.as_ref().map(|s| s.comm.clone()),
+            });
+            next = rec.map(|l| l.ppid).filter(|&p| p > 0).or(st.as_ref().map(|s| s.ppid as u32));
+            if pp == 1 {
+                break;
+            }
+        }
+        let chain: Vec<ChainNode> = levels.iter().map(|l| l.node.clone()).collect();
+        let anchor = choose_anchor(prober_start, &chain);
+        info.parent_exe = levels.first().and_then(|l| l.exe.clone());
+        let keep = anchor.map_or(0, |(i, _)| i + 1).max(MIN_ANCESTRY).min(levels.len());
+        info.ancestry = levels[..keep]
+            .iter()
+            .map(|l| crate::vocab::Ancestor {
+                pid: l.node.pid,
+                exe: l.exe.clone().unwrap_or_else(|| "[exited]".to_string()),
+            })
+            .collect();
+        info.anchor = anchor.map(|(i, rule)| {
+            let l = &levels[i];
+            crate::vocab::ProcessAnchor {
+                pid: l.node.pid,
+                exe: l.exe.clone(),
+                comm: l.comm.clone(),
+                start_time: l.node.start_ns.map(|s| s / tick),
+                depth: (i + 1) as u8,
+                rule: rule.as_str().to_string(),
+                forks: l.node.forks,
+            }
+        });
     }
 
     /// A child that exited before its exe could be read runs its parent's image if it never
@@ -206,6 +309,85 @@ struct Lineage {
     /// The process called execve after the fork.
     execd: bool,
     seq: u64,
+    /// Children (processes, not threads) it forked while the agent watched.
+    forks: u32,
+    /// Fork time, ns since boot (CLOCK_BOOTTIME); 0 = fork not seen.
+    born: u64,
+}
+
+impl Lineage {
+    fn born_ns(&self) -> Option<u64> {
+        (self.born > 0).then_some(self.born)
+    }
+}
+
+/// One ancestor as the anchor rule sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChainNode {
+    pub pid: u32,
+    /// Start, ns since boot (CLOCK_BOOTTIME), when known.
+    pub start_ns: Option<u64>,
+    /// Children forked while the agent watched.
+    pub forks: u32,
+}
+
+/// Why an ancestor is the anchor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AnchorRule {
+    /// Forked two or more children.
+    Spawner,
+    /// Running at least [`LONG_LIVED_NS`] before the prober started.
+    LongLived,
+    /// No ancestor qualified within [`MAX_CLIMB`] levels or the known lineage: the highest one.
+    Top,
+}
+
+impl AnchorRule {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            AnchorRule::Spawner => "spawner",
+            AnchorRule::LongLived => "long_lived",
+            AnchorRule::Top => "top",
+        }
+    }
+}
+
+/// The anchor among `chain` (parent first) of a prober started at `prober_start_ns` (ns since
+/// boot): the first ancestor that forked two or more children, or was running at least two
+/// seconds before the prober started. An ancestor with at most one child that started with the
+/// prober is a per-probe wrapper (`timeout`, `sh -c`, `sudo`, `env`, `nice`) and is climbed
+/// past. When none qualifies within [`MAX_CLIMB`] levels, the highest known ancestor.
+pub(crate) fn choose_anchor(prober_start_ns: u64, chain: &[ChainNode]) -> Option<(usize, AnchorRule)> {
+    let chain = &chain[..chain.len().min(MAX_CLIMB)];
+    for (i, n) in chain.iter().enumerate() {
+        if n.forks >= 2 {
+            return Some((i, AnchorRule::Spawner));
+        }
+        if n.start_ns.is_some_and(|s| s.saturating_add(LONG_LIVED_NS) <= prober_start_ns) {
+            return Some((i, AnchorRule::LongLived));
+        }
+    }
+    chain.len().checked_sub(1).map(|i| (i, AnchorRule::Top))
+}
+
+/// One level of the climb.
+struct Level {
+    node: ChainNode,
+    /// `None`: the process has exited (reaped).
+    exe: Option<String>,
+    comm: Option<String>,
+}
+
+fn clock_ns(id: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid clock id and out pointer.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
+/// Nanoseconds per clock tick of procfs start times.
+fn tick_ns() -> u64 {
+    1_000_000_000 / procfs::ticks_per_second().max(1)
 }
 
 #[derive(Default)]
@@ -234,6 +416,13 @@ const EVENT_DATA: usize = 16 + 20 + 16;
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     b.get(off..off + 4).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
 }
+
+fn u64_at(b: &[u8], off: usize) -> Option<u64> {
+    b.get(off..off + 8).map(|s| u64::from_ne_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]))
+}
+
+/// Offset of proc_event.timestamp_ns (ktime_get_ns: CLOCK_MONOTONIC) in a message.
+const EVENT_TIMESTAMP: usize = 16 + 20 + 8;
 
 impl ForkTracker {
     fn open() -> std::io::Result<ForkTracker> {
@@ -338,6 +527,9 @@ impl ForkTracker {
     /// never misses a message another reader took but has not applied yet.
     fn drain(&self, st: &mut LineageMap) {
         let mut buf = [0u8; 8192];
+        // Fork times arrive in CLOCK_MONOTONIC; procfs start times count from boot (suspend
+        // included): converted with the offset between the two clocks now.
+        let boot_off = clock_ns(libc::CLOCK_BOOTTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC));
         loop {
             // SAFETY: valid fd and buffer.
             let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
@@ -360,7 +552,7 @@ impl ForkTracker {
                 if len < 16 || off + len > data.len() {
                     break;
                 }
-                Self::apply(st, &data[off..off + len]);
+                Self::apply(st, &data[off..off + len], boot_off);
                 off += (len + 3) & !3;
             }
         }
@@ -370,8 +562,9 @@ impl ForkTracker {
         }
     }
 
-    fn apply(st: &mut LineageMap, msg: &[u8]) {
+    fn apply(st: &mut LineageMap, msg: &[u8], boot_off: u64) {
         let Some(what) = u32_at(msg, 36) else { return };
+        let born = u64_at(msg, EVENT_TIMESTAMP).map_or(0, |t| t.saturating_add(boot_off));
         st.seq += 1;
         let seq = st.seq;
         match what {
@@ -383,12 +576,16 @@ impl ForkTracker {
                 };
                 // Threads share their process's lineage.
                 if cpid == ctgid {
-                    st.map.insert(ctgid, Lineage { ppid: ptgid, execd: false, seq });
+                    st.map.insert(ctgid, Lineage { ppid: ptgid, execd: false, seq, forks: 0, born });
+                    let p = st.map.entry(ptgid).or_insert(Lineage { ppid: 0, execd: false, seq, forks: 0, born: 0 });
+                    p.forks = p.forks.saturating_add(1);
+                    // An active spawner stays in the bounded map.
+                    p.seq = seq;
                 }
             }
             PROC_EVENT_EXEC => {
                 let Some(tgid) = u32_at(msg, EVENT_DATA + 4) else { return };
-                let e = st.map.entry(tgid).or_insert(Lineage { ppid: 0, execd: true, seq });
+                let e = st.map.entry(tgid).or_insert(Lineage { ppid: 0, execd: true, seq, forks: 0, born: 0 });
                 e.execd = true;
                 e.seq = seq;
             }
@@ -475,6 +672,188 @@ mod tests {
         let my_exe = std::fs::read_link("/proc/self/exe").expect("own exe").display().to_string();
         assert_eq!(info.exe.as_deref(), Some(my_exe.as_str()), "{info:?}");
         assert_eq!(info.comm, own_comm());
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    fn node(pid: u32, start_s: Option<u64>, forks: u32) -> ChainNode {
+        ChainNode { pid, start_ns: start_s.map(|s| s * S), forks }
+    }
+
+    /// `for p in ...; do (echo >/dev/tcp/h/$p); done`: the subshell's parent is the loop shell,
+    /// which forked many children: it is the anchor (the direct-parent case is unchanged).
+    #[test]
+    fn anchor_of_a_subshell_is_its_loop_shell() {
+        let chain = [node(50, Some(100), 30), node(10, Some(1), 400)];
+        assert_eq!(choose_anchor(101 * S, &chain), Some((0, AnchorRule::Spawner)));
+    }
+
+    /// `timeout 1 bash -c ...` per probe: the prober's parent is a young single-child `timeout`,
+    /// climbed past to the loop shell; `xargs -I{} sh -c 'nc ...'` the same with `sh` and xargs.
+    #[test]
+    fn anchor_climbs_past_per_probe_wrappers() {
+        // prober started at 100.5 s; timeout forked it at 100.5 s; loop shell forked 2 so far
+        // (the `$(seq ...)` subshell and this timeout) and started at 100 s.
+        let chain = [node(61, Some(100), 1), node(50, Some(100), 2), node(10, Some(1), 400)];
+        assert_eq!(choose_anchor(100 * S + S / 2, &chain), Some((1, AnchorRule::Spawner)));
+        // Two wrappers (sudo -> sh -c) under an interactive shell that forked nothing yet seen
+        // by the agent but has run for an hour.
+        let chain = [node(62, Some(3600), 1), node(61, Some(3600), 1), node(20, Some(10), 0)];
+        assert_eq!(choose_anchor(3600 * S, &chain), Some((2, AnchorRule::LongLived)));
+        // A wrapper whose fork predates the agent (no record: 0 forks) but old is an anchor.
+        let chain = [node(61, Some(10), 0), node(20, Some(5), 3)];
+        assert_eq!(choose_anchor(3600 * S, &chain), Some((0, AnchorRule::LongLived)));
+    }
+
+    /// `nmap` run from an interactive shell: the shell (long-lived) is the anchor, and the
+    /// answer does not depend on how long nmap has been running (it is computed from the
+    /// prober's start, not the event time).
+    #[test]
+    fn anchor_of_a_scanner_from_an_interactive_shell() {
+        let chain = [node(20, Some(10), 1), node(1, Some(0), 100)];
+        assert_eq!(choose_anchor(500 * S, &chain), Some((0, AnchorRule::LongLived)));
+        // `sudo nmap` typed at the same shell: sudo is a single-child wrapper born with nmap.
+        let chain = [node(30, Some(500), 1), node(20, Some(10), 1), node(1, Some(0), 100)];
+        assert_eq!(choose_anchor(500 * S, &chain), Some((1, AnchorRule::LongLived)));
+    }
+
+    /// No qualifying ancestor: the highest known one; the climb is bounded; no lineage: none.
+    #[test]
+    fn anchor_falls_back_to_the_top_and_is_bounded() {
+        let chain = [node(61, Some(100), 1), node(60, None, 0)];
+        assert_eq!(choose_anchor(100 * S, &chain), Some((1, AnchorRule::Top)));
+        let chain: Vec<ChainNode> = (0..10).map(|i| node(100 - i, Some(100), 1)).collect();
+        assert_eq!(choose_anchor(100 * S, &chain), Some((MAX_CLIMB - 1, AnchorRule::Top)));
+        let mut chain = chain;
+        chain[8] = node(92, Some(1), 50);
+        // A spawner beyond MAX_CLIMB levels is not reached.
+        assert_eq!(choose_anchor(100 * S, &chain), Some((MAX_CLIMB - 1, AnchorRule::Top)));
+        assert_eq!(choose_anchor(100 * S, &[]), None);
+    }
+
+    /// Real lineage: this test process forks a throwaway child and a wrapper child; the wrapper
+    /// forks a prober and waits; all are reaped before the lookup. The prober's anchor is this
+    /// process (a spawner: >= 2 forks seen), one level above the exited wrapper, which the
+    /// ancestry shows as `[exited]`.
+    #[test]
+    #[cfg_attr(not(feature = "privileged-tests"), ignore = "needs root (process connector): cargo xtask test runs it")]
+    fn reaped_prober_under_a_reaped_wrapper_is_anchored_to_the_spawner() {
+        let mut c = ProcCache::new();
+        assert!(c.has_lineage(), "the process connector must be available to root");
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe(2) into a local array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the children only call fork/write/waitpid/_exit (async-signal-safe).
+        let throwaway = unsafe { libc::fork() };
+        if throwaway == 0 {
+            unsafe { libc::_exit(0) };
+        }
+        let wrapper = unsafe { libc::fork() };
+        if wrapper == 0 {
+            unsafe {
+                let prober = libc::fork();
+                if prober == 0 {
+                    libc::_exit(0);
+                }
+                libc::write(fds[1], (&prober as *const i32).cast(), 4);
+                let mut st = 0;
+                libc::waitpid(prober, &mut st, 0);
+                libc::_exit(0);
+            }
+        }
+        assert!(throwaway > 0 && wrapper > 0);
+        let mut prober: i32 = 0;
+        let mut status = 0;
+        // SAFETY: reading 4 bytes from our pipe; reaping our own children.
+        unsafe {
+            assert_eq!(libc::read(fds[0], (&mut prober as *mut i32).cast(), 4), 4);
+            libc::waitpid(wrapper, &mut status, 0);
+            libc::waitpid(throwaway, &mut status, 0);
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        let me = std::process::id();
+        let info = c.get(prober as u32, prober as u32, &own_comm(), Some(0));
+        assert!(info.exited, "{info:?}");
+        assert_eq!(info.ppid, Some(wrapper as u32), "the real parent stays ppid: {info:?}");
+        let a = info.anchor.as_ref().expect("anchor");
+        assert_eq!(a.pid, me, "{info:?}");
+        assert_eq!(a.depth, 2, "{info:?}");
+        assert_eq!(a.rule, "spawner", "{info:?}");
+        assert!(a.forks >= 2, "{info:?}");
+        let my_start = procfs::process::Process::myself().and_then(|p| p.stat()).map(|s| s.starttime).ok();
+        assert_eq!(a.start_time, my_start, "{info:?}");
+        assert_eq!(info.ancestry[0].pid, wrapper as u32, "{info:?}");
+        assert_eq!(info.ancestry[0].exe, "[exited]", "{info:?}");
+        assert_eq!(info.ancestry[1].pid, me, "{info:?}");
+        // The wrapper itself (reaped) is anchored to the same spawner, one level up.
+        let w = c.get(wrapper as u32, wrapper as u32, &own_comm(), Some(0));
+        assert_eq!(w.anchor.as_ref().map(|a| (a.pid, a.depth)), Some((me, 1)), "{w:?}");
+    }
+
+    /// An anchor whose fork predates the agent (no fork record, so no fork time) keeps its
+    /// identity (pid + start time, the entity key) after it exits: the start procfs showed while
+    /// it was alive is remembered.
+    #[test]
+    #[cfg_attr(not(feature = "privileged-tests"), ignore = "needs root (process connector): cargo xtask test runs it")]
+    fn reaped_anchor_keeps_its_start_time() {
+        let (mut go, mut back) = ([0i32; 2], [0i32; 2]);
+        // SAFETY: pipe(2) into local arrays.
+        unsafe {
+            assert_eq!(libc::pipe(go.as_mut_ptr()), 0);
+            assert_eq!(libc::pipe(back.as_mut_ptr()), 0);
+        }
+        // The spawner is forked before the cache exists (its fork is not seen).
+        // SAFETY: the child only calls read/write/fork/waitpid/_exit (async-signal-safe).
+        let spawner = unsafe { libc::fork() };
+        if spawner == 0 {
+            unsafe {
+                let mut b = 0u8;
+                libc::read(go[0], (&mut b as *mut u8).cast(), 1);
+                let mut kids = [0i32; 2];
+                for k in kids.iter_mut() {
+                    *k = libc::fork();
+                    if *k == 0 {
+                        libc::_exit(0);
+                    }
+                }
+                let mut st = 0;
+                for k in kids {
+                    libc::waitpid(k, &mut st, 0);
+                }
+                libc::write(back[1], kids.as_ptr().cast(), 8);
+                libc::read(go[0], (&mut b as *mut u8).cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        assert!(spawner > 0);
+        let mut c = ProcCache::new();
+        assert!(c.has_lineage(), "the process connector must be available to root");
+        let mut kids = [0i32; 2];
+        let mut status = 0;
+        // SAFETY: our pipes and our own child.
+        unsafe {
+            libc::write(go[1], [1u8].as_ptr().cast(), 1);
+            assert_eq!(libc::read(back[0], kids.as_mut_ptr().cast(), 8), 8);
+        }
+        let alive = c.get(kids[0] as u32, kids[0] as u32, &own_comm(), Some(0));
+        let a1 = alive.anchor.clone().expect("anchor");
+        assert_eq!((a1.pid, a1.depth, a1.rule.as_str()), (spawner as u32, 1, "spawner"), "{alive:?}");
+        let start = procfs::process::Process::new(spawner).and_then(|p| p.stat()).map(|s| s.starttime).ok();
+        assert_eq!(a1.start_time, start, "{alive:?}");
+        // SAFETY: as above.
+        unsafe {
+            libc::write(go[1], [1u8].as_ptr().cast(), 1);
+            libc::waitpid(spawner, &mut status, 0);
+            for fd in go.into_iter().chain(back) {
+                libc::close(fd);
+            }
+        }
+        let later = c.get(kids[1] as u32, kids[1] as u32, &own_comm(), Some(0));
+        let a2 = later.anchor.clone().expect("anchor after the spawner exited");
+        assert_eq!((a2.pid, a2.start_time), (spawner as u32, start), "{later:?}");
+        assert_eq!(a2.exe, None, "{later:?}");
+        assert_eq!(later.ancestry[0].exe, "[exited]", "{later:?}");
     }
 
     /// A reaped child that exec'd something else keeps only the kernel's identity + its parent.

@@ -245,6 +245,11 @@ pub async fn run_live_with<O: Observer>(
     };
     let store_path = cfg.depth.enabled.then(|| cfg.depth.store_path.clone()).flatten();
     let mut pipeline = Pipeline::new(engine, sinks, responder).with_actor_store(store_path);
+    if source.outbound {
+        // Listen to the process connector from the start: the forks a loop makes before its
+        // first probe count towards its anchor (see enrich).
+        pipeline.procs = Some(ProcCache::new());
+    }
     pipeline.asn = asn;
     pipeline.evidence = evidence;
     if let Some(d) = &cfg.evidence.dir {

@@ -43,6 +43,62 @@ fn by_parent(v: &Value, ppid: u32) -> bool {
             || proc_of(v)["tgid"].as_u64() == Some(u64::from(ppid)))
 }
 
+/// The alert's process was grouped under the anchor `pid` (`source.process.anchor.pid`).
+fn by_anchor(v: &Value, pid: u32) -> bool {
+    is_outbound(v) && proc_of(v)["anchor"]["pid"].as_u64() == Some(u64::from(pid))
+}
+
+/// Every outbound alert about the lab target (only this test probes it) is one incident anchored
+/// to `anchor`, whose prober is `comm`, and whose largest port count is sensible for `n` ports.
+/// Returns the incident's last line.
+fn one_anchored_incident(lab: &Lab, (alerts, stderr): &(Vec<Value>, String), anchor: u32, comm: &str, n: f64) -> Value {
+    // Agent warnings (a full ring buffer: another process flooding the system-wide hooks).
+    // and the process-event counters: every process on the machine feeds the hooks, so another
+    // process flooding them makes the agent drop events (`proc_events_dropped`), ours included.
+    let counter = |name: &str| {
+        let key = format!("\"{name}\":");
+        stderr.rfind(&key).map(|i| stderr[i + key.len()..].chars().take_while(char::is_ascii_digit).collect::<String>())
+    };
+    let mut warnings: String = stderr.lines().filter(|l| l.contains("WARNING")).take(5).collect::<Vec<_>>().join("\n");
+    warnings.push_str(&format!(
+        "\nproc_events {:?}, proc_events_dropped {:?}",
+        counter("proc_events"),
+        counter("proc_events_dropped")
+    ));
+    let target = lab.target_ip.to_string();
+    let about_target = |v: &&Value| {
+        is_outbound(v)
+            && v["targets"]["sample_hosts"].as_array().is_some_and(|h| h.iter().any(|h| h.as_str() == Some(target.as_str())))
+    };
+    let mine: Vec<&Value> = alerts.iter().filter(about_target).collect();
+    assert!(!mine.is_empty(), "no outbound_scan about {target}:\n{}", dump(alerts));
+    let ids: std::collections::BTreeSet<String> = mine.iter().map(|v| v["alert_id"].to_string()).collect();
+    assert_eq!(ids.len(), 1, "the run split into several incidents:\n{}\nagent warnings:\n{warnings}", dump(alerts));
+    for v in &mine {
+        assert!(by_anchor(v, anchor), "anchor should be pid {anchor}: {v}");
+        assert_eq!(proc_of(v)["comm"], comm, "{v}");
+        assert_eq!(proc_of(v)["uid"].as_u64(), Some(0), "{v}");
+    }
+    let ports = max_target(alerts, |v| by_anchor(v, anchor), "port_count");
+    assert!(sensible(ports, n), "port_count {ports} for {n} ports:\n{}\nagent warnings:\n{warnings}", dump(alerts));
+    let last = (*mine.last().expect("alerts")).clone();
+    let anc = &proc_of(&last)["anchor"];
+    eprintln!(
+        "anchored incident: {} lines, max port_count {ports}, anchor {anc}, ppid {}, ancestry {}; {warnings}",
+        mine.len(),
+        proc_of(&last)["ppid"],
+        proc_of(&last)["ancestry"]
+    );
+    let depth = anc["depth"].as_u64().unwrap_or(0);
+    assert!((1..=6).contains(&depth), "{last}");
+    assert!(["spawner", "long_lived"].contains(&anc["rule"].as_str().unwrap_or("")), "{last}");
+    // The ancestry is the chain up to the anchor.
+    let chain = proc_of(&last)["ancestry"].as_array().cloned().unwrap_or_default();
+    assert!(chain.len() >= depth as usize, "{last}");
+    assert_eq!(chain[depth as usize - 1]["pid"].as_u64(), Some(u64::from(anchor)), "{last}");
+    last
+}
+
 /// Waits for a child spawned with `Lab::spawn*` (bounded: SIGKILL after `secs`).
 fn finish(child: Child, secs: u64) -> Output {
     let pid = child.id() as i32;
@@ -141,6 +197,13 @@ fn nmap_syn_scan_is_attributed_with_pid_exe_uid() {
     let hosts = max_target(&alerts, |v| by_tgid(v, pid), "host_count");
     assert!(sensible(ports, 300.0), "port_count {ports} for 300 ports:\n{}", dump(&alerts));
     assert!(hosts <= 2.0, "host_count {hosts}:\n{}", dump(&alerts));
+    // One entity named after nmap, grouped under a long-lived ancestor.
+    let ids: std::collections::BTreeSet<String> =
+        alerts.iter().filter(|v| by_tgid(v, pid)).map(|v| v["alert_id"].to_string()).collect();
+    assert_eq!(ids.len(), 1, "nmap split into several incidents:\n{}", dump(&alerts));
+    let last = alerts.iter().rev().find(|v| by_tgid(v, pid)).expect("alert");
+    assert_eq!(proc_of(last)["comm"], "nmap", "{last}");
+    assert!(proc_of(last)["anchor"]["pid"].as_u64().is_some_and(|a| a != u64::from(pid)), "{last}");
 }
 
 #[test]
@@ -248,8 +311,86 @@ fn bash_dev_tcp_loop_subshells_are_grouped() {
     let lp = proc_of(last);
     assert!(lp["exe"].as_str().is_some_and(|e| e.ends_with("/bash")), "exe names bash: {last}");
     assert_eq!(lp["ppid"].as_u64(), Some(u64::from(bash)), "grouped by the loop's shell: {last}");
+    assert_eq!(lp["anchor"]["pid"].as_u64(), Some(u64::from(bash)), "anchored to the loop's shell: {last}");
+    assert_eq!(lp["anchor"]["depth"].as_u64(), Some(1), "{last}");
     let ports = max_target(&alerts, |v| by_parent(v, bash), "port_count");
     assert!(sensible(ports, 200.0), "port_count {ports} for 200 ports:\n{}", dump(&alerts));
+}
+
+/// `timeout 1 bash -c "echo >/dev/tcp/T/$p"` per port: prober bash → one `timeout` per probe →
+/// the loop shell. The anchor (the loop shell, a spawner) groups the 200 probes in one incident;
+/// `ppid` stays the real parent (a `timeout`).
+#[test]
+fn timeout_wrapped_dev_tcp_loop_is_grouped_under_the_loop_shell() {
+    let _g = lab_lock();
+    let lab = Lab::new();
+    let agent = start_agent(&lab);
+    let t = guarded(&lab, &lab.target_ip.to_string());
+    let script =
+        format!("for p in $(seq 1 200); do timeout 1 bash -c \"echo > /dev/tcp/{t}/$p\" 2>/dev/null; done; echo done");
+    let child = lab.spawn(&["bash", "-c", &script]);
+    let shell = child.id();
+    let out = finish(child, 120);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("done"), "{out:?}");
+    expect_alert(agent.wait_for(|v| by_anchor(v, shell), Duration::from_secs(10)), "outbound_scan under the loop shell", &agent);
+    std::thread::sleep(Duration::from_secs(3));
+    let run = agent.stop();
+    let last = one_anchored_incident(&lab, &run, shell, "bash", 200.0);
+    let p = proc_of(&last);
+    assert_ne!(p["ppid"].as_u64(), Some(u64::from(shell)), "ppid is the real parent (a timeout): {last}");
+    assert_eq!(p["anchor"]["depth"].as_u64(), Some(2), "{last}");
+    assert!(p["anchor"]["exe"].as_str().is_some_and(|e| e.ends_with("/bash")), "{last}");
+    let wrapper = p["ancestry"][0]["exe"].as_str().unwrap_or("");
+    assert!(wrapper.ends_with("/timeout") || wrapper == "[exited]" || wrapper == "[timeout]", "{last}");
+}
+
+/// `xargs -P 8 -I{} sh -c 'nc -z -w1 T {}'`: nc → one `sh -c` per probe → xargs. One incident
+/// anchored to xargs.
+#[test]
+fn xargs_parallel_sh_wrapped_nc_is_grouped_under_xargs() {
+    let _g = lab_lock();
+    let lab = Lab::new();
+    let agent = start_agent(&lab);
+    let t = guarded(&lab, &lab.target_ip.to_string());
+    let list = std::env::temp_dir().join(format!("scanwatch-xargs-ports-{}", std::process::id()));
+    std::fs::write(&list, (1..=200).map(|p| format!("{p}\n")).collect::<String>()).expect("port list");
+    let cmd = format!("nc -z -w1 {t} {{}}");
+    let child = lab.spawn(&["xargs", "-a", list.to_str().expect("path"), "-P", "8", "-I{}", "sh", "-c", &cmd]);
+    let xargs = child.id();
+    let out = finish(child, 120);
+    let _ = std::fs::remove_file(&list);
+    // nc -z exits 1 for a closed port; xargs then exits 123.
+    assert!(out.status.code().is_some_and(|c| c == 0 || c == 123), "{out:?}");
+    expect_alert(agent.wait_for(|v| by_anchor(v, xargs), Duration::from_secs(10)), "outbound_scan under xargs", &agent);
+    std::thread::sleep(Duration::from_secs(3));
+    let run = agent.stop();
+    let last = one_anchored_incident(&lab, &run, xargs, "nc", 200.0);
+    let p = proc_of(&last);
+    assert_ne!(p["ppid"].as_u64(), Some(u64::from(xargs)), "ppid is the real parent (an sh): {last}");
+    assert!(p["anchor"]["exe"].as_str().is_some_and(|e| e.ends_with("/xargs")), "{last}");
+}
+
+/// GNU parallel: `parallel -j8 nc -z -w1 T ::: 1..200`: nc (exec'd by the job's shell) → perl
+/// `parallel`. One incident anchored to parallel.
+#[test]
+fn gnu_parallel_nc_jobs_are_grouped_under_parallel() {
+    let _g = lab_lock();
+    let lab = Lab::new();
+    let agent = start_agent(&lab);
+    let t = guarded(&lab, &lab.target_ip.to_string());
+    let ports: Vec<String> = (1..=200).map(|p: u32| p.to_string()).collect();
+    let mut args = vec!["parallel", "--will-cite", "-j8", "nc", "-z", "-w1", &t, ":::"];
+    args.extend(ports.iter().map(String::as_str));
+    let child = lab.spawn(&args);
+    let parallel = child.id();
+    let out = finish(child, 120);
+    // parallel exits with the number of failed jobs (closed ports: nc -z fails), capped at 101.
+    assert!(out.status.code().is_some(), "{out:?}");
+    expect_alert(agent.wait_for(|v| by_anchor(v, parallel), Duration::from_secs(10)), "outbound_scan under parallel", &agent);
+    std::thread::sleep(Duration::from_secs(3));
+    let run = agent.stop();
+    let last = one_anchored_incident(&lab, &run, parallel, "nc", 200.0);
+    assert_eq!(proc_of(&last)["anchor"]["comm"], "parallel", "{last}");
 }
 
 #[test]

@@ -295,7 +295,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "zlib1g-dev", "libzstd-dev"];
 const LAB_PKGS: &[&str] = &[
     "nmap", "masscan", "zmap", "hping3", "tcpdump", "iproute2", "iputils-ping", "python3", "curl", "util-linux",
-    "procps", "strace", "nats-server", "rsyslog", "tshark",
+    "procps", "strace", "nats-server", "rsyslog", "tshark", "netcat-openbsd", "parallel",
 ];
 
 fn setup() -> Result<()> {

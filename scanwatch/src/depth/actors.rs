@@ -211,7 +211,7 @@ impl Actor {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActorStore {
     pub version: u32,
-    /// Keyed by [`source_key`] (an address), an outbound entity key (`proc:uid:exe:ppid`) or
+    /// Keyed by [`source_key`] (an address), an outbound entity key (`proc:uid:program:anchor@start`) or
     /// [`cluster_key`] (`ja4:...+tcp:...`).
     pub actors: BTreeMap<String, Actor>,
 }

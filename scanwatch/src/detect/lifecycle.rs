@@ -2,7 +2,7 @@
 //! new incidents.
 //!
 //! An alert is an **incident**: one actor (a source address `src:IP`, a decoy cluster `fp:HASH`,
-//! the distributed-scan aggregate, or a local process group `proc:UID:EXE:PPID`), one kind, and one
+//! the distributed-scan aggregate, or a local process group `proc:UID:PROGRAM:ANCHOR@START`), one kind, and one
 //! probe shape (protocol + shape: a UDP scan and a NULL scan of one source are two incidents).
 //! The detectors submit findings (an [`Alert`] with the numbers of one window) as often as they
 //! like; this module decides which become lines:

@@ -1,7 +1,9 @@
 //! Outbound (local process) state and the outbound_scan detector.
 //!
-//! Entities are keyed by (uid, executable or comm, parent pid): a scanner process, or a shell
-//! loop spawning one short-lived `nc` per port, is one entity.
+//! Entities are keyed by (uid, program, anchor): a scanner process, or a shell loop / `xargs` /
+//! GNU `parallel` spawning one short-lived `nc` per port (directly or through a per-probe
+//! wrapper such as `timeout` or `sh -c`), is one entity. The anchor is the long-lived ancestor
+//! chosen by the enrichment (`enrich::choose_anchor`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -27,7 +29,7 @@ use crate::vocab::format_duration;
 
 fn process_block(p: &ProcessInfo) -> ProcessBlock {
     let mut b = p.clone();
-    b.ancestry.truncate(4);
+    b.ancestry.truncate(crate::vocab::process::MAX_ANCESTRY);
     b
 }
 

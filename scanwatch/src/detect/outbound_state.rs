@@ -15,10 +15,28 @@ use crate::vocab::{canonical_ip, ProcessInfo};
 
 const SAMPLE_CAP: usize = 64;
 
-/// Entity key of a process.
+/// Entity key of a process: (uid, program, anchor). The anchor is the long-lived ancestor the
+/// enrichment chose (`ProcessInfo::anchor`: the spawning loop shell, `xargs`, `parallel`, the
+/// interactive shell of a scanner), identified by pid and start time so a recycled pid is
+/// another entity; without one, the direct parent.
 pub(super) fn entity_key(p: &ProcessInfo) -> String {
-    let prog = p.exe.as_deref().unwrap_or(&p.comm);
-    format!("proc:{}:{}:{}", p.uid, prog, p.ppid.unwrap_or(0))
+    let (pid, start) = match &p.anchor {
+        Some(a) => (a.pid, a.start_time.unwrap_or(0)),
+        None => (p.ppid.unwrap_or(0), 0),
+    };
+    format!("proc:{}:{}:{}@{}", p.uid, program(p), pid, start)
+}
+
+/// The program part of an entity key: the kernel's comm when the executable's file name starts
+/// with it (the usual case: `/usr/bin/bash` is `bash`, `/usr/bin/nc.openbsd` run as `nc` is
+/// `nc`), so a prober caught alive (exe read) and one already reaped (exe unknown, exec'd so not
+/// inherited) are one program; the full executable path when they disagree (a renamed binary).
+pub(super) fn program(p: &ProcessInfo) -> &str {
+    match p.exe.as_deref() {
+        Some(exe) if !p.comm.is_empty() && exe.rsplit('/').next().is_some_and(|f| f.starts_with(p.comm.as_str())) => &p.comm,
+        Some(exe) => exe,
+        None => &p.comm,
+    }
 }
 
 /// Name of a stealth probe shape, if the flags are one.
@@ -218,6 +236,57 @@ pub(super) fn fold_ip(ip: &IpAddr) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn prober(pid: u32, exe: Option<&str>, comm: &str, ppid: u32, anchor: Option<(u32, u64)>) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            tgid: pid,
+            comm: comm.into(),
+            exe: exe.map(str::to_string),
+            uid: 0,
+            ppid: Some(ppid),
+            anchor: anchor.map(|(pid, start)| crate::vocab::ProcessAnchor {
+                pid,
+                start_time: Some(start),
+                depth: 2,
+                rule: "spawner".into(),
+                forks: 10,
+                ..Default::default()
+            }),
+            ..ProcessInfo::default()
+        }
+    }
+
+    /// `timeout 1 bash -c 'echo >/dev/tcp/h/p'` in a loop: every prober has its own parent (a
+    /// `timeout`), one anchor (the loop shell): one key, whether the prober was caught alive
+    /// (exe read) or already reaped (comm only).
+    #[test]
+    fn probers_under_per_probe_wrappers_share_the_anchor_key() {
+        let a = prober(101, Some("/usr/bin/bash"), "bash", 100, Some((50, 777)));
+        let b = prober(103, None, "bash", 102, Some((50, 777)));
+        assert_eq!(entity_key(&a), entity_key(&b));
+        // Another program under the same anchor is another entity.
+        let c = prober(105, Some("/usr/bin/nc.openbsd"), "nc", 104, Some((50, 777)));
+        assert_ne!(entity_key(&a), entity_key(&c));
+        assert_eq!(program(&c), "nc");
+        // A recycled anchor pid (another start time) is another entity.
+        let d = prober(107, Some("/usr/bin/bash"), "bash", 106, Some((50, 9000)));
+        assert_ne!(entity_key(&a), entity_key(&d));
+        // A renamed binary keeps its path.
+        let e = prober(109, Some("/tmp/x/scan"), "bash", 108, Some((50, 777)));
+        assert_ne!(entity_key(&a), entity_key(&e));
+        assert_eq!(program(&e), "/tmp/x/scan");
+    }
+
+    /// Without an anchor (no lineage known) the direct parent groups, as before.
+    #[test]
+    fn without_anchor_the_parent_groups() {
+        let a = prober(101, Some("/usr/bin/bash"), "bash", 100, None);
+        let b = prober(102, Some("/usr/bin/bash"), "bash", 100, None);
+        let c = prober(103, Some("/usr/bin/bash"), "bash", 99, None);
+        assert_eq!(entity_key(&a), entity_key(&b));
+        assert_ne!(entity_key(&a), entity_key(&c));
+    }
 
     #[test]
     fn stealth_shapes() {

@@ -461,6 +461,7 @@ fn proc_info(exe: &str, pid: u32, ppid: u32) -> ProcessInfo {
             crate::vocab::Ancestor { pid: ppid, exe: "/usr/bin/bash".into() },
             crate::vocab::Ancestor { pid: 1, exe: "/sbin/init".into() },
         ],
+        anchor: None,
         cgroup: Some("/user.slice".into()),
         container_id: None,
         start_time: Some(12345),
@@ -542,6 +543,51 @@ fn shell_loop_of_short_lived_nc_is_one_entity() {
         alerts.extend(connect_scan(&mut e, &p, "10.0.0.9", [port], f64::from(port) * 0.05, 0.0));
     }
     assert!(alerts.iter().any(|a| a.kind == AlertKind::OutboundScan), "{alerts:?}");
+}
+
+/// `for p in ...; do timeout 1 nc -z h $p; done`: every nc has its own parent (a `timeout`,
+/// one per probe), some were reaped before their exe was read; the enrichment's anchor (the
+/// loop shell) makes them one entity, one incident, and the alert shows the anchor.
+#[test]
+fn probers_under_per_probe_wrappers_are_one_incident_under_their_anchor() {
+    let mut e = engine();
+    let mut alerts = Vec::new();
+    for port in 1..=100u16 {
+        let mut p = proc_info("/usr/bin/nc.openbsd", 9000 + 2 * u32::from(port), 8999 + 2 * u32::from(port));
+        p.comm = "nc".into();
+        if port % 3 == 0 {
+            // Reaped and exec'd: the kernel's comm only.
+            p.exe = None;
+            p.exited = true;
+        }
+        p.anchor = Some(crate::vocab::ProcessAnchor {
+            pid: 8000,
+            exe: Some("/usr/bin/bash".into()),
+            comm: Some("bash".into()),
+            start_time: Some(4242),
+            depth: 2,
+            rule: "spawner".into(),
+            forks: u32::from(port) + 1,
+        });
+        alerts.extend(connect_scan(&mut e, &p, "10.0.0.9", [port], f64::from(port) * 0.05, 0.0));
+    }
+    alerts.extend(drain(&mut e, 10.0));
+    let ids: std::collections::BTreeSet<&str> = alerts.iter().filter(|a| a.kind == AlertKind::OutboundScan).map(|a| a.alert_id.as_str()).collect();
+    assert_eq!(ids.len(), 1, "{alerts:?}");
+    let last = alerts.iter().rev().find(|a| a.kind == AlertKind::OutboundScan).expect("alert");
+    let pb = last.source.process.as_ref().expect("process");
+    assert_eq!(pb.anchor.as_ref().map(|a| a.pid), Some(8000));
+    assert_eq!(pb.exe.as_deref(), Some("/usr/bin/nc.openbsd"), "the richest description is kept");
+    assert!(last.targets.port_count >= 80, "{}", last.targets.port_count);
+    // Without the anchor (direct parents only) no probe groups with another: nothing.
+    let mut e = engine();
+    let mut alerts = Vec::new();
+    for port in 1..=100u16 {
+        let p = proc_info("/usr/bin/nc.openbsd", 9000 + 2 * u32::from(port), 8999 + 2 * u32::from(port));
+        alerts.extend(connect_scan(&mut e, &p, "10.0.0.9", [port], f64::from(port) * 0.05, 0.0));
+    }
+    alerts.extend(drain(&mut e, 10.0));
+    assert!(alerts.iter().all(|a| a.kind != AlertKind::OutboundScan), "{alerts:?}");
 }
 
 #[test]

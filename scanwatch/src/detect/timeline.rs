@@ -31,7 +31,7 @@ pub(super) enum Who {
 
 fn process_block(p: &ProcessInfo) -> crate::alert::ProcessBlock {
     let mut b = p.clone();
-    b.ancestry.truncate(4);
+    b.ancestry.truncate(crate::vocab::process::MAX_ANCESTRY);
     b
 }
 

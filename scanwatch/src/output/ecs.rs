@@ -6,6 +6,7 @@
 //! `rule.name` ← kind; `source.ip` (+ `source.as.*` with an ASN database); `destination.ip` /
 //! `destination.port` ← the first sampled target (all targets in `related.ip` and
 //! `scanwatch.targets`); `process.*` ← the local process of an outbound finding;
+//! (its grouping anchor in `scanwatch.process_anchor`);
 //! `threat.framework`, `threat.technique.*`, `threat.tactic.*` ← the ATT&CK technique;
 //! `network.direction`; `host.name`. Fields ECS has no name for live under `scanwatch.*`.
 use serde_json::{json, Map, Value};
@@ -140,6 +141,10 @@ pub fn render(a: &Alert) -> Value {
         for (k, v) in ann {
             sw[k] = v;
         }
+    }
+    // The long-lived ancestor an outbound finding is grouped under (ECS has no such field).
+    if let Some(anchor) = a.source.process.as_ref().and_then(|p| p.anchor.as_ref()) {
+        sw["process_anchor"] = json!(anchor);
     }
     doc.insert("scanwatch".into(), sw);
     Value::Object(doc)

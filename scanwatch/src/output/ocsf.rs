@@ -1,7 +1,8 @@
 //! OCSF 1.x rendering of a finding: a Detection Finding (class 2004, category 2 "Findings")
 //! whose `evidences` describe the network activity it is about — `src_endpoint` (the scanner's
 //! address, with its autonomous system when known), `dst_endpoint` (the first sampled target),
-//! `connection_info.direction_id`, and for outbound findings the local `process`. `finding_info`
+//! `connection_info.direction_id`, and for outbound findings the local `process` (its ancestry
+//! as `lineage`; the grouping anchor in `unmapped.process_anchor`). `finding_info`
 //! carries the stable id, the kind as title and the ATT&CK technique and tactic. A blocked source
 //! adds the Security Control profile's `action_id = 2` (Denied) / `disposition_id = 2` (Blocked).
 use serde_json::{json, Map, Value};
@@ -81,6 +82,10 @@ pub fn render(a: &Alert) -> Value {
                 proc["parent_process"]["file"] = json!({ "path": pe, "type_id": 1 });
             }
         }
+        if !p.ancestry.is_empty() {
+            // OCSF `lineage`: the ancestors' paths, parent first.
+            proc["lineage"] = json!(p.ancestry.iter().map(|a| a.exe.as_str()).collect::<Vec<_>>());
+        }
         evidence.insert("process".into(), proc);
     }
     let mut evidences = vec![Value::Object(evidence)];
@@ -141,6 +146,9 @@ pub fn render(a: &Alert) -> Value {
             "incident": a.incident,
         },
     });
+    if let Some(anchor) = a.source.process.as_ref().and_then(|p| p.anchor.as_ref()) {
+        doc["unmapped"]["process_anchor"] = json!(anchor);
+    }
     if let Some(t) = time {
         doc["time"] = json!(t);
         doc["finding_info"]["last_seen_time"] = json!(t);

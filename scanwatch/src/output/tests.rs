@@ -52,6 +52,16 @@ fn outbound() -> Alert {
             user: Some("alice".into()),
             ppid: Some(4000),
             parent_exe: Some("/usr/bin/bash".into()),
+            ancestry: vec![crate::vocab::Ancestor { pid: 4000, exe: "/usr/bin/bash".into() }],
+            anchor: Some(crate::vocab::ProcessAnchor {
+                pid: 4000,
+                exe: Some("/usr/bin/bash".into()),
+                comm: Some("bash".into()),
+                start_time: Some(900),
+                depth: 1,
+                rule: "long_lived".into(),
+                forks: 3,
+            }),
             ..Default::default()
         }),
         related: vec![],
@@ -90,6 +100,8 @@ fn ecs_names_and_values() {
     assert_eq!(o["process"]["executable"], "/usr/bin/nmap");
     assert_eq!(o["process"]["command_line"], "nmap -sT 10.0.0.0/24");
     assert_eq!(o["process"]["parent"]["pid"], 4000);
+    assert_eq!(o["scanwatch"]["process_anchor"]["pid"], 4000);
+    assert_eq!(o["scanwatch"]["process_anchor"]["rule"], "long_lived");
     assert_eq!(o["user"]["id"], "1000");
     assert_eq!(o["user"]["name"], "alice");
     assert_eq!(o["threat"]["technique"]["id"][0], "T1046");
@@ -130,6 +142,8 @@ fn ocsf_detection_finding_with_its_network_activity() {
     assert_eq!(p["file"]["path"], "/usr/bin/nmap");
     assert_eq!(p["user"]["uid"], "1000");
     assert_eq!(p["parent_process"]["pid"], 4000);
+    assert_eq!(p["lineage"], serde_json::json!(["/usr/bin/bash"]));
+    assert_eq!(o["unmapped"]["process_anchor"]["pid"], 4000);
     assert_eq!(o["evidences"][0]["connection_info"]["direction_id"], 2);
     assert!(o.get("disposition_id").is_none());
 }
