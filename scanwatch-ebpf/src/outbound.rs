@@ -663,22 +663,29 @@ pub fn tp_enter_sendto(ctx: TracePointContext) -> u32 {
     }
     // Unconnected datagram sends to an inet address (UDP probing by unprivileged tools).
     if addr != 0 {
-        let Some((tgid, pid)) = current() else { return 0 };
-        if let Some((family, dst, dport)) = sa {
-            proc_update(tgid, |p| p.attempts += 1);
-            if !report_pair(tgid, &dst, dport, 17, 0, 1) || !take_budget(tgid, false, 1) {
-                return 0;
-            }
-            emit(EventKind::ProcSendto as u32, tgid, pid, |e| {
-                e.family = family as u32;
-                e.sock_type = 2; // SOCK_DGRAM
-                e.dst = SrcKey { addr: dst };
-                e.dport = dport;
-                e.proto = 17;
-            });
+        if let Some(sa) = sa {
+            report_datagram(sa);
         }
     }
     0
+}
+
+/// An unconnected datagram to a new (process, destination, port) pair: counted, and an event
+/// within the process's budget.
+#[inline(always)]
+fn report_datagram((family, dst, dport): (u16, [u8; 16], u16)) {
+    let Some((tgid, pid)) = current() else { return };
+    proc_update(tgid, |p| p.attempts += 1);
+    if !report_pair(tgid, &dst, dport, 17, 0, 1) || !take_budget(tgid, false, 1) {
+        return;
+    }
+    emit(EventKind::ProcSendto as u32, tgid, pid, |e| {
+        e.family = family as u32;
+        e.sock_type = 2; // SOCK_DGRAM
+        e.dst = SrcKey { addr: dst };
+        e.dport = dport;
+        e.proto = 17;
+    });
 }
 
 /// Userspace layouts read from sendmsg/sendmmsg arguments.
@@ -700,11 +707,29 @@ struct IoVec {
 
 #[inline(always)]
 fn on_msg(msg_ptr: u64, count: u32) {
-    if !is_raw_proc() || msg_ptr == 0 {
+    if msg_ptr == 0 {
         return;
     }
+    let raw = is_raw_proc();
     // SAFETY: helper-checked user reads.
     let Ok(m) = (unsafe { bpf_probe_read_user(msg_ptr as *const MsgHdr) }) else { return };
+    if !raw {
+        // An unconnected datagram socket's sendmsg / sendmmsg (DNS and QUIC servers, and any
+        // UDP tool that uses it): the first message's destination, judged like sendto's.
+        // Connected sockets (no name) cost this one read.
+        if m.name == 0 || m.namelen < 16 {
+            return;
+        }
+        let Some(sa) = read_sockaddr(m.name, true) else { return };
+        if is_udp_reply(&sa.1, sa.2) {
+            bump_stat(stat::PROC_UDP_REPLIES);
+            return;
+        }
+        if pair_fresh(&sa.1, sa.2) {
+            report_datagram(sa);
+        }
+        return;
+    }
     if m.iov == 0 || m.iovlen == 0 {
         return;
     }
