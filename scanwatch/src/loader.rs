@@ -58,6 +58,10 @@ pub struct LoadOptions {
     pub honeyports_udp: Vec<u16>,
     /// Sample first client payloads of connections to open ports (`depth.enabled`).
     pub first_payload: bool,
+    /// Compile in the classification of forwarded packets (some interface in gateway / mirror
+    /// mode; the runtime `cfgflag::FORWARDED` still gates it). Off: a host-mode agent's packets
+    /// skip the per-packet settings copy it needs.
+    pub gateway: bool,
 }
 
 impl Default for LoadOptions {
@@ -75,6 +79,7 @@ impl Default for LoadOptions {
             honeyports_tcp: Vec::new(),
             honeyports_udp: Vec::new(),
             first_payload: true,
+            gateway: false,
         }
     }
 }
@@ -102,6 +107,7 @@ pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf, LoaderErro
         // must exist: a renamed or mangled global would silently leave enforcement off.
         .override_global("ENFORCE_BLOCKLIST", &enforce, true)
         .override_global("FIRST_PAYLOAD", &u32::from(opts.first_payload), true)
+        .override_global("GATEWAY", &u32::from(opts.gateway), true)
         .load(object)?;
     write_config(&mut ebpf, &opts.xdp)?;
     {

@@ -808,7 +808,8 @@ fn gateway_mode_forwarded_packets_skip_the_lookup_and_go_to_the_reply_ring() {
     use scanwatch::source::live::forwarded::{decode_record, FwdStats};
     use scanwatch_common::{ifmode, MAP_FWD_EVENTS, MAP_IFACE_MODES, MAP_LOCAL_ADDRS};
 
-    let mut p = Prog::new();
+    // Loaded as a gateway-mode agent loads it (the forwarded path compiled in).
+    let mut p = Prog::with(LoadOptions { gateway: true, honeyports_tcp: vec![31337, 4444], ..LoadOptions::default() });
     // BPF_PROG_TEST_RUN delivers the packet on the namespace's loopback device.
     let lo = 1u32;
     let (client, remote, local) = (v4("10.79.0.2"), v4("10.80.0.2"), v4("10.250.0.1"));

@@ -25,6 +25,19 @@ pub(super) static ENFORCE_BLOCKLIST: u32 = 0;
 #[unsafe(no_mangle)]
 pub(super) static FIRST_PAYLOAD: u32 = 1;
 
+/// Load-time setting (the loader rewrites it): some watched interface is in gateway or mirror
+/// mode, so packets may be forwarded ones (classified with settings copied into scratch, see
+/// `try_xdp`). Read-only data: on a host-mode agent the verifier prunes that path and every
+/// packet reads the settings in place.
+#[unsafe(no_mangle)]
+pub(super) static GATEWAY: u32 = 0;
+
+#[inline(always)]
+pub(super) fn gateway_on() -> bool {
+    // SAFETY: read of a load-time constant the loader may have rewritten.
+    unsafe { core::ptr::read_volatile(&GATEWAY) != 0 }
+}
+
 #[inline(always)]
 pub(super) fn first_payload_on() -> bool {
     // SAFETY: read of a load-time constant the loader may have rewritten.

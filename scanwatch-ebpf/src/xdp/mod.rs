@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use scanwatch_common::{
-    cfgflag, cnt, probe, stat, EventKind, FpKey,
+    cfgflag, cnt, probe, stat, EventKind, FpKey, XdpConfig,
 };
 
 use crate::{
@@ -135,19 +135,24 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     // type and no known flag values downstream, so the verifier walks the classification once
     // for host and forwarded packets alike (a second pointer type for the forwarded copy
     // doubled the states it explores).
-    sc.fwd_cfg = *config();
-    let obs = &mut sc.obs;
-    obs.reset(l3.proto);
-    obs.fwd = 0;
-    if sc.fwd_cfg.flags & cfgflag::FORWARDED != 0 && l3.proto != PROTO_ARP {
-        obs.fwd = forwarded(ctx, &l3);
-        if obs.fwd != 0 {
-            stats[stat::FORWARDED as usize] += 1;
-            // No local socket can answer a forwarded packet: classify it with the lookup off.
-            sc.fwd_cfg.flags &= !cfgflag::LOOKUP_SOCKETS;
+    // Host-mode agents (the load-time `GATEWAY` is 0) skip the copy: the verifier prunes this
+    // branch, so each build of the program still sees one pointer type.
+    sc.obs.reset(l3.proto);
+    sc.obs.fwd = 0;
+    let cfg: &XdpConfig = if gateway_on() {
+        sc.fwd_cfg = *config();
+        if sc.fwd_cfg.flags & cfgflag::FORWARDED != 0 && l3.proto != PROTO_ARP {
+            sc.obs.fwd = forwarded(ctx, &l3);
+            if sc.obs.fwd != 0 {
+                stats[stat::FORWARDED as usize] += 1;
+                // No local socket can answer a forwarded packet: classify it with the lookup off.
+                sc.fwd_cfg.flags &= !cfgflag::LOOKUP_SOCKETS;
+            }
         }
-    }
-    let cfg = &sc.fwd_cfg;
+        &sc.fwd_cfg
+    } else {
+        config()
+    };
     let obs = &mut sc.obs;
     if l3.proto == PROTO_ARP {
         // Who-has for another address: host discovery on the link.

@@ -84,6 +84,8 @@ pub fn load_options(cfg: &Config, enforce_blocklist: bool) -> LoadOptions {
         honeyports_tcp: hp.tcp,
         honeyports_udp: hp.udp,
         first_payload: cfg.depth.enabled,
+        // Set by `LiveSource::open` from the interface modes.
+        gateway: false,
     }
 }
 
@@ -146,7 +148,18 @@ pub struct LiveSource {
 impl LiveSource {
     /// Load, size and attach the programs as `cfg` says; report every choice on stderr.
     pub fn open(cfg: &Config) -> anyhow::Result<LiveSource> {
-        let lopts = load_options(cfg, cfg.xdp.enforce_blocklist);
+        let mut lopts = load_options(cfg, cfg.xdp.enforce_blocklist);
+        let mut ifaces = cfg.agent.interfaces.clone();
+        if ifaces.is_empty() {
+            ifaces.push(
+                loader::default_route_interface()
+                    .ok_or_else(|| anyhow::anyhow!("no default-route interface found; pass --interface"))?,
+            );
+        }
+        // Interface modes are known before loading: only gateway / mirror deployments carry the
+        // forwarded-packet path.
+        let modes = ifmode::resolve(&ifaces, &cfg.agent.interface_modes);
+        lopts.gateway = modes.iter().any(|m| m.mode != crate::config::InterfaceMode::Host);
         let mut ebpf = loader::load(&lopts)?;
         if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
             log::debug!("no eBPF log map: {e}");
@@ -166,13 +179,6 @@ impl LiveSource {
         } else {
             None
         };
-        let mut ifaces = cfg.agent.interfaces.clone();
-        if ifaces.is_empty() {
-            ifaces.push(
-                loader::default_route_interface()
-                    .ok_or_else(|| anyhow::anyhow!("no default-route interface found; pass --interface"))?,
-            );
-        }
         let mut attached = Vec::new();
         for i in &ifaces {
             let (mode, fallback) = loader::attach_xdp(&mut ebpf, i, cfg.agent.xdp_mode)?;
@@ -182,7 +188,6 @@ impl LiveSource {
             }
             attached.push(format!("{i}:{mode}"));
         }
-        let modes = ifmode::resolve(&ifaces, &cfg.agent.interface_modes);
         for m in &modes {
             eprintln!("scanwatch: interface {m}");
         }
