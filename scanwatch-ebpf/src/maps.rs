@@ -122,6 +122,10 @@ pub struct Obs {
     /// judges it. Set for every packet, before classification.
     pub fwd: u8,
     pub fp: Fingerprint,
+    /// This CPU's clock cache (`coarse_ns_cached`), kept across packets: the jiffies value of
+    /// the last coarse-clock read, and that read.
+    pub clk_jiffies: u64,
+    pub clk_ns: u64,
 }
 
 /// Per-packet scratch space: keeps the observation and the fingerprint record off the 512-byte

@@ -225,6 +225,18 @@ pub fn run(repeat: u32) -> anyhow::Result<Report> {
         let m = measure_pair(&mut ebpf, BASE, PROG_XDP, pkt, repeat)?;
         push(&mut rows, name, "repeat", m);
     }
+    // `SCANWATCH_BENCH_SPIN=SECS` (with `_ACK` for the ACK probe): run the closed-port probe for
+    // SECS seconds after these rows, printing `SPIN <pid>` first, so `perf record -p <pid>`
+    // (with `net.core.bpf_jit_kallsyms = 1`) profiles just this path of the program.
+    if let Ok(secs) = std::env::var("SCANWATCH_BENCH_SPIN") {
+        let secs: u64 = secs.parse()?;
+        let pkt = if std::env::var_os("SCANWATCH_BENCH_SPIN_ACK").is_some() { &ack_unused } else { &syn_unused };
+        eprintln!("SPIN {}", std::process::id());
+        let t = std::time::Instant::now();
+        while t.elapsed().as_secs() < secs {
+            run_once(prog(&mut ebpf, PROG_XDP)?, pkt, repeat)?;
+        }
+    }
     loader::write_config(&mut ebpf, &full)?;
     if quick {
         return Ok(Report { repeat, rows });

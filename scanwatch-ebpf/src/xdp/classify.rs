@@ -92,7 +92,7 @@ pub(super) fn tcp_port_unused(cfg: &XdpConfig, port: u16) -> bool {
 /// Classify a TCP segment into `obs`. Returns Ok(true) for the established-data fast path
 /// (nothing else to do). SYNs and stealth shapes are classified from the header alone; their
 /// socket lookup and fingerprint are deferred until the source is admitted (`deferred_tcp`).
-#[inline(never)]
+#[inline(always)]
 pub(super) fn classify_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &XdpConfig, obs: &mut Obs) -> Result<bool, u32> {
     let t = l3.l4;
     let sport = be16_at(ctx, t).map_err(|_| stat::MAL_TCP)?;

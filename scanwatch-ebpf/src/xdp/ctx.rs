@@ -97,6 +97,20 @@ pub(super) fn coarse_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// `coarse_ns`, read once per tick per CPU: `bpf_jiffies64` is inlined by the verifier (a load
+/// of `jiffies`), while the coarse-clock helper is a call chain. Both advance with the tick, so
+/// the cached value trails the coarse clock by at most one tick (the agent allows for that).
+#[inline(always)]
+pub(super) fn coarse_ns_cached(obs: &mut crate::maps::Obs) -> u64 {
+    // SAFETY: plain helper call (inlined by the verifier on 64-bit JITs).
+    let j = unsafe { aya_ebpf::helpers::generated::bpf_jiffies64() };
+    if j != obs.clk_jiffies || obs.clk_ns == 0 {
+        obs.clk_jiffies = j;
+        obs.clk_ns = coarse_ns();
+    }
+    obs.clk_ns
+}
+
 /// Result bits of `update_source` (low byte); n_fp in bits 8..16, window ports 16..32,
 /// window hosts 32..48. Negative: no state was updated.
 pub(super) const R_THR_PORTS: u64 = thr::PORTS as u64;
