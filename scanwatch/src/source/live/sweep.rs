@@ -74,8 +74,9 @@ pub fn snapshot(key: &SrcKey, s: &SrcState, fps: &Fingerprints) -> SourceSnapsho
     }
 }
 
-/// Bound on how far `bpf_ktime_get_coarse_ns` trails CLOCK_MONOTONIC (one tick is 1–10 ms).
-const COARSE_CLOCK_SLACK_NS: u64 = 20_000_000;
+/// Bound on how far the kernel's per-source times trail CLOCK_MONOTONIC: the coarse clock trails
+/// by up to one tick (1–10 ms) and the XDP program reads it once per tick per CPU (one more).
+const COARSE_CLOCK_SLACK_NS: u64 = 30_000_000;
 
 /// Sources a sweep hands to the engine per step: a full map (a spoofed flood keeps it at
 /// `xdp.max_sources`) is swept in steps of this many, so the agent's memory for a sweep is one
