@@ -123,6 +123,27 @@ fn stat(ebpf: &Ebpf, i: u32) -> anyhow::Result<u64> {
 }
 
 const BASE: &str = "xdp_pass_baseline";
+
+/// `scanwatch bench --call-floor N`: N BPF_PROG_TEST_RUN calls of the empty program, one packet
+/// each, through the same raw syscall `replay` uses, timed from user space: what one packet costs
+/// a replay before the program, the reader or the engine do anything (fastest of 3 rounds).
+pub fn call_floor(n: u32) -> anyhow::Result<serde_json::Value> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let mut ebpf = loader::load_object(&LoadOptions::default(), crate::ebpf_bench_object())?;
+    let p = prog(&mut ebpf, BASE)?;
+    let fd = p.fd()?.as_fd().as_raw_fd();
+    let pkt = PacketSpec::nmap_syn(IpAddr::V4(Ipv4Addr::new(10, 98, 0, 7)), IpAddr::V4(Ipv4Addr::new(10, 99, 0, 1)), 80).build();
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        for _ in 0..n.max(1) {
+            let r = crate::replay::source::test_run(fd, &pkt)?;
+            anyhow::ensure!(r == 2, "empty program returned {r}");
+        }
+        best = best.min(t.elapsed().as_nanos() as f64 / f64::from(n.max(1)));
+    }
+    Ok(serde_json::json!({ "calls": n, "packet_bytes": pkt.len(), "ns_per_call": best, "calls_per_second": 1e9 / best }))
+}
 const PROG_XDP: &str = scanwatch_common::PROG_XDP;
 
 pub fn run(repeat: u32) -> anyhow::Result<Report> {

@@ -260,6 +260,20 @@ pub fn run(target: &Path, bin: &Path, packets: u64, rounds: u32, file: Option<Pa
         best_sw.0, best_sw.1
     );
     println!("ratio scanwatch / tcpdump    : {:.3} wall-clock rate (target ≥ 0.333), {:.3} CPU cost", sw_rate / td_rate, best_td.1 / best_sw.1.max(1e-9));
+    // The floor: one BPF_PROG_TEST_RUN of the empty program per packet, nothing else, on every
+    // core at once at best. A replay cannot beat this rate whatever its user-space side does.
+    let out = Command::new(bin).args(["bench", "--call-floor", "1000000"]).output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("scanwatch bench --call-floor: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let ns = v["ns_per_call"].as_f64().unwrap_or(f64::NAN);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let ceiling = cores * 1e9 / ns;
+    println!(
+        "BPF_PROG_TEST_RUN floor      : {ns:.0} ns per call of the empty program ({:.0} calls/s on one core); \
+         ceiling with all {cores} cores and no other work: {ceiling:.0} packets/s = {:.3} of tcpdump",
+        1e9 / ns,
+        ceiling / td_rate
+    );
     Ok(())
 }
 
