@@ -76,6 +76,22 @@ fn bench_runs_with_any_repeat_count() {
     }
 }
 
+/// `bench --call-floor N` times N one-packet runs of the empty program (the replay floor) and
+/// prints them as one JSON object.
+#[test]
+fn bench_call_floor_reports_the_cost_of_one_test_run() {
+    let out = run(&["bench", "--call-floor", "2000"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["calls"], 2000, "{v}");
+    let ns = v["ns_per_call"].as_f64().expect("ns_per_call");
+    // A syscall that copies a packet and runs a program costs more than 50 ns and, on any
+    // machine this runs on, far less than a millisecond.
+    assert!(ns > 50.0 && ns < 1e6, "{v}");
+    let rate = v["calls_per_second"].as_f64().expect("calls_per_second");
+    assert!((rate * ns / 1e9 - 1.0).abs() < 1e-6, "rate and cost disagree: {v}");
+}
+
 /// A second agent on an interface where the first one's XDP program is attached is refused with
 /// a message that names the attached program (as the kernel reports it) and what to do.
 #[test]
