@@ -18,6 +18,7 @@ use super::classify::*;
 /// Inlined, like `apply_probe` and `classify_tcp`: a BPF-to-BPF call costs a prologue, an
 /// epilogue and a return through the kernel's return thunk; the three calls were ~35 ns of a
 /// known source's 150 ns probe on this machine (`scanwatch bench`, perf of the JIT image).
+#[inline(always)]
 pub(super) fn update_source(ctx: &XdpContext, stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs) -> i64 {
     let ptr = acquire(stats, cfg, l3, obs);
     if ptr.is_null() {
