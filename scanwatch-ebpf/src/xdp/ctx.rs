@@ -127,10 +127,13 @@ pub(super) const DEFER_LOOKUP: u8 = 1;
 pub(super) const DEFER_FP: u8 = 2;
 
 /// Fingerprint (and checksum) every SYN of a source's first `FP_EVERY_FIRST`, then one in
-/// `FP_EVERY`: a scanner's stack does not change between probes, and a second tool or decoy is
-/// still seen within a few dozen SYNs. Once a source sent a bad checksum, every SYN is checked.
+/// `FP_EVERY`, and past `FP_BACKOFF_AFTER` SYNs one in `FP_EVERY_LATE`: a scanner's stack does
+/// not change between probes, and a second tool or decoy is still seen within a few dozen SYNs
+/// (a few hundred into a long scan). Once a source sent a bad checksum, every SYN is checked.
 pub(super) const FP_EVERY_FIRST: u32 = 8;
 pub(super) const FP_EVERY: u32 = 16;
+pub(super) const FP_BACKOFF_AFTER: u32 = 4096;
+pub(super) const FP_EVERY_LATE: u32 = 128;
 
 impl Obs {
     /// Reset for a new packet (the fingerprint is reset only when a SYN fills it).

@@ -30,7 +30,8 @@ pub(super) fn update_source(ctx: &XdpContext, stats: &mut Stats, cfg: &XdpConfig
         // Sampled, except for a source already caught sending bad checksums: every SYN of it
         // is checked, so the evasive share of its probes stays exact.
         let n = s.counts[cnt::SYN];
-        if n >= FP_EVERY_FIRST && n % FP_EVERY != 0 && s.counts[cnt::BADSUM] == 0 {
+        let every = if n < FP_BACKOFF_AFTER { FP_EVERY } else { FP_EVERY_LATE };
+        if n >= FP_EVERY_FIRST && n & (every - 1) != 0 && s.counts[cnt::BADSUM] == 0 {
             obs.deferred &= !DEFER_FP;
         }
         deferred_tcp(ctx, stats, l3, cfg, obs);
