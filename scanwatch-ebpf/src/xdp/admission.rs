@@ -1,7 +1,7 @@
 //! First-contact admission: a source's first scan-shaped packet is held in a fixed table; its
 //! second admits it to SOURCES (the held probe is replayed).
 use scanwatch_common::{
-    addr_fold32, addr_hash, cfgflag, known_bit, stat, SrcState, XdpConfig, FC_BUMPS, FIRST_CONTACT_SLOTS,
+    addr_fold32, cfgflag, known_bit, stat, SrcState, XdpConfig, FC_BUMPS, FIRST_CONTACT_SLOTS,
 };
 
 use crate::maps::{
@@ -51,7 +51,7 @@ pub(super) fn mark_known(h: u32) {
 pub(super) fn acquire(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs) -> *mut SrcState {
     let key = l3.src.key();
     let w = l3.src.w;
-    let h = addr_hash(&w);
+    let h = obs.src_hash;
     if cfg.flags & cfgflag::FIRST_CONTACT != 0 && obs.honey == 0 {
         let (word, bit) = known_bit(h);
         let maybe_known = match KNOWN_SOURCES.get(word) {

@@ -195,7 +195,9 @@ pub(super) fn classify_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &X
     let filterable = orphan == cnt::MAIMON || orphan == cnt::ACK;
     if orphan != cnt::N && ((filterable && tcp_port_unused(cfg, dport)) || !socket_exists(ctx, l3, sport, dport, true)) {
         obs.count(orphan);
-        mark_suspect(&l3.src);
+        if obs.suspected == 0 {
+            mark_suspect(obs.src_hash);
+        }
         if orphan == cnt::MAIMON || orphan == cnt::ACK {
             obs.cur.kind = probe::PORT;
         }

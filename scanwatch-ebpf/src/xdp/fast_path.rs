@@ -5,10 +5,7 @@ use scanwatch_common::{
     addr_hash, suspect_bit, ACK_SAMPLE, stat,
 };
 
-use crate::{
-    maps::SUSPECT_SOURCES,
-    parse::A16,
-};
+use crate::maps::SUSPECT_SOURCES;
 
 use scanwatch_common::tcpflag::{ACK, FIN, RST, SYN};
 
@@ -18,6 +15,9 @@ use super::ctx::*;
 pub(super) const FAST_NO: u8 = 0;
 pub(super) const FAST_DATA: u8 = 1;
 pub(super) const FAST_ACK: u8 = 2;
+/// A bare ACK of a source already suspected of ACK scanning: the full path, which need not mark
+/// it again; `src_hash` holds its `addr_hash`.
+pub(super) const FAST_SUSPECT: u8 = 3;
 
 /// Established-flow traffic over IPv4 without options or IPv6 without extension headers,
 /// recognised from a few fixed-offset reads behind a single bounds check, before any address is
@@ -26,7 +26,7 @@ pub(super) const FAST_ACK: u8 = 2;
 /// path and its socket lookup (that is how a new ACK scanner gets caught and suspected).
 /// Anything unusual returns `FAST_NO` and takes the full (validating) path.
 #[inline(always)]
-pub(super) fn fast_established(ctx: &XdpContext, off: usize, ethertype: u16, stats: &mut Stats) -> u8 {
+pub(super) fn fast_established(ctx: &XdpContext, off: usize, ethertype: u16, stats: &mut Stats, src_hash: &mut u32) -> u8 {
     let (ip, end) = (ctx.data() + off, ctx.data_end());
     let b = |p: usize| -> usize {
         // SAFETY: callers only pass addresses below the bounds checked just before.
@@ -100,13 +100,15 @@ pub(super) fn fast_established(ctx: &XdpContext, off: usize, ethertype: u16, sta
     } else {
         [0, 0xffff_0000 | (h(ip + 12) | h(ip + 14) << 16) << 32]
     };
-    let (word, bit) = suspect_bit(addr_hash(&src));
+    let sh = addr_hash(&src);
+    let (word, bit) = suspect_bit(sh);
     let suspect = match SUSPECT_SOURCES.get(word) {
         Some(bits) => *bits & bit != 0,
         None => true,
     };
     if suspect {
-        return FAST_NO;
+        *src_hash = sh;
+        return FAST_SUSPECT;
     }
     let seen = stats[stat::ACK_SEEN as usize];
     stats[stat::ACK_SEEN as usize] = seen + 1;
@@ -118,8 +120,8 @@ pub(super) fn fast_established(ctx: &XdpContext, off: usize, ethertype: u16, sta
 
 /// Mark a source that sent an orphan segment: its bare ACKs are all looked up from now on.
 #[inline(always)]
-pub(super) fn mark_suspect(src: &A16) {
-    let (word, bit) = suspect_bit(addr_hash(&src.w));
+pub(super) fn mark_suspect(src_hash: u32) {
+    let (word, bit) = suspect_bit(src_hash);
     if let Some(w) = SUSPECT_SOURCES.get_ptr_mut(word) {
         // SAFETY: array value pointer valid for this run; a lost bit only delays suspicion.
         unsafe { *w |= bit };

@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use scanwatch_common::{
-    cfgflag, cnt, probe, stat, EventKind, FpKey, XdpConfig,
+    addr_hash, cfgflag, cnt, probe, stat, EventKind, FpKey, XdpConfig,
 };
 
 use crate::{
@@ -79,8 +79,11 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     }
     // SAFETY: read of a load-time constant the loader may have rewritten.
     let enforce = unsafe { core::ptr::read_volatile(&ENFORCE_BLOCKLIST) } != 0;
+    // The source's `addr_hash` when the fast path already computed it (0: not computed).
+    let mut src_hash = 0u32;
+    let mut suspected = 0u8;
     if !enforce {
-        let fast = fast_established(ctx, off, ethertype, stats);
+        let fast = fast_established(ctx, off, ethertype, stats, &mut src_hash);
         // Counted only in `established_fast` / `bare_ack_fast` (`tcp` counts the full path).
         if fast == FAST_DATA {
             stats[stat::ESTABLISHED_FAST as usize] += 1;
@@ -89,6 +92,9 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
         if fast == FAST_ACK {
             stats[stat::ACK_FAST as usize] += 1;
             return Ok(xdp_action::XDP_PASS);
+        }
+        if fast == FAST_SUSPECT {
+            suspected = 1;
         }
     }
     let l3 = match ethertype {
@@ -139,6 +145,8 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     // branch, so each build of the program still sees one pointer type.
     sc.obs.reset(l3.proto);
     sc.obs.fwd = 0;
+    sc.obs.suspected = suspected;
+    sc.obs.src_hash = if src_hash != 0 { src_hash } else { addr_hash(&l3.src.w) };
     let cfg: &XdpConfig = if gateway_on() {
         sc.fwd_cfg = *config();
         if sc.fwd_cfg.flags & cfgflag::FORWARDED != 0 && l3.proto != PROTO_ARP {
