@@ -1486,6 +1486,45 @@ pub fn scanwatch_bin() -> PathBuf {
 // ------------------------------------------------------------------------------------------------
 
 /// One alert per line.
+/// An agent watching the lab's root-side veth (`run --interface`), default config otherwise.
+pub fn start_lab_agent(lab: &Lab) -> AgentProc {
+    AgentProc::start(&scanwatch_bin(), &["run", "--interface", &lab.root_veth])
+}
+
+/// The alert is an `outbound_scan`.
+pub fn is_outbound(v: &serde_json::Value) -> bool {
+    v["kind"] == "outbound_scan"
+}
+
+/// The alert's `source.process` object (outbound alerts).
+pub fn proc_of(v: &serde_json::Value) -> &serde_json::Value {
+    &v["source"]["process"]
+}
+
+/// Waits for a spawned child (bounded: SIGKILL after `secs`), with its output.
+pub fn finish_child(child: Child, secs: u64) -> Output {
+    let pid = child.id() as i32;
+    let done = Arc::new(AtomicBool::new(false));
+    let d2 = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if d2.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !d2.load(Ordering::Relaxed) {
+            // SAFETY: plain kill(2) on our own (still unreaped) child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let out = child.wait_with_output().expect("wait for child");
+    done.store(true, Ordering::Relaxed);
+    let _ = watchdog.join();
+    out
+}
+
 pub fn dump(alerts: &[serde_json::Value]) -> String {
     alerts.iter().map(|a| a.to_string()).collect::<Vec<_>>().join("\n")
 }

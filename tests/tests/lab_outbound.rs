@@ -5,25 +5,12 @@
 //! Other engineers may run lab tests at the same time and the hooks see every process on the
 //! machine, so every assertion is filtered by the process this test started (its pid, or for
 //! shell loops its children's parent pid).
-use std::process::{Child, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use scanwatch_tests::{assert_ok, dump, expect_alert, lab_lock, scanwatch_bin, AgentProc, Lab};
+use scanwatch_tests::{
+    assert_ok, dump, expect_alert, finish_child, is_outbound, lab_lock, proc_of, start_lab_agent, Lab,
+};
 use serde_json::Value;
-
-fn start_agent(lab: &Lab) -> AgentProc {
-    AgentProc::start(&scanwatch_bin(), &["run", "--interface", &lab.root_veth])
-}
-
-fn is_outbound(v: &Value) -> bool {
-    v["kind"] == "outbound_scan"
-}
-
-fn proc_of(v: &Value) -> &Value {
-    &v["source"]["process"]
-}
 
 /// The alert's process is the one we started (tgid), or a task of it.
 fn by_tgid(v: &Value, pid: u32) -> bool {
@@ -99,30 +86,6 @@ fn one_anchored_incident(lab: &Lab, (alerts, stderr): &(Vec<Value>, String), anc
     last
 }
 
-/// Waits for a child spawned with `Lab::spawn*` (bounded: SIGKILL after `secs`).
-fn finish(child: Child, secs: u64) -> Output {
-    let pid = child.id() as i32;
-    let done = Arc::new(AtomicBool::new(false));
-    let d2 = done.clone();
-    let watchdog = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < deadline {
-            if d2.load(Ordering::Relaxed) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if !d2.load(Ordering::Relaxed) {
-            // SAFETY: plain kill(2) on our own (still unreaped) child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    });
-    let out = child.wait_with_output().expect("wait for lab child");
-    done.store(true, Ordering::Relaxed);
-    let _ = watchdog.join();
-    out
-}
-
 /// Largest `targets.<field>` over every alert matching `pred` (every line of the incident: first,
 /// updates, and the final line the agent writes when the scan went quiet or the agent stops).
 /// The first line can come early in the scan and the counts are a window's, so for a scan of N
@@ -181,11 +144,11 @@ fn guarded(lab: &Lab, target: &str) -> String {
 fn nmap_syn_scan_is_attributed_with_pid_exe_uid() {
     let _g = lab_lock();
     let lab = Lab::new();
-    let agent = start_agent(&lab);
+    let agent = start_lab_agent(&lab);
     let t = guarded(&lab, &lab.target_ip.to_string());
     let child = lab.spawn(&["nmap", "-sS", "-p", "1-300", "-T4", "-n", "-Pn", "--host-timeout", "60s", &t]);
     let pid = child.id();
-    assert_ok(&finish(child, 90), "nmap -sS");
+    assert_ok(&finish_child(child, 90), "nmap -sS");
     let a = expect_alert(agent.wait_for(|v| by_tgid(v, pid), Duration::from_secs(10)), "outbound_scan for nmap", &agent);
     check_process(&a, "/nmap", 0, pid);
     targets_in_lab(&lab, &a);
@@ -210,7 +173,7 @@ fn nmap_syn_scan_is_attributed_with_pid_exe_uid() {
 fn masscan_packet_socket_scan_is_attributed() {
     let _g = lab_lock();
     let lab = Lab::new();
-    let agent = start_agent(&lab);
+    let agent = start_lab_agent(&lab);
     let t = guarded(&lab, &lab.target_ip.to_string());
     let ip = lab.attacker_ip.to_string();
     let child = lab.spawn(&[
@@ -218,7 +181,7 @@ fn masscan_packet_socket_scan_is_attributed() {
         &lab.atk_mac, "--router-mac", &lab.root_mac, "--wait", "1", &t,
     ]);
     let pid = child.id();
-    assert_ok(&finish(child, 60), "masscan");
+    assert_ok(&finish_child(child, 60), "masscan");
     let a = expect_alert(agent.wait_for(|v| by_tgid(v, pid), Duration::from_secs(10)), "outbound_scan for masscan", &agent);
     check_process(&a, "/masscan", 0, pid);
     targets_in_lab(&lab, &a);
@@ -235,7 +198,7 @@ fn masscan_packet_socket_scan_is_attributed() {
 fn zmap_horizontal_scan_is_attributed() {
     let _g = lab_lock();
     let lab = Lab::new();
-    let agent = start_agent(&lab);
+    let agent = start_lab_agent(&lab);
     let net = guarded(&lab, &lab.target_net);
     let ip = lab.attacker_ip.to_string();
     let bl = lab.zmap_blocklist();
@@ -244,7 +207,7 @@ fn zmap_horizontal_scan_is_attributed() {
         "-b", &bl, "-c", "1", "-T", "1", "-o", "-", "--disable-syslog", &net,
     ]);
     let pid = child.id();
-    assert_ok(&finish(child, 60), "zmap");
+    assert_ok(&finish_child(child, 60), "zmap");
     let a = expect_alert(agent.wait_for(|v| by_tgid(v, pid), Duration::from_secs(10)), "outbound_scan for zmap", &agent);
     check_process(&a, "/zmap", 0, pid);
     targets_in_lab(&lab, &a);
@@ -265,11 +228,11 @@ fn zmap_horizontal_scan_is_attributed() {
 fn hping3_scan_is_attributed() {
     let _g = lab_lock();
     let lab = Lab::new();
-    let agent = start_agent(&lab);
+    let agent = start_lab_agent(&lab);
     let t = guarded(&lab, &lab.target_ip.to_string());
     let child = lab.spawn(&["hping3", "-I", &lab.atk_veth, "--scan", "1-200", "-S", &t]);
     let pid = child.id();
-    assert_ok(&finish(child, 60), "hping3 --scan");
+    assert_ok(&finish_child(child, 60), "hping3 --scan");
     let a = expect_alert(agent.wait_for(|v| by_tgid_or_child(v, pid), Duration::from_secs(10)), "outbound_scan for hping3", &agent);
     // hping3 --scan forks: the child sends on the raw socket the parent opened.
     let sender = proc_of(&a)["tgid"].as_u64().unwrap_or(0) as u32;
@@ -291,12 +254,12 @@ fn hping3_scan_is_attributed() {
 fn bash_dev_tcp_loop_subshells_are_grouped() {
     let _g = lab_lock();
     let lab = Lab::new();
-    let agent = start_agent(&lab);
+    let agent = start_lab_agent(&lab);
     let t = guarded(&lab, &lab.target_ip.to_string());
     let script = format!("for p in $(seq 1 200); do (echo > /dev/tcp/{t}/$p) 2>/dev/null; done; echo done");
     let child = lab.spawn(&["bash", "-c", &script]);
     let bash = child.id();
-    assert_ok(&finish(child, 90), "bash /dev/tcp loop");
+    assert_ok(&finish_child(child, 90), "bash /dev/tcp loop");
     let a = expect_alert(agent.wait_for(|v| by_parent(v, bash), Duration::from_secs(10)), "outbound_scan for bash loop", &agent);
     let p = proc_of(&a);
     assert!(p["comm"] == "bash", "{a}");
@@ -324,13 +287,13 @@ fn bash_dev_tcp_loop_subshells_are_grouped() {
 fn timeout_wrapped_dev_tcp_loop_is_grouped_under_the_loop_shell() {
     let _g = lab_lock();
     let lab = Lab::new();
-    let agent = start_agent(&lab);
+    let agent = start_lab_agent(&lab);
     let t = guarded(&lab, &lab.target_ip.to_string());
     let script =
         format!("for p in $(seq 1 200); do timeout 1 bash -c \"echo > /dev/tcp/{t}/$p\" 2>/dev/null; done; echo done");
     let child = lab.spawn(&["bash", "-c", &script]);
     let shell = child.id();
-    let out = finish(child, 120);
+    let out = finish_child(child, 120);
     assert!(String::from_utf8_lossy(&out.stdout).contains("done"), "{out:?}");
     expect_alert(agent.wait_for(|v| by_anchor(v, shell), Duration::from_secs(10)), "outbound_scan under the loop shell", &agent);
     std::thread::sleep(Duration::from_secs(3));
@@ -350,14 +313,14 @@ fn timeout_wrapped_dev_tcp_loop_is_grouped_under_the_loop_shell() {
 fn xargs_parallel_sh_wrapped_nc_is_grouped_under_xargs() {
     let _g = lab_lock();
     let lab = Lab::new();
-    let agent = start_agent(&lab);
+    let agent = start_lab_agent(&lab);
     let t = guarded(&lab, &lab.target_ip.to_string());
     let list = std::env::temp_dir().join(format!("scanwatch-xargs-ports-{}", std::process::id()));
     std::fs::write(&list, (1..=200).map(|p| format!("{p}\n")).collect::<String>()).expect("port list");
     let cmd = format!("nc -z -w1 {t} {{}}");
     let child = lab.spawn(&["xargs", "-a", list.to_str().expect("path"), "-P", "8", "-I{}", "sh", "-c", &cmd]);
     let xargs = child.id();
-    let out = finish(child, 120);
+    let out = finish_child(child, 120);
     let _ = std::fs::remove_file(&list);
     // nc -z exits 1 for a closed port; xargs then exits 123.
     assert!(out.status.code().is_some_and(|c| c == 0 || c == 123), "{out:?}");
@@ -376,14 +339,14 @@ fn xargs_parallel_sh_wrapped_nc_is_grouped_under_xargs() {
 fn gnu_parallel_nc_jobs_are_grouped_under_parallel() {
     let _g = lab_lock();
     let lab = Lab::new();
-    let agent = start_agent(&lab);
+    let agent = start_lab_agent(&lab);
     let t = guarded(&lab, &lab.target_ip.to_string());
     let ports: Vec<String> = (1..=200).map(|p: u32| p.to_string()).collect();
     let mut args = vec!["parallel", "--will-cite", "-j8", "nc", "-z", "-w1", &t, ":::"];
     args.extend(ports.iter().map(String::as_str));
     let child = lab.spawn(&args);
     let parallel = child.id();
-    let out = finish(child, 120);
+    let out = finish_child(child, 120);
     // parallel exits with the number of failed jobs (closed ports: nc -z fails), capped at 101.
     assert!(out.status.code().is_some(), "{out:?}");
     expect_alert(agent.wait_for(|v| by_anchor(v, parallel), Duration::from_secs(10)), "outbound_scan under parallel", &agent);
@@ -397,12 +360,12 @@ fn gnu_parallel_nc_jobs_are_grouped_under_parallel() {
 fn unprivileged_bash_loop_as_nobody_is_attributed() {
     let _g = lab_lock();
     let lab = Lab::new();
-    let agent = start_agent(&lab);
+    let agent = start_lab_agent(&lab);
     let t = guarded(&lab, &lab.target_ip.to_string());
     let script = format!("for p in $(seq 1 150); do (echo > /dev/tcp/{t}/$p) 2>/dev/null; done; echo done");
     let child = lab.spawn_as("nobody", &["bash", "-c", &script]);
     let bash = child.id();
-    assert_ok(&finish(child, 90), "bash loop as nobody");
+    assert_ok(&finish_child(child, 90), "bash loop as nobody");
     let a = expect_alert(agent.wait_for(|v| by_parent(v, bash), Duration::from_secs(10)), "outbound_scan for nobody's loop", &agent);
     let p = proc_of(&a);
     assert_eq!(p["uid"].as_u64(), Some(65534), "{a}");
@@ -422,14 +385,14 @@ fn unprivileged_bash_loop_as_nobody_is_attributed() {
 fn unprivileged_python_loop_as_nobody_is_attributed_with_pid() {
     let _g = lab_lock();
     let lab = Lab::new();
-    let agent = start_agent(&lab);
+    let agent = start_lab_agent(&lab);
     let t = guarded(&lab, &lab.target_ip.to_string());
     let script = format!(
         "import socket\nfor p in range(1, 301):\n s=socket.socket()\n s.settimeout(0.5)\n s.connect_ex(('{t}', p))\n s.close()\n"
     );
     let child = lab.spawn_as("nobody", &["/usr/bin/python3", "-c", &script]);
     let pid = child.id();
-    assert_ok(&finish(child, 90), "python loop as nobody");
+    assert_ok(&finish_child(child, 90), "python loop as nobody");
     let a = expect_alert(agent.wait_for(|v| by_tgid(v, pid), Duration::from_secs(10)), "outbound_scan for python as nobody", &agent);
     check_process(&a, "", 65534, pid);
     targets_in_lab(&lab, &a);
@@ -444,7 +407,7 @@ fn unprivileged_python_loop_as_nobody_is_attributed_with_pid() {
 fn exited_scanner_is_reported_with_kernel_identity() {
     let _g = lab_lock();
     let lab = Lab::new();
-    let agent = start_agent(&lab);
+    let agent = start_lab_agent(&lab);
     let t = guarded(&lab, &lab.target_ip.to_string());
     let script = format!(
         "import socket\nfor p in range(1, 151):\n s=socket.socket()\n s.settimeout(0.5)\n s.connect_ex(('{t}', p))\n s.close()\n"
@@ -452,7 +415,7 @@ fn exited_scanner_is_reported_with_kernel_identity() {
     agent.signal(libc::SIGSTOP);
     let child = lab.spawn_as("nobody", &["/usr/bin/python3", "-c", &script]);
     let pid = child.id();
-    let out = finish(child, 90);
+    let out = finish_child(child, 90);
     // Make sure the process is really gone (reaped) before the agent resumes.
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     agent.signal(libc::SIGCONT);
@@ -476,14 +439,14 @@ fn curl_loop_against_two_open_services_raises_nothing() {
     let lab = Lab::new();
     let s1 = lab.serve_tcp(8080);
     let s2 = lab.serve_tcp(8081);
-    let agent = start_agent(&lab);
+    let agent = start_lab_agent(&lab);
     let t = guarded(&lab, &lab.target_ip.to_string());
     let script = format!(
         "for i in $(seq 1 60); do curl -s -m 2 -o /dev/null http://{t}:8080/; curl -s -m 2 -o /dev/null http://{t}:8081/; done; echo done"
     );
     let child = lab.spawn(&["bash", "-c", &script]);
     let bash = child.id();
-    let out = finish(child, 120);
+    let out = finish_child(child, 120);
     assert!(out.status.success() || String::from_utf8_lossy(&out.stdout).contains("done"), "{out:?}");
     assert!(s1.accepted() >= 55 && s2.accepted() >= 55, "connects succeeded: {} {}", s1.accepted(), s2.accepted());
     std::thread::sleep(Duration::from_secs(4));
@@ -503,14 +466,14 @@ fn package_manager_like_burst_raises_nothing() {
     let addrs: Vec<std::net::SocketAddr> =
         [20u8, 21, 22].iter().map(|h| format!("10.77.{n}.{h}:443").parse().unwrap()).collect();
     let servers: Vec<_> = addrs.iter().map(|a| lab.serve_tcp_on(*a)).collect();
-    let agent = start_agent(&lab);
+    let agent = start_lab_agent(&lab);
     let hosts: Vec<String> = addrs.iter().map(|a| guarded(&lab, &a.ip().to_string())).collect();
     let script = format!(
         "import socket\nhosts={hosts:?}\nok=0\nfor i in range(30):\n s=socket.create_connection((hosts[i%3],443),timeout=2)\n s.sendall(b'x')\n s.close()\n ok+=1\nprint('ok', ok)\n"
     );
     let child = lab.spawn(&["/usr/bin/python3", "-c", &script]);
     let pid = child.id();
-    let out = finish(child, 60);
+    let out = finish_child(child, 60);
     assert_ok(&out, "package-manager-like burst");
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok 30"), "{out:?}");
     assert!(servers.iter().map(|s| s.accepted()).sum::<u64>() >= 30);

@@ -14,52 +14,20 @@
 //! own (10.77.N.0/24 target side, 10.78.N.0/24 client side, its routes on the lab veth, deleted
 //! with it).
 use std::net::{Ipv4Addr, UdpSocket};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use scanwatch_tests::{assert_ok, dump, expect_alert, lab_lock, scanwatch_bin, AgentProc, Lab};
+use scanwatch_tests::{
+    assert_ok, dump, expect_alert, finish_child, is_outbound, lab_lock, proc_of, start_lab_agent, Lab,
+};
 use serde_json::Value;
-
-fn start_agent(lab: &Lab) -> AgentProc {
-    AgentProc::start(&scanwatch_bin(), &["run", "--interface", &lab.root_veth])
-}
-
-fn is_outbound(v: &Value) -> bool {
-    v["kind"] == "outbound_scan"
-}
-
-fn proc_of(v: &Value) -> &Value {
-    &v["source"]["process"]
-}
 
 /// An outbound alert naming process `pid` (tgid), or a task it forked.
 fn names_process(v: &Value, pid: u32) -> bool {
     v["direction"] == "outbound"
         && (proc_of(v)["tgid"].as_u64() == Some(u64::from(pid)) || proc_of(v)["ppid"].as_u64() == Some(u64::from(pid)))
-}
-
-/// Waits for a spawned child (bounded: SIGKILL after `secs`).
-fn finish(child: Child, secs: u64) -> Output {
-    let pid = child.id() as i32;
-    let done = Arc::new(AtomicBool::new(false));
-    let d2 = done.clone();
-    let watchdog = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < deadline {
-            if d2.load(Ordering::Relaxed) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // SAFETY: plain kill(2) on our own (still unreaped) child.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    });
-    let out = child.wait_with_output().expect("wait for child");
-    done.store(true, Ordering::Relaxed);
-    let _ = watchdog.join();
-    out
 }
 
 /// A UDP sink on `addr` in the root namespace (the agent's), counting what it reads.
@@ -111,12 +79,12 @@ fn udp_heavy_sender_to_one_peer_raises_nothing() {
     let lab = Lab::new();
     let port = 9400;
     let sink = Sink::start((lab.target_ip, port));
-    let agent = start_agent(&lab);
+    let agent = start_lab_agent(&lab);
     let t = lab.target_ip.to_string();
     lab.assert_targets(&t);
     let child = lab.spawn(&["/usr/bin/python3", "-c", MEDIA_SENDER, &t, &port.to_string()]);
     let pid = child.id();
-    let out = finish(child, 120);
+    let out = finish_child(child, 120);
     assert_ok(&out, "media-like UDP sender");
     assert!(String::from_utf8_lossy(&out.stdout).contains("sent 200000"), "{out:?}");
     std::thread::sleep(Duration::from_secs(4));
@@ -177,7 +145,7 @@ fn dns_like_server_answering_500_clients_is_not_an_outbound_scan() {
     let o = Command::new("ip").args(["route", "add", &format!("10.78.{n}.0/24"), "dev", &lab.root_veth]).output().expect("ip");
     assert_ok(&o, "root-side route to the clients");
 
-    let agent = start_agent(&lab);
+    let agent = start_lab_agent(&lab);
     let srv_ip = lab.target_ip.to_string();
     lab.assert_targets(&srv_ip);
     // The server runs in the agent's (root) namespace, bound to the lab target address.
@@ -196,7 +164,7 @@ fn dns_like_server_answering_500_clients_is_not_an_outbound_scan() {
     // The clients run as `nobody`: the agent groups short-lived processes by (uid, executable,
     // parent), and the server and the clients are both python3 children of this test.
     let child = lab.spawn_as("nobody", &["/usr/bin/python3", "-c", DNS_CLIENTS, &srv_ip, "53", &srcs.join(","), "33"]);
-    let out = finish(child, 120);
+    let out = finish_child(child, 120);
     assert_ok(&out, "DNS clients");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let nums: Vec<u64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
@@ -227,12 +195,12 @@ print('done',flush=True)
 fn assert_udp_scan_attributed(script: &str, what: &str) {
     let _g = lab_lock();
     let lab = Lab::new();
-    let agent = start_agent(&lab);
+    let agent = start_lab_agent(&lab);
     let t = lab.target_ip.to_string();
     lab.assert_targets(&t);
     let child = lab.spawn(&["/usr/bin/python3", "-c", script, &t]);
     let pid = child.id();
-    assert_ok(&finish(child, 60), what);
+    assert_ok(&finish_child(child, 60), what);
     let a = expect_alert(
         agent.wait_for(|v| is_outbound(v) && proc_of(v)["tgid"].as_u64() == Some(u64::from(pid)), Duration::from_secs(10)),
         &format!("outbound_scan for the {what}"),
