@@ -113,6 +113,31 @@ impl Prog {
     }
 }
 
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime with a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Per-source times are CLOCK_MONOTONIC at tick resolution: the program reads the coarse clock
+/// once per tick per CPU (a jiffies test otherwise), so a stamp trails the clock by at most a few
+/// ticks and advances as time does — a cache that never refreshed, or refreshed from the wrong
+/// clock, fails here.
+#[test]
+fn per_source_times_follow_the_monotonic_clock() {
+    let mut p = Prog::new();
+    let ip = v4("10.71.0.9");
+    p.admit(ip);
+    let (l1, m1) = (p.source(ip).expect("admitted").last_seen_ns, monotonic_ns());
+    assert!(l1 <= m1 && m1 - l1 < 50_000_000, "last_seen {l1} vs CLOCK_MONOTONIC {m1}");
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    p.admit(ip);
+    let (l2, m2) = (p.source(ip).expect("still there").last_seen_ns, monotonic_ns());
+    assert!(l2 <= m2 && m2 - l2 < 50_000_000, "last_seen {l2} vs CLOCK_MONOTONIC {m2}");
+    assert!(l2 - l1 >= 120_000_000, "150 ms later the stamp moved only {} ns", l2 - l1);
+}
+
 /// A port with no listener in this namespace (bind, note the port, close).
 fn closed_port() -> u16 {
     TcpListener::bind("0.0.0.0:0").expect("bind").local_addr().expect("addr").port()
