@@ -91,6 +91,9 @@ pub struct Timeline {
     clock_us: i64,
     next_tick_us: Option<i64>,
     alerts: Vec<Alert>,
+    /// When set, observations are queued here for an engine on another thread (see
+    /// [`EngineStage`]) instead of being handed to this timeline's engine.
+    queue: Option<Vec<Stamped>>,
     #[expect(clippy::vec_box, reason = "states move out of the source map as boxes (about 1 KiB each), never copied")]
     rows: Vec<Box<SourceState>>,
     #[expect(clippy::vec_box, reason = "as rows")]
@@ -102,11 +105,43 @@ fn to_now(us: i64) -> Duration {
     Duration::from_micros(us.max(0) as u64)
 }
 
+/// The engine as the hunt drives it: engine time is Unix time, so alert times are the log's.
+fn hunt_engine(cfg: &Config, hostname: String) -> Engine {
+    let mut engine = Engine::new(cfg, hostname);
+    engine.set_wall_clock(Duration::ZERO, UNIX_EPOCH);
+    engine
+}
+
+/// The engine on a thread of its own: it consumes the observations a [`Timeline`] in queue mode
+/// ([`Timeline::queue_observations`]) produced, in their order, so its alerts are those the
+/// timeline's own engine would have raised. (The per-source alert notes of the feature table
+/// are not kept: the table runs the timeline with its own engine.)
+pub struct EngineStage {
+    engine: Engine,
+    pub alerts_by_kind: BTreeMap<String, u64>,
+}
+
+impl EngineStage {
+    pub fn new(cfg: &Config, hostname: String) -> EngineStage {
+        EngineStage { engine: hunt_engine(cfg, hostname), alerts_by_kind: BTreeMap::new() }
+    }
+
+    pub fn set_baseline(&mut self, b: crate::detect::Baseline) {
+        self.engine.set_baseline(b);
+    }
+
+    pub fn observe(&mut self, s: &Stamped) -> Vec<Alert> {
+        let alerts = self.engine.observe(s);
+        for a in &alerts {
+            *self.alerts_by_kind.entry(a.kind.as_str().to_string()).or_default() += 1;
+        }
+        alerts
+    }
+}
+
 impl Timeline {
     pub fn new(cfg: &Config, hostname: String, opts: TimelineOptions) -> Timeline {
-        let mut engine = Engine::new(cfg, hostname);
-        // Engine time is Unix time: alert times are the log's times.
-        engine.set_wall_clock(Duration::ZERO, UNIX_EPOCH);
+        let engine = hunt_engine(cfg, hostname);
         let hp = cfg.effective_honeyports();
         let mut honey_tcp = hp.tcp.clone();
         honey_tcp.sort_unstable();
@@ -130,10 +165,23 @@ impl Timeline {
             clock_us: 0,
             next_tick_us: None,
             alerts: Vec::new(),
+            queue: None,
             rows: Vec::new(),
             evicted_scratch: Vec::new(),
             stats: TimelineStats::default(),
         }
+    }
+
+    /// Queue the observations for an [`EngineStage`] (take them with
+    /// [`Timeline::take_observations`]) instead of running this timeline's engine. No alerts
+    /// come back, so the sources' alert notes stay empty: not for the feature table.
+    pub fn queue_observations(&mut self) {
+        self.queue = Some(Vec::new());
+    }
+
+    /// The observations queued since the last call, in order.
+    pub fn take_observations(&mut self) -> Vec<Stamped> {
+        self.queue.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Use a learned baseline (`agent.baseline`).
@@ -247,7 +295,14 @@ impl Timeline {
 
     /// One stamped observation into the engine (the pipeline's typed input).
     fn observe(&mut self, now_us: i64, obs: Observation) -> Vec<Alert> {
-        self.engine.observe(&Stamped::new(to_now(now_us), obs))
+        let s = Stamped::new(to_now(now_us), obs);
+        match &mut self.queue {
+            Some(q) => {
+                q.push(s);
+                Vec::new()
+            }
+            None => self.engine.observe(&s),
+        }
     }
 
     fn tick_at(&mut self, now_us: i64) {
