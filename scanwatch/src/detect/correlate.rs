@@ -171,10 +171,12 @@ impl Engine {
             if e.last_fanout_alert.is_some_and(|t| now.saturating_sub(t) < window) {
                 continue;
             }
-            if !e.lifetime_fail_ratio().is_some_and(|r| r >= d.min_fail_ratio) {
+            if !e.lifetime_fail_ratio().is_some_and(|r| r >= d.min_fail_ratio)
+                || e.lifetime_outcomes() < self.distributed_min_outcomes
+            {
                 continue;
             }
-            entities.push(&**e);
+            entities.push(e);
         }
         // One-probe sources the kernel holds in its first-contact table (no entity of their own,
         // unless admitted since): each a source with one probe.

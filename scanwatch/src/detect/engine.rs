@@ -51,6 +51,9 @@ pub struct Engine {
     /// as of the last expiry pass, lowered by every later `last_seen`): the pass is skipped
     /// until then.
     pub(super) inbound_expiry: Duration,
+    /// Known outcomes (failures + successes over its life) a source with state of its own needs
+    /// to count towards a distributed scan (see [`Engine::set_distributed_min_outcomes`]).
+    pub(super) distributed_min_outcomes: u64,
 }
 
 impl Engine {
@@ -80,6 +83,7 @@ impl Engine {
             failing_inbound: Default::default(),
             honey_waiting: Default::default(),
             inbound_expiry: Duration::ZERO,
+            distributed_min_outcomes: 1,
             cfg: cfg.clone(),
         }
     }
@@ -98,6 +102,16 @@ impl Engine {
         };
         self.wall_offset = wall_secs - now.as_secs_f64();
         self.lifecycle.set_wall_offset(self.wall_offset);
+    }
+
+    /// Known outcomes a source with per-source state needs before it counts towards a
+    /// distributed scan (default 1: any failing source). Live, one-probe sources are held in the
+    /// kernel's first-contact table and counted apart, so a source with state has sent more than
+    /// one probe; an offline hunt keeps state for every source, so it asks for more (3), lest a log's
+    /// first minute (each client's first connection so far, some to a server that is down)
+    /// read as many one-probe sources.
+    pub fn set_distributed_min_outcomes(&mut self, n: u64) {
+        self.distributed_min_outcomes = n.max(1);
     }
 
     /// Fix the agent-instance part of incident ids (the default is random per engine, so two runs

@@ -531,6 +531,15 @@ impl SourceTable {
     /// and keeps their table rows).
     pub fn entry(&mut self, addr: &Addr, ts_us: i64, evicted: &mut Vec<Box<SourceState>>) -> &mut SourceState {
         let key = u128::from_be_bytes(*addr);
+        if self.map.len() < self.cap {
+            // Not full: one lookup, nothing to evict.
+            let next = &mut self.next_incarnation;
+            return self.map.entry(key).or_insert_with(|| {
+                let inc = (*next).max((ts_us.max(0) as u64).saturating_mul(1000));
+                *next = inc.saturating_add(1);
+                Box::new(SourceState::new(*addr, ts_us, inc))
+            });
+        }
         if !self.map.contains_key(&key) {
             if self.map.len() >= self.cap {
                 let mut ages: Vec<(i64, u128)> = self.map.iter().map(|(k, v)| (v.f.last_ts_us, *k)).collect();

@@ -85,6 +85,9 @@ pub struct Timeline {
     tick_us: i64,
     reorder_buckets: i64,
     buckets: BTreeMap<i64, Vec<Classified>>,
+    /// Emptied bucket vectors, reused (a bucket per sweep interval would otherwise allocate
+    /// and grow a vector every second of log time).
+    spare: Vec<Vec<Classified>>,
     buffered: usize,
     newest_bucket: Option<i64>,
     applied_upto: Option<i64>,
@@ -109,6 +112,8 @@ fn to_now(us: i64) -> Duration {
 fn hunt_engine(cfg: &Config, hostname: String) -> Engine {
     let mut engine = Engine::new(cfg, hostname);
     engine.set_wall_clock(Duration::ZERO, UNIX_EPOCH);
+    // Every source has state here (no first-contact table holding one-probe sources apart).
+    engine.set_distributed_min_outcomes(3);
     engine
 }
 
@@ -159,6 +164,7 @@ impl Timeline {
             sweep_us,
             opts,
             buckets: BTreeMap::new(),
+            spare: Vec::new(),
             buffered: 0,
             newest_bucket: None,
             applied_upto: None,
@@ -212,7 +218,10 @@ impl Timeline {
         // Most records fall in the newest bucket.
         match self.buckets.last_entry() {
             Some(mut e) if *e.key() == b => e.get_mut().push(x),
-            _ => self.buckets.entry(b).or_default().push(x),
+            _ => {
+                let spare = &mut self.spare;
+                self.buckets.entry(b).or_insert_with(|| spare.pop().unwrap_or_default()).push(x);
+            }
         }
         self.buffered += 1;
         if self.newest_bucket.is_none_or(|n| b > n) {
@@ -272,7 +281,7 @@ impl Timeline {
     }
 
     fn flush_first(&mut self) {
-        let Some((b, recs)) = self.buckets.pop_first() else { return };
+        let Some((b, mut recs)) = self.buckets.pop_first() else { return };
         self.buffered -= recs.len();
         self.applied_upto = Some(self.applied_upto.map_or(b, |a| a.max(b)));
         let now = (b + 1).saturating_mul(self.sweep_us).max(self.clock_us);
@@ -284,6 +293,10 @@ impl Timeline {
         }
         for r in &recs {
             self.apply(r, now);
+        }
+        if self.spare.len() < 1024 {
+            recs.clear();
+            self.spare.push(recs);
         }
         self.clock_us = now;
         self.sweep(now);
