@@ -185,19 +185,66 @@ fn is_v4(a: &Addr) -> bool {
     a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
 }
 
-/// A record with its classification and first-contact flag. Computed on the parser thread (the
-/// first-contact table is keyed by minutes and tolerates the log's end-time order), so the
-/// engine thread only applies it.
+/// What the timeline needs of a record, with its classification and first-contact flags (56
+/// bytes where the record and its class take 96: the reorder buffer holds up to 262,144 of
+/// them). Computed on the collector thread (the first-contact table is keyed by minutes and
+/// tolerates the log's end-time order), so the timeline only applies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Classified {
-    pub r: Record,
-    pub c: Class,
+    pub ts_us: i64,
+    pub orig_h: Addr,
+    pub resp_h: Addr,
+    pub resp_p: u16,
+    pub proto: Proto,
+    /// [`Class::shape`] (a `cnt` index).
+    shape: u8,
+    pub probe: ProbeKind,
+    pub outcome: Outcome,
+    pub badsum: bool,
+    pub classic_failed: bool,
+    pub no_handshake: bool,
     /// First contact of (destination, port, protocol) within [`PAIR_TTL`].
     pub first: bool,
     /// The destination is new for the source within [`PAIR_TTL`].
     pub new_host: bool,
     /// The (port, protocol) is new for the source within [`PAIR_TTL`].
     pub new_port: bool,
+}
+
+// Shapes are `cnt` indices, stored in a byte.
+const _: () = assert!(cnt::N <= 256);
+
+impl Classified {
+    pub fn new(r: &Record, c: Class, first: bool, new_host: bool, new_port: bool) -> Classified {
+        Classified {
+            ts_us: r.ts_us,
+            orig_h: r.orig_h,
+            resp_h: r.resp_h,
+            resp_p: r.resp_p,
+            proto: r.proto,
+            shape: c.shape as u8,
+            probe: c.probe,
+            outcome: c.outcome,
+            badsum: c.badsum,
+            classic_failed: c.classic_failed,
+            no_handshake: c.no_handshake,
+            first,
+            new_host,
+            new_port,
+        }
+    }
+
+    /// The record's classification.
+    pub fn class(&self) -> Class {
+        Class {
+            probe: self.probe,
+            shape: usize::from(self.shape),
+            outcome: self.outcome,
+            badsum: self.badsum,
+            classic_failed: self.classic_failed,
+            no_handshake: self.no_handshake,
+        }
+    }
 }
 
 /// Classification plus the first-contact memory.
@@ -229,7 +276,7 @@ impl Classifier {
     pub fn classify(&mut self, r: Record) -> Classified {
         let c = classify(&r);
         if c.probe == ProbeKind::None {
-            return Classified { r, c, first: false, new_host: false, new_port: false };
+            return Classified::new(&r, c, false, false, false);
         }
         let port = if c.probe == ProbeKind::Host { 0 } else { r.resp_p };
         let minute = (r.ts_us.max(0) / 60_000_000).min(i64::from(u32::MAX)) as u32;
@@ -238,7 +285,7 @@ impl Classifier {
         // A repeat of a known (destination, port) is neither a new host nor a new port.
         let new_host = first && self.pairs.new_host(&r.orig_h, &r.resp_h, minute);
         let new_port = first && c.probe == ProbeKind::Port && self.pairs.new_port(&r.orig_h, port, proto, minute);
-        Classified { r, c, first, new_host, new_port }
+        Classified::new(&r, c, first, new_host, new_port)
     }
 }
 
@@ -371,7 +418,7 @@ impl SourceState {
     /// feature table reads them; the engine gets the exact novel counts). Returns true when the
     /// engine must see a new snapshot.
     pub fn apply(&mut self, x: &Classified, honeyport: bool, sketches: bool) -> bool {
-        let (r, c, first) = (&x.r, &x.c, x.first);
+        let (r, c, first) = (x, &x.class(), x.first);
         let f = &mut self.f;
         f.conns += 1;
         f.last_ts_us = f.last_ts_us.max(r.ts_us);

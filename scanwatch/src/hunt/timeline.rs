@@ -204,7 +204,7 @@ impl Timeline {
 
     /// Add one record classified by a [`Classifier`] (records of one log through one classifier).
     pub fn push_classified(&mut self, x: Classified) {
-        let r = &x.r;
+        let r = &x;
         self.stats.records += 1;
         self.stats.first_ts_us = Some(self.stats.first_ts_us.map_or(r.ts_us, |t| t.min(r.ts_us)));
         self.stats.last_ts_us = Some(self.stats.last_ts_us.map_or(r.ts_us, |t| t.max(r.ts_us)));
@@ -336,7 +336,7 @@ impl Timeline {
     }
 
     fn apply(&mut self, x: &Classified, now_us: i64) {
-        let (r, c) = (&x.r, &x.c);
+        let (r, c) = (x, x);
         let honeyport = c.probe == ProbeKind::Port
             && match r.proto {
                 Proto::Tcp => self.honey_tcp.binary_search(&r.resp_p).is_ok(),
