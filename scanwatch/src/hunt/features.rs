@@ -306,6 +306,51 @@ pub fn dst_fold(a: &Addr) -> u32 {
 // Per-source state
 // ---------------------------------------------------------------------------------------------
 
+/// The first distinct values seen, at most `N`, in order, inline.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample<T, const N: usize> {
+    items: [T; N],
+    len: u8,
+}
+
+impl<T: Copy + Default + PartialEq, const N: usize> Sample<T, N> {
+    const FITS: () = assert!(N <= u8::MAX as usize);
+
+    pub fn new() -> Self {
+        let () = Self::FITS;
+        Sample { items: [T::default(); N], len: 0 }
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        &self.items[..usize::from(self.len)]
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Add `v` if it is new and there is room; true when added.
+    pub fn insert(&mut self, v: T) -> bool {
+        let n = usize::from(self.len);
+        if n >= N || self.items[..n].contains(&v) {
+            return false;
+        }
+        self.items[n] = v;
+        self.len += 1;
+        true
+    }
+}
+
+impl<T: Copy + Default + PartialEq, const N: usize> Default for Sample<T, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Table features of one source over its life in the state table.
 #[derive(Debug, Clone, Default)]
 pub struct SourceFeatures {
@@ -336,8 +381,10 @@ pub struct SourceState {
     pub counts: [u32; cnt::N],
     pub ports: IncHll<PORT_HLL_REGS>,
     pub hosts: IncHll<HLL_REGS>,
-    pub sample_ports: Vec<u16>,
-    pub sample_hosts: Vec<Addr>,
+    /// The first ports and destinations, inline (read for every probe: no separate allocation
+    /// to fetch).
+    pub sample_ports: Sample<u16, SAMPLE_PORTS>,
+    pub sample_hosts: Sample<Addr, SAMPLE_HOSTS>,
     /// Destinations / (port, protocol)s new within [`PAIR_TTL`] (exact up to table collisions):
     /// the distinct counts the engine gets. The HyperLogLog sketches (kernel hashing) serve the
     /// table; their estimates move in steps of several items per register at thousands of
@@ -360,8 +407,8 @@ impl SourceState {
             counts: [0; cnt::N],
             ports: IncHll::default(),
             hosts: IncHll::default(),
-            sample_ports: Vec::new(),
-            sample_hosts: Vec::new(),
+            sample_ports: Sample::new(),
+            sample_hosts: Sample::new(),
             novel_hosts: 0,
             novel_ports: 0,
             dirty: false,
@@ -399,8 +446,8 @@ impl SourceState {
             counts,
             distinct_ports: f64::from(self.novel_ports).max(self.sample_ports.len() as f64),
             distinct_hosts: f64::from(self.novel_hosts),
-            sample_ports: if with_samples { self.sample_ports.clone() } else { Vec::new() },
-            sample_hosts: if with_samples { self.sample_hosts.iter().map(addr_to_ip).collect() } else { Vec::new() },
+            sample_ports: if with_samples { self.sample_ports.as_slice().to_vec() } else { Vec::new() },
+            sample_hosts: if with_samples { self.sample_hosts.as_slice().iter().map(addr_to_ip).collect() } else { Vec::new() },
             fingerprints: Vec::new(),
             blocked: false,
             protocols: [0; 4],
@@ -463,8 +510,7 @@ impl SourceState {
             if sketches {
                 self.ports.set(port_hll_slot(u32::from(r.resp_p)));
             }
-            if self.sample_ports.len() < SAMPLE_PORTS && !self.sample_ports.contains(&r.resp_p) {
-                self.sample_ports.push(r.resp_p);
+            if self.sample_ports.insert(r.resp_p) {
                 self.samples_changed = true;
                 dirty = true;
             }
@@ -472,8 +518,7 @@ impl SourceState {
         if sketches {
             self.hosts.set(hll_slot(dst_fold(&r.resp_h)));
         }
-        if self.sample_hosts.len() < SAMPLE_HOSTS && !self.sample_hosts.contains(&r.resp_h) {
-            self.sample_hosts.push(r.resp_h);
+        if self.sample_hosts.insert(r.resp_h) {
             self.samples_changed = true;
             dirty = true;
         }
@@ -614,19 +659,21 @@ impl SourceTable {
         self.dirty.push(u128::from_be_bytes(*addr));
     }
 
-    /// Snapshots of every source changed since the last sweep (each once).
-    pub fn take_dirty(&mut self) -> Vec<SourceSnapshot> {
-        let keys = std::mem::take(&mut self.dirty);
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            if let Some(s) = self.map.get_mut(&k) {
-                if s.dirty {
-                    s.dirty = false;
-                    out.push(s.snapshot());
-                }
-            }
+    /// Keys of the sources changed since the last sweep (a key may be listed twice; see
+    /// [`SourceTable::snapshot_dirty`]).
+    pub fn take_dirty_keys(&mut self) -> Vec<u128> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The snapshot of the source under `key` if it changed since its last one (then no longer
+    /// changed).
+    pub fn snapshot_dirty(&mut self, key: u128) -> Option<SourceSnapshot> {
+        let s = self.map.get_mut(&key)?;
+        if !s.dirty {
+            return None;
         }
-        out
+        s.dirty = false;
+        Some(s.snapshot())
     }
 
     pub fn note_alert(&mut self, ip: IpAddr, kind: AlertKind, severity: Severity) {

@@ -187,7 +187,8 @@ impl Timeline {
 
     /// The observations queued since the last call, in order.
     pub fn take_observations(&mut self) -> Vec<Stamped> {
-        self.queue.as_mut().map(std::mem::take).unwrap_or_default()
+        // The next batch's queue starts at this one's size (no regrowing, no copies).
+        self.queue.as_mut().map(|q| std::mem::replace(q, Vec::with_capacity(q.len()))).unwrap_or_default()
     }
 
     /// Use a learned baseline (`agent.baseline`).
@@ -327,11 +328,14 @@ impl Timeline {
     }
 
     fn sweep(&mut self, now_us: i64) {
-        let snaps = self.sources.take_dirty();
-        self.stats.snapshots += snaps.len() as u64;
-        for s in snaps {
-            let a = self.observe(now_us, Observation::Source(s));
-            self.emit(a);
+        // Each snapshot goes straight to the engine (or its queue): no vector of them between.
+        let keys = self.sources.take_dirty_keys();
+        for k in keys {
+            if let Some(s) = self.sources.snapshot_dirty(k) {
+                self.stats.snapshots += 1;
+                let a = self.observe(now_us, Observation::Source(s));
+                self.emit(a);
+            }
         }
     }
 
