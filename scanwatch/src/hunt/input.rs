@@ -152,11 +152,13 @@ impl ReaderLinks {
         self.credits.recv().is_ok() && self.tx.send((seq, c)).is_ok()
     }
 
+    /// A buffer of at least `want` bytes' capacity. A reused one keeps its length and old
+    /// bytes: they are overwritten, not zeroed again (zeroing every chunk cost as much as
+    /// reading it).
     fn buffer(&self, want: usize) -> Vec<u8> {
         match self.buffers.try_recv() {
             Ok(mut b) => {
-                b.clear();
-                b.reserve(want);
+                b.reserve(want.saturating_sub(b.len()));
                 b
             }
             Err(_) => Vec::with_capacity(want),
@@ -214,30 +216,37 @@ fn read_one(input: &Input, file: usize, links: &ReaderLinks, progress: &Arc<Atom
     let mut carry: Vec<u8> = Vec::new();
     loop {
         let mut buf = links.buffer(CHUNK + carry.len() + 1);
-        buf.append(&mut carry);
+        // `buf[..filled]` is the chunk so far; the bytes after it are scratch.
+        let mut filled = carry.len();
+        if buf.len() < filled {
+            buf.resize(filled, 0);
+        }
+        buf[..filled].copy_from_slice(&carry);
+        carry.clear();
         let mut eof = false;
         let mut failure = None;
-        while buf.len() < CHUNK {
-            let start = buf.len();
-            buf.resize(CHUNK.max(start + 1), 0);
-            match reader.read(&mut buf[start..]) {
+        while filled < CHUNK {
+            let want = CHUNK.max(filled + 1);
+            if buf.len() < want {
+                buf.resize(want, 0);
+            }
+            match reader.read(&mut buf[filled..want]) {
                 Ok(0) => {
-                    buf.truncate(start);
                     eof = true;
                     break;
                 }
                 Ok(n) => {
-                    buf.truncate(start + n);
+                    filled += n;
                     produced += n as u64;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    buf.truncate(start);
                     failure = Some(e);
                     break;
                 }
             }
         }
+        buf.truncate(filled);
         if let Some(source) = failure {
             // Everything read so far is still parsed (a cut last line counts as a bad line).
             if !buf.is_empty() && !send(buf) {
