@@ -231,7 +231,7 @@ pub fn run(cfg: &Config, opts: &HuntOptions, out: &mut dyn Write, err: &mut dyn 
                 front.finish();
                 let _ = ftx.send(Front::Obs(front.take_observations(), front.stats.records));
             });
-            let mut sink: &mut dyn Write = match alerts_file.as_mut() {
+            let sink: &mut dyn Write = match alerts_file.as_mut() {
                 Some(f) => f,
                 None => &mut *out,
             };
@@ -251,7 +251,6 @@ pub fn run(cfg: &Config, opts: &HuntOptions, out: &mut dyn Write, err: &mut dyn 
                     Front::Batch(b) => on_batch(b, err)?,
                 }
             }
-            let _ = &mut sink;
             return Ok(());
         }
         for msg in brx {
