@@ -150,26 +150,55 @@ impl Engine {
             return;
         }
         self.distributed.last_eval = Some(now);
+        // Both evaluations visit only the sources that may be failing (the index is a superset:
+        // forget those gone or no longer failing).
+        let min_fail = self.cfg.detect.min_fail_ratio;
+        let inbound = &self.inbound;
+        self.failing_inbound.retain(|ip| {
+            inbound.get(ip).is_some_and(|e| e.allow_net.is_none() && e.lifetime_fail_ratio().is_none_or(|r| r >= min_fail))
+        });
         self.evaluate_split(now, out);
         let d = &self.cfg.detect;
         let window = d.distributed_window;
         let count_idx = d.windows.iter().position(|w| *w >= window).unwrap_or(d.windows.len().saturating_sub(1));
-        let mut ports: BTreeSet<u16> = BTreeSet::new();
-        let mut hosts: BTreeSet<IpAddr> = BTreeSet::new();
-        let mut members: Vec<(usize, IpAddr)> = Vec::new();
-        let mut probes = 0u64;
-        let mut failures = 0u64;
-        let mut successes = 0u64;
-        for e in self.inbound.values() {
+        // Members first (cheap tests only); the port and host sets are only built when there
+        // are enough of them.
+        let mut entities: Vec<&super::inbound_state::InboundEntity> = Vec::new();
+        for e in self.failing_inbound.iter().filter_map(|ip| self.inbound.get(ip)) {
             if now.saturating_sub(e.last_seen) >= window || e.allow_net.is_some() {
                 continue;
             }
             if e.last_fanout_alert.is_some_and(|t| now.saturating_sub(t) < window) {
                 continue;
             }
-            if !e.lifetime_fail_ratio().is_some_and(|r| r >= d.min_fail_ratio) {
+            if !e.lifetime_fail_ratio().is_some_and(|r| r >= d.min_fail_ratio)
+                || e.lifetime_outcomes() < self.distributed_min_outcomes
+            {
                 continue;
             }
+            entities.push(e);
+        }
+        // One-probe sources the kernel holds in its first-contact table (no entity of their own,
+        // unless admitted since): each a source with one probe.
+        let allow = &self.cfg.allowlist;
+        self.distributed.held.retain(|_, (_, seen)| now.saturating_sub(*seen) < window);
+        let held: Vec<(&IpAddr, &HeldProbe)> = self
+            .distributed
+            .held
+            .iter()
+            .filter(|(ip, (p, _))| p.failed && !self.inbound.contains_key(ip) && allow.network_for(ip).is_none())
+            .map(|(ip, (p, _))| (ip, p))
+            .collect();
+        if entities.len() + held.len() < d.distributed_min_sources as usize {
+            return;
+        }
+        let mut ports: Vec<u16> = Vec::new();
+        let mut hosts: Vec<IpAddr> = Vec::new();
+        let mut members: Vec<(usize, IpAddr)> = Vec::new();
+        let mut probes = 0u64;
+        let mut failures = 0u64;
+        let mut successes = 0u64;
+        for e in entities {
             ports.extend(e.known_ports.iter().copied());
             hosts.extend(e.known_hosts.iter().copied());
             members.push((e.known_ports.len() + e.known_hosts.len(), e.ip));
@@ -180,24 +209,21 @@ impl Engine {
                 successes += t.get(m::SUCCESSES).round() as u64;
             }
         }
-        // One-probe sources the kernel holds in its first-contact table (no entity of their own,
-        // unless admitted since): each a source with one probe.
-        let allow = &self.cfg.allowlist;
-        self.distributed.held.retain(|_, (_, seen)| now.saturating_sub(*seen) < window);
-        for (ip, (p, _)) in &self.distributed.held {
-            if !p.failed || self.inbound.contains_key(ip) || allow.network_for(ip).is_some() {
-                continue;
-            }
+        for (ip, p) in held {
             if let Some(port) = p.dport {
-                ports.insert(port);
+                ports.push(port);
             }
             if let Some(dst) = p.dst {
-                hosts.insert(dst);
+                hosts.push(dst);
             }
             members.push((1, *ip));
             probes += 1;
             failures += 1;
         }
+        ports.sort_unstable();
+        ports.dedup();
+        hosts.sort_unstable();
+        hosts.dedup();
         if members.len() < d.distributed_min_sources as usize
             || (ports.len() < d.distributed_min_ports as usize && hosts.len() < d.distributed_min_hosts as usize)
         {
@@ -290,14 +316,20 @@ impl Engine {
             (d.split_min_sources as usize, f64::from(d.split_min_ports), d.split_max_overlap);
         let (min_fail, min_total) = (d.min_fail_ratio, f64::from(d.distributed_min_ports));
         let mut cands: Vec<SplitCandidate> = Vec::new();
-        for e in self.inbound.values() {
+        for e in self.failing_inbound.iter().filter_map(|ip| self.inbound.get(ip)) {
             if now.saturating_sub(e.last_seen) >= window || e.allow_net.is_some() {
                 continue;
             }
             if e.lifetime_fail_ratio().is_some_and(|r| r < min_fail) {
                 continue;
             }
-            let Some(t) = e.windows.totals(now).get(count_idx).copied() else { continue };
+            // The cheap test first (no allocation): too few ports seen within the window.
+            if e.port_seen.values().filter(|t| now.saturating_sub(**t) < window).take(SPLIT_SAMPLE_MIN).count()
+                < SPLIT_SAMPLE_MIN
+            {
+                continue;
+            }
+            let Some(t) = e.windows.total(now, count_idx) else { continue };
             let mut ports = seen_within(&e.port_seen, now, window, usize::MAX);
             let n_ports = t.get(m::NEW_PORTS).max(ports.len() as f64);
             if ports.len() < SPLIT_SAMPLE_MIN || n_ports < min_ports {

@@ -38,6 +38,22 @@ pub struct Engine {
     pub(super) evicted: u64,
     /// Index of the window used for the kernel's short-window threshold events.
     pub(super) short_idx: usize,
+    /// Inbound sources marked dirty since the last tick (each listed when it became dirty), so
+    /// the tick evaluates them without scanning the whole table.
+    pub(super) dirty_inbound: Vec<IpAddr>,
+    /// Inbound sources that may take part in a distributed or split scan: not allowlisted, with
+    /// a lifetime failure ratio unknown or at least `detect.min_fail_ratio` when last updated.
+    /// A superset (pruned at each evaluation), so the evaluation visits these, not every source.
+    pub(super) failing_inbound: std::collections::BTreeSet<IpAddr>,
+    /// Inbound sources whose honeyport touch waits for its event (`honey_unexplained` set).
+    pub(super) honey_waiting: std::collections::BTreeSet<IpAddr>,
+    /// No inbound source can expire before this (the least `last_seen` + `detect.entity_idle`
+    /// as of the last expiry pass, lowered by every later `last_seen`): the pass is skipped
+    /// until then.
+    pub(super) inbound_expiry: Duration,
+    /// Known outcomes (failures + successes over its life) a source with state of its own needs
+    /// to count towards a distributed scan (see [`Engine::set_distributed_min_outcomes`]).
+    pub(super) distributed_min_outcomes: u64,
 }
 
 impl Engine {
@@ -63,6 +79,11 @@ impl Engine {
             wall_offset: 0.0,
             evicted: 0,
             short_idx,
+            dirty_inbound: Vec::new(),
+            failing_inbound: Default::default(),
+            honey_waiting: Default::default(),
+            inbound_expiry: Duration::ZERO,
+            distributed_min_outcomes: 1,
             cfg: cfg.clone(),
         }
     }
@@ -81,6 +102,16 @@ impl Engine {
         };
         self.wall_offset = wall_secs - now.as_secs_f64();
         self.lifecycle.set_wall_offset(self.wall_offset);
+    }
+
+    /// Known outcomes a source with per-source state needs before it counts towards a
+    /// distributed scan (default 1: any failing source). Live, one-probe sources are held in the
+    /// kernel's first-contact table and counted apart, so a source with state has sent more than
+    /// one probe; an offline hunt keeps state for every source, so it asks for more (3), lest a log's
+    /// first minute (each client's first connection so far, some to a server that is down)
+    /// read as many one-probe sources.
+    pub fn set_distributed_min_outcomes(&mut self, n: u64) {
+        self.distributed_min_outcomes = n.max(1);
     }
 
     /// Fix the agent-instance part of incident ids (the default is random per engine, so two runs
@@ -146,9 +177,12 @@ impl Engine {
     /// destination-centric distributed-scan evaluation, expiry, and the rate-limit summary.
     pub fn tick(&mut self, now: Duration) -> Vec<Alert> {
         let mut out = Vec::new();
-        let dirty_in: Vec<IpAddr> =
-            self.inbound.iter().filter(|(_, e)| e.dirty).map(|(k, _)| *k).collect();
+        let dirty_in = std::mem::take(&mut self.dirty_inbound);
         for ip in dirty_in {
+            // Gone (expired, evicted) or listed twice (re-created since): nothing to evaluate.
+            if !self.inbound.get(&ip).is_some_and(|e| e.dirty) {
+                continue;
+            }
             self.evaluate_inbound(now, &ip, true, &mut out);
             if let Some(e) = self.inbound.get_mut(&ip) {
                 e.dirty = false;
@@ -193,10 +227,25 @@ impl Engine {
         rfc3339_from_unix(now.as_secs_f64() + self.wall_offset)
     }
 
+    /// Note that an inbound source was seen at `now` (for the expiry pass's schedule).
+    pub(super) fn inbound_seen(&mut self, now: Duration) {
+        self.inbound_expiry = self.inbound_expiry.min(now.saturating_add(self.cfg.detect.entity_idle));
+    }
+
     pub(super) fn expire(&mut self, now: Duration) {
         let idle = self.cfg.detect.entity_idle;
         let before = self.inbound.len() + self.outbound.len();
-        self.inbound.retain(|_, e| now.saturating_sub(e.last_seen) < idle);
+        if now >= self.inbound_expiry {
+            let mut next = Duration::MAX;
+            self.inbound.retain(|_, e| {
+                let keep = now.saturating_sub(e.last_seen) < idle;
+                if keep {
+                    next = next.min(e.last_seen.saturating_add(idle));
+                }
+                keep
+            });
+            self.inbound_expiry = next;
+        }
         self.outbound.retain(|_, e| now.saturating_sub(e.last_seen) < idle);
         self.evicted += (before - self.inbound.len() - self.outbound.len()) as u64;
         self.fingerprints.expire(now, self.cfg.detect.decoy_window);

@@ -73,6 +73,10 @@ impl Engine {
         if !self.inbound.contains_key(&ip) {
             self.evicted += make_room(&mut self.inbound, cap, |e| e.last_seen);
             let allow = self.cfg.allowlist.network_for(&ip).map(str::to_string);
+            if allow.is_none() {
+                // No outcome yet: a possible member of a split scan.
+                self.failing_inbound.insert(ip);
+            }
             self.inbound.insert(ip, Box::new(InboundEntity::new(ip, &self.cfg.detect.windows, allow)));
         }
         // Inserted just above when missing.
@@ -84,10 +88,21 @@ impl Engine {
         let trw = self.trw;
         let min_fail = self.cfg.detect.min_fail_ratio;
         let e = self.inbound_entity(ip);
+        let was_dirty = e.dirty;
         e.apply_snapshot(now, s, &trw);
-        if e.fingerprints.is_empty() {
+        let failing_or_unknown = e.allow_net.is_none() && e.lifetime_fail_ratio().is_none_or(|r| r >= min_fail);
+        let no_fingerprints = e.fingerprints.is_empty();
+        if !was_dirty {
+            self.dirty_inbound.push(ip);
+        }
+        if failing_or_unknown {
+            self.failing_inbound.insert(ip);
+        }
+        self.inbound_seen(now);
+        if no_fingerprints {
             return;
         }
+        let Some(e) = self.inbound.get(&ip) else { return };
         let failing = e.lifetime_fail_ratio().is_some_and(|r| r >= min_fail);
         let ports: Vec<u16> = e.known_ports.clone();
         let fps: Vec<(String, u8)> =
@@ -105,7 +120,11 @@ impl Engine {
         bounded_insert(&mut e.known_hosts, dst, KNOWN_HOSTS_CAP);
         note_seen(&mut e.host_seen, dst, now);
         e.last_seen = now;
-        e.dirty = true;
+        if !std::mem::replace(&mut e.dirty, true) {
+            self.dirty_inbound.push(ip);
+        }
+        self.inbound_seen(now);
+        let e = self.inbound_entity(ip);
         match &o.kind {
             InboundEventKind::Honeyport { dport, proto } => {
                 bounded_insert(&mut e.honeyports, *dport, 64);
@@ -270,7 +289,7 @@ impl Engine {
     }
 
     fn stealth_and_evasion(&mut self, now: Duration, ip: IpAddr, totals: &[Metrics], out: &mut Vec<Alert>) {
-        let d = self.cfg.detect.clone();
+        let d = &self.cfg.detect;
         let stealth = totals.iter().position(|t| {
             t.get(m::STEALTH) >= f64::from(d.stealth_min)
                 || (t.get(m::WEAK_STEALTH) >= f64::from(d.weak_stealth_min) && t.get(m::NEW_PORTS) >= 3.0)
@@ -281,6 +300,11 @@ impl Engine {
                 || t.get(m::UNSOLICITED) >= f64::from(d.unsolicited_min)
         });
         let honey = totals.iter().position(|t| t.get(m::HONEYPORT) > 0.0);
+        if stealth.is_none() && evasion.is_none() && honey.is_none() {
+            // The common case (every sweep of every source): nothing to report, nothing copied.
+            return;
+        }
+        let d = d.clone();
 
         if let Some(i) = stealth {
             let t = totals[i];
@@ -349,6 +373,7 @@ impl Engine {
                 // them after HONEY_EVENT_WAIT.
                 if let Some(e) = self.inbound.get_mut(&ip) {
                     e.honey_unexplained.get_or_insert(now);
+                    self.honey_waiting.insert(ip);
                 }
             }
             for p in protos {
@@ -529,11 +554,19 @@ pub(super) const HONEY_EVENT_WAIT: Duration = Duration::from_secs(3);
 impl Engine {
     /// Honeyport touches whose events never came: alert them now, without port and protocol.
     pub(super) fn unexplained_honeyports(&mut self, now: Duration, out: &mut Vec<Alert>) {
+        // Only the sources listed as waiting (the rest have no unexplained touch); the list
+        // forgets those explained, expired or evicted.
+        let inbound = &self.inbound;
+        self.honey_waiting.retain(|ip| inbound.get(ip).is_some_and(|e| e.honey_unexplained.is_some()));
         let due: Vec<IpAddr> = self
-            .inbound
+            .honey_waiting
             .iter()
-            .filter(|(_, e)| e.honey_unexplained.is_some_and(|t| now.saturating_sub(t) >= HONEY_EVENT_WAIT))
-            .map(|(ip, _)| *ip)
+            .filter(|ip| {
+                self.inbound
+                    .get(ip)
+                    .is_some_and(|e| e.honey_unexplained.is_some_and(|t| now.saturating_sub(t) >= HONEY_EVENT_WAIT))
+            })
+            .copied()
             .collect();
         for ip in due {
             if let Some(e) = self.inbound.get_mut(&ip) {

@@ -293,6 +293,12 @@ impl InboundEntity {
             .or_else(|| self.fingerprints.last())
     }
 
+    /// Known outcomes (failures + successes) over the entity's life.
+    pub fn lifetime_outcomes(&self) -> u64 {
+        let f = self.lifetime[cnt::FAILED].max(self.lifetime[cnt::SYN_CLOSED] + self.lifetime[cnt::UDP_CLOSED]);
+        f + self.lifetime[cnt::SYN_OPEN]
+    }
+
     /// Lifetime failure ratio (None if no outcome known).
     pub fn lifetime_fail_ratio(&self) -> Option<f64> {
         let f = self.lifetime[cnt::FAILED].max(self.lifetime[cnt::SYN_CLOSED] + self.lifetime[cnt::UDP_CLOSED]);

@@ -406,6 +406,28 @@ fn distributed_scan_of_many_small_sources() {
     assert!(d.source.related.len() >= 4);
 }
 
+/// An offline hunt asks each contributing source for 3 known outcomes: 24 sources with two
+/// failed probes each (to 48 ports) are a distributed scan live, not in a hunt; with three each
+/// they are in both.
+#[test]
+fn distributed_scan_min_outcomes_per_source() {
+    let run = |probes: u16, min_outcomes: Option<u64>| {
+        let mut e = engine();
+        if let Some(n) = min_outcomes {
+            e.set_distributed_min_outcomes(n);
+        }
+        for i in 0..24u16 {
+            let mut s = Src::new(&format!("203.0.113.{}", 100 + i));
+            s.syn((i * probes + 1)..=(i * probes + probes), None);
+            assert!(e.observe_source(t(10.0 + f64::from(i)), &s.snap()).is_empty());
+        }
+        e.tick(t(30.0)).iter().any(|a| a.kind == AlertKind::DistributedScan)
+    };
+    assert!(run(2, None), "live: two failed probes each");
+    assert!(!run(2, Some(3)), "hunt: two outcomes per source are too few");
+    assert!(run(3, Some(3)), "hunt: three failed probes each");
+}
+
 #[test]
 fn distributed_scan_of_one_probe_sources_held_in_first_contact() {
     let mut e = engine();

@@ -101,6 +101,8 @@ struct Ring {
     /// seen once) touch one bucket per window, so an entity costs what it used, not
     /// `BUCKETS x M` counters per window (6.7 KB with the default four windows).
     buckets: Vec<(u64, Metrics)>,
+    /// Index of the bucket written last (the next delta most often goes to it too).
+    cur: usize,
 }
 
 impl Ring {
@@ -134,7 +136,7 @@ impl MultiWindow {
     pub fn new(windows: &[Duration]) -> MultiWindow {
         let rings = windows
             .iter()
-            .map(|w| Ring { width_ns: ((w.as_nanos() as u64) / BUCKETS as u64).max(1), buckets: Vec::new() })
+            .map(|w| Ring { width_ns: ((w.as_nanos() as u64) / BUCKETS as u64).max(1), buckets: Vec::new(), cur: 0 })
             .collect();
         MultiWindow { rings }
     }
@@ -145,15 +147,25 @@ impl MultiWindow {
         }
         for r in &mut self.rings {
             let e = r.epoch(now);
-            if let Some((_, v)) = r.buckets.iter_mut().find(|(s, _)| *s == e) {
-                v.add_all(delta);
-            } else if let Some(b) = r.buckets.iter_mut().find(|(s, _)| !Ring::live(*s, e)) {
+            // At most one bucket has epoch `e`: the one written last, most often.
+            if let Some((s, v)) = r.buckets.get_mut(r.cur) {
+                if *s == e {
+                    v.add_all(delta);
+                    continue;
+                }
+            }
+            if let Some(i) = r.buckets.iter().position(|(s, _)| *s == e) {
+                r.buckets[i].1.add_all(delta);
+                r.cur = i;
+            } else if let Some(i) = r.buckets.iter().position(|(s, _)| !Ring::live(*s, e)) {
                 // An expired bucket is reused (the clock never runs backwards here).
-                *b = (e, *delta);
+                r.buckets[i] = (e, *delta);
+                r.cur = i;
             } else {
                 // Grown one bucket at a time: at most BUCKETS, exact allocations.
                 r.buckets.reserve_exact(1);
                 r.buckets.push((e, *delta));
+                r.cur = r.buckets.len() - 1;
             }
         }
     }

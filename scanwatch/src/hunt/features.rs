@@ -185,19 +185,66 @@ fn is_v4(a: &Addr) -> bool {
     a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff
 }
 
-/// A record with its classification and first-contact flag. Computed on the parser thread (the
-/// first-contact table is keyed by minutes and tolerates the log's end-time order), so the
-/// engine thread only applies it.
+/// What the timeline needs of a record, with its classification and first-contact flags (56
+/// bytes where the record and its class take 96: the reorder buffer holds up to 262,144 of
+/// them). Computed on the collector thread (the first-contact table is keyed by minutes and
+/// tolerates the log's end-time order), so the timeline only applies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Classified {
-    pub r: Record,
-    pub c: Class,
+    pub ts_us: i64,
+    pub orig_h: Addr,
+    pub resp_h: Addr,
+    pub resp_p: u16,
+    pub proto: Proto,
+    /// [`Class::shape`] (a `cnt` index).
+    shape: u8,
+    pub probe: ProbeKind,
+    pub outcome: Outcome,
+    pub badsum: bool,
+    pub classic_failed: bool,
+    pub no_handshake: bool,
     /// First contact of (destination, port, protocol) within [`PAIR_TTL`].
     pub first: bool,
     /// The destination is new for the source within [`PAIR_TTL`].
     pub new_host: bool,
     /// The (port, protocol) is new for the source within [`PAIR_TTL`].
     pub new_port: bool,
+}
+
+// Shapes are `cnt` indices, stored in a byte.
+const _: () = assert!(cnt::N <= 256);
+
+impl Classified {
+    pub fn new(r: &Record, c: Class, first: bool, new_host: bool, new_port: bool) -> Classified {
+        Classified {
+            ts_us: r.ts_us,
+            orig_h: r.orig_h,
+            resp_h: r.resp_h,
+            resp_p: r.resp_p,
+            proto: r.proto,
+            shape: c.shape as u8,
+            probe: c.probe,
+            outcome: c.outcome,
+            badsum: c.badsum,
+            classic_failed: c.classic_failed,
+            no_handshake: c.no_handshake,
+            first,
+            new_host,
+            new_port,
+        }
+    }
+
+    /// The record's classification.
+    pub fn class(&self) -> Class {
+        Class {
+            probe: self.probe,
+            shape: usize::from(self.shape),
+            outcome: self.outcome,
+            badsum: self.badsum,
+            classic_failed: self.classic_failed,
+            no_handshake: self.no_handshake,
+        }
+    }
 }
 
 /// Classification plus the first-contact memory.
@@ -229,7 +276,7 @@ impl Classifier {
     pub fn classify(&mut self, r: Record) -> Classified {
         let c = classify(&r);
         if c.probe == ProbeKind::None {
-            return Classified { r, c, first: false, new_host: false, new_port: false };
+            return Classified::new(&r, c, false, false, false);
         }
         let port = if c.probe == ProbeKind::Host { 0 } else { r.resp_p };
         let minute = (r.ts_us.max(0) / 60_000_000).min(i64::from(u32::MAX)) as u32;
@@ -238,7 +285,7 @@ impl Classifier {
         // A repeat of a known (destination, port) is neither a new host nor a new port.
         let new_host = first && self.pairs.new_host(&r.orig_h, &r.resp_h, minute);
         let new_port = first && c.probe == ProbeKind::Port && self.pairs.new_port(&r.orig_h, port, proto, minute);
-        Classified { r, c, first, new_host, new_port }
+        Classified::new(&r, c, first, new_host, new_port)
     }
 }
 
@@ -258,6 +305,51 @@ pub fn dst_fold(a: &Addr) -> u32 {
 // ---------------------------------------------------------------------------------------------
 // Per-source state
 // ---------------------------------------------------------------------------------------------
+
+/// The first distinct values seen, at most `N`, in order, inline.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample<T, const N: usize> {
+    items: [T; N],
+    len: u8,
+}
+
+impl<T: Copy + Default + PartialEq, const N: usize> Sample<T, N> {
+    const FITS: () = assert!(N <= u8::MAX as usize);
+
+    pub fn new() -> Self {
+        let () = Self::FITS;
+        Sample { items: [T::default(); N], len: 0 }
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        &self.items[..usize::from(self.len)]
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Add `v` if it is new and there is room; true when added.
+    pub fn insert(&mut self, v: T) -> bool {
+        let n = usize::from(self.len);
+        if n >= N || self.items[..n].contains(&v) {
+            return false;
+        }
+        self.items[n] = v;
+        self.len += 1;
+        true
+    }
+}
+
+impl<T: Copy + Default + PartialEq, const N: usize> Default for Sample<T, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// Table features of one source over its life in the state table.
 #[derive(Debug, Clone, Default)]
@@ -289,8 +381,10 @@ pub struct SourceState {
     pub counts: [u32; cnt::N],
     pub ports: IncHll<PORT_HLL_REGS>,
     pub hosts: IncHll<HLL_REGS>,
-    pub sample_ports: Vec<u16>,
-    pub sample_hosts: Vec<Addr>,
+    /// The first ports and destinations, inline (read for every probe: no separate allocation
+    /// to fetch).
+    pub sample_ports: Sample<u16, SAMPLE_PORTS>,
+    pub sample_hosts: Sample<Addr, SAMPLE_HOSTS>,
     /// Destinations / (port, protocol)s new within [`PAIR_TTL`] (exact up to table collisions):
     /// the distinct counts the engine gets. The HyperLogLog sketches (kernel hashing) serve the
     /// table; their estimates move in steps of several items per register at thousands of
@@ -313,8 +407,8 @@ impl SourceState {
             counts: [0; cnt::N],
             ports: IncHll::default(),
             hosts: IncHll::default(),
-            sample_ports: Vec::new(),
-            sample_hosts: Vec::new(),
+            sample_ports: Sample::new(),
+            sample_hosts: Sample::new(),
             novel_hosts: 0,
             novel_ports: 0,
             dirty: false,
@@ -352,8 +446,8 @@ impl SourceState {
             counts,
             distinct_ports: f64::from(self.novel_ports).max(self.sample_ports.len() as f64),
             distinct_hosts: f64::from(self.novel_hosts),
-            sample_ports: if with_samples { self.sample_ports.clone() } else { Vec::new() },
-            sample_hosts: if with_samples { self.sample_hosts.iter().map(addr_to_ip).collect() } else { Vec::new() },
+            sample_ports: if with_samples { self.sample_ports.as_slice().to_vec() } else { Vec::new() },
+            sample_hosts: if with_samples { self.sample_hosts.as_slice().iter().map(addr_to_ip).collect() } else { Vec::new() },
             fingerprints: Vec::new(),
             blocked: false,
             protocols: [0; 4],
@@ -371,7 +465,7 @@ impl SourceState {
     /// feature table reads them; the engine gets the exact novel counts). Returns true when the
     /// engine must see a new snapshot.
     pub fn apply(&mut self, x: &Classified, honeyport: bool, sketches: bool) -> bool {
-        let (r, c, first) = (&x.r, &x.c, x.first);
+        let (r, c, first) = (x, &x.class(), x.first);
         let f = &mut self.f;
         f.conns += 1;
         f.last_ts_us = f.last_ts_us.max(r.ts_us);
@@ -416,8 +510,7 @@ impl SourceState {
             if sketches {
                 self.ports.set(port_hll_slot(u32::from(r.resp_p)));
             }
-            if self.sample_ports.len() < SAMPLE_PORTS && !self.sample_ports.contains(&r.resp_p) {
-                self.sample_ports.push(r.resp_p);
+            if self.sample_ports.insert(r.resp_p) {
                 self.samples_changed = true;
                 dirty = true;
             }
@@ -425,8 +518,7 @@ impl SourceState {
         if sketches {
             self.hosts.set(hll_slot(dst_fold(&r.resp_h)));
         }
-        if self.sample_hosts.len() < SAMPLE_HOSTS && !self.sample_hosts.contains(&r.resp_h) {
-            self.sample_hosts.push(r.resp_h);
+        if self.sample_hosts.insert(r.resp_h) {
             self.samples_changed = true;
             dirty = true;
         }
@@ -531,6 +623,15 @@ impl SourceTable {
     /// and keeps their table rows).
     pub fn entry(&mut self, addr: &Addr, ts_us: i64, evicted: &mut Vec<Box<SourceState>>) -> &mut SourceState {
         let key = u128::from_be_bytes(*addr);
+        if self.map.len() < self.cap {
+            // Not full: one lookup, nothing to evict.
+            let next = &mut self.next_incarnation;
+            return self.map.entry(key).or_insert_with(|| {
+                let inc = (*next).max((ts_us.max(0) as u64).saturating_mul(1000));
+                *next = inc.saturating_add(1);
+                Box::new(SourceState::new(*addr, ts_us, inc))
+            });
+        }
         if !self.map.contains_key(&key) {
             if self.map.len() >= self.cap {
                 let mut ages: Vec<(i64, u128)> = self.map.iter().map(|(k, v)| (v.f.last_ts_us, *k)).collect();
@@ -558,19 +659,21 @@ impl SourceTable {
         self.dirty.push(u128::from_be_bytes(*addr));
     }
 
-    /// Snapshots of every source changed since the last sweep (each once).
-    pub fn take_dirty(&mut self) -> Vec<SourceSnapshot> {
-        let keys = std::mem::take(&mut self.dirty);
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            if let Some(s) = self.map.get_mut(&k) {
-                if s.dirty {
-                    s.dirty = false;
-                    out.push(s.snapshot());
-                }
-            }
+    /// Keys of the sources changed since the last sweep (a key may be listed twice; see
+    /// [`SourceTable::snapshot_dirty`]).
+    pub fn take_dirty_keys(&mut self) -> Vec<u128> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The snapshot of the source under `key` if it changed since its last one (then no longer
+    /// changed).
+    pub fn snapshot_dirty(&mut self, key: u128) -> Option<SourceSnapshot> {
+        let s = self.map.get_mut(&key)?;
+        if !s.dirty {
+            return None;
         }
-        out
+        s.dirty = false;
+        Some(s.snapshot())
     }
 
     pub fn note_alert(&mut self, ip: IpAddr, kind: AlertKind, severity: Severity) {

@@ -28,7 +28,7 @@ use anyhow::Context;
 use crate::config::Config;
 use input::{Batch, Input};
 use table::{TableFormat, TableWriter};
-use timeline::{Timeline, TimelineOptions};
+use timeline::{EngineStage, Timeline, TimelineOptions};
 
 /// Bad lines reported with their file and line number (all are counted).
 pub const MAX_REPORTED_BAD_LINES: usize = 10;
@@ -99,10 +99,21 @@ pub fn run(cfg: &Config, opts: &HuntOptions, out: &mut dyn Write, err: &mut dyn 
         topts.max_sources = m;
     }
     topts.keep_rows = opts.table.is_some();
-    let mut tl = Timeline::new(cfg, hostname, topts.clone());
+    let mut tl = Timeline::new(cfg, hostname.clone(), topts.clone());
+    // Alerts only (no table): the engine runs on this thread and the reorder buffer and the
+    // per-source state on one of their own, fed in order (the same observations, so the same
+    // alerts). The table needs each source's alerts, so it keeps both on this thread.
+    let pipelined = opts.table.is_none();
+    let mut stage = pipelined.then(|| EngineStage::new(cfg, hostname.clone()));
     if let Some(path) = &cfg.agent.baseline {
         let b = crate::detect::Baseline::load(path).with_context(|| format!("agent.baseline: {}", path.display()))?;
+        if let Some(st) = stage.as_mut() {
+            st.set_baseline(b.clone());
+        }
         tl.set_baseline(b);
+    }
+    if pipelined {
+        tl.queue_observations();
     }
     let mut alerts_file = match &opts.alerts_file {
         Some(p) => Some(std::io::BufWriter::new(
@@ -163,24 +174,15 @@ pub fn run(cfg: &Config, opts: &HuntOptions, out: &mut dyn Write, err: &mut dyn 
             input::collect(&collector, MAX_REPORTED_BAD_LINES, range, &mut classifier);
         });
         let mut last_draw = Instant::now();
-        for msg in brx {
-            match msg {
+        let mut on_batch = |b: Batch, err: &mut dyn Write| -> anyhow::Result<()> {
+            match b {
                 Batch::Begin { .. } => {}
-                Batch::Records { file, records, bad, filtered, reported } => {
+                Batch::Records { records, bad, filtered, reported, .. } => {
+                    debug_assert!(records.is_empty(), "records go to the timeline");
                     report.bad_lines += bad;
                     report.filtered += filtered;
                     for b in reported {
                         bar.suspend(|| writeln!(err, "scanwatch hunt: {}:{}: {}", names[b.file], b.line, b.error))?;
-                    }
-                    let _ = file;
-                    for x in records {
-                        tl.push_classified(x);
-                    }
-                    write_out(&mut tl, out, alerts_file.as_mut(), table.as_mut())?;
-                    if last_draw.elapsed() > Duration::from_millis(100) {
-                        last_draw = Instant::now();
-                        bar.set_position(progress.load(Ordering::Relaxed));
-                        bar.set_message(format!("{} records", grouped(tl.stats.records)));
                     }
                 }
                 Batch::Refused { file, reason } => {
@@ -195,11 +197,81 @@ pub fn run(cfg: &Config, opts: &HuntOptions, out: &mut dyn Write, err: &mut dyn 
                     }
                 }
             }
+            Ok(())
+        };
+        let mut draw = |records: u64| {
+            if last_draw.elapsed() > Duration::from_millis(100) {
+                last_draw = Instant::now();
+                bar.set_position(progress.load(Ordering::Relaxed));
+                bar.set_message(format!("{} records", grouped(records)));
+            }
+        };
+        if let Some(stage) = stage.as_mut() {
+            // Timeline (reorder buffer, per-source state) on a thread of its own → the engine here.
+            let (ftx, frx) = sync_channel::<Front>(8);
+            let front = &mut tl;
+            s.spawn(move || {
+                for msg in brx {
+                    let fwd = match msg {
+                        Batch::Records { file, records, bad, filtered, reported } => {
+                            for x in records {
+                                front.push_classified(x);
+                            }
+                            if ftx.send(Front::Obs(front.take_observations(), front.stats.records)).is_err() {
+                                return;
+                            }
+                            Batch::Records { file, records: Vec::new(), bad, filtered, reported }
+                        }
+                        other => other,
+                    };
+                    if ftx.send(Front::Batch(fwd)).is_err() {
+                        return;
+                    }
+                }
+                front.finish();
+                let _ = ftx.send(Front::Obs(front.take_observations(), front.stats.records));
+            });
+            let sink: &mut dyn Write = match alerts_file.as_mut() {
+                Some(f) => f,
+                None => &mut *out,
+            };
+            for msg in frx {
+                match msg {
+                    Front::Obs(obs, records) => {
+                        for o in &obs {
+                            for a in stage.observe(o) {
+                                // The live agent's rendering (the output stage), one finding per line.
+                                let line = crate::output::render_line(&a, crate::output::Format::Alert)?;
+                                sink.write_all(line.as_bytes())?;
+                                sink.write_all(b"\n")?;
+                            }
+                        }
+                        draw(records);
+                    }
+                    Front::Batch(b) => on_batch(b, err)?,
+                }
+            }
+            return Ok(());
+        }
+        for msg in brx {
+            match msg {
+                Batch::Records { file, records, bad, filtered, reported } => {
+                    for x in records {
+                        tl.push_classified(x);
+                    }
+                    on_batch(Batch::Records { file, records: Vec::new(), bad, filtered, reported }, err)?;
+                    write_out(&mut tl, out, alerts_file.as_mut(), table.as_mut())?;
+                    draw(tl.stats.records);
+                }
+                other => on_batch(other, err)?,
+            }
         }
         Ok(())
     });
     result?;
-    tl.finish();
+    if !pipelined {
+        tl.finish();
+    }
     write_out(&mut tl, out, alerts_file.as_mut(), table.as_mut())?;
     report.sources = tl.sources() as u64 + tl.sources_evicted();
     report.sources_evicted = tl.sources_evicted();
@@ -214,7 +286,10 @@ pub fn run(cfg: &Config, opts: &HuntOptions, out: &mut dyn Write, err: &mut dyn 
     bar.finish_and_clear();
     report.records = tl.stats.records;
     report.late = tl.stats.late;
-    report.alerts_by_kind = tl.stats.alerts_by_kind.clone();
+    report.alerts_by_kind = match &stage {
+        Some(st) => st.alerts_by_kind.clone(),
+        None => tl.stats.alerts_by_kind.clone(),
+    };
     report.alerts = report.alerts_by_kind.values().sum();
     report.elapsed = started.elapsed();
 
@@ -260,6 +335,14 @@ pub fn run(cfg: &Config, opts: &HuntOptions, out: &mut dyn Write, err: &mut dyn 
         writeln!(err, "scanwatch hunt: error: {e}")?;
     }
     Ok(report)
+}
+
+/// Timeline thread → engine (this thread).
+enum Front {
+    /// Observations in engine order, and the records pushed so far.
+    Obs(Vec<crate::detect::Stamped>, u64),
+    /// Everything else passes through (record batches without their records).
+    Batch(Batch),
 }
 
 fn write_out(

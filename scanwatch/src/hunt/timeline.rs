@@ -85,12 +85,18 @@ pub struct Timeline {
     tick_us: i64,
     reorder_buckets: i64,
     buckets: BTreeMap<i64, Vec<Classified>>,
+    /// Emptied bucket vectors, reused (a bucket per sweep interval would otherwise allocate
+    /// and grow a vector every second of log time).
+    spare: Vec<Vec<Classified>>,
     buffered: usize,
     newest_bucket: Option<i64>,
     applied_upto: Option<i64>,
     clock_us: i64,
     next_tick_us: Option<i64>,
     alerts: Vec<Alert>,
+    /// When set, observations are queued here for an engine on another thread (see
+    /// [`EngineStage`]) instead of being handed to this timeline's engine.
+    queue: Option<Vec<Stamped>>,
     #[expect(clippy::vec_box, reason = "states move out of the source map as boxes (about 1 KiB each), never copied")]
     rows: Vec<Box<SourceState>>,
     #[expect(clippy::vec_box, reason = "as rows")]
@@ -102,11 +108,45 @@ fn to_now(us: i64) -> Duration {
     Duration::from_micros(us.max(0) as u64)
 }
 
+/// The engine as the hunt drives it: engine time is Unix time, so alert times are the log's.
+fn hunt_engine(cfg: &Config, hostname: String) -> Engine {
+    let mut engine = Engine::new(cfg, hostname);
+    engine.set_wall_clock(Duration::ZERO, UNIX_EPOCH);
+    // Every source has state here (no first-contact table holding one-probe sources apart).
+    engine.set_distributed_min_outcomes(3);
+    engine
+}
+
+/// The engine on a thread of its own: it consumes the observations a [`Timeline`] in queue mode
+/// ([`Timeline::queue_observations`]) produced, in their order, so its alerts are those the
+/// timeline's own engine would have raised. (The per-source alert notes of the feature table
+/// are not kept: the table runs the timeline with its own engine.)
+pub struct EngineStage {
+    engine: Engine,
+    pub alerts_by_kind: BTreeMap<String, u64>,
+}
+
+impl EngineStage {
+    pub fn new(cfg: &Config, hostname: String) -> EngineStage {
+        EngineStage { engine: hunt_engine(cfg, hostname), alerts_by_kind: BTreeMap::new() }
+    }
+
+    pub fn set_baseline(&mut self, b: crate::detect::Baseline) {
+        self.engine.set_baseline(b);
+    }
+
+    pub fn observe(&mut self, s: &Stamped) -> Vec<Alert> {
+        let alerts = self.engine.observe(s);
+        for a in &alerts {
+            *self.alerts_by_kind.entry(a.kind.as_str().to_string()).or_default() += 1;
+        }
+        alerts
+    }
+}
+
 impl Timeline {
     pub fn new(cfg: &Config, hostname: String, opts: TimelineOptions) -> Timeline {
-        let mut engine = Engine::new(cfg, hostname);
-        // Engine time is Unix time: alert times are the log's times.
-        engine.set_wall_clock(Duration::ZERO, UNIX_EPOCH);
+        let engine = hunt_engine(cfg, hostname);
         let hp = cfg.effective_honeyports();
         let mut honey_tcp = hp.tcp.clone();
         honey_tcp.sort_unstable();
@@ -124,16 +164,31 @@ impl Timeline {
             sweep_us,
             opts,
             buckets: BTreeMap::new(),
+            spare: Vec::new(),
             buffered: 0,
             newest_bucket: None,
             applied_upto: None,
             clock_us: 0,
             next_tick_us: None,
             alerts: Vec::new(),
+            queue: None,
             rows: Vec::new(),
             evicted_scratch: Vec::new(),
             stats: TimelineStats::default(),
         }
+    }
+
+    /// Queue the observations for an [`EngineStage`] (take them with
+    /// [`Timeline::take_observations`]) instead of running this timeline's engine. No alerts
+    /// come back, so the sources' alert notes stay empty: not for the feature table.
+    pub fn queue_observations(&mut self) {
+        self.queue = Some(Vec::new());
+    }
+
+    /// The observations queued since the last call, in order.
+    pub fn take_observations(&mut self) -> Vec<Stamped> {
+        // The next batch's queue starts at this one's size (no regrowing, no copies).
+        self.queue.as_mut().map(|q| std::mem::replace(q, Vec::with_capacity(q.len()))).unwrap_or_default()
     }
 
     /// Use a learned baseline (`agent.baseline`).
@@ -150,7 +205,7 @@ impl Timeline {
 
     /// Add one record classified by a [`Classifier`] (records of one log through one classifier).
     pub fn push_classified(&mut self, x: Classified) {
-        let r = &x.r;
+        let r = &x;
         self.stats.records += 1;
         self.stats.first_ts_us = Some(self.stats.first_ts_us.map_or(r.ts_us, |t| t.min(r.ts_us)));
         self.stats.last_ts_us = Some(self.stats.last_ts_us.map_or(r.ts_us, |t| t.max(r.ts_us)));
@@ -164,7 +219,10 @@ impl Timeline {
         // Most records fall in the newest bucket.
         match self.buckets.last_entry() {
             Some(mut e) if *e.key() == b => e.get_mut().push(x),
-            _ => self.buckets.entry(b).or_default().push(x),
+            _ => {
+                let spare = &mut self.spare;
+                self.buckets.entry(b).or_insert_with(|| spare.pop().unwrap_or_default()).push(x);
+            }
         }
         self.buffered += 1;
         if self.newest_bucket.is_none_or(|n| b > n) {
@@ -224,7 +282,7 @@ impl Timeline {
     }
 
     fn flush_first(&mut self) {
-        let Some((b, recs)) = self.buckets.pop_first() else { return };
+        let Some((b, mut recs)) = self.buckets.pop_first() else { return };
         self.buffered -= recs.len();
         self.applied_upto = Some(self.applied_upto.map_or(b, |a| a.max(b)));
         let now = (b + 1).saturating_mul(self.sweep_us).max(self.clock_us);
@@ -237,6 +295,10 @@ impl Timeline {
         for r in &recs {
             self.apply(r, now);
         }
+        if self.spare.len() < 1024 {
+            recs.clear();
+            self.spare.push(recs);
+        }
         self.clock_us = now;
         self.sweep(now);
         match self.next_tick_us {
@@ -247,7 +309,14 @@ impl Timeline {
 
     /// One stamped observation into the engine (the pipeline's typed input).
     fn observe(&mut self, now_us: i64, obs: Observation) -> Vec<Alert> {
-        self.engine.observe(&Stamped::new(to_now(now_us), obs))
+        let s = Stamped::new(to_now(now_us), obs);
+        match &mut self.queue {
+            Some(q) => {
+                q.push(s);
+                Vec::new()
+            }
+            None => self.engine.observe(&s),
+        }
     }
 
     fn tick_at(&mut self, now_us: i64) {
@@ -259,16 +328,19 @@ impl Timeline {
     }
 
     fn sweep(&mut self, now_us: i64) {
-        let snaps = self.sources.take_dirty();
-        self.stats.snapshots += snaps.len() as u64;
-        for s in snaps {
-            let a = self.observe(now_us, Observation::Source(s));
-            self.emit(a);
+        // Each snapshot goes straight to the engine (or its queue): no vector of them between.
+        let keys = self.sources.take_dirty_keys();
+        for k in keys {
+            if let Some(s) = self.sources.snapshot_dirty(k) {
+                self.stats.snapshots += 1;
+                let a = self.observe(now_us, Observation::Source(s));
+                self.emit(a);
+            }
         }
     }
 
     fn apply(&mut self, x: &Classified, now_us: i64) {
-        let (r, c) = (&x.r, &x.c);
+        let (r, c) = (x, x);
         let honeyport = c.probe == ProbeKind::Port
             && match r.proto {
                 Proto::Tcp => self.honey_tcp.binary_search(&r.resp_p).is_ok(),
