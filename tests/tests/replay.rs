@@ -158,6 +158,8 @@ fn live_vs_replay(name: &str, expected: Option<&str>, scan: &dyn Fn(&Lab) -> Out
     // Late sweeps and slow-window ticks of the live agent.
     std::thread::sleep(Duration::from_secs(4));
     rec.stop();
+    let capture_end_us =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_micros() as i64;
     let (live, live_err) = agent.stop();
     let live_kinds = kinds_of(&live, &atk);
 
@@ -184,10 +186,16 @@ fn live_vs_replay(name: &str, expected: Option<&str>, scan: &dyn Fn(&Lab) -> Out
         dump(&live),
         dump(&alerts)
     );
-    // Alert times are the capture's (within the recording, not the replay's wall clock).
+    // Alert times are the capture's, not the replay's wall clock: the first replayed alert is
+    // no later than the end of the recording (the replay ran after it) and within a minute of
+    // the first live alert. (Compared as instants: a string prefix flaked when the two
+    // straddled a 10-minute mark.)
     let first_live = live.first().and_then(|v| v["time"].as_str()).map(str::to_string);
     if let (Some(lt), Some(rt)) = (first_live, alerts.first().and_then(|v| v["time"].as_str())) {
-        assert_eq!(&lt[..15], &rt[..15], "replayed alert time {rt} is the capture's time, as live {lt}");
+        let us = |t: &str| scanwatch::hunt::parse_time_arg(t).unwrap_or_else(|e| panic!("alert time {t:?}: {e:#}"));
+        let apart = (us(&lt) - us(rt)).abs();
+        assert!(us(rt) <= capture_end_us, "replayed alert time {rt} is after the recording ended: the replay's own clock");
+        assert!(apart < 60_000_000, "replayed alert time {rt} is the capture's time, as live {lt} ({apart} µs apart)");
     }
 }
 
