@@ -126,7 +126,7 @@ pub struct Obs {
     /// the last coarse-clock read, and that read.
     pub clk_jiffies: u64,
     pub clk_ns: u64,
-    /// `addr_hash` of the packet's source (set for every packet before classification).
+    /// `addr_hash` of the packet's source, 0 until known (`Obs::source_hash`).
     pub src_hash: u32,
     /// The source is already marked in the suspected-ACK-scanner filter (the fast path saw it).
     pub suspected: u8,

@@ -124,6 +124,8 @@ fn stat(ebpf: &Ebpf, i: u32) -> anyhow::Result<u64> {
 
 const BASE: &str = "xdp_pass_baseline";
 
+const PROG_XDP: &str = scanwatch_common::PROG_XDP;
+
 /// `scanwatch bench --call-floor N`: N BPF_PROG_TEST_RUN calls of the empty program, one packet
 /// each, through the same raw syscall `replay` uses, timed from user space: what one packet costs
 /// a replay before the program, the reader or the engine do anything (fastest of 3 rounds).
@@ -144,7 +146,6 @@ pub fn call_floor(n: u32) -> anyhow::Result<serde_json::Value> {
     }
     Ok(serde_json::json!({ "calls": n, "packet_bytes": pkt.len(), "ns_per_call": best, "calls_per_second": 1e9 / best }))
 }
-const PROG_XDP: &str = scanwatch_common::PROG_XDP;
 
 pub fn run(repeat: u32) -> anyhow::Result<Report> {
     let mut ebpf = loader::load_object(&LoadOptions { honeyports_tcp: vec![4444, 31337], ..LoadOptions::default() }, crate::ebpf_bench_object())?;

@@ -66,7 +66,7 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
         /// Instead of the table: the wall time of N BPF_PROG_TEST_RUN calls of the empty XDP
-        /// program, one 74-byte packet each, timed in user space (the floor of `replay`'s cost
+        /// program, one nmap-style SYN (58 bytes) each, timed in user space (the floor of `replay`'s cost
         /// per packet); prints one JSON object.
         #[arg(long, value_name = "N")]
         call_floor: Option<u32>,

@@ -51,7 +51,7 @@ pub(super) fn mark_known(h: u32) {
 pub(super) fn acquire(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs) -> *mut SrcState {
     let key = l3.src.key();
     let w = l3.src.w;
-    let h = obs.src_hash;
+    let h = obs.source_hash(&l3.src);
     if cfg.flags & cfgflag::FIRST_CONTACT != 0 && obs.honey == 0 {
         let (word, bit) = known_bit(h);
         let maybe_known = match KNOWN_SOURCES.get(word) {

@@ -196,7 +196,7 @@ pub(super) fn classify_tcp(ctx: &XdpContext, stats: &mut Stats, l3: &L3, cfg: &X
     if orphan != cnt::N && ((filterable && tcp_port_unused(cfg, dport)) || !socket_exists(ctx, l3, sport, dport, true)) {
         obs.count(orphan);
         if obs.suspected == 0 {
-            mark_suspect(obs.src_hash);
+            mark_suspect(obs.source_hash(&l3.src));
         }
         if orphan == cnt::MAIMON || orphan == cnt::ACK {
             obs.cur.kind = probe::PORT;

@@ -5,7 +5,7 @@ use aya_ebpf::helpers::{
         generated::bpf_ktime_get_coarse_ns,
     };
 use scanwatch_common::{
-    probe, stat, thr, XdpConfig,
+    addr_hash, probe, stat, thr, XdpConfig,
 };
 
 use crate::{
@@ -136,6 +136,16 @@ pub(super) const FP_BACKOFF_AFTER: u32 = 4096;
 pub(super) const FP_EVERY_LATE: u32 = 128;
 
 impl Obs {
+    /// `addr_hash` of the packet's source: the fast path's when it computed one, else computed
+    /// here on first use (packets that touch no per-source state never pay for it).
+    #[inline(always)]
+    pub(super) fn source_hash(&mut self, src: &A16) -> u32 {
+        if self.src_hash == 0 {
+            self.src_hash = addr_hash(&src.w);
+        }
+        self.src_hash
+    }
+
     /// Reset for a new packet (the fingerprint is reset only when a SYN fills it).
     #[inline(always)]
     pub(super) fn reset(&mut self, proto: u8) {

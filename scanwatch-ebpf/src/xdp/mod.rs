@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use scanwatch_common::{
-    addr_hash, cfgflag, cnt, probe, stat, EventKind, FpKey, XdpConfig,
+    cfgflag, cnt, probe, stat, EventKind, FpKey, XdpConfig,
 };
 
 use crate::{
@@ -146,7 +146,7 @@ fn try_xdp(ctx: &XdpContext, stats: &mut Stats) -> Result<u32, u32> {
     sc.obs.reset(l3.proto);
     sc.obs.fwd = 0;
     sc.obs.suspected = suspected;
-    sc.obs.src_hash = if src_hash != 0 { src_hash } else { addr_hash(&l3.src.w) };
+    sc.obs.src_hash = src_hash;
     let cfg: &XdpConfig = if gateway_on() {
         sc.fwd_cfg = *config();
         if sc.fwd_cfg.flags & cfgflag::FORWARDED != 0 && l3.proto != PROTO_ARP {

@@ -293,15 +293,20 @@ impl InboundEntity {
             .or_else(|| self.fingerprints.last())
     }
 
+    /// Failed probes over the entity's life (the failure counter, or closed-port answers when
+    /// those say more).
+    fn lifetime_failures(&self) -> u64 {
+        self.lifetime[cnt::FAILED].max(self.lifetime[cnt::SYN_CLOSED] + self.lifetime[cnt::UDP_CLOSED])
+    }
+
     /// Known outcomes (failures + successes) over the entity's life.
     pub fn lifetime_outcomes(&self) -> u64 {
-        let f = self.lifetime[cnt::FAILED].max(self.lifetime[cnt::SYN_CLOSED] + self.lifetime[cnt::UDP_CLOSED]);
-        f + self.lifetime[cnt::SYN_OPEN]
+        self.lifetime_failures() + self.lifetime[cnt::SYN_OPEN]
     }
 
     /// Lifetime failure ratio (None if no outcome known).
     pub fn lifetime_fail_ratio(&self) -> Option<f64> {
-        let f = self.lifetime[cnt::FAILED].max(self.lifetime[cnt::SYN_CLOSED] + self.lifetime[cnt::UDP_CLOSED]);
+        let f = self.lifetime_failures();
         let s = self.lifetime[cnt::SYN_OPEN];
         (f + s > 0).then(|| f as f64 / (f + s) as f64)
     }

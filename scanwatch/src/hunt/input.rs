@@ -596,6 +596,20 @@ mod tests {
         }
     }
 
+    /// Hunt options for one file, defaults otherwise.
+    fn file_opts(path: &std::path::Path, table: Option<super::super::table::TableFormat>) -> super::super::HuntOptions {
+        super::super::HuntOptions {
+            inputs: vec![Input::File(path.to_path_buf())],
+            table,
+            alerts_file: None,
+            since_us: None,
+            until_us: None,
+            reorder: None,
+            max_sources: None,
+            progress: false,
+        }
+    }
+
     /// Alerts only (no table): the timeline on its own thread feeding the engine on the caller's
     /// raises exactly the alerts of one timeline with its own engine fed record by record.
     #[test]
@@ -622,16 +636,7 @@ mod tests {
         let path = dir.join("conn.log");
         std::fs::write(&path, &log).expect("write log");
         let cfg = crate::config::Config::default_embedded();
-        let opts = super::super::HuntOptions {
-            inputs: vec![Input::File(path.clone())],
-            table: None,
-            alerts_file: None,
-            since_us: None,
-            until_us: None,
-            reorder: None,
-            max_sources: None,
-            progress: false,
-        };
+        let opts = file_opts(&path, None);
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let report = super::super::run(&cfg, &opts, &mut out, &mut err).expect("hunt");
         let key = |v: &serde_json::Value| {
@@ -680,16 +685,7 @@ mod tests {
 
         let cfg = crate::config::Config::default_embedded();
         let run = |path: &std::path::Path| {
-            let opts = super::super::HuntOptions {
-                inputs: vec![Input::File(path.to_path_buf())],
-                table: Some(super::super::table::TableFormat::Tsv),
-                alerts_file: None,
-                since_us: None,
-                until_us: None,
-                reorder: None,
-                max_sources: None,
-                progress: false,
-            };
+            let opts = file_opts(path, Some(super::super::table::TableFormat::Tsv));
             let (mut out, mut err) = (Vec::new(), Vec::new());
             let r = super::super::run(&cfg, &opts, &mut out, &mut err).expect("hunt");
             (r, out, String::from_utf8_lossy(&err).into_owned())
