@@ -168,6 +168,38 @@ pub struct SrcKey {
 }
 const _: () = assert!(size_of::<SrcKey>() == 16);
 
+/// Ways of the per-source table (SOURCES): a source lives in one of `SRC_WAYS` consecutive slots
+/// of its set, so a lookup is `SRC_WAYS` inlined array reads and 16-byte compares, and a new
+/// source replaces the set's least recently seen one when the set is full.
+pub const SRC_WAYS: u32 = 4;
+
+/// Sets of a per-source table of (at most) `max_sources` entries (at least one).
+#[inline(always)]
+pub const fn src_sets(max_sources: u32) -> u32 {
+    let s = max_sources / SRC_WAYS;
+    if s == 0 { 1 } else { s }
+}
+
+/// The set of a source with `addr_hash` `h` in a table of `sets` sets. `seed` is chosen at
+/// random when the program is loaded, so a sender who knows the hash cannot pick addresses that
+/// share a set and push a scanner's state out with a handful of spoofed sources.
+#[inline(always)]
+pub const fn src_set(h: u32, sets: u32, seed: u32) -> u32 {
+    // `h` is already mixed: one multiply spreads the seed over the high bits the range uses.
+    let x = (h ^ seed).wrapping_mul(0x9e37_79b1);
+    ((x as u64 * sets as u64) >> 32) as u32
+}
+
+/// One slot of SOURCES: the source's address (all zero: a free slot; `::` is never a source)
+/// and its state.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SrcEntry {
+    pub key: SrcKey,
+    pub state: SrcState,
+}
+const _: () = assert!(size_of::<SrcEntry>() == 16 + size_of::<SrcState>());
+
 /// BLOCKLIST value: why the source is blocked and what the XDP program dropped from it since.
 /// The counters are plain increments (no atomics on the bpf target): two CPUs dropping the same
 /// source at once may lose a count, so they are a lower bound.
@@ -879,6 +911,7 @@ mod user {
     unsafe impl aya::Pod for SrcKey {}
     unsafe impl aya::Pod for BlockEntry {}
     unsafe impl aya::Pod for SrcState {}
+    unsafe impl aya::Pod for SrcEntry {}
     unsafe impl aya::Pod for FcSlot {}
     unsafe impl aya::Pod for FpKey {}
     unsafe impl aya::Pod for FpValue {}

@@ -5,18 +5,21 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use scanwatch_common::{
-    BlockEntry, FcSlot, TCP_PORT_BYTES, Fingerprint, FpKey, FpValue, Probe, FIRST_CONTACT_SLOTS, KNOWN_WORDS, SUSPECT_WORDS, ProcConfig, ProcState, SrcKey, SrcState, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
+    BlockEntry, FcSlot, TCP_PORT_BYTES, Fingerprint, FpKey, FpValue, Probe, FIRST_CONTACT_SLOTS, KNOWN_WORDS, SUSPECT_WORDS, ProcConfig, ProcState, SrcEntry, SrcKey, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
     DEFAULT_MAX_PROCS, DEFAULT_MAX_SOURCES, DEFAULT_RINGBUF_BYTES, BLOCKLIST_ENTRIES, RAW_SOCKS_ENTRIES, CONNECTING_ENTRIES, HONEYPORT_WORDS,
     FWD_RINGBUF_BYTES, IFACE_MODES_ENTRIES, LOCAL_ADDRS_ENTRIES, OutPairKey, OUT_PAIRS_ENTRIES, UDP_PEER_BYTES,
     UDP_PEER_ENTRIES,
 };
 
-/// Per remote source (key: IPv4-mapped/IPv6 address; value: `SrcState`, 864 bytes).
-/// LRU so a random-source flood evicts the oldest sources instead of failing inserts:
-/// 16,384 sources ≈ 14 MiB. Evictions = `new_sources` − live entries (computed by the agent).
+/// Per remote source: `SrcEntry` (address + `SrcState`, 880 bytes) in a set-associative table
+/// of `SRC_WAYS` ways (`SRC_SETS` sets, set by the loader from `xdp.max_sources`), indexed by
+/// the source hash the program computes anyway: a lookup is a few inlined array reads and
+/// 16-byte compares instead of the kernel's hash-table call chain. A new source takes a free way
+/// or the set's least recently seen source (a random-source flood evicts old sources instead of
+/// failing inserts). 16,384 entries ≈ 14 MiB. Evictions = `new_sources` − live entries.
+/// Memory-mappable: the agent's sweeps read it without a syscall per source.
 #[map]
-pub static SOURCES: LruHashMap<SrcKey, SrcState> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+pub static SOURCES: Array<SrcEntry> = Array::with_max_entries(DEFAULT_MAX_SOURCES, BPF_F_MMAPABLE);
 
 /// (source, fingerprint hash) → fingerprint and counts. LRU, 8,192 entries ≈ 0.6 MiB; each
 /// source keeps at most `FP_PER_SOURCE` hashes, so a flood cannot grow it faster than SOURCES.
@@ -61,10 +64,6 @@ pub static HONEYPORTS: Array<u64> = Array::with_max_entries(HONEYPORT_WORDS, 0);
 /// lowest-confidence / oldest one when `response.max_blocked` is reached.
 #[map]
 pub static BLOCKLIST: HashMap<SrcKey, BlockEntry> = HashMap::with_max_entries(BLOCKLIST_ENTRIES, 0);
-
-/// Zeroed `SrcState` used to insert new sources (864 bytes do not fit the 512-byte BPF stack).
-#[map]
-pub static ZERO_SRC: PerCpuArray<SrcState> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per process (tgid) outbound counters. LRU, 4,096 processes.
 #[map]

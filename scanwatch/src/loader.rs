@@ -43,7 +43,11 @@ pub enum LoaderError {
 /// Sizes and settings applied before/at load.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
+    /// Per-source table entries (rounded down to whole sets of `SRC_WAYS`).
     pub max_sources: u32,
+    /// Seed of the per-source table's set index (`src_set`); random by default (see
+    /// [`random_seed`]), fixed where results must not depend on it (replay).
+    pub source_seed: u32,
     pub max_fingerprints: u32,
     pub max_procs: u32,
     pub ringbuf_bytes: u32,
@@ -68,6 +72,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             max_sources: scanwatch_common::DEFAULT_MAX_SOURCES,
+            source_seed: random_seed(),
             max_fingerprints: scanwatch_common::DEFAULT_MAX_FINGERPRINTS,
             max_procs: scanwatch_common::DEFAULT_MAX_PROCS,
             ringbuf_bytes: scanwatch_common::DEFAULT_RINGBUF_BYTES,
@@ -99,8 +104,9 @@ pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf, LoaderErro
         log::debug!("setrlimit(RLIMIT_MEMLOCK) failed; relying on memcg accounting");
     }
     let enforce: u32 = opts.enforce_blocklist.into();
+    let sets = scanwatch_common::src_sets(opts.max_sources);
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries(MAP_SOURCES, opts.max_sources)
+        .map_max_entries(MAP_SOURCES, sets * scanwatch_common::SRC_WAYS)
         .map_max_entries(MAP_FINGERPRINTS, opts.max_fingerprints)
         .map_max_entries(MAP_PROCS, opts.max_procs)
         .map_max_entries(MAP_EVENTS, opts.ringbuf_bytes)
@@ -108,6 +114,8 @@ pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf, LoaderErro
         .override_global("ENFORCE_BLOCKLIST", &enforce, true)
         .override_global("FIRST_PAYLOAD", &u32::from(opts.first_payload), true)
         .override_global("GATEWAY", &u32::from(opts.gateway), true)
+        .override_global("SRC_SETS", &sets, true)
+        .override_global("SRC_SEED", &opts.source_seed, true)
         .load(object)?;
     write_config(&mut ebpf, &opts.xdp)?;
     {
@@ -136,6 +144,18 @@ pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf, LoaderErro
         }
     }
     Ok(ebpf)
+}
+
+/// A seed from the kernel's random pool (getrandom(2)); the clock and pid if it fails.
+pub fn random_seed() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 4 {
+        return u32::from_ne_bytes(b);
+    }
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    t ^ std::process::id().rotate_left(16)
 }
 
 /// Write the runtime XDP settings (single-entry config map).

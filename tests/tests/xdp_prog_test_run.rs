@@ -9,6 +9,7 @@ use aya::{
     Ebpf,
 };
 use scanwatch::{
+    source::live::{maps, table::SourceTable},
     vocab::ip_to_key,
     loader::{self, LoadOptions},
     packet::{PacketSpec, L4, ACK, FIN, PSH, RST, SYN, URG},
@@ -26,6 +27,7 @@ fn v6(s: &str) -> IpAddr {
 
 struct Prog {
     ebpf: Ebpf,
+    sources: SourceTable,
 }
 
 impl Prog {
@@ -41,7 +43,8 @@ impl Prog {
         );
         let mut ebpf = loader::load(&opts).expect("load eBPF object");
         loader::xdp_program(&mut ebpf).expect("XDP program passes the verifier");
-        Self { ebpf }
+        let sources = maps::take_sources(&mut ebpf, &opts).expect("map SOURCES");
+        Self { ebpf, sources }
     }
 
     fn run(&mut self, pkt: &[u8]) -> u32 {
@@ -58,15 +61,11 @@ impl Prog {
     }
 
     fn source(&self, ip: IpAddr) -> Option<SrcState> {
-        let m: BpfHashMap<&MapData, SrcKey, SrcState> =
-            BpfHashMap::try_from(self.ebpf.map("SOURCES").expect("SOURCES")).expect("hash");
-        m.get(&ip_to_key(ip), 0).ok()
+        self.sources.get(&ip_to_key(ip))
     }
 
     fn n_sources(&self) -> usize {
-        let m: BpfHashMap<&MapData, SrcKey, SrcState> =
-            BpfHashMap::try_from(self.ebpf.map("SOURCES").expect("SOURCES")).expect("hash");
-        m.keys().filter(|k| k.is_ok()).count()
+        self.sources.live()
     }
 
     fn stats(&self) -> Vec<u64> {
@@ -556,31 +555,78 @@ fn known_source_filter_rebuild_drops_evicted_sources() {
     let before = known_bits(&p);
     assert!(before > 400, "every admitted source set its bit ({before})");
     let live = p.n_sources() as u32;
-    let sources: BpfHashMap<MapData, SrcKey, SrcState> =
-        BpfHashMap::try_from(p.ebpf.take_map("SOURCES").expect("SOURCES")).expect("hash");
     let mut known: Array<MapData, u64> = Array::try_from(p.ebpf.take_map("KNOWN_SOURCES").expect("map")).expect("array");
-    let set = scanwatch::source::live::filters::rebuild_known_filter(&sources, &mut known).expect("rebuild");
+    let set = scanwatch::source::live::filters::rebuild_known_filter(&p.sources, &mut known).expect("rebuild");
     assert!(set <= live && set + 2 >= live, "one bit per live source ({set} bits, {live} live)");
     let after: u32 = known.iter().map(|w| w.expect("word").count_ones()).sum();
     assert_eq!(after, set);
     // A live source keeps being counted on its first packet after the rebuild.
-    let (k, _) = sources.iter().next().expect("a live source").expect("entry");
+    let k = p.sources.keys()[0];
     let ip = scanwatch::vocab::key_to_ip(&k);
-    let syn_before = sources.get(&k, 0).expect("state").counts[cnt::SYN];
+    let syn_before = p.sources.get(&k).expect("state").counts[cnt::SYN];
     p.run_all([PacketSpec::nmap_syn(ip, d, 81).build()]);
-    assert_eq!(sources.get(&k, 0).expect("state").counts[cnt::SYN], syn_before + 1);
+    assert_eq!(p.sources.get(&k).expect("state").counts[cnt::SYN], syn_before + 1);
 }
 
 #[test]
-fn lru_bounds_state_under_random_source_flood() {
-    // Two SYNs per source get past the first-contact tier: the LRU itself must bound state.
+fn a_full_set_evicts_its_least_recently_seen_source() {
+    // 16 sets of 4: find five sources of one set (the seed is fixed here so the test can).
+    let opts = LoadOptions { max_sources: 64, source_seed: 0x1234_5678, ..LoadOptions::default() };
+    let sets = scanwatch_common::src_sets(opts.max_sources);
+    let seed = opts.source_seed;
+    let set_of = |ip: IpAddr| {
+        let k = ip_to_key(ip);
+        let w = [u64::from_ne_bytes(k.addr[..8].try_into().unwrap()), u64::from_ne_bytes(k.addr[8..].try_into().unwrap())];
+        scanwatch_common::src_set(addr_hash(&w), sets, seed)
+    };
+    let target = set_of(v4("10.20.0.1"));
+    let same: Vec<IpAddr> = (1..10_000u32)
+        .map(|i| IpAddr::V4(Ipv4Addr::from(0x0a14_0000 + i)))
+        .filter(|ip| set_of(*ip) == target)
+        .take(5)
+        .collect();
+    assert_eq!(same.len(), 5);
+    let mut p = Prog::with(opts);
+    let d = v4("10.9.0.1");
+    let admit = |p: &mut Prog, ip: IpAddr| {
+        let pkt = PacketSpec::nmap_syn(ip, d, 80).build();
+        p.run_all([pkt.clone(), pkt]);
+    };
+    for ip in &same[..4] {
+        admit(&mut p, *ip);
+    }
+    assert_eq!(p.n_sources(), 4, "four ways, four sources");
+    // The first source goes quiet; the other three are seen again a few clock ticks later.
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    for ip in &same[1..4] {
+        p.run_all([PacketSpec::nmap_syn(*ip, d, 81).build()]);
+    }
+    admit(&mut p, same[4]);
+    assert!(p.source(same[0]).is_none(), "the least recently seen source gave its way up");
+    for ip in &same[1..] {
+        assert!(p.source(*ip).is_some(), "{ip} kept");
+    }
+    assert_eq!(p.n_sources(), 4);
+    let st = p.stats();
+    assert_eq!(st[stat::NEW_SOURCES as usize], 5);
+    assert_eq!(st[stat::SOURCE_INSERT_FAILED as usize], 0);
+    // A source of another set was not touched by any of this.
+    let other = (1..1000u32).map(|i| IpAddr::V4(Ipv4Addr::from(0x0a15_0000 + i))).find(|ip| set_of(*ip) != target).expect("another set");
+    admit(&mut p, other);
+    assert_eq!(p.n_sources(), 5);
+    assert_eq!(p.count(same[2], cnt::SYN), 3, "the kept sources' state intact");
+}
+
+#[test]
+fn source_table_bounds_state_under_random_source_flood() {
+    // Two SYNs per source get past the first-contact tier: the table itself must bound state.
     let mut p = Prog::with(LoadOptions { max_sources: 64, ..LoadOptions::default() });
     p.run_all((0..1000u32).flat_map(|i| {
         let pkt = PacketSpec::nmap_syn(IpAddr::V4(Ipv4Addr::from(0x6400_0000 + i)), v4("10.9.0.1"), 80).build();
         [pkt.clone(), pkt]
     }));
     let live = p.n_sources();
-    assert!(live <= 64, "LRU keeps at most max_entries ({live})");
+    assert!(live <= 64, "the table keeps at most max_entries ({live})");
     let st = p.stats();
     assert_eq!(st[stat::NEW_SOURCES as usize], 1000);
     assert!(st[stat::NEW_SOURCES as usize] - live as u64 >= 936, "evictions are derivable from counters");

@@ -1,12 +1,11 @@
 //! First-contact admission: a source's first scan-shaped packet is held in a fixed table; its
 //! second admits it to SOURCES (the held probe is replayed).
 use scanwatch_common::{
-    addr_fold32, cfgflag, known_bit, stat, SrcState, XdpConfig, FC_BUMPS, FIRST_CONTACT_SLOTS,
+    addr_fold32, cfgflag, known_bit, src_set, stat, SrcEntry, SrcState, XdpConfig, FC_BUMPS, FIRST_CONTACT_SLOTS,
+    SRC_WAYS,
 };
 
-use crate::maps::{
-        Obs, FIRST_CONTACT, KNOWN_SOURCES, SOURCES, ZERO_SRC,
-    };
+use crate::maps::{Obs, FIRST_CONTACT, KNOWN_SOURCES, SOURCES};
 
 
 use super::ctx::*;
@@ -44,14 +43,94 @@ pub(super) fn mark_known(h: u32) {
     }
 }
 
+/// First slot of the source's set in SOURCES.
+#[inline(always)]
+fn set_base(h: u32) -> u32 {
+    // SAFETY: reads of load-time constants the loader rewrote.
+    let (sets, seed) = unsafe { (core::ptr::read_volatile(&SRC_SETS), core::ptr::read_volatile(&SRC_SEED)) };
+    src_set(h, sets, seed) * SRC_WAYS
+}
+
+/// The address words of a slot.
+#[inline(always)]
+fn slot_addr(e: *mut SrcEntry) -> [u64; 2] {
+    // SAFETY: `e` is a valid map value; the key is its first 16 bytes, 8-aligned.
+    unsafe { *(e as *const [u64; 2]) }
+}
+
+/// The source's state in its set, or null.
+#[inline(always)]
+fn find(base: u32, w: &[u64; 2]) -> *mut SrcState {
+    let mut way = 0;
+    while way < SRC_WAYS {
+        if let Some(e) = SOURCES.get_ptr_mut(base + way) {
+            let a = slot_addr(e);
+            if a[0] == w[0] && a[1] == w[1] {
+                // SAFETY: field of a valid map value.
+                return unsafe { &mut (*e).state };
+            }
+        }
+        way += 1;
+    }
+    core::ptr::null_mut()
+}
+
+/// Give the source a slot of its set: a free one, else the least recently seen source's (an
+/// eviction). Two CPUs admitting sources of one set at the same instant may pick the same slot
+/// (one source then starts over on its next packet) or one source twice (the agent keeps the
+/// first way, as lookups do): both bounded, neither loses more than a probe.
+#[inline(always)]
+fn insert(stats: &mut Stats, base: u32, w: &[u64; 2]) -> *mut SrcState {
+    let mut victim: *mut SrcEntry = core::ptr::null_mut();
+    let mut oldest = u64::MAX;
+    let mut way = 0;
+    while way < SRC_WAYS {
+        if let Some(e) = SOURCES.get_ptr_mut(base + way) {
+            let a = slot_addr(e);
+            if a[0] == 0 && a[1] == 0 {
+                victim = e;
+                break;
+            }
+            // SAFETY: field of a valid map value.
+            let seen = unsafe { (*e).state.last_seen_ns };
+            if seen < oldest {
+                oldest = seen;
+                victim = e;
+            }
+        }
+        way += 1;
+    }
+    if victim.is_null() {
+        stats[stat::SOURCE_INSERT_FAILED as usize] += 1;
+        return victim as *mut SrcState;
+    }
+    // Clear the state word by word (volatile: a struct store becomes a memset call on this
+    // target), then claim the slot.
+    let words = victim as *mut u64;
+    let mut i = 2;
+    while i < core::mem::size_of::<SrcEntry>() / 8 {
+        // SAFETY: within the 880-byte map value.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        i += 1;
+    }
+    // SAFETY: the key words of the same value.
+    unsafe {
+        core::ptr::write_volatile(words, w[0]);
+        core::ptr::write_volatile(words.add(1), w[1]);
+    }
+    stats[stat::NEW_SOURCES as usize] += 1;
+    // SAFETY: field of a valid map value.
+    unsafe { &mut (*victim).state }
+}
+
 /// The source's state, or null. With the first-contact tier on, a source that is not known is
 /// admitted only on its second scan-shaped packet (its first is replayed from the slot); its
 /// first packet is held and `obs.held` set. Honeyport touches are admitted at once.
 #[inline(always)]
 pub(super) fn acquire(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs) -> *mut SrcState {
-    let key = l3.src.key();
     let w = l3.src.w;
     let h = obs.source_hash(&l3.src);
+    let base = set_base(h);
     if cfg.flags & cfgflag::FIRST_CONTACT != 0 && obs.honey == 0 {
         let (word, bit) = known_bit(h);
         let maybe_known = match KNOWN_SOURCES.get(word) {
@@ -59,7 +138,8 @@ pub(super) fn acquire(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs
             None => true,
         };
         if maybe_known {
-            if let Some(p) = SOURCES.get_ptr_mut(key) {
+            let p = find(base, &w);
+            if !p.is_null() {
                 return p;
             }
         }
@@ -79,23 +159,13 @@ pub(super) fn acquire(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs
                 return core::ptr::null_mut();
             }
         }
-    } else if let Some(p) = SOURCES.get_ptr_mut(key) {
-        return p;
-    }
-    let Some(zero) = ZERO_SRC.get_ptr(0) else { return core::ptr::null_mut() };
-    // SAFETY: the per-CPU zero value is never written.
-    let zero = unsafe { &*zero };
-    // BPF_NOEXIST: another CPU may have inserted it meanwhile; then just use it.
-    if SOURCES.insert(key, zero, 1).is_ok() {
-        stats[stat::NEW_SOURCES as usize] += 1;
-    }
-    mark_known(h);
-    match SOURCES.get_ptr_mut(key) {
-        Some(p) => p,
-        None => {
-            stats[stat::SOURCE_INSERT_FAILED as usize] += 1;
-            core::ptr::null_mut()
+    } else {
+        let p = find(base, &w);
+        if !p.is_null() {
+            return p;
         }
     }
+    let p = insert(stats, base, &w);
+    mark_known(h);
+    p
 }
-

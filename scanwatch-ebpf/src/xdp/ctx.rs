@@ -32,6 +32,13 @@ pub(super) static FIRST_PAYLOAD: u32 = 1;
 #[unsafe(no_mangle)]
 pub(super) static GATEWAY: u32 = 0;
 
+/// Load-time settings (the loader rewrites them from `xdp.max_sources` and a random seed): the
+/// per-source table's set count and the seed of its set index (`src_set`).
+#[unsafe(no_mangle)]
+pub(super) static SRC_SETS: u32 = scanwatch_common::DEFAULT_MAX_SOURCES / scanwatch_common::SRC_WAYS;
+#[unsafe(no_mangle)]
+pub(super) static SRC_SEED: u32 = 0;
+
 #[inline(always)]
 pub(super) fn gateway_on() -> bool {
     // SAFETY: read of a load-time constant the loader may have rewritten.

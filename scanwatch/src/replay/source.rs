@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use scanwatch_common::{cfgflag, stat, FpKey, FpValue, SrcKey, SrcState, XdpConfig};
+use scanwatch_common::{cfgflag, stat, FpKey, FpValue, XdpConfig};
 
 use crate::config::Config;
 use crate::detect::{HeldProbe, InboundObservation, Observation, SourceSnapshot, Stamped};
@@ -42,6 +42,9 @@ use crate::outcome::{Resolved, Seen, TrackerConfig, TrackerStats};
 use crate::source::live::first_contact::{FirstContactView, HeldReader, Listeners};
 use crate::source::live::{self as live, filters, maps};
 use crate::vocab::ip_to_key;
+
+/// Seed of the per-source table's set index in a replay (live agents draw theirs at random).
+const REPLAY_SOURCE_SEED: u32 = 0x5ca7_0001;
 
 /// Frames per batch handed from the reader to the kernel thread.
 pub const BATCH: usize = 512;
@@ -118,7 +121,7 @@ pub struct KernelSide {
     _ebpf: aya::Ebpf,
     prog_fd: i32,
     ring: RingBuf<MapData>,
-    sources: BpfHashMap<MapData, SrcKey, SrcState>,
+    sources: maps::Sources,
     fps: BpfHashMap<MapData, FpKey, FpValue>,
     stats: PerCpuArray<MapData, [u64; stat::N as usize]>,
     known: Array<MapData, u64>,
@@ -148,11 +151,13 @@ impl KernelSide {
             flags: lopts.xdp.flags & !cfgflag::LOOKUP_SOCKETS,
             ..lopts.xdp
         };
+        // A fixed set-index seed: the same capture gives the same evictions, run after run.
+        lopts.source_seed = REPLAY_SOURCE_SEED;
         let mut ebpf = crate::loader::load(&lopts)?;
         crate::loader::xdp_program(&mut ebpf)?;
         let take = |ebpf: &mut aya::Ebpf, name: &str| ebpf.take_map(name).ok_or_else(|| anyhow::anyhow!("map {name} missing"));
         let ring = RingBuf::try_from(take(&mut ebpf, scanwatch_common::MAP_EVENTS)?)?;
-        let sources = BpfHashMap::try_from(take(&mut ebpf, scanwatch_common::MAP_SOURCES)?)?;
+        let sources = maps::take_sources(&mut ebpf, &lopts)?;
         let fps = BpfHashMap::try_from(take(&mut ebpf, scanwatch_common::MAP_FINGERPRINTS)?)?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, scanwatch_common::MAP_STATS)?)?;
         let known = Array::try_from(take(&mut ebpf, scanwatch_common::MAP_KNOWN)?)?;
@@ -251,7 +256,7 @@ impl KernelSide {
         let mut sources = Vec::with_capacity(dirty.len());
         for ip in dirty {
             let key = ip_to_key(ip);
-            let snap = self.sources.get(&key, 0).ok().map(|s| live::sweep::snapshot(&key, &s, &self.fps));
+            let snap = self.sources.get(&key).map(|s| live::sweep::snapshot(&key, &s, &self.fps));
             self.st.snapshots += u64::from(snap.is_some());
             sources.push((ip, snap));
         }
@@ -310,7 +315,7 @@ impl KernelSide {
             .filter(|(_, n)| !n.is_empty())
             .map(|(i, n)| ((*n).to_string(), totals[i]))
             .collect();
-        self.st.live_sources = self.sources.keys().filter(|k| k.is_ok()).count() as u64;
+        self.st.live_sources = self.sources.live() as u64;
         std::mem::take(&mut self.out)
     }
 }

@@ -4,12 +4,12 @@
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use aya::Ebpf;
 use scanwatch_common::{
-    stat, BlockEntry, FpKey, FpValue, SrcKey, SrcState, MAP_BLOCKLIST, MAP_FINGERPRINTS, MAP_FIRST_CONTACT, MAP_KNOWN, MAP_SOURCES,
+    stat, BlockEntry, FpKey, FpValue, SrcKey, MAP_BLOCKLIST, MAP_FINGERPRINTS, MAP_FIRST_CONTACT, MAP_KNOWN, MAP_SOURCES,
     MAP_STATS, MAP_SUSPECT,
 };
 
-/// Per-source state (LRU).
-pub type Sources = BpfHashMap<MapData, SrcKey, SrcState>;
+/// Per-source state (the memory-mapped set-associative table).
+pub type Sources = super::table::SourceTable;
 /// Fingerprints by (source, hash).
 pub type Fingerprints = BpfHashMap<MapData, FpKey, FpValue>;
 /// Global per-CPU counters.
@@ -39,9 +39,9 @@ pub struct KernelMaps {
 }
 
 impl KernelMaps {
-    pub fn take_all(ebpf: &mut Ebpf) -> anyhow::Result<KernelMaps> {
+    pub fn take_all(ebpf: &mut Ebpf, opts: &crate::loader::LoadOptions) -> anyhow::Result<KernelMaps> {
         Ok(KernelMaps {
-            sources: take(ebpf, MAP_SOURCES)?,
+            sources: take_sources(ebpf, opts)?,
             fingerprints: take(ebpf, MAP_FINGERPRINTS)?,
             stats: take(ebpf, MAP_STATS)?,
             known: take(ebpf, MAP_KNOWN)?,
@@ -78,12 +78,13 @@ pub fn read_stats(stats: &Stats) -> [u64; stat::N as usize] {
     out
 }
 
-/// The keys of SOURCES, each once. The kernel's key iteration restarts from the first bucket
-/// when the key it continues from was evicted meanwhile, which a random-source flood does many
-/// times a second: the raw iteration then repeats keys (a live count above the map's bound) and
-/// may run long. Duplicates are dropped and the walk is capped at twice the largest map.
+/// The per-source table, mapped (`opts`: what it was loaded with).
+pub fn take_sources(ebpf: &mut Ebpf, opts: &crate::loader::LoadOptions) -> anyhow::Result<Sources> {
+    let map = ebpf.take_map(MAP_SOURCES).ok_or_else(|| anyhow::anyhow!("map {MAP_SOURCES} missing from the eBPF object"))?;
+    super::table::SourceTable::new(map, opts)
+}
+
+/// The keys of SOURCES, each once.
 pub fn source_keys(sources: &Sources) -> Vec<SrcKey> {
-    let cap = 2 * scanwatch_common::LIMIT_MAX_SOURCES as usize;
-    let mut seen = std::collections::HashSet::new();
-    sources.keys().take(cap).filter_map(Result::ok).filter(|k| seen.insert(*k)).collect()
+    sources.keys()
 }

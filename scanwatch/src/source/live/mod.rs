@@ -28,6 +28,7 @@ pub mod ports;
 pub mod records;
 pub mod procs;
 pub mod sweep;
+pub mod table;
 pub mod tracepoints;
 
 use first_contact::{FirstContactView, HeldReader, Listeners};
@@ -61,6 +62,7 @@ pub fn load_options(cfg: &Config, enforce_blocklist: bool) -> LoadOptions {
     }
     LoadOptions {
         max_sources: x.max_sources,
+        source_seed: loader::random_seed(),
         max_fingerprints: x.max_fingerprints,
         max_procs: x.max_procs,
         ringbuf_bytes: x.ringbuf_bytes,
@@ -224,7 +226,7 @@ impl LiveSource {
         let ring: RingBuf<aya::maps::MapData> = maps::take(&mut ebpf, MAP_EVENTS)?;
         // SAFETY: `ring` owns its fd and stays inside the AsyncFd (registered once, closed on drop).
         let ring = unsafe { AsyncFd::register(ring)? };
-        let maps = KernelMaps::take_all(&mut ebpf)?;
+        let maps = KernelMaps::take_all(&mut ebpf, &lopts)?;
         let blocklist = if lopts.enforce_blocklist { Some(maps::take_blocklist(&mut ebpf)?) } else { None };
         let fc_view = FirstContactView::new(maps::take_first_contact(&mut ebpf)?)?;
         let procs: Option<procs::Procs> =
@@ -380,7 +382,7 @@ impl LiveSource {
     /// The kernel's counters and the source's own, by name (the agent's exit line).
     pub fn counters(&self) -> serde_json::Map<String, serde_json::Value> {
         let totals = self.maps.totals();
-        let live = maps::source_keys(&self.maps.sources).len() as u64;
+        let live = self.maps.sources.live() as u64;
         let mut summary = serde_json::Map::new();
         for (i, name) in stat::NAMES.iter().enumerate() {
             if !name.is_empty() {

@@ -109,7 +109,7 @@ impl Sweep {
         let since = self.since_ns.saturating_sub(COARSE_CLOCK_SLACK_NS);
         let from = self.keys.len().saturating_sub(SWEEP_STEP);
         for key in self.keys.drain(from..) {
-            let Ok(s) = sources.get(&key, 0) else { continue };
+            let Some(s) = sources.get(&key) else { continue };
             if s.last_seen_ns >= since {
                 f(snapshot(&key, &s, fps));
             }
@@ -122,7 +122,7 @@ impl Sweep {
 
 /// The current snapshot of one source, if it has state.
 pub fn lookup(sources: &Sources, fps: &Fingerprints, key: &SrcKey) -> Option<SourceSnapshot> {
-    sources.get(key, 0).ok().map(|st| snapshot(key, &st, fps))
+    sources.get(key).map(|st| snapshot(key, &st, fps))
 }
 
 
@@ -172,7 +172,7 @@ impl HotSources {
     /// the map or idle for a minute are dropped. `now_ns`: kernel monotonic time.
     pub fn refresh(&mut self, sources: &Sources, fps: &Fingerprints, now_ns: u64, mut f: impl FnMut(SourceSnapshot)) {
         self.keys.retain(|key, seen| {
-            let Ok(s) = sources.get(key, 0) else { return false };
+            let Some(s) = sources.get(key) else { return false };
             if s.last_seen_ns > *seen {
                 *seen = s.last_seen_ns;
                 f(snapshot(key, &s, fps));
