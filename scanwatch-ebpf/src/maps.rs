@@ -17,9 +17,9 @@ use scanwatch_common::{
 /// 16-byte compares instead of the kernel's hash-table call chain. A new source takes a free way
 /// or the set's least recently seen source (a random-source flood evicts old sources instead of
 /// failing inserts). 16,384 entries ≈ 14 MiB. Evictions = `new_sources` − live entries.
-/// Memory-mappable: the agent's sweeps read it without a syscall per source.
+/// The agent reads it in batches (BPF_MAP_LOOKUP_BATCH), not one syscall per source.
 #[map]
-pub static SOURCES: Array<SrcEntry> = Array::with_max_entries(DEFAULT_MAX_SOURCES, BPF_F_MMAPABLE);
+pub static SOURCES: Array<SrcEntry> = Array::with_max_entries(DEFAULT_MAX_SOURCES, 0);
 
 /// (source, fingerprint hash) → fingerprint and counts. LRU, 8,192 entries ≈ 0.6 MiB; each
 /// source keeps at most `FP_PER_SOURCE` hashes, so a flood cannot grow it faster than SOURCES.

@@ -84,39 +84,40 @@ const COARSE_CLOCK_SLACK_NS: u64 = 30_000_000;
 /// served between steps.
 pub const SWEEP_STEP: usize = 1024;
 
-/// One sweep of SOURCES: the keys present when it started, snapshotted `SWEEP_STEP` at a time.
+/// One sweep of SOURCES: the table read `SWEEP_STEP` slots at a time.
 #[derive(Debug, Default)]
 pub struct Sweep {
-    keys: Vec<SrcKey>,
+    next: usize,
+    end: usize,
     since_ns: u64,
 }
 
 impl Sweep {
     /// Starts a sweep of the sources active since `since_ns` (kernel monotonic time of the
-    /// previous sweep). Only keys are read now (20 bytes each).
+    /// previous sweep).
     pub fn start(sources: &Sources, since_ns: u64) -> Sweep {
-        Sweep { keys: super::maps::source_keys(sources), since_ns }
+        Sweep { next: 0, end: sources.capacity(), since_ns }
     }
 
     pub fn is_done(&self) -> bool {
-        self.keys.is_empty()
+        self.next >= self.end
     }
 
-    /// The next step's snapshots (at most [`SWEEP_STEP`]) of sources still present and active
-    /// since the sweep's `since_ns`. The kernel stamps per-source times with the coarse clock,
-    /// up to one tick behind CLOCK_MONOTONIC: allow for it.
+    /// The next step's snapshots (the occupied slots among the next [`SWEEP_STEP`]) of sources
+    /// active since the sweep's `since_ns`. The kernel stamps per-source times with the coarse
+    /// clock, up to one tick behind CLOCK_MONOTONIC: allow for it.
     pub fn step(&mut self, sources: &Sources, fps: &Fingerprints, mut f: impl FnMut(SourceSnapshot)) {
         let since = self.since_ns.saturating_sub(COARSE_CLOCK_SLACK_NS);
-        let from = self.keys.len().saturating_sub(SWEEP_STEP);
-        for key in self.keys.drain(from..) {
-            let Some(s) = sources.get(&key) else { continue };
-            if s.last_seen_ns >= since {
-                f(snapshot(&key, &s, fps));
+        let mut buf = Vec::new();
+        let r = sources.visit(self.next, SWEEP_STEP, &mut buf, |e| {
+            if e.state.last_seen_ns >= since {
+                f(snapshot(&e.key, &e.state, fps));
             }
+        });
+        if let Err(e) = r {
+            log::warn!("cannot read the per-source table: {e}");
         }
-        if self.keys.is_empty() {
-            self.keys = Vec::new(); // a flood's key list is not kept between sweeps
-        }
+        self.next += SWEEP_STEP;
     }
 }
 

@@ -1,58 +1,50 @@
 //! The agent's view of the XDP program's per-source table (SOURCES): a set-associative array of
-//! `SrcEntry` (address + state) the agent memory-maps read-only, so a sweep of the whole table
-//! is a walk over memory, not two syscalls per source, and a lookup is the kernel's own set
-//! computation (`src_set`) and at most `SRC_WAYS` compares.
+//! `SrcEntry` (address + state), read in batches (BPF_MAP_LOOKUP_BATCH: one syscall per
+//! [`CHUNK`] slots, so a sweep of the default 16,384-slot table is 16 syscalls) and looked up the
+//! way the kernel does (`src_set`, then at most `SRC_WAYS` slots, one syscall).
 //!
-//! The kernel writes entries while they are read: a copy may be torn (a source admitted or
-//! evicted mid-copy). A torn state is at worst one sweep's snapshot of mixed counters, which the
-//! engine's delta logic treats like any other counter change; a torn key cannot match a lookup.
+//! The kernel writes entries while they are copied: a copy may be torn (a source admitted or
+//! evicted mid-copy). A torn state is at worst one snapshot of mixed counters, which the
+//! engine's delta logic treats like any other counter change; a lookup re-checks the key.
+//! Not memory-mapped on purpose: a mapping of the whole table would count its 14 MiB (up to
+//! 0.9 GiB at the largest `xdp.max_sources`) in the agent's resident set.
 use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd};
 
 use aya::maps::{Map, MapData};
-use scanwatch_common::{addr_hash, src_set, src_sets, SrcEntry, SrcKey, SrcState, SRC_WAYS};
+use scanwatch_common::{addr_hash, src_set, src_sets, SrcEntry, SrcKey, SrcState, MAP_SOURCES, SRC_WAYS};
 
 use crate::loader::LoadOptions;
 
-/// Read-only mapping of SOURCES.
+/// Slots read per syscall (a multiple of `SRC_WAYS`: a set is never split between two reads).
+pub const CHUNK: usize = 1024;
+const _: () = assert!(CHUNK % SRC_WAYS as usize == 0);
+
+/// SOURCES as the agent reads it.
 pub struct SourceTable {
-    ptr: *const SrcEntry,
+    map: MapData,
     len: usize,
-    bytes: usize,
     sets: u32,
     seed: u32,
-    _map: MapData,
 }
 
-// SAFETY: the mapping is read-only shared memory; the table owns it (and the map's fd).
-unsafe impl Send for SourceTable {}
-// SAFETY: only reads (volatile copies) go through the pointer.
-unsafe impl Sync for SourceTable {}
-
 impl SourceTable {
-    /// Map SOURCES as loaded with `opts` (its size and set-index seed).
+    /// SOURCES as loaded with `opts` (its size and set-index seed).
     pub fn new(map: Map, opts: &LoadOptions) -> anyhow::Result<SourceTable> {
         let Map::Array(map) = map else {
-            anyhow::bail!("{} is not an array map (an eBPF object of another version?)", scanwatch_common::MAP_SOURCES);
+            anyhow::bail!("{MAP_SOURCES} is not an array map (an eBPF object of another version?)");
         };
         let sets = src_sets(opts.max_sources);
         let len = (sets * SRC_WAYS) as usize;
-        let info = map.info().map_err(|e| anyhow::anyhow!("{}: {e}", scanwatch_common::MAP_SOURCES))?;
+        let info = map.info().map_err(|e| anyhow::anyhow!("{MAP_SOURCES}: {e}"))?;
         anyhow::ensure!(
             info.max_entries() as usize == len && info.value_size() as usize == std::mem::size_of::<SrcEntry>(),
-            "{}: {} entries of {} bytes, expected {len} of {}",
-            scanwatch_common::MAP_SOURCES,
+            "{MAP_SOURCES}: {} entries of {} bytes, expected {len} of {}",
             info.max_entries(),
             info.value_size(),
             std::mem::size_of::<SrcEntry>()
         );
-        let bytes = len * std::mem::size_of::<SrcEntry>();
-        // SAFETY: mapping a BPF array's value area read-only; checked for failure below.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ, libc::MAP_SHARED, map.fd().as_fd().as_raw_fd(), 0) };
-        if p == libc::MAP_FAILED {
-            anyhow::bail!("cannot map the per-source table: {}", std::io::Error::last_os_error());
-        }
-        Ok(SourceTable { ptr: p as *const SrcEntry, len, bytes, sets, seed: opts.source_seed, _map: map })
+        Ok(SourceTable { map, len, sets, seed: opts.source_seed })
     }
 
     /// Slots (free or not).
@@ -60,48 +52,87 @@ impl SourceTable {
         self.len
     }
 
-    /// The address of slot `i` (all zero: free).
-    fn key_at(&self, i: usize) -> SrcKey {
-        debug_assert!(i < self.len);
-        // SAFETY: `i` is within the mapping; the key is the entry's first 16 bytes.
-        unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*self.ptr.add(i)).key)) }
+    /// Copy slots `start..start + n` (clamped to the table) into `out` (cleared first).
+    pub fn read(&self, start: usize, n: usize, out: &mut Vec<SrcEntry>) -> std::io::Result<()> {
+        out.clear();
+        let n = n.min(self.len.saturating_sub(start));
+        if n == 0 {
+            return Ok(());
+        }
+        let mut keys = vec![0u32; n];
+        out.reserve(n);
+        // The kernel continues after the key in `in_batch` (none: from slot 0).
+        let prev = start.saturating_sub(1) as u32;
+        let mut next = 0u32;
+        let mut attr = BatchAttr {
+            in_batch: if start == 0 { 0 } else { &prev as *const u32 as u64 },
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: out.as_mut_ptr() as u64,
+            count: n as u32,
+            map_fd: self.map.fd().as_fd().as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: bpf(2) with a valid attr of the size passed; the kernel writes at most `count`
+        // keys and values into buffers of that capacity (`n` each).
+        let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>() as u32) };
+        // ENOENT: the end of the table was reached; `count` says how many were copied.
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                return Err(e);
+            }
+        }
+        let got = (attr.count as usize).min(n);
+        // SAFETY: the kernel initialised the first `got` values; SrcEntry is plain integers.
+        unsafe { out.set_len(got) };
+        Ok(())
     }
 
-    /// The state of slot `i`.
-    fn state_at(&self, i: usize) -> SrcState {
-        debug_assert!(i < self.len);
-        // SAFETY: `i` is within the mapping; SrcState is plain integers (any bit pattern valid).
-        unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*self.ptr.add(i)).state)) }
+    /// Visit every occupied slot from `start` for `n` slots, each source once (a source two CPUs
+    /// admitted at the same instant may hold two ways of its set: the kernel uses the first, and
+    /// so does this).
+    pub fn visit(&self, start: usize, n: usize, buf: &mut Vec<SrcEntry>, mut f: impl FnMut(&SrcEntry)) -> std::io::Result<()> {
+        let end = (start + n).min(self.len);
+        let mut at = start;
+        while at < end {
+            let step = CHUNK.min(end - at);
+            self.read(at, step, buf)?;
+            for set in buf.chunks(SRC_WAYS as usize) {
+                for (i, e) in set.iter().enumerate() {
+                    if e.key.addr != [0; 16] && !set[..i].iter().any(|o| o.key == e.key) {
+                        f(e);
+                    }
+                }
+            }
+            at += step;
+        }
+        Ok(())
     }
 
-    /// The slot of `key`, found as the kernel finds it (the first matching way of its set).
-    fn slot_of(&self, key: &SrcKey) -> Option<usize> {
+    /// A copy of `key`'s state, if the source has a slot (found as the kernel finds it).
+    pub fn get(&self, key: &SrcKey) -> Option<SrcState> {
         if key.addr == [0; 16] {
             return None;
         }
-        let w = key_words(key);
-        let base = (src_set(addr_hash(&w), self.sets, self.seed) * SRC_WAYS) as usize;
-        (base..base + SRC_WAYS as usize).find(|&i| i < self.len && self.key_at(i) == *key)
+        let base = (src_set(addr_hash(&key_words(key)), self.sets, self.seed) * SRC_WAYS) as usize;
+        let mut buf = Vec::new();
+        self.read(base, SRC_WAYS as usize, &mut buf).ok()?;
+        buf.iter().find(|e| e.key == *key).map(|e| e.state)
     }
 
-    /// A copy of `key`'s state, if the source has a slot.
-    pub fn get(&self, key: &SrcKey) -> Option<SrcState> {
-        let i = self.slot_of(key)?;
-        let st = self.state_at(i);
-        // Re-check the key: the slot may have been given to another source during the copy.
-        (self.key_at(i) == *key).then_some(st)
-    }
-
-    /// The sources with a slot, each once (a source two CPUs admitted at the same instant may
-    /// hold two ways of its set: the kernel uses the first, and so does this).
+    /// The sources with a slot, each once.
     pub fn keys(&self) -> Vec<SrcKey> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
-        for i in 0..self.len {
-            let k = self.key_at(i);
-            if k.addr != [0; 16] && seen.insert(k) {
-                out.push(k);
+        let mut buf = Vec::new();
+        if let Err(e) = self.visit(0, self.len, &mut buf, |e| {
+            if seen.insert(e.key) {
+                out.push(e.key);
             }
+        }) {
+            log::warn!("cannot read {MAP_SOURCES}: {e}");
         }
         out
     }
@@ -112,12 +143,20 @@ impl SourceTable {
     }
 }
 
-impl Drop for SourceTable {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.bytes) };
-    }
+/// `union bpf_attr` for the BPF_MAP_*_BATCH commands.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
 }
+const _: () = assert!(std::mem::size_of::<BatchAttr>() == 56);
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
 /// The address as the kernel's two native-endian words.
 fn key_words(key: &SrcKey) -> [u64; 2] {
