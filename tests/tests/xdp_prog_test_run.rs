@@ -569,6 +569,21 @@ fn known_source_filter_rebuild_drops_evicted_sources() {
 }
 
 #[test]
+fn the_unspecified_address_gets_no_state() {
+    // `::` is the table's free-slot marker (and only duplicate-address detection sends from it).
+    let mut p = Prog::new();
+    let d = v6("fd00::1");
+    p.run_all((0..3).map(|i| PacketSpec::nmap_syn(v6("::"), d, 80 + i).build()));
+    assert_eq!(p.n_sources(), 0);
+    let st = p.stats();
+    assert_eq!(st[stat::NEW_SOURCES as usize], 0);
+    assert_eq!(st[stat::SYN as usize], 3, "still parsed and counted");
+    // A real source after it is tracked as usual.
+    p.run_all((0..2).map(|_| PacketSpec::nmap_syn(v6("fd00::7"), d, 80).build()));
+    assert_eq!(p.count(v6("fd00::7"), cnt::SYN), 2);
+}
+
+#[test]
 fn a_full_set_evicts_its_least_recently_seen_source() {
     // 16 sets of 4: find five sources of one set (the seed is fixed here so the test can).
     let opts = LoadOptions { max_sources: 64, source_seed: 0x1234_5678, ..LoadOptions::default() };

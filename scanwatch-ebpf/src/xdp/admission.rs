@@ -129,6 +129,10 @@ fn insert(stats: &mut Stats, base: u32, w: &[u64; 2]) -> *mut SrcState {
 #[inline(always)]
 pub(super) fn acquire(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs) -> *mut SrcState {
     let w = l3.src.w;
+    // `::` (IPv6 duplicate-address detection) would match a free slot: it gets no state.
+    if w[0] | w[1] == 0 {
+        return core::ptr::null_mut();
+    }
     let h = obs.source_hash(&l3.src);
     let base = set_base(h);
     if cfg.flags & cfgflag::FIRST_CONTACT != 0 && obs.honey == 0 {

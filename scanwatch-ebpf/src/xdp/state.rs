@@ -24,7 +24,7 @@ pub(super) fn update_source(ctx: &XdpContext, stats: &mut Stats, cfg: &XdpConfig
     if ptr.is_null() {
         return if obs.held != 0 { R_HELD } else { R_NO_STATE };
     }
-    // SAFETY: LRU value pointer valid for this program run; races between CPUs only skew counts.
+    // SAFETY: table value pointer valid for this program run; races between CPUs only skew counts.
     let s = unsafe { &mut *ptr };
     if obs.deferred != 0 {
         // Sampled, except for a source already caught sending bad checksums: every SYN of it
