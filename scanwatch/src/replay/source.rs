@@ -121,8 +121,11 @@ const KNOWN_EVERY: Duration = Duration::from_secs(600);
 
 /// The kernel side of a replay.
 pub struct KernelSide {
-    _ebpf: aya::Ebpf,
-    prog_fd: i32,
+    ebpf: aya::Ebpf,
+    /// The live program (`scanwatch_xdp`): every frame with `SCANWATCH_REPLAY_ONE_FRAME_PER_RUN=1`
+    /// or without the batch programs, else only frames too big for a batch; loaded when first
+    /// needed (verifying it costs about as much as a million-frame replay's batches).
+    prog_fd: Option<i32>,
     /// The batch entry point (`scanwatch_replay`); None: one frame per run.
     batch_fd: Option<i32>,
     /// The batch buffer (header + frames in reverse order), reused.
@@ -162,7 +165,6 @@ impl KernelSide {
             ..lopts.xdp
         };
         let mut ebpf = crate::loader::load(&lopts)?;
-        crate::loader::xdp_program(&mut ebpf)?;
         let take = |ebpf: &mut aya::Ebpf, name: &str| ebpf.take_map(name).ok_or_else(|| anyhow::anyhow!("map {name} missing"));
         let ring = RingBuf::try_from(take(&mut ebpf, scanwatch_common::MAP_EVENTS)?)?;
         let sources = BpfHashMap::try_from(take(&mut ebpf, scanwatch_common::MAP_SOURCES)?)?;
@@ -170,14 +172,12 @@ impl KernelSide {
         let stats = PerCpuArray::try_from(take(&mut ebpf, scanwatch_common::MAP_STATS)?)?;
         let known = Array::try_from(take(&mut ebpf, scanwatch_common::MAP_KNOWN)?)?;
         let fc = FirstContactView::new(take(&mut ebpf, scanwatch_common::MAP_FIRST_CONTACT)?)?;
-        // The program stays owned by `ebpf` (kept alive in this struct); runs use its fd.
-        let prog_fd = {
-            use std::os::fd::{AsFd, AsRawFd};
-            crate::loader::xdp_program(&mut ebpf)?.fd()?.as_fd().as_raw_fd()
-        };
         let batch_fd = if one_frame_per_run() { None } else { load_batch_program(&mut ebpf) };
+        // Without the batch programs every frame runs the live program: load it now, so a
+        // program the verifier refuses is an error before any packet.
+        let prog_fd = if batch_fd.is_none() { Some(live_program_fd(&mut ebpf)?) } else { None };
         Ok(KernelSide {
-            _ebpf: ebpf,
+            ebpf,
             prog_fd,
             batch_fd,
             buf: Vec::with_capacity(REPLAY_MAX_BYTES),
@@ -234,6 +234,8 @@ impl KernelSide {
                 i += 1;
                 continue;
             };
+            // (A batch of one frame is still run by the batch programs: the live program is
+            // only loaded for frames that fit no batch.)
             // The batch: frames i..j, none at or past the next sweep.
             let mut bytes = REPLAY_HDR_LEN + f.len as usize;
             let mut now = ts;
@@ -247,13 +249,6 @@ impl KernelSide {
                 bytes += g.len as usize;
                 now = t;
                 j += 1;
-            }
-            if j - i == 1 {
-                self.now = ts;
-                self.run_one(&b.bytes, f);
-                self.after_frame(f, ts, true);
-                i += 1;
-                continue;
             }
             let mut k = i;
             while k < j {
@@ -329,11 +324,33 @@ impl KernelSide {
         }
     }
 
+    /// The live program's fd, loaded on first use. A frame shorter than an Ethernet header
+    /// needs none: BPF_PROG_TEST_RUN refuses it before running any program, so it goes to the
+    /// batch entry as it is.
+    fn single_fd(&mut self, len: usize) -> std::io::Result<i32> {
+        if let Some(fd) = self.prog_fd {
+            return Ok(fd);
+        }
+        if let (Some(fd), true) = (self.batch_fd, len < 14) {
+            return Ok(fd);
+        }
+        match live_program_fd(&mut self.ebpf) {
+            Ok(fd) => {
+                self.prog_fd = Some(fd);
+                Ok(fd)
+            }
+            Err(e) => Err(std::io::Error::other(format!("{e:#}"))),
+        }
+    }
+
     /// One frame, one run of the live program.
     fn run_one(&mut self, bytes: &[u8], f: &FrameMeta) {
         let frame = &bytes[f.start as usize..(f.start + f.len) as usize];
-        let fd = self.prog_fd;
-        match self.timed(|| test_run(fd, frame)) {
+        let r = match self.single_fd(frame.len()) {
+            Ok(fd) => self.timed(|| test_run(fd, frame)),
+            Err(e) => Err(e),
+        };
+        match r {
             Ok(_) => self.st.runs += 1,
             Err(e) => {
                 if self.st.run_errors == 0 {
@@ -344,7 +361,7 @@ impl KernelSide {
         }
     }
 
-    /// One run of the batch program on `frames` (2..=REPLAY_MAX_FRAMES, all batchable, their
+    /// One run of the batch program on `frames` (1..=REPLAY_MAX_FRAMES, all batchable, their
     /// total within REPLAY_MAX_BYTES); returns how many it ran (0: refused).
     fn run_packed(&mut self, fd: i32, bytes: &[u8], frames: &[FrameMeta]) -> usize {
         let mut buf = std::mem::take(&mut self.buf);
@@ -612,6 +629,12 @@ fn batchable(len: usize) -> bool {
 /// batch program).
 fn one_frame_per_run() -> bool {
     std::env::var_os("SCANWATCH_REPLAY_ONE_FRAME_PER_RUN").is_some_and(|v| v == "1")
+}
+
+/// Load the live program (if not yet) and return its fd; it stays owned by `ebpf`.
+fn live_program_fd(ebpf: &mut aya::Ebpf) -> anyhow::Result<i32> {
+    use std::os::fd::{AsFd, AsRawFd};
+    Ok(crate::loader::xdp_program(ebpf)?.fd()?.as_fd().as_raw_fd())
 }
 
 /// Load the batch programs (same object, same maps as the live program) and put the step
