@@ -107,6 +107,9 @@ pub struct KernelStats {
     pub run_errors: u64,
     /// BPF_PROG_TEST_RUN calls (batches and single frames).
     pub calls: u64,
+    /// Time spent loading the live program mid-replay (the first frame too big for a batch):
+    /// program loading is not part of the replay's rate.
+    pub load_time: Duration,
     /// Wall time spent inside BPF_PROG_TEST_RUN (the floor of the replay's cost; sampled).
     pub xdp_time: Duration,
     pub sweeps: u64,
@@ -334,7 +337,10 @@ impl KernelSide {
         if let (Some(fd), true) = (self.batch_fd, len < 14) {
             return Ok(fd);
         }
-        match live_program_fd(&mut self.ebpf) {
+        let t = std::time::Instant::now();
+        let r = live_program_fd(&mut self.ebpf);
+        self.st.load_time += t.elapsed();
+        match r {
             Ok(fd) => {
                 self.prog_fd = Some(fd);
                 Ok(fd)
