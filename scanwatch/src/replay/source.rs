@@ -1,5 +1,5 @@
-//! The replay source: packets of a capture through the real XDP program (BPF_PROG_TEST_RUN, one
-//! run per packet), the detectors driven by the packets' own clock.
+//! The replay source: packets of a capture through the real XDP program (BPF_PROG_TEST_RUN, many
+//! frames per run), the detectors driven by the packets' own clock.
 //!
 //! Three threads, joined by bounded channels (memory stays flat for any capture length):
 //! * reader: parses the capture files, gives every frame an Ethernet header, decodes what the
@@ -11,6 +11,33 @@
 //! * engine ([`EngineSide`]): the reply tracker (in packet order, interleaved with the sweeps
 //!   exactly where they happened), the outcome counters it adds to the kernel's, the detection
 //!   engine and the alert output.
+//!
+//! Batches. One BPF_PROG_TEST_RUN costs ≈ 1.4 µs of kernel entry, allocation and copying
+//! before any program runs, several times the detector's own cost, so consecutive frames go to
+//! the kernel together: [`pack`] writes a header (count, lengths) and the frames in reverse
+//! order into one buffer of at most `REPLAY_MAX_BYTES` (3,520: what BPF_PROG_TEST_RUN keeps in
+//! the linear part of a 4 KiB page) and `REPLAY_MAX_FRAMES` (32, the kernel's tail-call limit)
+//! frames, and the batch programs (`scanwatch_replay`, `scanwatch_replay_step`;
+//! scanwatch-ebpf/src/xdp/replay.rs) run the live program's body on each frame with
+//! `[data, data_end)` cut to exactly that frame. What stays as with one run per frame, by
+//! construction:
+//! * sweeps: a batch never spans a sweep boundary (it ends before the first frame at or past the
+//!   next sweep time), so the sweep is taken at the same capture time, between the same frames;
+//! * event times: the program stops after a frame that wrote to the event ring and returns how
+//!   many frames it ran; the events are drained then and stamped with that frame's capture time
+//!   (not the batch's last), and the rest of the batch is resubmitted. No capture-time span
+//!   limit on a batch is needed for that;
+//! * counting: `runs` counts frames, not calls (`calls` counts calls); `xdp_time` is the sampled
+//!   time of all calls;
+//! * frames that fit no batch (bigger than `REPLAY_MAX_BYTES` less the header: GRO / jumbo
+//!   frames) run alone through the live program `scanwatch_xdp`, loaded when the first one
+//!   comes (the load is not counted in the replay's rate).
+//!
+//! `SCANWATCH_REPLAY_ONE_FRAME_PER_RUN=1` turns batches off (one run of `scanwatch_xdp` per
+//! frame, the reference the batch path is tested against: tests/tests/replay.rs
+//! `batched_replay_equals_one_frame_per_run`, tests/tests/xdp_prog_test_run.rs
+//! `batched_runs_equal_one_run_per_frame`). A kernel that refuses the batch programs gets the
+//! same, with a warning.
 //!
 //! Clocks. The kernel stamps per-source state (`first_seen_ns`, `last_seen_ns`, the short
 //! window) with its own monotonic clock, which during a replay has nothing to do with capture
@@ -25,7 +52,7 @@
 //! verdicts are added to the counters the kernel would have set from its socket lookup
 //! (`syn_open`, `syn_closed`, `failed`, `udp`, `udp_closed`, `ack`, `maimon`,
 //! `unsolicited_synack`, `unsolicited_rst`) before the engine sees them.
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -142,7 +169,7 @@ pub struct KernelSide {
     known: Array<MapData, u64>,
     fc: FirstContactView,
     held: HeldReader,
-    dirty: HashSet<IpAddr, FastHash>,
+    dirty: HashSet<IpAddr>,
     pub open_ports: Arc<OpenPorts>,
     sweep_every: Duration,
     next_sweep: Option<Duration>,
@@ -192,7 +219,7 @@ impl KernelSide {
             known,
             fc,
             held: HeldReader::default(),
-            dirty: HashSet::default(),
+            dirty: HashSet::new(),
             open_ports: Arc::new(OpenPorts::default()),
             sweep_every: cfg.agent.sweep_interval.max(Duration::from_millis(10)),
             next_sweep: None,
@@ -694,39 +721,6 @@ pub fn pack(buf: &mut Vec<u8>, bytes: &[u8], frames: &[FrameMeta]) {
         buf.extend_from_slice(&bytes[f.start as usize..(f.start + f.len) as usize]);
     }
 }
-
-/// FxHash-style hasher for the sweep's source set (one insert per frame: SipHash was a
-/// noticeable part of the kernel thread; the keys are the capture's addresses, and a
-/// collision-heavy capture only slows its own replay).
-#[derive(Default, Clone, Copy)]
-pub struct FastHasher(u64);
-
-impl std::hash::Hasher for FastHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for c in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            self.write_u64(u64::from_le_bytes(w));
-        }
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.write_u64(u64::from(i));
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(u64::from(i));
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-}
-
-pub type FastHash = std::hash::BuildHasherDefault<FastHasher>;
 
 /// Channel pair sizes: a few batches in flight bound the memory.
 pub fn channel<T>() -> (SyncSender<T>, Receiver<T>) {
