@@ -1179,3 +1179,37 @@ pub struct ProcPayloadEvent {
     pub data: [u8; PROC_PAYLOAD_SAMPLE],
 }
 const _: () = assert!(size_of::<ProcPayloadEvent>() == 80 + PROC_PAYLOAD_SAMPLE);
+
+// ---------------------------------------------------------------------------------------------
+// Replay batches (`scanwatch replay`): many frames per BPF_PROG_TEST_RUN.
+// ---------------------------------------------------------------------------------------------
+/// The replay's batch entry point: the XDP program run on each frame of a packed buffer.
+pub const PROG_REPLAY: &str = "scanwatch_replay";
+/// One frame of a batch: the detector, then a tail call to itself for the next frame.
+pub const PROG_REPLAY_STEP: &str = "scanwatch_replay_step";
+/// Per-CPU copy of a batch's header plus the index of the next frame (written by the batch
+/// programs themselves).
+pub const MAP_REPLAY_LENS: &str = "REPLAY_LENS";
+/// The tail-call table of the batch programs: slot 0 = `PROG_REPLAY_STEP` (set by the replay).
+pub const MAP_REPLAY_PROGS: &str = "REPLAY_PROGS";
+/// Most frames in one batch: one tail call per frame, and the kernel allows 33 tail calls per
+/// run (MAX_TAIL_CALL_CNT); 32 leaves one spare.
+pub const REPLAY_MAX_FRAMES: usize = 32;
+/// Batch header: `n` (u16 LE), 2 reserved bytes, then `REPLAY_MAX_FRAMES` frame lengths (u16
+/// LE, chronological order; unused slots 0). The frames follow in REVERSE order (the
+/// chronologically first frame last, ending at the buffer's end), so the program only ever
+/// moves `data` back and shrinks the tail: growing the tail would zero the bytes it uncovers.
+pub const REPLAY_HDR_LEN: usize = 4 + 2 * REPLAY_MAX_FRAMES;
+/// Largest batch buffer (header included) kept in the linear part of the test-run buffer:
+/// BPF_PROG_TEST_RUN (net/bpf/test_run.c, `bpf_prog_test_run_xdp`) puts at most
+/// PAGE_SIZE - XDP_PACKET_HEADROOM (256) - SKB_DATA_ALIGN(sizeof(struct skb_shared_info)) (320
+/// on x86-64) bytes in the linear buffer and the rest into fragments, which packet pointers
+/// cannot reach. 4096 - 256 - 320 = 3520; the program checks the length it got and refuses a
+/// batch that is not wholly linear (the replay then runs those frames one by one).
+pub const REPLAY_MAX_BYTES: usize = 3520;
+/// Return value of a batch run: `REPLAY_RET_DONE + k`, k = frames run (the program stops after a
+/// frame that wrote to the event ring, so the replay can stamp the events with that frame's
+/// time; it resubmits the rest, as it does if a tail call fails). `REPLAY_RET_BAD`
+/// (`XDP_ABORTED`): malformed batch or no step program in `REPLAY_PROGS`, nothing run.
+pub const REPLAY_RET_DONE: u32 = 0x1000;
+pub const REPLAY_RET_BAD: u32 = 0;

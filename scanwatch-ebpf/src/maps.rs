@@ -2,7 +2,7 @@
 //! The loader may shrink or grow `max_entries` from configuration before loading.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use scanwatch_common::{
     BlockEntry, FcSlot, TCP_PORT_BYTES, Fingerprint, FpKey, FpValue, Probe, FIRST_CONTACT_SLOTS, KNOWN_WORDS, SUSPECT_WORDS, ProcConfig, ProcState, SrcEntry, SrcKey, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
@@ -210,3 +210,15 @@ pub static IFACE_MODES: HashMap<u32, u32> = HashMap::with_max_entries(IFACE_MODE
 /// records; a full ring is counted in `forwarded_records_dropped`.
 #[map]
 pub static FWD_EVENTS: RingBuf = RingBuf::with_byte_size(FWD_RINGBUF_BYTES, 0);
+
+/// The replay's batch header (`scanwatch_replay`), copied here by the program from the start of
+/// the test-run buffer before it moves `data` past it, and (last word) the index of the frame
+/// the next `scanwatch_replay_step` runs. Per CPU: one batch runs at a time per CPU. Never
+/// touched by the live program.
+#[map]
+pub static REPLAY_LENS: PerCpuArray<[u32; scanwatch_common::REPLAY_HDR_LEN / 4 + 1]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Tail-call table of the replay's batch programs: slot 0 = `scanwatch_replay_step` (set by the
+/// replay after loading it).
+#[map]
+pub static REPLAY_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);

@@ -501,3 +501,156 @@ fn replay_time_window_and_stdin() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("RFC 3339"), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+// ------------------------------------------------------------------------------------------------
+// Batches: many frames per BPF_PROG_TEST_RUN must change nothing.
+// ------------------------------------------------------------------------------------------------
+
+/// `scanwatch replay ARGS` with batches (the default) or one BPF_PROG_TEST_RUN per frame
+/// (`SCANWATCH_REPLAY_ONE_FRAME_PER_RUN=1`): (alerts, stderr, summary).
+fn replay_mode(args: &[&str], one_per_run: bool) -> (Vec<Value>, String, Value) {
+    let mut cmd = Command::new(scanwatch_bin());
+    cmd.arg("replay").args(args).stdin(Stdio::null());
+    if one_per_run {
+        cmd.env("SCANWATCH_REPLAY_ONE_FRAME_PER_RUN", "1");
+    } else {
+        cmd.env_remove("SCANWATCH_REPLAY_ONE_FRAME_PER_RUN");
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run scanwatch replay: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "replay failed (one per run: {one_per_run}):\n{stderr}");
+    let alerts = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let summary = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("scanwatch: replay summary "))
+        .map(|j| serde_json::from_str(j).expect("summary JSON"))
+        .unwrap_or_else(|| panic!("no summary:\n{stderr}"));
+    (alerts, stderr, summary)
+}
+
+/// Alerts as comparable lines: without the per-run random `alert_id` and the engine's pick of
+/// `related` decoys (hash-map order: differs between two runs of the same mode), sorted (alerts
+/// at one capture time come out in hash-map order too).
+fn normalized(alerts: &[Value]) -> Vec<String> {
+    let mut v: Vec<String> = alerts
+        .iter()
+        .map(|a| {
+            let mut a = a.clone();
+            if let Some(o) = a.as_object_mut() {
+                o.remove("alert_id");
+            }
+            if let Some(s) = a.get_mut("source").and_then(Value::as_object_mut) {
+                s.remove("related");
+            }
+            a.to_string()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A capture that exercises every batch boundary: scans raising immediate events (new
+/// fingerprints, honeyports) in the middle of batches, frames too big for a batch (run alone by
+/// the live program), frames just under the batch limit, truncated (malformed) frames inside
+/// batches, a runt shorter than an Ethernet header (skipped by the reader both ways), sweeps
+/// every second of capture time, and a time jump backwards. Replayed with batches and with one
+/// run per frame, the alerts and every kernel counter must be the same.
+#[test]
+fn batched_replay_equals_one_frame_per_run() {
+    require_root();
+    let dir = TempDir::new("batch-eq");
+    let server = ip("10.52.0.1");
+    let mut frames: Vec<(u32, u32, Vec<u8>)> = Vec::new();
+    let mut t_us: u64 = 0;
+    let push = |frames: &mut Vec<(u32, u32, Vec<u8>)>, t: u64, f: Vec<u8>| {
+        frames.push((1_700_000_000 + (t / 1_000_000) as u32, (t % 1_000_000) as u32, f));
+    };
+    let honey = [1524u16, 31337, 4444];
+    for i in 0..6000u32 {
+        t_us += 150 + u64::from(i % 7) * 40;
+        match i % 10 {
+            // Vertical SYN scans from four sources (nmap fingerprint), answered by RST, with a
+            // honeyport among the ports now and then.
+            0..=3 => {
+                let s = i % 4;
+                let atk = ip(&format!("198.51.100.{}", 20 + s));
+                let port = if i % 997 == 0 { honey[(i as usize / 997) % 3] } else { 1 + (i / 4) as u16 };
+                push(&mut frames, t_us, PacketSpec::nmap_syn(atk, server, port).build());
+                let rst = PacketSpec::tcp(server, atk, port, 40000, scanwatch::packet::RST | scanwatch::packet::ACK).build();
+                push(&mut frames, t_us + 30, rst);
+            }
+            // A horizontal sweep of port 80 (a new destination each time) from a Linux stack.
+            4 | 5 => {
+                let dst = ip(&format!("10.53.{}.{}", (i / 250) % 250, 1 + i % 250));
+                push(&mut frames, t_us, PacketSpec::linux_syn(ip("203.0.113.9"), dst, 50000, 80).build());
+            }
+            // Established data of every size: small, just under the batch limit, too big for
+            // a batch (a jumbo frame), bigger than a page.
+            6 | 7 => {
+                let len = [40usize, 700, 1400, 3300, 3400, 3452, 3453, 5000, 9000][(i as usize / 10) % 9];
+                let mut p = PacketSpec::tcp(ip("10.54.0.9"), server, 40001, 443, scanwatch::packet::ACK | scanwatch::packet::PSH);
+                if let L4::Tcp { payload, .. } = &mut p.l4 {
+                    *payload = vec![0x61; len];
+                }
+                push(&mut frames, t_us, p.build());
+            }
+            // Malformed frames: an IPv4 header cut short, a TCP header cut short, a runt.
+            8 => {
+                let b = PacketSpec::nmap_syn(ip("198.51.100.40"), server, 1000 + (i % 300) as u16).build();
+                let f = match (i / 10) % 3 {
+                    0 => b[..14 + 10].to_vec(),
+                    1 => b[..14 + 20 + 6].to_vec(),
+                    _ => b[..10].to_vec(),
+                };
+                push(&mut frames, t_us, f);
+            }
+            // UDP probes (no answer) and a capture-time step backwards (the clock holds).
+            _ => {
+                let t = if i % 100 == 9 { t_us.saturating_sub(2_000) } else { t_us };
+                let mut p = PacketSpec::tcp(ip("198.51.100.50"), server, 0, 0, 0);
+                p.l4 = L4::Udp { sport: 53000, dport: 1 + (i % 500) as u16, payload: vec![0; 8] };
+                push(&mut frames, t, p.build());
+            }
+        }
+    }
+    let f = dir.path("mix.pcap");
+    write_pcap(&f, &frames);
+    // No kernel-clock budget for new-fingerprint events: it sheds by wall time, which differs
+    // between two runs whatever the batching.
+    let cfg = dir.path("cfg.toml");
+    std::fs::write(&cfg, "[xdp]\nfingerprint_events_per_sec = 0\n").expect("write config");
+    let args = ["--quiet", "-c", cfg.to_str().expect("utf8"), f.to_str().expect("utf8")];
+    let (one, one_err, one_sum) = replay_mode(&args, true);
+    let (bat, bat_err, bat_sum) = replay_mode(&args, false);
+    eprintln!("one per run: {one_sum}\nbatched: {bat_sum}");
+    let n = frames.len() as u64;
+    let runts = frames.iter().filter(|(_, _, f)| f.len() < 14).count() as u64;
+    assert!(runts > 0);
+    for (s, err) in [(&one_sum, &one_err), (&bat_sum, &bat_err)] {
+        assert_eq!(s["packets"], n, "{err}");
+        // Every frame run once (the runts never reach the kernel: the reader skips them).
+        assert_eq!(s["skipped"]["shorter than the link header"].as_u64(), Some(runts), "{s}");
+        assert_eq!(s["xdp_runs"].as_u64(), Some(n - runts), "{s}");
+        assert_eq!(s["xdp_run_errors"], 0, "{s}");
+        assert!(s["malformed"].as_u64().unwrap_or(0) > 0, "{s}");
+        assert!(s["events"].as_u64().unwrap_or(0) > 0, "{s}");
+        assert!(s["sweeps"].as_u64().unwrap_or(0) >= 2, "{s}");
+    }
+    assert!(!bat_err.contains("running its frames one by one"), "the batch program refused a batch:\n{bat_err}");
+    // Batches were used: one call per frame without them, several frames per call with them.
+    assert_eq!(one_sum["xdp_calls"], one_sum["xdp_runs"], "{one_sum}");
+    let (calls, runs) = (bat_sum["xdp_calls"].as_u64().unwrap_or(0), bat_sum["xdp_runs"].as_u64().unwrap_or(0));
+    assert!(calls > 0 && calls * 3 < runs, "batched replay made {calls} calls for {runs} frames");
+    assert!(!bat_err.contains("replay batches unavailable"), "{bat_err}");
+    for key in ["kernel", "events", "sweeps", "outcomes", "sources", "one_probe_sources", "live_sources", "malformed", "alerts"] {
+        assert_eq!(one_sum[key], bat_sum[key], "{key} differs between one frame per run and batches");
+    }
+    let kinds: BTreeSet<&str> = bat.iter().filter_map(|a| a["kind"].as_str()).collect();
+    for k in ["vertical_scan", "honeyport_hit", "horizontal_scan"] {
+        assert!(kinds.contains(k), "no {k} alert: {kinds:?}\n{}", dump(&bat));
+    }
+    assert_eq!(normalized(&one), normalized(&bat), "alerts differ between one frame per run and batches");
+}

@@ -1019,3 +1019,236 @@ fn udp_to_an_open_socket_marks_the_peer_for_reply_recognition() {
     assert_eq!(udp_peer_byte(&p, src, 40_002), 0, "another port of the same host is another peer");
     drop(sock);
 }
+
+// ------------------------------------------------------------------------------------------------
+// Replay batches: `scanwatch_replay` / `scanwatch_replay_step` run the detector on each frame of
+// a packed buffer; the result must be that of one `scanwatch_xdp` run per frame.
+// ------------------------------------------------------------------------------------------------
+
+impl Prog {
+    /// Load the batch programs and put the step program in the tail-call table (as the replay).
+    fn load_batch(&mut self) {
+        let mut fd = None;
+        for name in [scanwatch_common::PROG_REPLAY_STEP, scanwatch_common::PROG_REPLAY] {
+            let p: &mut Xdp = self.ebpf.program_mut(name).expect("batch program").try_into().expect("xdp");
+            p.load().unwrap_or_else(|e| panic!("{name} passes the verifier: {e}"));
+            if fd.is_none() {
+                fd = Some(p.fd().expect("fd").try_clone().expect("clone"));
+            }
+        }
+        let mut pa = aya::maps::ProgramArray::try_from(self.ebpf.map_mut(scanwatch_common::MAP_REPLAY_PROGS).expect("map")).expect("prog array");
+        pa.set(0, &fd.expect("step fd"), 0).expect("set step");
+    }
+
+    /// One run of the batch entry on a packed buffer: its return value.
+    fn run_batch_raw(&mut self, buf: &[u8]) -> u32 {
+        let p: &mut Xdp = self.ebpf.program_mut(scanwatch_common::PROG_REPLAY).expect("prog").try_into().expect("xdp");
+        p.test_run(TestRunOptions { data_in: Some(buf), repeat: 1, ..TestRunOptions::default() }).expect("test_run").return_value
+    }
+
+    /// Run `frames` as the replay does: packed, resubmitting the rest after each stop. Returns
+    /// the frames each call ran and the events drained after each call.
+    fn run_batched(&mut self, frames: &[Vec<u8>]) -> (Vec<usize>, Vec<Vec<(u32, IpAddr)>>) {
+        let (mut ran, mut evs) = (Vec::new(), Vec::new());
+        let mut k = 0;
+        while k < frames.len() {
+            let chunk = &frames[k..frames.len().min(k + scanwatch_common::REPLAY_MAX_FRAMES)];
+            let buf = pack(chunk);
+            let r = self.run_batch_raw(&buf);
+            assert!(
+                r > scanwatch_common::REPLAY_RET_DONE && r <= scanwatch_common::REPLAY_RET_DONE + chunk.len() as u32,
+                "batch of {} frames returned {r}",
+                chunk.len()
+            );
+            let n = (r - scanwatch_common::REPLAY_RET_DONE) as usize;
+            ran.push(n);
+            evs.push(self.events().iter().map(|e| (e.hdr.kind, ev_src(e))).collect());
+            k += n;
+        }
+        (ran, evs)
+    }
+}
+
+fn ev_src(e: &InboundEvent) -> IpAddr {
+    scanwatch::vocab::key_to_ip(&e.src)
+}
+
+/// The replay's own packing (header + frames last to first).
+fn pack(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut metas = Vec::new();
+    for f in frames {
+        metas.push(scanwatch::replay::source::FrameMeta {
+            ts: std::time::Duration::ZERO,
+            start: bytes.len() as u32,
+            len: f.len() as u32,
+            src: None,
+            seen: None,
+        });
+        bytes.extend_from_slice(f);
+    }
+    let mut buf = Vec::new();
+    scanwatch::replay::source::pack(&mut buf, &bytes, &metas);
+    buf
+}
+
+/// Everything of a source's state but the kernel-clock times.
+fn state_sans_times(s: &SrcState) -> Vec<u8> {
+    let mut s = *s;
+    s.first_seen_ns = 0;
+    s.last_seen_ns = 0;
+    s.win_start_ns = 0;
+    // SAFETY: SrcState is plain old data with explicit padding.
+    unsafe { std::slice::from_raw_parts((&raw const s).cast::<u8>(), std::mem::size_of::<SrcState>()) }.to_vec()
+}
+
+/// A mix of frames: SYN scans from three sources (the second packet of each admits it and
+/// raises a new-fingerprint event), a honeyport hit, UDP, ICMP, ARP, IPv6 and VLAN-tagged
+/// probes, and malformed frames each placed right after a well-formed one (in the packed buffer
+/// a frame's bytes are followed by the chronologically previous frame: a parser reading past
+/// the end of the short frame would find a whole packet there and count it differently).
+fn batch_mix() -> Vec<Vec<u8>> {
+    let d = v4("10.240.0.1");
+    let syn = PacketSpec::nmap_syn(v4("10.241.0.1"), d, 80).build();
+    let mut f = Vec::new();
+    for i in 0..40u16 {
+        let src = v4(&format!("10.241.0.{}", 1 + i % 3));
+        f.push(PacketSpec::nmap_syn(src, d, 100 + i).build());
+        match i % 8 {
+            0 => f.push(syn[..14 + 20 + 10].to_vec()),
+            1 => f.push(syn[..14 + 10].to_vec()),
+            2 => {
+                let mut b = syn.clone();
+                b[12] = 0x81;
+                b[13] = 0x00;
+                b.truncate(15);
+                f.push(b);
+            }
+            3 => f.push(syn[..14].to_vec()),
+            4 => {
+                let mut p = PacketSpec::tcp(v4("10.242.0.1"), d, 0, 0, 0);
+                p.l4 = L4::Udp { sport: 5353, dport: 1000 + i, payload: vec![1; 12] };
+                f.push(p.build());
+            }
+            5 => f.push(PacketSpec { l4: L4::Echo, ..PacketSpec::tcp(v4("10.242.0.2"), v4(&format!("10.240.1.{i}")), 0, 0, 0) }.build()),
+            6 => {
+                let mut s = PacketSpec::linux_syn(v6("fd13::1"), v6("fd13::2"), 40000, 2000 + i);
+                s.vlans = vec![7];
+                f.push(s.build());
+                let v6pkt = PacketSpec::linux_syn(v6("fd13::1"), v6("fd13::2"), 1, 2).build();
+                f.push(v6pkt[..14 + 30].to_vec());
+            }
+            _ => f.push(arp(1, [10, 243, 0, 1], [10, 243, 0, (i % 200) as u8 + 1])),
+        }
+    }
+    // A honeyport hit (an immediate event) in the middle of the last batch.
+    f.insert(f.len() - 5, PacketSpec::nmap_syn(v4("10.241.0.1"), d, 31337).build());
+    f
+}
+
+#[test]
+fn batched_runs_equal_one_run_per_frame() {
+    let frames = batch_mix();
+    assert!(frames.len() > 2 * scanwatch_common::REPLAY_MAX_FRAMES);
+    // One run of the live program per frame, events drained after each.
+    let mut one = Prog::new();
+    let mut event_frames = Vec::new();
+    let mut one_events = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(one.run(f), 2);
+        let ev: Vec<(u32, IpAddr)> = one.events().iter().map(|e| (e.hdr.kind, ev_src(e))).collect();
+        if !ev.is_empty() {
+            event_frames.push(i);
+        }
+        one_events.extend(ev);
+    }
+    assert!(event_frames.len() >= 4, "new-fingerprint and honeyport events: {event_frames:?}");
+    // The same frames in batches.
+    let mut bat = Prog::new();
+    bat.load_batch();
+    let (ran, evs) = bat.run_batched(&frames);
+    eprintln!("frames {} calls {} ran {ran:?}", frames.len(), ran.len());
+    // Every frame ran once; a call stops right after a frame that raised an event, else runs
+    // its whole batch.
+    assert_eq!(ran.iter().sum::<usize>(), frames.len());
+    let mut k = 0;
+    let mut batch_events = Vec::new();
+    for (n, ev) in ran.iter().zip(&evs) {
+        let last = k + n - 1;
+        if event_frames.contains(&last) {
+            assert!(!ev.is_empty(), "frame {last} raised an event alone, none in its batch");
+        } else {
+            assert!(ev.is_empty(), "events {ev:?} in a call that did not stop at an event frame");
+            assert!(*n == scanwatch_common::REPLAY_MAX_FRAMES || last == frames.len() - 1, "a call stopped early at frame {last}: {ran:?}");
+        }
+        assert!(event_frames.iter().all(|e| *e < k || *e >= last), "call ran past event frame: {k}..={last} {event_frames:?}");
+        batch_events.extend(ev.iter().copied());
+        k += n;
+    }
+    assert!(ran.len() < frames.len() / 3, "{ran:?}");
+    assert_eq!(one_events, batch_events, "the same events, in the same order");
+    // Every counter the same: malformed frames counted by the same reason, nothing read across.
+    let (a, b) = (one.stats(), bat.stats());
+    for (i, name) in stat::NAMES.iter().enumerate() {
+        assert_eq!(a[i], b[i], "stat {name} differs: one run per frame {} batched {}", a[i], b[i]);
+    }
+    // Five of each (the 14-byte frames are IPv4 ones with no IPv4 header: five more).
+    for (r, k) in [(stat::MAL_TCP, 5), (stat::MAL_IPV4, 10), (stat::MAL_VLAN, 5), (stat::MAL_IPV6, 5)] {
+        assert_eq!(b[r as usize], k, "{} counted once per malformed frame", stat::NAMES[r as usize]);
+    }
+    assert_eq!(b[stat::PACKETS as usize], frames.len() as u64);
+    // The same per-source state (but the kernel-clock times).
+    assert_eq!(one.n_sources(), bat.n_sources());
+    for ip in ["10.241.0.1", "10.241.0.2", "10.241.0.3", "10.242.0.1", "10.242.0.2", "10.243.0.1"].map(v4).into_iter().chain([v6("fd13::1")]) {
+        let (x, y) = (one.source(ip), bat.source(ip));
+        assert_eq!(x.is_some(), y.is_some(), "{ip}");
+        if let (Some(x), Some(y)) = (x, y) {
+            assert!(state_sans_times(&x) == state_sans_times(&y), "state of {ip} differs");
+        }
+    }
+}
+
+#[test]
+fn batch_limits_and_refusals() {
+    let mut p = Prog::new();
+    p.load_batch();
+    // A batch filling the linear test-run buffer exactly runs whole: 32 frames, all event-free
+    // (UDP to one port from a source already admitted: no threshold crossed), the last one
+    // padded up to REPLAY_MAX_BYTES.
+    let src = v4("10.244.0.1");
+    p.admit(src);
+    let n = scanwatch_common::REPLAY_MAX_FRAMES;
+    let udp = |port: u16, pad: usize| {
+        let mut s = PacketSpec::tcp(src, v4("10.244.0.2"), 0, 0, 0);
+        s.l4 = L4::Udp { sport: 999, dport: port, payload: vec![0; pad] };
+        s.build()
+    };
+    let mut frames: Vec<Vec<u8>> = (0..n as u16 - 1).map(|_| udp(3000, 0)).collect();
+    let used = scanwatch_common::REPLAY_HDR_LEN + frames.iter().map(Vec::len).sum::<usize>();
+    let last_len = scanwatch_common::REPLAY_MAX_BYTES - used;
+    frames.push(udp(3000, last_len - udp(3000, 0).len()));
+    let buf = pack(&frames);
+    assert_eq!(buf.len(), scanwatch_common::REPLAY_MAX_BYTES);
+    let before = p.stats();
+    assert_eq!(p.run_batch_raw(&buf), scanwatch_common::REPLAY_RET_DONE + n as u32, "a full batch runs whole");
+    let after = p.stats();
+    assert_eq!(after[stat::PACKETS as usize] - before[stat::PACKETS as usize], n as u64);
+    assert_eq!(after[stat::UDP as usize] - before[stat::UDP as usize], n as u64);
+    assert!(p.events().is_empty());
+    // Refused whole, nothing run: a header whose lengths do not add up to the buffer, a frame
+    // shorter than an Ethernet header, no frames, more than REPLAY_MAX_FRAMES frames.
+    let good = pack(&frames[..3]);
+    let mut short = good.clone();
+    short.pop();
+    let mut runt = good.clone();
+    runt[4..6].copy_from_slice(&10u16.to_le_bytes());
+    let mut none = good.clone();
+    none[0..2].copy_from_slice(&0u16.to_le_bytes());
+    let mut many = good.clone();
+    many[0..2].copy_from_slice(&(n as u16 + 1).to_le_bytes());
+    let before = p.stats();
+    for (what, b) in [("short", &short), ("runt", &runt), ("none", &none), ("too many", &many), ("header only", &good[..20].to_vec())] {
+        assert_eq!(p.run_batch_raw(b), scanwatch_common::REPLAY_RET_BAD, "{what}");
+    }
+    assert_eq!(p.stats(), before, "a refused batch runs nothing");
+}

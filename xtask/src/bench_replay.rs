@@ -291,5 +291,13 @@ fn count_packets(bin: &Path, file: &Path) -> Result<u64> {
         bail!("replay ran the XDP program on {runs} of {p} packets");
     }
     eprintln!("xtask: replay summary: {json}");
+    if let Some(calls) = v["xdp_calls"].as_u64().filter(|c| *c > 0) {
+        let secs = v["xdp_seconds"].as_f64().unwrap_or(f64::NAN);
+        eprintln!(
+            "xtask: {runs} frames in {calls} BPF_PROG_TEST_RUN calls ({:.1} frames per call), {:.0} ns per frame inside the syscall",
+            runs as f64 / calls as f64,
+            secs * 1e9 / runs as f64
+        );
+    }
     Ok(p)
 }

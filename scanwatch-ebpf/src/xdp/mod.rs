@@ -27,6 +27,7 @@ mod events;
 mod fast_path;
 mod fingerprint;
 mod headers;
+mod replay;
 mod state;
 
 use classify::*;
@@ -41,8 +42,18 @@ pub fn scanwatch_xdp(ctx: XdpContext) -> u32 {
     run(&ctx)
 }
 
-/// Benchmark entry (loaded only by `scanwatch bench`): the same program, with the packet's IPv4
-/// source address and TCP destination port advanced before each run. BPF_PROG_TEST_RUN reuses
+/// Replay entry (loaded only by `scanwatch replay`): `run` on each frame of a packed batch, see
+/// `replay.rs`. The live program above is compiled exactly as without it.
+#[xdp]
+pub fn scanwatch_replay(ctx: XdpContext) -> u32 {
+    replay::replay_batch(&ctx)
+}
+
+/// One frame of a replay batch (tail-called by `scanwatch_replay` and by itself).
+#[xdp]
+pub fn scanwatch_replay_step(ctx: XdpContext) -> u32 {
+    replay::replay_step(&ctx)
+}
 
 #[inline(always)]
 pub(crate) fn run(ctx: &XdpContext) -> u32 {

@@ -13,7 +13,11 @@
 //! [`TrackerStats::evicted`].
 pub mod overlay;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// foldhash: seeded per process (inputs are network addresses), much cheaper than SipHash on the
+// per-packet path.
+use foldhash::{HashMap, HashMapExt};
 use std::net::IpAddr;
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! One implementation for both places that have no socket table to ask: `scanwatch replay`
 //! (captures replayed offline) and the live agent on interfaces in gateway or mirror mode
 //! (traffic forwarded for, or mirrored from, other hosts). Pure: no I/O, no clock.
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::IpAddr;
 use std::time::Duration;
 

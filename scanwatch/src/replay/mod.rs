@@ -77,6 +77,7 @@ impl Summary {
             "packets": self.reader.packets,
             "xdp_runs": self.kernel.runs,
             "xdp_run_errors": self.kernel.run_errors,
+            "xdp_calls": self.kernel.calls,
             "xdp_seconds": self.kernel.xdp_time.as_secs_f64(),
             "out_of_range": self.reader.out_of_range,
             "skipped": self.reader.skipped,
@@ -344,7 +345,9 @@ pub fn run(cfg: &Config, opts: &ReplayOptions, sinks: SinkSet) -> anyhow::Result
         Ok((reader, kinds))
     })?;
     bar.finish_and_clear();
-    Ok(Summary { reader, kernel: kernel.st.clone(), tracker: tracker_stats, alerts: kinds, alerts_dropped: dropped, elapsed: t0.elapsed() })
+    // (A live program loaded mid-replay for a frame too big for a batch is load time too.)
+    let elapsed = t0.elapsed().saturating_sub(kernel.st.load_time);
+    Ok(Summary { reader, kernel: kernel.st.clone(), tracker: tracker_stats, alerts: kinds, alerts_dropped: dropped, elapsed })
 }
 
 #[cfg(test)]

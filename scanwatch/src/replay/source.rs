@@ -1,5 +1,5 @@
-//! The replay source: packets of a capture through the real XDP program (BPF_PROG_TEST_RUN, one
-//! run per packet), the detectors driven by the packets' own clock.
+//! The replay source: packets of a capture through the real XDP program (BPF_PROG_TEST_RUN, many
+//! frames per run), the detectors driven by the packets' own clock.
 //!
 //! Three threads, joined by bounded channels (memory stays flat for any capture length):
 //! * reader: parses the capture files, gives every frame an Ethernet header, decodes what the
@@ -11,6 +11,33 @@
 //! * engine ([`EngineSide`]): the reply tracker (in packet order, interleaved with the sweeps
 //!   exactly where they happened), the outcome counters it adds to the kernel's, the detection
 //!   engine and the alert output.
+//!
+//! Batches. One BPF_PROG_TEST_RUN costs ≈ 1.4 µs of kernel entry, allocation and copying
+//! before any program runs, several times the detector's own cost, so consecutive frames go to
+//! the kernel together: [`pack`] writes a header (count, lengths) and the frames in reverse
+//! order into one buffer of at most `REPLAY_MAX_BYTES` (3,520: what BPF_PROG_TEST_RUN keeps in
+//! the linear part of a 4 KiB page) and `REPLAY_MAX_FRAMES` (32, the kernel's tail-call limit)
+//! frames, and the batch programs (`scanwatch_replay`, `scanwatch_replay_step`;
+//! scanwatch-ebpf/src/xdp/replay.rs) run the live program's body on each frame with
+//! `[data, data_end)` cut to exactly that frame. What stays as with one run per frame, by
+//! construction:
+//! * sweeps: a batch never spans a sweep boundary (it ends before the first frame at or past the
+//!   next sweep time), so the sweep is taken at the same capture time, between the same frames;
+//! * event times: the program stops after a frame that wrote to the event ring and returns how
+//!   many frames it ran; the events are drained then and stamped with that frame's capture time
+//!   (not the batch's last), and the rest of the batch is resubmitted. No capture-time span
+//!   limit on a batch is needed for that;
+//! * counting: `runs` counts frames, not calls (`calls` counts calls); `xdp_time` is the sampled
+//!   time of all calls;
+//! * frames that fit no batch (bigger than `REPLAY_MAX_BYTES` less the header: GRO / jumbo
+//!   frames) run alone through the live program `scanwatch_xdp`, loaded when the first one
+//!   comes (the load is not counted in the replay's rate).
+//!
+//! `SCANWATCH_REPLAY_ONE_FRAME_PER_RUN=1` turns batches off (one run of `scanwatch_xdp` per
+//! frame, the reference the batch path is tested against: tests/tests/replay.rs
+//! `batched_replay_equals_one_frame_per_run`, tests/tests/xdp_prog_test_run.rs
+//! `batched_runs_equal_one_run_per_frame`). A kernel that refuses the batch programs gets the
+//! same, with a warning.
 //!
 //! Clocks. The kernel stamps per-source state (`first_seen_ns`, `last_seen_ns`, the short
 //! window) with its own monotonic clock, which during a replay has nothing to do with capture
@@ -25,7 +52,7 @@
 //! verdicts are added to the counters the kernel would have set from its socket lookup
 //! (`syn_open`, `syn_closed`, `failed`, `udp`, `udp_closed`, `ack`, `maimon`,
 //! `unsolicited_synack`, `unsolicited_rst`) before the engine sees them.
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -33,7 +60,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use scanwatch_common::{cfgflag, stat, FpKey, FpValue, XdpConfig};
+use scanwatch_common::{
+    cfgflag, stat, FpKey, FpValue, XdpConfig, REPLAY_HDR_LEN, REPLAY_MAX_BYTES, REPLAY_MAX_FRAMES, REPLAY_RET_DONE,
+};
 
 use crate::config::Config;
 use crate::detect::{HeldProbe, InboundObservation, Observation, SourceSnapshot, Stamped};
@@ -102,8 +131,15 @@ impl OpenPorts {
 /// Counters of the kernel thread.
 #[derive(Debug, Default, Clone)]
 pub struct KernelStats {
+    /// Frames the program ran on (a batch run counts each of its frames).
     pub runs: u64,
+    /// Frames BPF_PROG_TEST_RUN refused.
     pub run_errors: u64,
+    /// BPF_PROG_TEST_RUN calls (batches and single frames).
+    pub calls: u64,
+    /// Time spent loading the live program mid-replay (the first frame too big for a batch):
+    /// program loading is not part of the replay's rate.
+    pub load_time: Duration,
     /// Wall time spent inside BPF_PROG_TEST_RUN (the floor of the replay's cost; sampled).
     pub xdp_time: Duration,
     pub sweeps: u64,
@@ -118,8 +154,17 @@ const KNOWN_EVERY: Duration = Duration::from_secs(600);
 
 /// The kernel side of a replay.
 pub struct KernelSide {
-    _ebpf: aya::Ebpf,
-    prog_fd: i32,
+    ebpf: aya::Ebpf,
+    /// The live program (`scanwatch_xdp`): every frame with `SCANWATCH_REPLAY_ONE_FRAME_PER_RUN=1`
+    /// or without the batch programs, else only frames too big for a batch; loaded when first
+    /// needed (verifying it costs about as much as a million-frame replay's batches).
+    prog_fd: Option<i32>,
+    /// The batch entry point (`scanwatch_replay`); None: one frame per run.
+    batch_fd: Option<i32>,
+    /// The batch buffer (header + frames in reverse order), reused.
+    buf: Vec<u8>,
+    /// Whether the batch program refused a batch already (logged once).
+    batch_refused: bool,
     ring: RingBuf<MapData>,
     sources: maps::Sources,
     fps: BpfHashMap<MapData, FpKey, FpValue>,
@@ -137,6 +182,7 @@ pub struct KernelSide {
     out: Vec<ToEngine>,
     seen: Vec<(Duration, Seen)>,
     decode_errors: live::records::DecodeErrors,
+    decoded: Vec<Stamped>,
     pub st: KernelStats,
 }
 
@@ -154,7 +200,6 @@ impl KernelSide {
         // A fixed set-index seed: the same capture gives the same evictions, run after run.
         lopts.source_seed = REPLAY_SOURCE_SEED;
         let mut ebpf = crate::loader::load(&lopts)?;
-        crate::loader::xdp_program(&mut ebpf)?;
         let take = |ebpf: &mut aya::Ebpf, name: &str| ebpf.take_map(name).ok_or_else(|| anyhow::anyhow!("map {name} missing"));
         let ring = RingBuf::try_from(take(&mut ebpf, scanwatch_common::MAP_EVENTS)?)?;
         let sources = maps::take_sources(&mut ebpf, &lopts)?;
@@ -162,14 +207,16 @@ impl KernelSide {
         let stats = PerCpuArray::try_from(take(&mut ebpf, scanwatch_common::MAP_STATS)?)?;
         let known = Array::try_from(take(&mut ebpf, scanwatch_common::MAP_KNOWN)?)?;
         let fc = FirstContactView::new(take(&mut ebpf, scanwatch_common::MAP_FIRST_CONTACT)?)?;
-        // The program stays owned by `ebpf` (kept alive in this struct); runs use its fd.
-        let prog_fd = {
-            use std::os::fd::{AsFd, AsRawFd};
-            crate::loader::xdp_program(&mut ebpf)?.fd()?.as_fd().as_raw_fd()
-        };
+        let batch_fd = if one_frame_per_run() { None } else { load_batch_program(&mut ebpf) };
+        // Without the batch programs every frame runs the live program: load it now, so a
+        // program the verifier refuses is an error before any packet.
+        let prog_fd = if batch_fd.is_none() { Some(live_program_fd(&mut ebpf)?) } else { None };
         Ok(KernelSide {
-            _ebpf: ebpf,
+            ebpf,
             prog_fd,
+            batch_fd,
+            buf: Vec::with_capacity(REPLAY_MAX_BYTES),
+            batch_refused: false,
             ring,
             sources,
             fps,
@@ -187,6 +234,7 @@ impl KernelSide {
             out: Vec::new(),
             seen: Vec::new(),
             decode_errors: live::records::DecodeErrors::default(),
+            decoded: Vec::new(),
             st: KernelStats::default(),
         })
     }
@@ -198,55 +246,185 @@ impl KernelSide {
         }
     }
 
-    /// Run one batch; returns the messages for the engine (in order).
+    /// Run one batch of the reader's; returns the messages for the engine (in order).
+    ///
+    /// Consecutive frames go to the kernel together (one BPF_PROG_TEST_RUN of the batch entry
+    /// point, see `scanwatch-ebpf/src/xdp/replay.rs`) as long as they fit the linear test-run
+    /// buffer (`REPLAY_MAX_BYTES`, at most `REPLAY_MAX_FRAMES`) and no sweep falls between
+    /// them: a sweep is taken before the first frame at or past its time, exactly as with one
+    /// run per frame. The program stops after a frame that wrote to the event ring; its events
+    /// are drained and stamped with that frame's capture time and the rest is resubmitted. So
+    /// every message, its time and its order are those of one run per frame.
     pub fn run_batch(&mut self, b: &Batch) -> Vec<ToEngine> {
         self.seen.reserve(b.frames.len());
-        for f in &b.frames {
-            // The engine's clock never runs backwards (captures are only roughly ordered).
-            let ts = f.ts.max(self.now);
-            match self.next_sweep {
-                None => {
-                    self.next_sweep = Some(ts + self.sweep_every);
-                    self.next_held = ts + HELD_EVERY;
-                    self.next_known = ts + KNOWN_EVERY;
-                }
-                Some(at) if ts >= at => {
-                    self.sweep(ts);
-                    self.next_sweep = Some(ts + self.sweep_every);
-                }
-                _ => {}
-            }
-            self.now = ts;
-            let frame = &b.bytes[f.start as usize..(f.start + f.len) as usize];
-            // The syscall's cost is sampled (1 run in 16, scaled): reading the clock around
-            // every run would cost a few percent of the replay itself.
-            let r = if self.st.runs.is_multiple_of(16) {
-                let t = std::time::Instant::now();
-                let r = test_run(self.prog_fd, frame);
-                self.st.xdp_time += t.elapsed() * 16;
-                r
-            } else {
-                test_run(self.prog_fd, frame)
+        let frames = &b.frames;
+        let mut i = 0;
+        while i < frames.len() {
+            let ts = self.clock(frames[i].ts);
+            let f = &frames[i];
+            let Some(fd) = self.batch_fd.filter(|_| batchable(f.len as usize)) else {
+                self.now = ts;
+                self.run_one(&b.bytes, f);
+                self.after_frame(f, ts, true);
+                i += 1;
+                continue;
             };
-            match r {
-                Ok(_) => self.st.runs += 1,
-                Err(e) => {
-                    if self.st.run_errors == 0 {
-                        log::warn!("BPF_PROG_TEST_RUN failed on a {}-byte frame: {e}", frame.len());
-                    }
-                    self.st.run_errors += 1;
+            // (A batch of one frame is still run by the batch programs: the live program is
+            // only loaded for frames that fit no batch.)
+            // The batch: frames i..j, none at or past the next sweep.
+            let mut bytes = REPLAY_HDR_LEN + f.len as usize;
+            let mut now = ts;
+            let mut j = i + 1;
+            while j < frames.len() && j - i < REPLAY_MAX_FRAMES {
+                let g = &frames[j];
+                let t = g.ts.max(now);
+                if self.next_sweep.is_some_and(|at| t >= at) || !batchable(g.len as usize) || bytes + g.len as usize > REPLAY_MAX_BYTES {
+                    break;
                 }
+                bytes += g.len as usize;
+                now = t;
+                j += 1;
             }
-            self.drain_ring(ts);
-            if let Some(src) = f.src {
-                self.dirty.insert(src);
+            let mut k = i;
+            while k < j {
+                let ran = self.run_packed(fd, &b.bytes, &frames[k..j]);
+                if ran == 0 {
+                    // Refused (cannot happen with a well-formed batch): one frame per run.
+                    for g in &frames[k..j] {
+                        let t = g.ts.max(self.now);
+                        self.now = t;
+                        self.run_one(&b.bytes, g);
+                        self.after_frame(g, t, true);
+                    }
+                    break;
+                }
+                for (n, g) in frames[k..k + ran].iter().enumerate() {
+                    let t = g.ts.max(self.now);
+                    self.now = t;
+                    self.after_frame(g, t, n + 1 == ran);
+                }
+                k += ran;
             }
-            if let Some(seen) = f.seen {
-                self.seen.push((ts, seen));
-            }
+            i = j;
         }
         self.flush_seen();
         std::mem::take(&mut self.out)
+    }
+
+    /// The engine's clock for a frame (it never runs backwards: captures are only roughly
+    /// ordered), with the sweep due at it taken first.
+    fn clock(&mut self, ts: Duration) -> Duration {
+        let ts = ts.max(self.now);
+        match self.next_sweep {
+            None => {
+                self.next_sweep = Some(ts + self.sweep_every);
+                self.next_held = ts + HELD_EVERY;
+                self.next_known = ts + KNOWN_EVERY;
+            }
+            Some(at) if ts >= at => {
+                self.sweep(ts);
+                self.next_sweep = Some(ts + self.sweep_every);
+            }
+            _ => {}
+        }
+        ts
+    }
+
+    /// What follows a frame's run: its events (`drain`: the ring may hold some), the sweep's
+    /// source set, the reply tracker's packet.
+    fn after_frame(&mut self, f: &FrameMeta, ts: Duration, drain: bool) {
+        if drain {
+            self.drain_ring(ts);
+        }
+        if let Some(src) = f.src {
+            self.dirty.insert(src);
+        }
+        if let Some(seen) = f.seen {
+            self.seen.push((ts, seen));
+        }
+    }
+
+    /// Time one BPF_PROG_TEST_RUN call. The syscall's cost is sampled (1 call in 16, scaled):
+    /// reading the clock around every call would cost a few percent of the replay itself.
+    fn timed<T>(&mut self, call: impl FnOnce() -> T) -> T {
+        let sample = self.st.calls.is_multiple_of(16);
+        self.st.calls += 1;
+        if sample {
+            let t = std::time::Instant::now();
+            let r = call();
+            self.st.xdp_time += t.elapsed() * 16;
+            r
+        } else {
+            call()
+        }
+    }
+
+    /// The live program's fd, loaded on first use. A frame shorter than an Ethernet header
+    /// needs none: BPF_PROG_TEST_RUN refuses it before running any program, so it goes to the
+    /// batch entry as it is.
+    fn single_fd(&mut self, len: usize) -> std::io::Result<i32> {
+        if let Some(fd) = self.prog_fd {
+            return Ok(fd);
+        }
+        if let (Some(fd), true) = (self.batch_fd, len < 14) {
+            return Ok(fd);
+        }
+        let t = std::time::Instant::now();
+        let r = live_program_fd(&mut self.ebpf);
+        self.st.load_time += t.elapsed();
+        match r {
+            Ok(fd) => {
+                self.prog_fd = Some(fd);
+                Ok(fd)
+            }
+            Err(e) => Err(std::io::Error::other(format!("{e:#}"))),
+        }
+    }
+
+    /// One frame, one run of the live program.
+    fn run_one(&mut self, bytes: &[u8], f: &FrameMeta) {
+        let frame = &bytes[f.start as usize..(f.start + f.len) as usize];
+        let r = match self.single_fd(frame.len()) {
+            Ok(fd) => self.timed(|| test_run(fd, frame)),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(_) => self.st.runs += 1,
+            Err(e) => {
+                if self.st.run_errors == 0 {
+                    log::warn!("BPF_PROG_TEST_RUN failed on a {}-byte frame: {e}", frame.len());
+                }
+                self.st.run_errors += 1;
+            }
+        }
+    }
+
+    /// One run of the batch program on `frames` (1..=REPLAY_MAX_FRAMES, all batchable, their
+    /// total within REPLAY_MAX_BYTES); returns how many it ran (0: refused).
+    fn run_packed(&mut self, fd: i32, bytes: &[u8], frames: &[FrameMeta]) -> usize {
+        let mut buf = std::mem::take(&mut self.buf);
+        pack(&mut buf, bytes, frames);
+        let r = self.timed(|| test_run(fd, &buf));
+        self.buf = buf;
+        let ran = match r {
+            Ok(ret) if ret > REPLAY_RET_DONE && ret <= REPLAY_RET_DONE + frames.len() as u32 => (ret - REPLAY_RET_DONE) as usize,
+            Ok(ret) => {
+                if !self.batch_refused {
+                    log::warn!("the replay batch program refused a {}-frame batch (returned {ret}); running its frames one by one", frames.len());
+                    self.batch_refused = true;
+                }
+                0
+            }
+            Err(e) => {
+                if !self.batch_refused {
+                    log::warn!("BPF_PROG_TEST_RUN failed on a {}-frame batch: {e}; running its frames one by one", frames.len());
+                    self.batch_refused = true;
+                }
+                0
+            }
+        };
+        self.st.runs += ran as u64;
+        ran
     }
 
     fn sweep(&mut self, now: Duration) {
@@ -279,7 +457,7 @@ impl KernelSide {
     }
 
     fn drain_ring(&mut self, now: Duration) {
-        let mut decoded = Vec::new();
+        let mut decoded = std::mem::take(&mut self.decoded);
         let (sources, fps) = (&self.sources, &self.fps);
         while let Some(item) = self.ring.next() {
             // The live source's one dispatch table; a threshold / honeyport event comes with
@@ -287,11 +465,12 @@ impl KernelSide {
             live::records::decode(&item, now, |k| live::sweep::lookup(sources, fps, k), &mut self.decode_errors, &mut decoded);
         }
         if decoded.is_empty() {
+            self.decoded = decoded;
             return;
         }
         self.flush_seen();
         let mut snap = None;
-        for s in decoded {
+        for s in decoded.drain(..) {
             match s.obs {
                 Observation::Source(x) => snap = Some(x),
                 Observation::Inbound(ev) => {
@@ -301,6 +480,7 @@ impl KernelSide {
                 _ => {}
             }
         }
+        self.decoded = decoded;
     }
 
     /// End of input: one last sweep a sweep interval after the last packet.
@@ -473,6 +653,78 @@ pub fn test_run(prog_fd: i32, frame: &[u8]) -> std::io::Result<u32> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(attr.retval)
+}
+
+/// Whether a frame can go into a batch: one the batch program can cut out (at least an
+/// Ethernet header: BPF_PROG_TEST_RUN refuses shorter frames, and such a frame still runs alone
+/// to be counted as refused, as always) and that fits a batch with another.
+fn batchable(len: usize) -> bool {
+    len >= 14 && REPLAY_HDR_LEN + len <= REPLAY_MAX_BYTES
+}
+
+/// `SCANWATCH_REPLAY_ONE_FRAME_PER_RUN=1`: no batches, one BPF_PROG_TEST_RUN per frame (the
+/// reference the batch path is tested against; also a way out should a kernel refuse the
+/// batch program).
+fn one_frame_per_run() -> bool {
+    std::env::var_os("SCANWATCH_REPLAY_ONE_FRAME_PER_RUN").is_some_and(|v| v == "1")
+}
+
+/// Load the live program (if not yet) and return its fd; it stays owned by `ebpf`.
+fn live_program_fd(ebpf: &mut aya::Ebpf) -> anyhow::Result<i32> {
+    use std::os::fd::{AsFd, AsRawFd};
+    Ok(crate::loader::xdp_program(ebpf)?.fd()?.as_fd().as_raw_fd())
+}
+
+/// Load the batch programs (same object, same maps as the live program) and put the step
+/// program in the tail-call table. A kernel that refuses them gets one frame per run, with a
+/// warning.
+fn load_batch_program(ebpf: &mut aya::Ebpf) -> Option<i32> {
+    use std::os::fd::{AsFd, AsRawFd};
+    use scanwatch_common::{MAP_REPLAY_PROGS, PROG_REPLAY, PROG_REPLAY_STEP};
+    let r = (|| -> anyhow::Result<i32> {
+        let mut load = |name: &str| -> anyhow::Result<aya::programs::ProgramFd> {
+            let prog: &mut aya::programs::Xdp =
+                ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("program {name} missing"))?.try_into()?;
+            prog.load().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            Ok(prog.fd()?.try_clone()?)
+        };
+        let step = load(PROG_REPLAY_STEP)?;
+        let entry = load(PROG_REPLAY)?;
+        let map = ebpf.map_mut(MAP_REPLAY_PROGS).ok_or_else(|| anyhow::anyhow!("map {MAP_REPLAY_PROGS} missing"))?;
+        aya::maps::ProgramArray::try_from(map)?.set(0, &step, 0)?;
+        // The programs stay owned by `ebpf` (kept alive in KernelSide); the clones only lend
+        // their fd here.
+        let fd = ebpf
+            .program(PROG_REPLAY)
+            .ok_or_else(|| anyhow::anyhow!("program {PROG_REPLAY} missing"))?
+            .fd()?
+            .as_fd()
+            .as_raw_fd();
+        drop(entry);
+        Ok(fd)
+    })();
+    match r {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            log::warn!("replay batches unavailable ({e:#}): one BPF_PROG_TEST_RUN per frame");
+            None
+        }
+    }
+}
+
+/// Pack `frames` into `buf` as the batch program reads them: the header (count, lengths in
+/// capture order), then the frames last to first.
+pub fn pack(buf: &mut Vec<u8>, bytes: &[u8], frames: &[FrameMeta]) {
+    debug_assert!(frames.len() <= REPLAY_MAX_FRAMES);
+    buf.clear();
+    buf.resize(REPLAY_HDR_LEN, 0);
+    buf[0..2].copy_from_slice(&(frames.len() as u16).to_le_bytes());
+    for (i, f) in frames.iter().enumerate() {
+        buf[4 + 2 * i..6 + 2 * i].copy_from_slice(&(f.len as u16).to_le_bytes());
+    }
+    for f in frames.iter().rev() {
+        buf.extend_from_slice(&bytes[f.start as usize..(f.start + f.len) as usize]);
+    }
 }
 
 /// Channel pair sizes: a few batches in flight bound the memory.
