@@ -231,7 +231,7 @@ pub fn run(target: &Path, bin: &Path, packets: u64, rounds: u32, file: Option<Pa
         generate(&file, packets)?;
         eprintln!("xtask: generated {} ({packets} packets) in {:.1} s", file.display(), t.elapsed().as_secs_f64());
     }
-    let n = count_packets(bin, &file)?;
+    let (n, per_call) = count_packets(bin, &file)?;
     let (mut best_sw, mut best_td) = ((f64::MAX, 0.0), (f64::MAX, 0.0));
     for r in 0..rounds {
         let td = time_cmd(Command::new("tcpdump").args(["-r"]).arg(&file).args(["-w", "/dev/null"]))?;
@@ -260,25 +260,27 @@ pub fn run(target: &Path, bin: &Path, packets: u64, rounds: u32, file: Option<Pa
         best_sw.0, best_sw.1
     );
     println!("ratio scanwatch / tcpdump    : {:.3} wall-clock rate (target ≥ 0.333), {:.3} CPU cost", sw_rate / td_rate, best_td.1 / best_sw.1.max(1e-9));
-    // The floor: one BPF_PROG_TEST_RUN of the empty program per packet, nothing else, on every
-    // core at once at best. A replay cannot beat this rate whatever its user-space side does.
+    // The floor: the BPF_PROG_TEST_RUN calls this capture needs (one per batch of `per_call`
+    // frames) of the empty program, nothing else, on every core at once at best. A replay cannot
+    // beat this rate whatever its user-space side does.
     let out = Command::new(bin).args(["bench", "--call-floor", "1000000"]).output()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("scanwatch bench --call-floor: {}", String::from_utf8_lossy(&out.stderr)))?;
     let ns = v["ns_per_call"].as_f64().unwrap_or(f64::NAN);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
-    let ceiling = cores * 1e9 / ns;
+    let ceiling = cores * 1e9 * per_call / ns;
     println!(
         "BPF_PROG_TEST_RUN floor      : {ns:.0} ns per call of the empty program ({:.0} calls/s on one core); \
-         ceiling with all {cores} cores and no other work: {ceiling:.0} packets/s = {:.3} of tcpdump",
+         at {per_call:.1} frames per call, ceiling with all {cores} cores and no other work: {ceiling:.0} packets/s = {:.3} of tcpdump",
         1e9 / ns,
         ceiling / td_rate
     );
     Ok(())
 }
 
-/// Packets in the capture, as `scanwatch replay` counts them (and a check it ran every one).
-fn count_packets(bin: &Path, file: &Path) -> Result<u64> {
+/// Packets in the capture, as `scanwatch replay` counts them (and a check it ran every one), and
+/// the frames per BPF_PROG_TEST_RUN call it used.
+fn count_packets(bin: &Path, file: &Path) -> Result<(u64, f64)> {
     let out = Command::new(bin).args(["replay", "--quiet"]).arg(file).stdout(Stdio::null()).output()?;
     let err = String::from_utf8_lossy(&out.stderr);
     let json = err
@@ -291,7 +293,9 @@ fn count_packets(bin: &Path, file: &Path) -> Result<u64> {
         bail!("replay ran the XDP program on {runs} of {p} packets");
     }
     eprintln!("xtask: replay summary: {json}");
+    let mut per_call = 1.0;
     if let Some(calls) = v["xdp_calls"].as_u64().filter(|c| *c > 0) {
+        per_call = runs as f64 / calls as f64;
         let secs = v["xdp_seconds"].as_f64().unwrap_or(f64::NAN);
         eprintln!(
             "xtask: {runs} frames in {calls} BPF_PROG_TEST_RUN calls ({:.1} frames per call), {:.0} ns per frame inside the syscall",
@@ -299,5 +303,5 @@ fn count_packets(bin: &Path, file: &Path) -> Result<u64> {
             secs * 1e9 / runs as f64
         );
     }
-    Ok(p)
+    Ok((p, per_call))
 }
