@@ -10,6 +10,9 @@ use core::mem::size_of;
 // Map and program names (the loader looks them up by these names).
 // ---------------------------------------------------------------------------------------------
 pub const MAP_SOURCES: &str = "SOURCES";
+/// One byte per set of SOURCES (eight per u64 word), non-zero once the set held a source: the
+/// agent reads only those sets.
+pub const MAP_SRC_OCCUPIED: &str = "SRC_OCCUPIED";
 pub const MAP_FINGERPRINTS: &str = "FINGERPRINTS";
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_STATS: &str = "STATS";

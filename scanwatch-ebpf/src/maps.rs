@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use scanwatch_common::{
-    BlockEntry, FcSlot, TCP_PORT_BYTES, Fingerprint, FpKey, FpValue, Probe, FIRST_CONTACT_SLOTS, KNOWN_WORDS, SUSPECT_WORDS, ProcConfig, ProcState, SrcEntry, SrcKey, XdpConfig, DEFAULT_MAX_FINGERPRINTS,
+    BlockEntry, FcSlot, TCP_PORT_BYTES, Fingerprint, FpKey, FpValue, Probe, FIRST_CONTACT_SLOTS, KNOWN_WORDS, SUSPECT_WORDS, ProcConfig, ProcState, SrcEntry, SrcKey, XdpConfig, SRC_WAYS, DEFAULT_MAX_FINGERPRINTS,
     DEFAULT_MAX_PROCS, DEFAULT_MAX_SOURCES, DEFAULT_RINGBUF_BYTES, BLOCKLIST_ENTRIES, RAW_SOCKS_ENTRIES, CONNECTING_ENTRIES, HONEYPORT_WORDS,
     FWD_RINGBUF_BYTES, IFACE_MODES_ENTRIES, LOCAL_ADDRS_ENTRIES, OutPairKey, OUT_PAIRS_ENTRIES, UDP_PEER_BYTES,
     UDP_PEER_ENTRIES,
@@ -20,6 +20,15 @@ use scanwatch_common::{
 /// The agent reads it in batches (BPF_MAP_LOOKUP_BATCH), not one syscall per source.
 #[map]
 pub static SOURCES: Array<SrcEntry> = Array::with_max_entries(DEFAULT_MAX_SOURCES, 0);
+
+/// One byte per set of SOURCES (eight per word), set to 1 when a source is admitted to the set
+/// and never cleared: a set stays occupied once used. A byte store, not a bit OR: two CPUs
+/// admitting sources to neighbouring sets cannot lose each other's mark (no atomics here). The
+/// agent reads only the occupied sets, so a sweep of a large, mostly empty table costs what its
+/// sources do, not what its size does. The loader sizes it to the sets (default 4,096 sets =
+/// 512 words).
+#[map]
+pub static SRC_OCCUPIED: Array<u64> = Array::with_max_entries(DEFAULT_MAX_SOURCES / SRC_WAYS / 8, 0);
 
 /// (source, fingerprint hash) → fingerprint and counts. LRU, 8,192 entries ≈ 0.6 MiB; each
 /// source keeps at most `FP_PER_SOURCE` hashes, so a flood cannot grow it faster than SOURCES.

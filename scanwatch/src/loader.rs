@@ -107,6 +107,7 @@ pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Ebpf, LoaderErro
     let sets = scanwatch_common::src_sets(opts.max_sources);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(MAP_SOURCES, sets * scanwatch_common::SRC_WAYS)
+        .map_max_entries(scanwatch_common::MAP_SRC_OCCUPIED, sets.div_ceil(8))
         .map_max_entries(MAP_FINGERPRINTS, opts.max_fingerprints)
         .map_max_entries(MAP_PROCS, opts.max_procs)
         .map_max_entries(MAP_EVENTS, opts.ringbuf_bytes)

@@ -629,6 +629,10 @@ fn a_full_set_evicts_its_least_recently_seen_source() {
     let other = (1..1000u32).map(|i| IpAddr::V4(Ipv4Addr::from(0x0a15_0000 + i))).find(|ip| set_of(*ip) != target).expect("another set");
     admit(&mut p, other);
     assert_eq!(p.n_sources(), 5);
+    // Only the two sets that held sources are marked, so only their 8 slots are read by sweeps.
+    let runs = p.sources.occupied_runs();
+    assert_eq!(runs.iter().map(|r| r.1).sum::<usize>(), 8, "{runs:?}");
+    assert!(runs.iter().any(|r| r.0 <= target as usize * 4 && target as usize * 4 < r.0 + r.1), "{runs:?}");
     assert_eq!(p.count(same[2], cnt::SYN), 3, "the kept sources' state intact");
 }
 

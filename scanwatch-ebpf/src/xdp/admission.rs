@@ -5,7 +5,7 @@ use scanwatch_common::{
     SRC_WAYS,
 };
 
-use crate::maps::{Obs, FIRST_CONTACT, KNOWN_SOURCES, SOURCES};
+use crate::maps::{Obs, FIRST_CONTACT, KNOWN_SOURCES, SOURCES, SRC_OCCUPIED};
 
 
 use super::ctx::*;
@@ -119,6 +119,12 @@ fn insert(stats: &mut Stats, base: u32, w: &[u64; 2]) -> *mut SrcState {
         core::ptr::write_volatile(words.add(1), w[1]);
     }
     stats[stat::NEW_SOURCES as usize] += 1;
+    let set = base / SRC_WAYS;
+    if let Some(word) = SRC_OCCUPIED.get_ptr_mut(set >> 3) {
+        // SAFETY: byte (set & 7) of an 8-byte array value; a plain byte store, so racing CPUs
+        // marking neighbouring sets do not undo each other.
+        unsafe { core::ptr::write_volatile((word as *mut u8).add((set & 7) as usize), 1) };
+    }
     // SAFETY: field of a valid map value.
     unsafe { &mut (*victim).state }
 }

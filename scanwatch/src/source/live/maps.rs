@@ -4,7 +4,7 @@
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use aya::Ebpf;
 use scanwatch_common::{
-    stat, BlockEntry, FpKey, FpValue, SrcKey, MAP_BLOCKLIST, MAP_FINGERPRINTS, MAP_FIRST_CONTACT, MAP_KNOWN, MAP_SOURCES,
+    stat, BlockEntry, FpKey, FpValue, SrcKey, MAP_BLOCKLIST, MAP_FINGERPRINTS, MAP_FIRST_CONTACT, MAP_KNOWN, MAP_SOURCES, MAP_SRC_OCCUPIED,
     MAP_STATS, MAP_SUSPECT,
 };
 
@@ -80,8 +80,10 @@ pub fn read_stats(stats: &Stats) -> [u64; stat::N as usize] {
 
 /// The per-source table, mapped (`opts`: what it was loaded with).
 pub fn take_sources(ebpf: &mut Ebpf, opts: &crate::loader::LoadOptions) -> anyhow::Result<Sources> {
-    let map = ebpf.take_map(MAP_SOURCES).ok_or_else(|| anyhow::anyhow!("map {MAP_SOURCES} missing from the eBPF object"))?;
-    super::table::SourceTable::new(map, opts)
+    let missing = |name: &str| anyhow::anyhow!("map {name} missing from the eBPF object");
+    let map = ebpf.take_map(MAP_SOURCES).ok_or_else(|| missing(MAP_SOURCES))?;
+    let occupied = ebpf.take_map(MAP_SRC_OCCUPIED).ok_or_else(|| missing(MAP_SRC_OCCUPIED))?;
+    super::table::SourceTable::new(map, occupied, opts)
 }
 
 /// The keys of SOURCES, each once.

@@ -84,11 +84,12 @@ const COARSE_CLOCK_SLACK_NS: u64 = 30_000_000;
 /// served between steps.
 pub const SWEEP_STEP: usize = 1024;
 
-/// One sweep of SOURCES: the table read `SWEEP_STEP` slots at a time.
+/// One sweep of SOURCES: its occupied sets (as marked when the sweep started), read
+/// `SWEEP_STEP` slots at a time.
 #[derive(Debug, Default)]
 pub struct Sweep {
-    next: usize,
-    end: usize,
+    /// Slot runs still to read, last first.
+    runs: Vec<(usize, usize)>,
     since_ns: u64,
 }
 
@@ -96,20 +97,33 @@ impl Sweep {
     /// Starts a sweep of the sources active since `since_ns` (kernel monotonic time of the
     /// previous sweep).
     pub fn start(sources: &Sources, since_ns: u64) -> Sweep {
-        Sweep { next: 0, end: sources.capacity(), since_ns }
+        let mut runs = sources.occupied_runs();
+        runs.reverse();
+        Sweep { runs, since_ns }
     }
 
     pub fn is_done(&self) -> bool {
-        self.next >= self.end
+        self.runs.is_empty()
     }
 
-    /// The next step's snapshots (the occupied slots among the next [`SWEEP_STEP`]) of sources
-    /// active since the sweep's `since_ns`. The kernel stamps per-source times with the coarse
-    /// clock, up to one tick behind CLOCK_MONOTONIC: allow for it.
+    /// The next step's snapshots (the sources among the next [`SWEEP_STEP`] occupied slots)
+    /// of sources active since the sweep's `since_ns`. The kernel stamps per-source times with
+    /// the coarse clock, up to one tick behind CLOCK_MONOTONIC: allow for it.
     pub fn step(&mut self, sources: &Sources, fps: &Fingerprints, mut f: impl FnMut(SourceSnapshot)) {
         let since = self.since_ns.saturating_sub(COARSE_CLOCK_SLACK_NS);
+        let mut step = Vec::new();
+        let mut budget = SWEEP_STEP;
+        while budget > 0 {
+            let Some((start, n)) = self.runs.pop() else { break };
+            let take = n.min(budget);
+            step.push((start, take));
+            if take < n {
+                self.runs.push((start + take, n - take));
+            }
+            budget -= take;
+        }
         let mut buf = Vec::new();
-        let r = sources.visit(self.next, SWEEP_STEP, &mut buf, |e| {
+        let r = sources.visit(&step, &mut buf, |e| {
             if e.state.last_seen_ns >= since {
                 f(snapshot(&e.key, &e.state, fps));
             }
@@ -117,7 +131,9 @@ impl Sweep {
         if let Err(e) = r {
             log::warn!("cannot read the per-source table: {e}");
         }
-        self.next += SWEEP_STEP;
+        if self.runs.is_empty() {
+            self.runs = Vec::new(); // a flood's run list is not kept between sweeps
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! The agent's view of the XDP program's per-source table (SOURCES): a set-associative array of
-//! `SrcEntry` (address + state), read in batches (BPF_MAP_LOOKUP_BATCH: one syscall per
-//! [`CHUNK`] slots, so a sweep of the default 16,384-slot table is 16 syscalls) and looked up the
-//! way the kernel does (`src_set`, then at most `SRC_WAYS` slots, one syscall).
+//! `SrcEntry` (address + state), read in batches (BPF_MAP_LOOKUP_BATCH: one syscall per run of
+//! occupied sets, at most [`CHUNK`] slots each, so a sweep of a full default 16,384-slot table is
+//! 16 syscalls, and one of a mostly empty table reads only the sets the program marked in
+//! SRC_OCCUPIED) and looked up the way the kernel does (`src_set`, then at most `SRC_WAYS`
+//! slots, one syscall).
 //!
 //! The kernel writes entries while they are copied: a copy may be torn (a source admitted or
 //! evicted mid-copy). A torn state is at worst one snapshot of mixed counters, which the
@@ -12,7 +14,7 @@ use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd};
 
 use aya::maps::{Map, MapData};
-use scanwatch_common::{addr_hash, src_set, src_sets, SrcEntry, SrcKey, SrcState, MAP_SOURCES, SRC_WAYS};
+use scanwatch_common::{addr_hash, src_set, src_sets, SrcEntry, SrcKey, SrcState, MAP_SOURCES, MAP_SRC_OCCUPIED, SRC_WAYS};
 
 use crate::loader::LoadOptions;
 
@@ -23,6 +25,7 @@ const _: () = assert!(CHUNK % SRC_WAYS as usize == 0);
 /// SOURCES as the agent reads it.
 pub struct SourceTable {
     map: MapData,
+    occupied: MapData,
     len: usize,
     sets: u32,
     seed: u32,
@@ -30,9 +33,9 @@ pub struct SourceTable {
 
 impl SourceTable {
     /// SOURCES as loaded with `opts` (its size and set-index seed).
-    pub fn new(map: Map, opts: &LoadOptions) -> anyhow::Result<SourceTable> {
-        let Map::Array(map) = map else {
-            anyhow::bail!("{MAP_SOURCES} is not an array map (an eBPF object of another version?)");
+    pub fn new(map: Map, occupied: Map, opts: &LoadOptions) -> anyhow::Result<SourceTable> {
+        let (Map::Array(map), Map::Array(occupied)) = (map, occupied) else {
+            anyhow::bail!("{MAP_SOURCES} / {MAP_SRC_OCCUPIED} are not array maps (an eBPF object of another version?)");
         };
         let sets = src_sets(opts.max_sources);
         let len = (sets * SRC_WAYS) as usize;
@@ -44,7 +47,7 @@ impl SourceTable {
             info.value_size(),
             std::mem::size_of::<SrcEntry>()
         );
-        Ok(SourceTable { map, len, sets, seed: opts.source_seed })
+        Ok(SourceTable { map, occupied, len, sets, seed: opts.source_seed })
     }
 
     /// Slots (free or not).
@@ -54,59 +57,57 @@ impl SourceTable {
 
     /// Copy slots `start..start + n` (clamped to the table) into `out` (cleared first).
     pub fn read(&self, start: usize, n: usize, out: &mut Vec<SrcEntry>) -> std::io::Result<()> {
-        out.clear();
-        let n = n.min(self.len.saturating_sub(start));
-        if n == 0 {
-            return Ok(());
-        }
-        let mut keys = vec![0u32; n];
-        out.reserve(n);
-        // The kernel continues after the key in `in_batch` (none: from slot 0).
-        let prev = start.saturating_sub(1) as u32;
-        let mut next = 0u32;
-        let mut attr = BatchAttr {
-            in_batch: if start == 0 { 0 } else { &prev as *const u32 as u64 },
-            out_batch: &mut next as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: out.as_mut_ptr() as u64,
-            count: n as u32,
-            map_fd: self.map.fd().as_fd().as_raw_fd() as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
-        // SAFETY: bpf(2) with a valid attr of the size passed; the kernel writes at most `count`
-        // keys and values into buffers of that capacity (`n` each).
-        let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>() as u32) };
-        // ENOENT: the end of the table was reached; `count` says how many were copied.
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                return Err(e);
-            }
-        }
-        let got = (attr.count as usize).min(n);
-        // SAFETY: the kernel initialised the first `got` values; SrcEntry is plain integers.
-        unsafe { out.set_len(got) };
-        Ok(())
+        batch_read(&self.map, self.len, start, n, out)
     }
 
-    /// Visit every occupied slot from `start` for `n` slots, each source once (a source two CPUs
-    /// admitted at the same instant may hold two ways of its set: the kernel uses the first, and
-    /// so does this).
-    pub fn visit(&self, start: usize, n: usize, buf: &mut Vec<SrcEntry>, mut f: impl FnMut(&SrcEntry)) -> std::io::Result<()> {
-        let end = (start + n).min(self.len);
-        let mut at = start;
-        while at < end {
-            let step = CHUNK.min(end - at);
-            self.read(at, step, buf)?;
-            for set in buf.chunks(SRC_WAYS as usize) {
-                for (i, e) in set.iter().enumerate() {
-                    if e.key.addr != [0; 16] && !set[..i].iter().any(|o| o.key == e.key) {
-                        f(e);
-                    }
+    /// The occupied sets as runs of slots (start, count), in table order. If the marks cannot
+    /// be read, the whole table (nothing is skipped).
+    pub fn occupied_runs(&self) -> Vec<(usize, usize)> {
+        let words = (self.sets as usize).div_ceil(8);
+        let mut marks: Vec<u64> = Vec::new();
+        if let Err(e) = batch_read(&self.occupied, words, 0, words, &mut marks) {
+            log::warn!("cannot read {MAP_SRC_OCCUPIED} (reading the whole table): {e}");
+            return vec![(0, self.len)];
+        }
+        let ways = SRC_WAYS as usize;
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (w, word) in marks.iter().enumerate() {
+            if *word == 0 {
+                continue;
+            }
+            for (b, byte) in word.to_ne_bytes().iter().enumerate() {
+                let set = w * 8 + b;
+                if *byte == 0 || set >= self.sets as usize {
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some((start, n)) if *start + *n == set * ways => *n += ways,
+                    _ => runs.push((set * ways, ways)),
                 }
             }
-            at += step;
+        }
+        runs
+    }
+
+    /// Visit every source in the slot runs `runs` (see [`Self::occupied_runs`]), each once (a
+    /// source two CPUs admitted at the same instant may hold two ways of its set: the kernel
+    /// uses the first, and so does this).
+    pub fn visit(&self, runs: &[(usize, usize)], buf: &mut Vec<SrcEntry>, mut f: impl FnMut(&SrcEntry)) -> std::io::Result<()> {
+        for &(start, n) in runs {
+            let end = (start + n).min(self.len);
+            let mut at = start;
+            while at < end {
+                let step = CHUNK.min(end - at);
+                self.read(at, step, buf)?;
+                for set in buf.chunks(SRC_WAYS as usize) {
+                    for (i, e) in set.iter().enumerate() {
+                        if e.key.addr != [0; 16] && !set[..i].iter().any(|o| o.key == e.key) {
+                            f(e);
+                        }
+                    }
+                }
+                at += step;
+            }
         }
         Ok(())
     }
@@ -127,7 +128,7 @@ impl SourceTable {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         let mut buf = Vec::new();
-        if let Err(e) = self.visit(0, self.len, &mut buf, |e| {
+        if let Err(e) = self.visit(&self.occupied_runs(), &mut buf, |e| {
             if seen.insert(e.key) {
                 out.push(e.key);
             }
@@ -141,6 +142,45 @@ impl SourceTable {
     pub fn live(&self) -> usize {
         self.keys().len()
     }
+}
+
+/// Copy elements `start..start + n` (clamped to `len`) of array map `map` into `out` (cleared
+/// first) with BPF_MAP_LOOKUP_BATCH. `V` must be the map's value type (plain integers).
+fn batch_read<V: Copy>(map: &MapData, len: usize, start: usize, n: usize, out: &mut Vec<V>) -> std::io::Result<()> {
+    out.clear();
+    let n = n.min(len.saturating_sub(start));
+    if n == 0 {
+        return Ok(());
+    }
+    let mut keys = vec![0u32; n];
+    out.reserve(n);
+    // The kernel continues after the key in `in_batch` (none: from element 0).
+    let prev = start.saturating_sub(1) as u32;
+    let mut next = 0u32;
+    let mut attr = BatchAttr {
+        in_batch: if start == 0 { 0 } else { &prev as *const u32 as u64 },
+        out_batch: &mut next as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: out.as_mut_ptr() as u64,
+        count: n as u32,
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: bpf(2) with a valid attr of the size passed; the kernel writes at most `count`
+    // keys and values into buffers of that capacity (`n` each).
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>() as u32) };
+    // ENOENT: the end of the map was reached; `count` says how many were copied.
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(e);
+        }
+    }
+    let got = (attr.count as usize).min(n);
+    // SAFETY: the kernel initialised the first `got` values; `V` is plain integers.
+    unsafe { out.set_len(got) };
+    Ok(())
 }
 
 /// `union bpf_attr` for the BPF_MAP_*_BATCH commands.
