@@ -171,6 +171,15 @@ pub struct SrcKey {
 }
 const _: () = assert!(size_of::<SrcKey>() == 16);
 
+impl SrcKey {
+    /// The address as two native-endian words (as the XDP program holds it; `addr_hash` input).
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 2] {
+        // SAFETY: [u8; 16] and [u64; 2] have the same size; any bit pattern is valid.
+        unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(self.addr) }
+    }
+}
+
 /// Ways of the per-source table (SOURCES): a source lives in one of `SRC_WAYS` consecutive slots
 /// of its set, so a lookup is `SRC_WAYS` inlined array reads and 16-byte compares, and a new
 /// source replaces the set's least recently seen one when the set is full.

@@ -590,9 +590,7 @@ fn a_full_set_evicts_its_least_recently_seen_source() {
     let sets = scanwatch_common::src_sets(opts.max_sources);
     let seed = opts.source_seed;
     let set_of = |ip: IpAddr| {
-        let k = ip_to_key(ip);
-        let w = [u64::from_ne_bytes(k.addr[..8].try_into().unwrap()), u64::from_ne_bytes(k.addr[8..].try_into().unwrap())];
-        scanwatch_common::src_set(addr_hash(&w), sets, seed)
+        scanwatch_common::src_set(addr_hash(&ip_to_key(ip).words()), sets, seed)
     };
     let target = set_of(v4("10.20.0.1"));
     let same: Vec<IpAddr> = (1..10_000u32)

@@ -140,7 +140,8 @@ pub(super) fn acquire(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs
         return core::ptr::null_mut();
     }
     let h = obs.source_hash(&l3.src);
-    let base = set_base(h);
+    // The set is computed where a lookup or insert needs it: a held packet (the flood path)
+    // never does.
     if cfg.flags & cfgflag::FIRST_CONTACT != 0 && obs.honey == 0 {
         let (word, bit) = known_bit(h);
         let maybe_known = match KNOWN_SOURCES.get(word) {
@@ -148,7 +149,7 @@ pub(super) fn acquire(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs
             None => true,
         };
         if maybe_known {
-            let p = find(base, &w);
+            let p = find(set_base(h), &w);
             if !p.is_null() {
                 return p;
             }
@@ -170,12 +171,12 @@ pub(super) fn acquire(stats: &mut Stats, cfg: &XdpConfig, l3: &L3, obs: &mut Obs
             }
         }
     } else {
-        let p = find(base, &w);
+        let p = find(set_base(h), &w);
         if !p.is_null() {
             return p;
         }
     }
-    let p = insert(stats, base, &w);
+    let p = insert(stats, set_base(h), &w);
     mark_known(h);
     p
 }

@@ -12,10 +12,8 @@ pub fn rebuild_known_filter(
     known: &mut Bits,
 ) -> anyhow::Result<u32> {
     let mut words = vec![0u64; scanwatch_common::KNOWN_WORDS as usize];
-    for key in super::maps::source_keys(sources) {
-        // SAFETY: [u8; 16] and [u64; 2] have the same size; any bit pattern is valid.
-        let w: [u64; 2] = unsafe { std::mem::transmute(key.addr) };
-        let (word, bit) = scanwatch_common::known_bit(scanwatch_common::addr_hash(&w));
+    for key in sources.keys() {
+        let (word, bit) = scanwatch_common::known_bit(scanwatch_common::addr_hash(&key.words()));
         words[word as usize] |= bit;
     }
     for (i, w) in words.iter().enumerate() {

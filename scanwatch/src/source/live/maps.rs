@@ -85,8 +85,3 @@ pub fn take_sources(ebpf: &mut Ebpf, opts: &crate::loader::LoadOptions) -> anyho
     let occupied = ebpf.take_map(MAP_SRC_OCCUPIED).ok_or_else(|| missing(MAP_SRC_OCCUPIED))?;
     super::table::SourceTable::new(map, occupied, opts)
 }
-
-/// The keys of SOURCES, each once.
-pub fn source_keys(sources: &Sources) -> Vec<SrcKey> {
-    sources.keys()
-}

@@ -50,11 +50,6 @@ impl SourceTable {
         Ok(SourceTable { map, occupied, len, sets, seed: opts.source_seed })
     }
 
-    /// Slots (free or not).
-    pub fn capacity(&self) -> usize {
-        self.len
-    }
-
     /// Copy slots `start..start + n` (clamped to the table) into `out` (cleared first).
     pub fn read(&self, start: usize, n: usize, out: &mut Vec<SrcEntry>) -> std::io::Result<()> {
         batch_read(&self.map, self.len, start, n, out)
@@ -117,7 +112,7 @@ impl SourceTable {
         if key.addr == [0; 16] {
             return None;
         }
-        let base = (src_set(addr_hash(&key_words(key)), self.sets, self.seed) * SRC_WAYS) as usize;
+        let base = (src_set(addr_hash(&key.words()), self.sets, self.seed) * SRC_WAYS) as usize;
         let mut buf = Vec::new();
         self.read(base, SRC_WAYS as usize, &mut buf).ok()?;
         buf.iter().find(|e| e.key == *key).map(|e| e.state)
@@ -197,9 +192,3 @@ struct BatchAttr {
 }
 const _: () = assert!(std::mem::size_of::<BatchAttr>() == 56);
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// The address as the kernel's two native-endian words.
-fn key_words(key: &SrcKey) -> [u64; 2] {
-    let (a, b) = key.addr.split_at(8);
-    [u64::from_ne_bytes(a.try_into().expect("8 bytes")), u64::from_ne_bytes(b.try_into().expect("8 bytes"))]
-}
