@@ -552,16 +552,8 @@ fn normalized(alerts: &[Value]) -> Vec<String> {
     v
 }
 
-/// A capture that exercises every batch boundary: scans raising immediate events (new
-/// fingerprints, honeyports) in the middle of batches, frames too big for a batch (run alone by
-/// the live program), frames just under the batch limit, truncated (malformed) frames inside
-/// batches, a runt shorter than an Ethernet header (skipped by the reader both ways), sweeps
-/// every second of capture time, and a time jump backwards. Replayed with batches and with one
-/// run per frame, the alerts and every kernel counter must be the same.
-#[test]
-fn batched_replay_equals_one_frame_per_run() {
-    require_root();
-    let dir = TempDir::new("batch-eq");
+/// The frames of the batch-boundary capture (see `batched_replay_equals_one_frame_per_run`).
+fn batch_mix_frames() -> Vec<(u32, u32, Vec<u8>)> {
     let server = ip("10.52.0.1");
     let mut frames: Vec<(u32, u32, Vec<u8>)> = Vec::new();
     let mut t_us: u64 = 0;
@@ -616,13 +608,43 @@ fn batched_replay_equals_one_frame_per_run() {
             }
         }
     }
+    // A burst of 1,200 new clients in 60 ms of capture time (two SYNs each: a new fingerprint
+    // per source, far more than a live agent's new-fingerprint event budget allows), then a
+    // stream of bare ACKs from each (the fast path samples one in 16 per CPU).
+    for j in 0..1200u32 {
+        let c = ip(&format!("10.60.{}.{}", j / 200, 1 + j % 200));
+        t_us += 50;
+        let syn = PacketSpec::linux_syn(c, server, 41000 + (j % 1000) as u16, 22).build();
+        push(&mut frames, t_us, syn.clone());
+        push(&mut frames, t_us + 1, syn);
+    }
+    for k in 0..4u32 {
+        for j in 0..1200u32 {
+            let c = ip(&format!("10.60.{}.{}", j / 200, 1 + j % 200));
+            t_us += 20;
+            let ack = PacketSpec::tcp(c, server, 41000 + (j % 1000) as u16, 22, scanwatch::packet::ACK).build();
+            push(&mut frames, t_us + u64::from(k), ack);
+        }
+    }
+    frames
+}
+
+/// A capture that exercises every batch boundary: scans raising immediate events (new
+/// fingerprints, honeyports) in the middle of batches, frames too big for a batch (run alone by
+/// the live program), frames just under the batch limit, truncated (malformed) frames inside
+/// batches, a runt shorter than an Ethernet header (skipped by the reader both ways), sweeps
+/// every second of capture time, and a time jump backwards. Replayed with batches and with one
+/// run per frame, the alerts and every kernel counter must be the same.
+#[test]
+fn batched_replay_equals_one_frame_per_run() {
+    require_root();
+    let dir = TempDir::new("batch-eq");
+    let frames = batch_mix_frames();
     let f = dir.path("mix.pcap");
     write_pcap(&f, &frames);
-    // No kernel-clock budget for new-fingerprint events: it sheds by wall time, which differs
-    // between two runs whatever the batching.
-    let cfg = dir.path("cfg.toml");
-    std::fs::write(&cfg, "[xdp]\nfingerprint_events_per_sec = 0\n").expect("write config");
-    let args = ["--quiet", "-c", cfg.to_str().expect("utf8"), f.to_str().expect("utf8")];
+    // The default configuration (its new-fingerprint event budget included: replay sets it aside,
+    // it would shed by wall time).
+    let args = ["--quiet", f.to_str().expect("utf8")];
     let (one, one_err, one_sum) = replay_mode(&args, true);
     let (bat, bat_err, bat_sum) = replay_mode(&args, false);
     eprintln!("one per run: {one_sum}\nbatched: {bat_sum}");
@@ -653,4 +675,46 @@ fn batched_replay_equals_one_frame_per_run() {
         assert!(kinds.contains(k), "no {k} alert: {kinds:?}\n{}", dump(&bat));
     }
     assert_eq!(normalized(&one), normalized(&bat), "alerts differ between one frame per run and batches");
+}
+
+/// A replay is reproducible: the same capture replayed twice gives the same alerts (all but the
+/// random `alert_id`: related sources, counts, evidence, order), the same events and every
+/// kernel counter — nothing depends on how fast this machine replays (new-fingerprint event
+/// budget), on which CPU a run landed (per-CPU state such as the bare-ACK fast path's sample),
+/// or on hash-map order.
+#[test]
+fn replaying_one_capture_twice_gives_the_same_result() {
+    require_root();
+    let dir = TempDir::new("twice");
+    let f = dir.path("mix.pcap");
+    write_pcap(&f, &batch_mix_frames());
+    let args = ["--quiet", f.to_str().expect("utf8")];
+    let strip = |alerts: &[Value]| -> Vec<String> {
+        alerts
+            .iter()
+            .map(|a| {
+                let mut a = a.clone();
+                if let Some(o) = a.as_object_mut() {
+                    o.remove("alert_id");
+                }
+                a.to_string()
+            })
+            .collect()
+    };
+    let timing = ["seconds", "packets_per_sec", "xdp_seconds"];
+    let (a1, _, mut s1) = replay_mode(&args, false);
+    let (a2, _, mut s2) = replay_mode(&args, false);
+    for s in [&mut s1, &mut s2] {
+        for k in timing {
+            s.as_object_mut().expect("summary object").remove(k);
+        }
+    }
+    // Every new fingerprint is an event (the burst would exceed a live agent's budget).
+    let fps = s1["kernel"]["new_fingerprints"].as_u64().unwrap_or(0);
+    assert!(fps >= 1200, "{s1}");
+    assert!(s1["events"].as_u64().unwrap_or(0) >= fps, "new-fingerprint events were shed: {s1}");
+    assert_eq!(s1["kernel"]["fingerprint_events_shed"].as_u64().unwrap_or(0), 0, "{s1}");
+    assert!(a1.iter().any(|a| a["kind"] == "decoy_cluster" || a["kind"] == "vertical_scan"), "{}", dump(&a1));
+    assert_eq!(s1, s2, "two replays of one capture: different summaries");
+    assert_eq!(strip(&a1), strip(&a2), "two replays of one capture: different alerts");
 }

@@ -187,9 +187,12 @@ impl ReplyOverlay {
         }
     }
 
-    /// Sources whose counters changed since the last call.
+    /// Sources whose counters changed since the last call, in address order (the engine is fed
+    /// the same way on every run: a replay is reproducible).
     pub fn take_dirty(&mut self) -> Vec<IpAddr> {
-        self.dirty.drain().collect()
+        let mut v: Vec<IpAddr> = self.dirty.drain().collect();
+        v.sort_unstable();
+        v
     }
 
     /// Mark a source changed (its kernel state moved).

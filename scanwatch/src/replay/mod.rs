@@ -331,6 +331,10 @@ pub fn run(cfg: &Config, opts: &ReplayOptions, sinks: SinkSet) -> anyhow::Result
             .spawn_scoped(s, move || read_inputs(opts, tx, &bar_r))?;
         let engine =
             std::thread::Builder::new().name("replay-engine".into()).spawn_scoped(s, move || run_engine(cfg, tracker, open, erx, sinks))?;
+        // The program keeps per-CPU state (counters, the bare-ACK sample): every run on one CPU,
+        // so two replays of one capture give the same counts. (After the spawns: a new thread
+        // inherits its creator's CPU set.)
+        let pinned = source::PinnedCpu::here();
         for b in rx {
             let msgs = kernel.run_batch(&b);
             if !msgs.is_empty() && etx.send(msgs).is_err() {
@@ -338,6 +342,7 @@ pub fn run(cfg: &Config, opts: &ReplayOptions, sinks: SinkSet) -> anyhow::Result
             }
         }
         let last = kernel.finish();
+        drop(pinned);
         let _ = etx.send(last);
         drop(etx);
         let reader = reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))?;

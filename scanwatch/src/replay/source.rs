@@ -195,6 +195,11 @@ impl KernelSide {
             port_threshold: 0,
             host_threshold: 0,
             flags: lopts.xdp.flags & !cfgflag::LOOKUP_SOCKETS,
+            // No new-fingerprint event budget: it sheds by the kernel's wall clock (how fast
+            // this machine replays), so two replays of one capture would report different
+            // events; and a replay cannot overflow the ring it protects (every frame that
+            // raised an event ends its run and the ring is drained before the next).
+            fp_event_budget: 0,
             ..lopts.xdp
         };
         // A fixed set-index seed: the same capture gives the same evictions, run after run.
@@ -430,7 +435,9 @@ impl KernelSide {
     fn sweep(&mut self, now: Duration) {
         self.flush_seen();
         self.st.sweeps += 1;
-        let dirty: Vec<IpAddr> = self.dirty.drain().collect();
+        // In address order: the engine sees a sweep's sources in the same order on every run.
+        let mut dirty: Vec<IpAddr> = self.dirty.drain().collect();
+        dirty.sort_unstable();
         let mut sources = Vec::with_capacity(dirty.len());
         for ip in dirty {
             let key = ip_to_key(ip);
@@ -607,6 +614,44 @@ impl EngineSide {
             self.feed(now, ip, out);
         }
         out.push(Stamped::new(now, Observation::Tick));
+    }
+}
+
+/// This thread held on the CPU it runs on until dropped (then its previous CPU set again).
+/// BPF_PROG_TEST_RUN runs the program on the caller's CPU, and the program's per-CPU state
+/// (statistics, the bare-ACK fast path's sampling counter) would otherwise depend on where the
+/// scheduler put each call.
+pub struct PinnedCpu(Option<libc::cpu_set_t>);
+
+impl PinnedCpu {
+    pub fn here() -> PinnedCpu {
+        // SAFETY: plain libc calls on this thread (pid 0) with a zeroed, correctly sized set.
+        unsafe {
+            let mut old: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut old) != 0 {
+                return PinnedCpu(None);
+            }
+            let cpu = libc::sched_getcpu();
+            if cpu < 0 {
+                return PinnedCpu(None);
+            }
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu as usize, &mut one);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) != 0 {
+                log::warn!("cannot pin the replay to one CPU ({}): kernel counters may differ between runs", std::io::Error::last_os_error());
+                return PinnedCpu(None);
+            }
+            PinnedCpu(Some(old))
+        }
+    }
+}
+
+impl Drop for PinnedCpu {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            // SAFETY: restores the set read in `here`, on the same thread.
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), old) };
+        }
     }
 }
 
