@@ -170,23 +170,65 @@ pub struct TrackerStats {
     pub unsolicited: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Key {
-    prober: IpAddr,
-    target: IpAddr,
-    proto: u8,
-    sport: u16,
-    dport: u16,
+/// An address as the tracker keys it: its 16 bytes as two words (an IPv4 address in the low
+/// word), hashed and compared as two integers — the tables are on the per-packet path. The
+/// family is kept in the key beside it (`v6`), so nothing of an `IpAddr` is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Addr([u64; 2]);
+
+impl Addr {
+    fn of(ip: IpAddr) -> Addr {
+        match ip {
+            IpAddr::V4(a) => Addr([0, u64::from(u32::from(a))]),
+            IpAddr::V6(a) => {
+                let v = u128::from(a);
+                Addr([(v >> 64) as u64, v as u64])
+            }
+        }
+    }
+
+    fn ip(self, v6: bool) -> IpAddr {
+        if v6 {
+            IpAddr::from(((u128::from(self.0[0]) << 64) | u128::from(self.0[1])).to_be_bytes())
+        } else {
+            IpAddr::from((self.0[1] as u32).to_be_bytes())
+        }
+    }
 }
 
-/// A TCP flow by its two ends, lower end first.
-type FlowId = (IpAddr, u16, IpAddr, u16);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    prober: Addr,
+    target: Addr,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    v6: bool,
+}
+
+impl Key {
+    fn new(prober: IpAddr, target: IpAddr, proto: u8, sport: u16, dport: u16) -> Key {
+        Key { prober: Addr::of(prober), target: Addr::of(target), sport, dport, proto, v6: prober.is_ipv6() }
+    }
+}
+
+/// A TCP flow by its two ends, lower end (address, then port) first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FlowId {
+    lo: Addr,
+    hi: Addr,
+    lo_port: u16,
+    hi_port: u16,
+    v6: bool,
+}
 
 fn flow_id(a: IpAddr, ap: u16, b: IpAddr, bp: u16) -> FlowId {
-    if (a, ap) <= (b, bp) {
-        (a, ap, b, bp)
+    let (x, y) = (Addr::of(a), Addr::of(b));
+    let v6 = a.is_ipv6();
+    if (x, ap) <= (y, bp) {
+        FlowId { lo: x, hi: y, lo_port: ap, hi_port: bp, v6 }
     } else {
-        (b, bp, a, ap)
+        FlowId { lo: y, hi: x, lo_port: bp, hi_port: ap, v6 }
     }
 }
 
@@ -194,8 +236,26 @@ fn flow_id(a: IpAddr, ap: u16, b: IpAddr, bp: u16) -> FlowId {
 enum FlowState {
     /// SYN-ACK or data seen: a connection (any RST in it is normal).
     Connected,
-    /// A probe was refused by `answerer` (its repeated RSTs are normal, the prober's are not).
-    Refused { answerer: IpAddr },
+    /// A probe was refused by the flow's lower end (`true`) or upper end (its repeated RSTs
+    /// are normal, the prober's are not).
+    Refused { by_lo: bool },
+}
+
+impl FlowState {
+    fn refused_by(fid: &FlowId, answerer: IpAddr) -> FlowState {
+        FlowState::Refused { by_lo: Addr::of(answerer) == fid.lo }
+    }
+}
+
+/// A remembered flow: its state and when it was last seen (ns of packet time).
+#[derive(Debug, Clone, Copy)]
+struct Flow {
+    state: FlowState,
+    last: u64,
+}
+
+fn ns(t: Duration) -> u64 {
+    t.as_nanos().min(u128::from(u64::MAX)) as u64
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -211,8 +271,9 @@ pub struct ReplyTracker {
     pending: HashMap<Key, Pending>,
     /// Insertion order for expiry; entries already answered are skipped when reached.
     order: VecDeque<(Duration, Key)>,
-    flows: HashMap<FlowId, (FlowState, Duration)>,
-    flow_order: VecDeque<(Duration, FlowId)>,
+    flows: HashMap<FlowId, Flow>,
+    /// (ns queued, flow): a flow seen since it was queued goes back at its last time.
+    flow_order: VecDeque<(u64, FlowId)>,
     stats: TrackerStats,
 }
 
@@ -245,7 +306,7 @@ impl ReplyTracker {
             Seen::Tcp { src, dst, sport, dport, flags, payload } => {
                 let f = flags & 0x3f;
                 let fid = flow_id(src, sport, dst, dport);
-                let back = Key { prober: dst, target: src, proto: TCP, sport: dport, dport: sport };
+                let back = Key::new(dst, src, TCP, dport, sport);
                 if f & (SYN | ACK) == SYN | ACK || f & RST != 0 {
                     let synack = f & RST == 0;
                     // An answer to a probe sent the other way?
@@ -255,17 +316,21 @@ impl ReplyTracker {
                         if synack {
                             self.remember(now, fid, FlowState::Connected);
                         } else if matches!(p.kind, ProbeKind::Syn | ProbeKind::Stealth) {
-                            self.remember(now, fid, FlowState::Refused { answerer: src });
+                            self.remember(now, fid, FlowState::refused_by(&fid, src));
                         }
                         // An ACK / FIN-ACK probe's RST proves there was no connection.
                         return None;
                     }
                     match self.flows.get_mut(&fid) {
-                        Some((FlowState::Connected, t)) => {
-                            *t = now;
+                        Some(Flow { state: FlowState::Connected, last }) => {
+                            *last = ns(now);
                             return None;
                         }
-                        Some((FlowState::Refused { answerer }, _)) if *answerer == src => return None,
+                        Some(Flow { state: FlowState::Refused { by_lo }, .. })
+                            if Addr::of(src) == if *by_lo { fid.lo } else { fid.hi } =>
+                        {
+                            return None
+                        }
                         _ => {}
                     }
                     self.stats.unsolicited += 1;
@@ -280,8 +345,8 @@ impl ReplyTracker {
                 } else if f == 0 || f == FIN || f == FIN | PSH | URG {
                     ProbeKind::Stealth
                 } else if f == ACK || f == FIN | ACK {
-                    if let Some((FlowState::Connected, t)) = self.flows.get_mut(&fid) {
-                        *t = now;
+                    if let Some(Flow { state: FlowState::Connected, last }) = self.flows.get_mut(&fid) {
+                        *last = ns(now);
                         return None;
                     }
                     if f == ACK {
@@ -292,22 +357,22 @@ impl ReplyTracker {
                 } else {
                     return None;
                 };
-                self.probe(now, Key { prober: src, target: dst, proto: TCP, sport, dport }, kind, out);
+                self.probe(now, Key::new(src, dst, TCP, sport, dport), kind, out);
             }
             Seen::Udp { src, dst, sport, dport } => {
-                let back = Key { prober: dst, target: src, proto: UDP, sport: dport, dport: sport };
+                let back = Key::new(dst, src, UDP, dport, sport);
                 if self.pending.contains_key(&back) {
                     self.settle(now, back, Outcome::Open, out);
                 } else {
-                    self.probe(now, Key { prober: src, target: dst, proto: UDP, sport, dport }, ProbeKind::Udp, out);
+                    self.probe(now, Key::new(src, dst, UDP, sport, dport), ProbeKind::Udp, out);
                 }
             }
             Seen::Sctp { src, dst, sport, dport, chunk } => {
-                let back = Key { prober: dst, target: src, proto: SCTP, sport: dport, dport: sport };
+                let back = Key::new(dst, src, SCTP, dport, sport);
                 match chunk {
                     sctp_chunk::INIT | sctp_chunk::COOKIE_ECHO => {
                         let kind = if chunk == sctp_chunk::INIT { ProbeKind::SctpInit } else { ProbeKind::SctpCookie };
-                        self.probe(now, Key { prober: src, target: dst, proto: SCTP, sport, dport }, kind, out);
+                        self.probe(now, Key::new(src, dst, SCTP, sport, dport), kind, out);
                     }
                     sctp_chunk::INIT_ACK | sctp_chunk::COOKIE_ACK if self.pending.contains_key(&back) => {
                         self.settle(now, back, Outcome::Open, out);
@@ -319,7 +384,7 @@ impl ReplyTracker {
                 }
             }
             Seen::Unreachable { probe_src, probe_dst, proto, sport, dport, kind, .. } => {
-                let key = Key { prober: probe_src, target: probe_dst, proto, sport, dport };
+                let key = Key::new(probe_src, probe_dst, proto, sport, dport);
                 let outcome = match kind {
                     Icmp::PortUnreachable => Outcome::Closed,
                     Icmp::Other(_) => Outcome::Filtered,
@@ -331,26 +396,28 @@ impl ReplyTracker {
     }
 
     fn remember(&mut self, now: Duration, fid: FlowId, state: FlowState) {
+        let now = ns(now);
         if let Some(e) = self.flows.get_mut(&fid) {
-            *e = (state, now);
+            *e = Flow { state, last: now };
             return;
         }
         // A new flow: forget idle flows first, then the oldest when full. Entries of the queue
         // are (time queued, flow); a flow seen since it was queued goes back at its last time.
+        let idle = ns(self.cfg.flow_idle);
         while let Some(&(t, old)) = self.flow_order.front() {
             let full = self.flows.len() >= self.cfg.max_flows;
-            if t + self.cfg.flow_idle > now && !full {
+            if t.saturating_add(idle) > now && !full {
                 break;
             }
             self.flow_order.pop_front();
-            let Some(&(_, last)) = self.flows.get(&old) else { continue };
-            if last + self.cfg.flow_idle <= now || full {
+            let Some(&Flow { last, .. }) = self.flows.get(&old) else { continue };
+            if last.saturating_add(idle) <= now || full {
                 self.flows.remove(&old);
             } else {
                 self.flow_order.push_back((last, old));
             }
         }
-        self.flows.insert(fid, (state, now));
+        self.flows.insert(fid, Flow { state, last: now });
         self.flow_order.push_back((now, fid));
     }
 
@@ -381,8 +448,8 @@ impl ReplyTracker {
         let Some(p) = self.pending.remove(&key) else { return };
         self.count(outcome);
         out.push(Resolved {
-            prober: key.prober,
-            target: key.target,
+            prober: key.prober.ip(key.v6),
+            target: key.target.ip(key.v6),
             proto: key.proto,
             dport: key.dport,
             kind: p.kind,
