@@ -173,6 +173,11 @@ pub struct KernelSide {
     fc: FirstContactView,
     held: HeldReader,
     dirty: HashSet<IpAddr>,
+    /// The way of its set each source held when last read (`SourceTable::get_at`: one slot
+    /// read instead of four), forgotten when it outgrows four times the table.
+    ways: HashMap<scanwatch_common::SrcKey, u8>,
+    ways_cap: usize,
+    slot_buf: Vec<scanwatch_common::SrcEntry>,
     pub open_ports: Arc<OpenPorts>,
     sweep_every: Duration,
     next_sweep: Option<Duration>,
@@ -230,6 +235,9 @@ impl KernelSide {
             fc,
             held: HeldReader::default(),
             dirty: HashSet::new(),
+            ways: HashMap::new(),
+            ways_cap: cfg.xdp.max_sources as usize,
+            slot_buf: Vec::new(),
             open_ports: Arc::new(OpenPorts::default()),
             sweep_every: cfg.agent.sweep_interval.max(Duration::from_millis(10)),
             next_sweep: None,
@@ -439,12 +447,18 @@ impl KernelSide {
         let mut dirty: Vec<IpAddr> = self.dirty.drain().collect();
         dirty.sort_unstable();
         let mut sources = Vec::with_capacity(dirty.len());
+        if self.ways.len() > 4 * self.ways_cap {
+            self.ways.clear();
+        }
+        let mut buf = std::mem::take(&mut self.slot_buf);
         for ip in dirty {
             let key = ip_to_key(ip);
-            let snap = self.sources.get(&key).map(|s| live::sweep::snapshot(&key, &s, &self.fps));
+            let way = self.ways.entry(key).or_insert(u8::MAX);
+            let snap = self.sources.get_at(&key, way, &mut buf).map(|s| live::sweep::snapshot(&key, &s, &self.fps));
             self.st.snapshots += u64::from(snap.is_some());
             sources.push((ip, snap));
         }
+        self.slot_buf = buf;
         let mut held = None;
         if now >= self.next_held {
             let open = &self.open_ports;

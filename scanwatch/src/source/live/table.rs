@@ -118,6 +118,29 @@ impl SourceTable {
         buf.iter().find(|e| e.key == *key).map(|e| e.state)
     }
 
+    /// `get` for a reader that remembers where each source was: reads the one slot `*way`
+    /// names (a quarter of the set) and, when the source is no longer there (evicted,
+    /// re-admitted in another way) or `*way` is unknown (`u8::MAX`), the whole set, updating
+    /// `*way`. `buf` is scratch space. Only for a table that one CPU writes (a replay, its
+    /// kernel thread held on one CPU): with several, a source two CPUs admitted at once may
+    /// hold two ways, and the kernel's is the first, which a hint may skip.
+    pub fn get_at(&self, key: &SrcKey, way: &mut u8, buf: &mut Vec<SrcEntry>) -> Option<SrcState> {
+        if key.addr == [0; 16] {
+            return None;
+        }
+        let base = (src_set(addr_hash(&key.words()), self.sets, self.seed) * SRC_WAYS) as usize;
+        if u32::from(*way) < SRC_WAYS {
+            self.read(base + usize::from(*way), 1, buf).ok()?;
+            if let Some(e) = buf.first().filter(|e| e.key == *key) {
+                return Some(e.state);
+            }
+        }
+        self.read(base, SRC_WAYS as usize, buf).ok()?;
+        let i = buf.iter().position(|e| e.key == *key);
+        *way = i.map_or(u8::MAX, |i| i as u8);
+        i.map(|i| buf[i].state)
+    }
+
     /// The sources with a slot, each once.
     pub fn keys(&self) -> Vec<SrcKey> {
         let mut out = Vec::new();
