@@ -14,7 +14,8 @@
 //! * **escalation**: the severity rose above the last line's — at once, unless an update line was
 //!   already sent less than `alerts.update_interval` ago (then it waits, like a progress line).
 //! * **progress**: the finding changed since the last line and `alerts.update_interval` passed
-//!   since that line (checked on every finding and every tick): the counts so far.
+//!   since that line (checked on every finding and every tick): the counts so far. For a slow
+//!   scan (held open over its window) the spacing is at least a 24th of that window.
 //! * **final**: no finding for the incident for `alerts.close_after` (for slow scans, at least
 //!   their window): the closing line, carrying the latest finding. The incident is forgotten; later
 //!   activity of the actor opens a new incident with a new id.
@@ -202,7 +203,7 @@ impl Lifecycle {
             let since_update = o.last_update.is_none_or(|t| now.saturating_sub(t) >= interval);
             let kind = if o.latest.severity > o.severity && since_update {
                 UpdateKind::Escalation
-            } else if o.pending && now.saturating_sub(o.last_line) >= interval {
+            } else if o.pending && now.saturating_sub(o.last_line) >= progress_interval(interval, o.hold) {
                 UpdateKind::Progress
             } else {
                 self.deduplicated += 1;
@@ -306,7 +307,7 @@ impl Lifecycle {
             let quiet = self.cfg.close_after.max(o.hold);
             if now.saturating_sub(o.last_seen) >= quiet {
                 out.extend(self.close(&k, now));
-            } else if o.pending && now.saturating_sub(o.last_line) >= interval {
+            } else if o.pending && now.saturating_sub(o.last_line) >= progress_interval(interval, o.hold) {
                 out.extend(self.line(&k, now, UpdateKind::Progress));
             }
         }
@@ -397,4 +398,12 @@ impl Lifecycle {
     pub fn incidents(&self) -> usize {
         self.open.len()
     }
+}
+
+/// Least time between two progress lines of an incident: `alerts.update_interval`, or for an
+/// incident held open over a long window (a slow scan: `hold` is its window, 24 h by default) a
+/// 24th of that window — a scan that adds a port every few minutes for hours is one line an
+/// hour, not one per interval.
+fn progress_interval(update_interval: Duration, hold: Duration) -> Duration {
+    update_interval.max(hold / 24)
 }

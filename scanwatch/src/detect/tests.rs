@@ -273,6 +273,21 @@ fn slow_scan_over_20_hours() {
     let slow = alerts.iter().find(|a| a.kind == AlertKind::SlowScan).expect("slow_scan expected");
     assert!(slow.window == "15m" || slow.window == "24h", "{}", slow.window);
     assert!(slow.reason.contains("slowly"), "{}", slow.reason);
+    // Progress lines of the 24 h slow-scan incident come at most hourly (a 24th of its window),
+    // not every `update_interval` (5 m): the scan adds a port or host every 48 s for 20 h.
+    let lines: Vec<(i64, crate::alert::UpdateKind)> = alerts
+        .iter()
+        .filter(|a| a.kind == AlertKind::SlowScan && a.window == "24h")
+        .map(|a| (crate::hunt::zeek::parse_ts(a.time.as_bytes()).expect("alert time"), a.incident.update_kind))
+        .collect();
+    let progress = lines.iter().filter(|l| l.1 == crate::alert::UpdateKind::Progress).count();
+    assert!(progress >= 3, "{lines:?}");
+    assert!(lines.len() <= 24, "{} slow-scan lines in 20 h: {lines:?}", lines.len());
+    for w in lines.windows(2) {
+        if w[1].1 == crate::alert::UpdateKind::Progress {
+            assert!(w[1].0 - w[0].0 >= 3_600_000_000, "progress line {} s after the previous: {lines:?}", (w[1].0 - w[0].0) / 1_000_000);
+        }
+    }
 }
 
 #[test]
