@@ -28,6 +28,9 @@ fn v6(s: &str) -> IpAddr {
 struct Prog {
     ebpf: Ebpf,
     sources: SourceTable,
+    /// Every run on one CPU: the program's per-CPU state (statistics, the bare-ACK sample
+    /// counter) would otherwise depend on where the scheduler put the test thread.
+    _cpu: scanwatch::replay::source::PinnedCpu,
 }
 
 impl Prog {
@@ -44,7 +47,7 @@ impl Prog {
         let mut ebpf = loader::load(&opts).expect("load eBPF object");
         loader::xdp_program(&mut ebpf).expect("XDP program passes the verifier");
         let sources = maps::take_sources(&mut ebpf, &opts).expect("map SOURCES");
-        Self { ebpf, sources }
+        Self { ebpf, sources, _cpu: scanwatch::replay::source::PinnedCpu::here() }
     }
 
     fn run(&mut self, pkt: &[u8]) -> u32 {
