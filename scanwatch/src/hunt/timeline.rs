@@ -135,6 +135,16 @@ impl EngineStage {
         self.engine.set_baseline(b);
     }
 
+    /// Cache hints for the sources of the observations a few after `obs[i]` (the engine's
+    /// per-source state is far bigger than the caches): nothing changes.
+    pub fn prefetch(&self, obs: &[Stamped], i: usize) {
+        for (ahead, level) in [(12, 0), (8, 1), (4, 2)] {
+            if let Some(Stamped { obs: Observation::Source(s), .. }) = obs.get(i + ahead) {
+                self.engine.prefetch_source(s.ip, level);
+            }
+        }
+    }
+
     pub fn observe(&mut self, s: &Stamped) -> Vec<Alert> {
         let alerts = self.engine.observe(s);
         for a in &alerts {
