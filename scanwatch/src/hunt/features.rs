@@ -333,6 +333,12 @@ impl<T: Copy + Default + PartialEq, const N: usize> Sample<T, N> {
         self.len == 0
     }
 
+    /// Cache hints for what [`Sample::insert`] reads first (nothing changes).
+    pub fn prefetch(&self) {
+        crate::detect::prefetch(&self.len);
+        crate::detect::prefetch(self.items.as_ptr());
+    }
+
     /// Add `v` if it is new and there is room; true when added.
     pub fn insert(&mut self, v: T) -> bool {
         let n = usize::from(self.len);
@@ -652,6 +658,19 @@ impl SourceTable {
             self.map.insert(key, Box::new(SourceState::new(*addr, ts_us, inc)));
         }
         self.map.entry(key).or_insert_with(|| Box::new(SourceState::new(*addr, ts_us, 0)))
+    }
+
+    /// Cache hints for the state of `addr` that [`SourceState::apply`] reads and writes
+    /// (nothing changes; the sketches only the table reads are left out).
+    pub fn prefetch(&self, addr: &Addr) {
+        if let Some(s) = self.map.get(&u128::from_be_bytes(*addr)) {
+            crate::detect::prefetch_bytes(&s.f, std::mem::size_of::<SourceFeatures>());
+            crate::detect::prefetch_bytes(&s.counts, std::mem::size_of_val(&s.counts));
+            crate::detect::prefetch(&s.dirty);
+            crate::detect::prefetch(&s.novel_hosts);
+            s.sample_ports.prefetch();
+            s.sample_hosts.prefetch();
+        }
     }
 
     /// Note that `addr`'s state changed in a way the engine must see at the next sweep.

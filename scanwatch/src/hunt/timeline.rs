@@ -302,7 +302,13 @@ impl Timeline {
                 self.tick_at(t);
             }
         }
-        for r in &recs {
+        const AHEAD: usize = 4;
+        for (i, r) in recs.iter().enumerate() {
+            // The per-source states are bigger than the caches: fetch the one of a record a few
+            // ahead while this one is applied.
+            if let Some(n) = recs.get(i + AHEAD) {
+                self.sources.prefetch(&n.orig_h);
+            }
             self.apply(r, now);
         }
         if self.spare.len() < 1024 {
