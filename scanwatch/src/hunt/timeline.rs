@@ -90,6 +90,9 @@ pub struct Timeline {
     spare: Vec<Vec<Classified>>,
     buffered: usize,
     newest_bucket: Option<i64>,
+    /// The bucket of the last record pushed and its first microsecond: most records fall in
+    /// the same bucket as the one before (no division for them).
+    last_bucket: Option<(i64, i64)>,
     applied_upto: Option<i64>,
     clock_us: i64,
     next_tick_us: Option<i64>,
@@ -177,6 +180,7 @@ impl Timeline {
             spare: Vec::new(),
             buffered: 0,
             newest_bucket: None,
+            last_bucket: None,
             applied_upto: None,
             clock_us: 0,
             next_tick_us: None,
@@ -219,7 +223,7 @@ impl Timeline {
         self.stats.records += 1;
         self.stats.first_ts_us = Some(self.stats.first_ts_us.map_or(r.ts_us, |t| t.min(r.ts_us)));
         self.stats.last_ts_us = Some(self.stats.last_ts_us.map_or(r.ts_us, |t| t.max(r.ts_us)));
-        let b = r.ts_us.div_euclid(self.sweep_us);
+        let b = self.bucket_of(r.ts_us);
         if self.applied_upto.is_some_and(|a| b <= a) {
             self.stats.late += 1;
             let now = self.clock_us;
@@ -251,6 +255,19 @@ impl Timeline {
             }
             self.flush_first();
         }
+    }
+
+    /// `ts_us.div_euclid(sweep_us)`, without the division when `ts_us` falls in the bucket of
+    /// the record before.
+    fn bucket_of(&mut self, ts_us: i64) -> i64 {
+        if let Some((b, lo)) = self.last_bucket {
+            if ts_us.checked_sub(lo).is_some_and(|d| (0..self.sweep_us).contains(&d)) {
+                return b;
+            }
+        }
+        let b = ts_us.div_euclid(self.sweep_us);
+        self.last_bucket = b.checked_mul(self.sweep_us).map(|lo| (b, lo));
+        b
     }
 
     /// Apply everything still buffered and run a final tick.
