@@ -838,11 +838,17 @@ impl PairTable {
 
     /// Start loading the set of the pair's first-contact entry into the cache (a hint: the table
     /// is not changed). A probe's port; ICMP's host probe uses port 0, which this misses at worst.
+    /// The sets of the new-host and new-port entries too (looked up after a first contact).
     pub fn prefetch(&self, src: &Addr, dst: &Addr, port: u16, proto: u8) {
-        let h = Self::hash(0, src, dst, port, proto);
-        let set = (h as usize & self.mask) * 2;
-        if let Some(e) = self.slots.get(set) {
-            prefetch_read(e);
+        for h in [
+            Self::hash(0, src, dst, port, proto),
+            Self::hash(1, src, dst, 0, 0),
+            Self::hash(2, src, &[0; 16], port, proto),
+        ] {
+            let set = (h as usize & self.mask) * 2;
+            if let Some(e) = self.slots.get(set) {
+                prefetch_read(e);
+            }
         }
     }
 
