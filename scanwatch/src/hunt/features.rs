@@ -847,7 +847,7 @@ impl PairTable {
         ] {
             let set = (h as usize & self.mask) * 2;
             if let Some(e) = self.slots.get(set) {
-                prefetch_read(e);
+                crate::detect::prefetch(e);
             }
         }
     }
@@ -876,18 +876,6 @@ impl PairTable {
     }
 }
 
-/// A cache prefetch hint for `v` (nothing on targets without one).
-#[inline(always)]
-fn prefetch_read<T>(v: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 (SSE, part of the x86_64 baseline) only hints the cache; it never faults
-    // and `v` is a valid reference anyway.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((v as *const T).cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = v;
-}
 
 #[cfg(test)]
 mod tests {
