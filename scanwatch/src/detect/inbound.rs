@@ -83,6 +83,14 @@ impl Engine {
         self.inbound.entry(ip).or_insert_with(|| Box::new(InboundEntity::new(ip, &[], None)))
     }
 
+    /// A cache hint for the state of inbound source `ip`, about to be observed (see
+    /// `InboundEntity::prefetch` for `level`): nothing changes, whatever the source.
+    pub fn prefetch_source(&self, ip: IpAddr, level: u8) {
+        if let Some(e) = self.inbound.get(&canonical_ip(ip)) {
+            e.prefetch(level);
+        }
+    }
+
     pub(super) fn ingest_source(&mut self, now: Duration, s: &SourceSnapshot) {
         let ip = canonical_ip(s.ip);
         let trw = self.trw;

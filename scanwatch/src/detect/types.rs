@@ -151,8 +151,8 @@ pub enum DecoyMembership {
 }
 
 /// Make room in an entity map: evict the least recently seen eighth when full.
-pub fn make_room<K: Clone + Eq + std::hash::Hash, V>(
-    map: &mut HashMap<K, V>,
+pub fn make_room<K: Clone + Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
+    map: &mut HashMap<K, V, S>,
     cap: usize,
     last_seen: impl Fn(&V) -> Duration,
 ) -> u64 {

@@ -170,6 +170,18 @@ impl MultiWindow {
         }
     }
 
+    /// Cache hints (nothing changes): `deep` = false the ring headers, true every ring's
+    /// buckets (the headers must have been fetched by then, or reading them stalls).
+    pub fn prefetch(&self, deep: bool) {
+        if !deep {
+            super::prefetch_bytes(self.rings.as_ptr(), std::mem::size_of_val(self.rings.as_slice()));
+            return;
+        }
+        for r in &self.rings {
+            super::prefetch_bytes(r.buckets.as_ptr(), std::mem::size_of_val(r.buckets.as_slice()));
+        }
+    }
+
     /// Totals of every window at `now`.
     pub fn totals(&self, now: Duration) -> Vec<Metrics> {
         self.rings.iter().map(|r| r.total(now)).collect()

@@ -333,6 +333,12 @@ impl<T: Copy + Default + PartialEq, const N: usize> Sample<T, N> {
         self.len == 0
     }
 
+    /// Cache hints for what [`Sample::insert`] reads first (nothing changes).
+    pub fn prefetch(&self) {
+        crate::detect::prefetch(&self.len);
+        crate::detect::prefetch(self.items.as_ptr());
+    }
+
     /// Add `v` if it is new and there is room; true when added.
     pub fn insert(&mut self, v: T) -> bool {
         let n = usize::from(self.len);
@@ -654,6 +660,19 @@ impl SourceTable {
         self.map.entry(key).or_insert_with(|| Box::new(SourceState::new(*addr, ts_us, 0)))
     }
 
+    /// Cache hints for the state of `addr` that [`SourceState::apply`] reads and writes
+    /// (nothing changes; the sketches only the table reads are left out).
+    pub fn prefetch(&self, addr: &Addr) {
+        if let Some(s) = self.map.get(&u128::from_be_bytes(*addr)) {
+            crate::detect::prefetch_bytes(&s.f, std::mem::size_of::<SourceFeatures>());
+            crate::detect::prefetch_bytes(&s.counts, std::mem::size_of_val(&s.counts));
+            crate::detect::prefetch(&s.dirty);
+            crate::detect::prefetch(&s.novel_hosts);
+            s.sample_ports.prefetch();
+            s.sample_hosts.prefetch();
+        }
+    }
+
     /// Note that `addr`'s state changed in a way the engine must see at the next sweep.
     pub fn mark_dirty(&mut self, addr: &Addr) {
         self.dirty.push(u128::from_be_bytes(*addr));
@@ -700,14 +719,95 @@ impl SourceTable {
 /// first contact again; a tag collision (1 in 2^32 per set) hides one first contact.
 #[derive(Debug)]
 pub struct PairTable {
-    slots: Vec<u64>,
+    slots: SlotMem,
     mask: usize,
+}
+
+/// Zeroed `u64` slots. A table of at least [`HUGE_PAGE`] bytes is mapped on its own, aligned to
+/// and advised for transparent huge pages: every lookup lands on a random line of the 16 MiB
+/// table, and with 4 KiB pages nearly every one also missed the TLB (a page walk per lookup).
+/// Contents and results are those of a plain vector; only the page size differs (and the
+/// kernel may still use small pages).
+#[derive(Debug)]
+enum SlotMem {
+    Heap(Vec<u64>),
+    Mapped { map: *mut libc::c_void, map_len: usize, slots: *mut u64, len: usize },
+}
+
+const HUGE_PAGE: usize = 2 << 20;
+
+// SAFETY: `Mapped` owns its mapping exclusively (like a Vec owns its buffer); it is only reached
+// through `&self` / `&mut self`.
+unsafe impl Send for SlotMem {}
+// SAFETY: as above; shared access only reads.
+unsafe impl Sync for SlotMem {}
+
+impl SlotMem {
+    fn zeroed(n: usize) -> SlotMem {
+        let bytes = n * std::mem::size_of::<u64>();
+        if bytes < HUGE_PAGE {
+            return SlotMem::Heap(vec![0; n]);
+        }
+        let map_len = bytes + HUGE_PAGE;
+        // SAFETY: a fresh private anonymous mapping (zero-filled by the kernel), checked below;
+        // the slots are the `bytes` after its first 2 MiB boundary, inside the `map_len` mapped.
+        unsafe {
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if map == libc::MAP_FAILED {
+                return SlotMem::Heap(vec![0; n]);
+            }
+            let pad = (HUGE_PAGE - (map as usize) % HUGE_PAGE) % HUGE_PAGE;
+            let slots = map.cast::<u8>().add(pad);
+            // A hint: without transparent huge pages the table works the same on small pages.
+            let _ = libc::madvise(slots.cast(), bytes, libc::MADV_HUGEPAGE);
+            SlotMem::Mapped { map, map_len, slots: slots.cast(), len: n }
+        }
+    }
+}
+
+impl std::ops::Deref for SlotMem {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        match self {
+            SlotMem::Heap(v) => v,
+            // SAFETY: `len` zero-initialised u64s inside the live mapping (see `zeroed`).
+            SlotMem::Mapped { slots, len, .. } => unsafe { std::slice::from_raw_parts(*slots, *len) },
+        }
+    }
+}
+
+impl std::ops::DerefMut for SlotMem {
+    fn deref_mut(&mut self) -> &mut [u64] {
+        match self {
+            SlotMem::Heap(v) => v,
+            // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
+            SlotMem::Mapped { slots, len, .. } => unsafe { std::slice::from_raw_parts_mut(*slots, *len) },
+        }
+    }
+}
+
+impl Drop for SlotMem {
+    fn drop(&mut self) {
+        if let SlotMem::Mapped { map, map_len, .. } = *self {
+            // SAFETY: the mapping made in `zeroed`, unmapped once.
+            unsafe {
+                libc::munmap(map, map_len);
+            }
+        }
+    }
 }
 
 impl PairTable {
     pub fn new(slots: usize) -> PairTable {
         let n = slots.next_power_of_two().max(2);
-        PairTable { slots: vec![0; n], mask: (n / 2) - 1 }
+        PairTable { slots: SlotMem::zeroed(n), mask: (n / 2) - 1 }
     }
 
     /// Is this the first contact of the pair within [`PAIR_TTL`]? Refreshes the pair either way.
@@ -738,11 +838,17 @@ impl PairTable {
 
     /// Start loading the set of the pair's first-contact entry into the cache (a hint: the table
     /// is not changed). A probe's port; ICMP's host probe uses port 0, which this misses at worst.
+    /// The sets of the new-host and new-port entries too (looked up after a first contact).
     pub fn prefetch(&self, src: &Addr, dst: &Addr, port: u16, proto: u8) {
-        let h = Self::hash(0, src, dst, port, proto);
-        let set = (h as usize & self.mask) * 2;
-        if let Some(e) = self.slots.get(set) {
-            prefetch_read(e);
+        for h in [
+            Self::hash(0, src, dst, port, proto),
+            Self::hash(1, src, dst, 0, 0),
+            Self::hash(2, src, &[0; 16], port, proto),
+        ] {
+            let set = (h as usize & self.mask) * 2;
+            if let Some(e) = self.slots.get(set) {
+                crate::detect::prefetch(e);
+            }
         }
     }
 
@@ -770,18 +876,6 @@ impl PairTable {
     }
 }
 
-/// A cache prefetch hint for `v` (nothing on targets without one).
-#[inline(always)]
-fn prefetch_read<T>(v: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 (SSE, part of the x86_64 baseline) only hints the cache; it never faults
-    // and `v` is a valid reference anyway.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((v as *const T).cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = v;
-}
 
 #[cfg(test)]
 mod tests {

@@ -238,7 +238,8 @@ pub fn run(cfg: &Config, opts: &HuntOptions, out: &mut dyn Write, err: &mut dyn 
             for msg in frx {
                 match msg {
                     Front::Obs(obs, records) => {
-                        for o in &obs {
+                        for (i, o) in obs.iter().enumerate() {
+                            stage.prefetch(&obs, i);
                             for a in stage.observe(o) {
                                 // The live agent's rendering (the output stage), one finding per line.
                                 let line = crate::output::render_line(&a, crate::output::Format::Alert)?;

@@ -90,6 +90,9 @@ pub struct Timeline {
     spare: Vec<Vec<Classified>>,
     buffered: usize,
     newest_bucket: Option<i64>,
+    /// The bucket of the last record pushed and its first microsecond: most records fall in
+    /// the same bucket as the one before (no division for them).
+    last_bucket: Option<(i64, i64)>,
     applied_upto: Option<i64>,
     clock_us: i64,
     next_tick_us: Option<i64>,
@@ -135,6 +138,16 @@ impl EngineStage {
         self.engine.set_baseline(b);
     }
 
+    /// Cache hints for the sources of the observations a few after `obs[i]` (the engine's
+    /// per-source state is far bigger than the caches): nothing changes.
+    pub fn prefetch(&self, obs: &[Stamped], i: usize) {
+        for (ahead, level) in [(12, 0), (8, 1), (4, 2)] {
+            if let Some(Stamped { obs: Observation::Source(s), .. }) = obs.get(i + ahead) {
+                self.engine.prefetch_source(s.ip, level);
+            }
+        }
+    }
+
     pub fn observe(&mut self, s: &Stamped) -> Vec<Alert> {
         let alerts = self.engine.observe(s);
         for a in &alerts {
@@ -167,6 +180,7 @@ impl Timeline {
             spare: Vec::new(),
             buffered: 0,
             newest_bucket: None,
+            last_bucket: None,
             applied_upto: None,
             clock_us: 0,
             next_tick_us: None,
@@ -209,7 +223,7 @@ impl Timeline {
         self.stats.records += 1;
         self.stats.first_ts_us = Some(self.stats.first_ts_us.map_or(r.ts_us, |t| t.min(r.ts_us)));
         self.stats.last_ts_us = Some(self.stats.last_ts_us.map_or(r.ts_us, |t| t.max(r.ts_us)));
-        let b = r.ts_us.div_euclid(self.sweep_us);
+        let b = self.bucket_of(r.ts_us);
         if self.applied_upto.is_some_and(|a| b <= a) {
             self.stats.late += 1;
             let now = self.clock_us;
@@ -241,6 +255,19 @@ impl Timeline {
             }
             self.flush_first();
         }
+    }
+
+    /// `ts_us.div_euclid(sweep_us)`, without the division when `ts_us` falls in the bucket of
+    /// the record before.
+    fn bucket_of(&mut self, ts_us: i64) -> i64 {
+        if let Some((b, lo)) = self.last_bucket {
+            if ts_us.checked_sub(lo).is_some_and(|d| (0..self.sweep_us).contains(&d)) {
+                return b;
+            }
+        }
+        let b = ts_us.div_euclid(self.sweep_us);
+        self.last_bucket = b.checked_mul(self.sweep_us).map(|lo| (b, lo));
+        b
     }
 
     /// Apply everything still buffered and run a final tick.
@@ -292,7 +319,13 @@ impl Timeline {
                 self.tick_at(t);
             }
         }
-        for r in &recs {
+        const AHEAD: usize = 4;
+        for (i, r) in recs.iter().enumerate() {
+            // The per-source states are bigger than the caches: fetch the one of a record a few
+            // ahead while this one is applied.
+            if let Some(n) = recs.get(i + AHEAD) {
+                self.sources.prefetch(&n.orig_h);
+            }
             self.apply(r, now);
         }
         if self.spare.len() < 1024 {
