@@ -371,7 +371,7 @@ impl Columns {
 /// `a == b`, with the one-byte case (`-`, most short values) compared without a call.
 #[inline]
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && (a.len() != 1 || a[0] == b[0]) && (a.len() == 1 || a == b)
+    a.len() == b.len() && if a.len() == 1 { a[0] == b[0] } else { a == b }
 }
 
 /// Line-at-a-time parser of one input stream (one file).

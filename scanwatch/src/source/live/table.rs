@@ -109,13 +109,8 @@ impl SourceTable {
 
     /// A copy of `key`'s state, if the source has a slot (found as the kernel finds it).
     pub fn get(&self, key: &SrcKey) -> Option<SrcState> {
-        if key.addr == [0; 16] {
-            return None;
-        }
-        let base = (src_set(addr_hash(&key.words()), self.sets, self.seed) * SRC_WAYS) as usize;
-        let mut buf = Vec::new();
-        self.read(base, SRC_WAYS as usize, &mut buf).ok()?;
-        buf.iter().find(|e| e.key == *key).map(|e| e.state)
+        let mut way = u8::MAX; // unknown: the whole set, as the kernel looks it up
+        self.get_at(key, &mut way, &mut Vec::new())
     }
 
     /// `get` for a reader that remembers where each source was: reads the one slot `*way`
